@@ -1,0 +1,418 @@
+//! The TOML configuration. Every setting has a default, so no file is needed;
+//! unknown keys are errors so that a typo never silently changes behaviour.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::answer::ZoneOptions;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid setting {setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub resolver: ResolverConfig,
+    pub fetch: FetchConfig,
+    pub lookup: LookupConfig,
+    pub cache: CacheConfig,
+    /// Options per socketmap name; `default` applies to names not listed.
+    pub zones: BTreeMap<String, ZoneOptions>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `"IP:PORT"` for TCP, `"unix:/path"` for a unix socket.
+    pub listen: Vec<String>,
+    /// Permissions of unix sockets, as an octal string.
+    pub socket_mode: String,
+    /// Connections served at once; more wait to be accepted (back-pressure).
+    pub max_connections: usize,
+    /// Largest request accepted, in bytes.
+    pub max_request_size: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8461".into()],
+            socket_mode: "0666".into(),
+            max_connections: 1024,
+            max_request_size: crate::codec::DEFAULT_MAX_REQUEST,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResolverConfig {
+    /// `"IP:PORT"` of recursive resolvers; empty means the system's /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Time for one DNS query attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per query before it counts as failed.
+    pub attempts: usize,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(3),
+            attempts: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Whole-request limit for fetching a policy file.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra trusted CA certificates (PEM), in addition to the system store.
+    pub ca_file: Option<PathBuf>,
+    /// Allow policy hosts that resolve to loopback, private, link-local and other
+    /// non-global addresses.
+    pub allow_private_addresses: bool,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(15),
+            ca_file: None,
+            allow_private_addresses: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupConfig {
+    /// The longest a socketmap request waits for a discovery on a cache miss.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Directory of the persistent cache. Default: `$STATE_DIRECTORY` (systemd), else
+    /// `$XDG_STATE_HOME/mta-stsd`, else `~/.local/state/mta-stsd`.
+    pub path: Option<PathBuf>,
+    /// Re-check a cached policy's TXT id in the background when the last check is older.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// How long "this domain has no policy" is remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Re-fetch a policy at the latest this long after it was fetched (or at half of
+    /// its max_age, whichever comes first), whatever the TXT record says.
+    #[serde(with = "humantime_serde")]
+    pub refresh_after: Duration,
+    /// Wait after a failed fetch before trying the same domain again (at least 5m).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// How often the background refresher looks for due policies.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Background refreshes run at once.
+    pub refresh_concurrency: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            grace: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(300),
+            refresh_after: Duration::from_secs(86_400),
+            retry_after: Duration::from_secs(300),
+            refresh_interval: Duration::from_secs(60),
+            refresh_concurrency: 8,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The cache directory, with the documented fallbacks.
+    pub fn resolved_path(&self) -> PathBuf {
+        if let Some(p) = &self.path {
+            return p.clone();
+        }
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(state) = env("STATE_DIRECTORY") {
+            // systemd may pass several colon-separated directories; use the first.
+            let first = state
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            return PathBuf::from(first).join("cache");
+        }
+        if let Some(xdg) = env("XDG_STATE_HOME") {
+            return xdg.join("mta-stsd");
+        }
+        if let Some(home) = env("HOME") {
+            return home.join(".local/state/mta-stsd");
+        }
+        PathBuf::from("mta-stsd-cache")
+    }
+}
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the source in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a file, or returns the built-in defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::default()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::from_toml(&text, &path.display().to_string())
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addrs()?;
+        self.socket_mode()?;
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.server.max_request_size < 64 {
+            return Err(invalid(
+                "server.max_request_size",
+                "must be at least 64 bytes",
+            ));
+        }
+        for (setting, d) in [
+            ("resolver.timeout", self.resolver.timeout),
+            ("fetch.timeout", self.fetch.timeout),
+            ("lookup.deadline", self.lookup.deadline),
+            ("cache.negative_ttl", self.cache.negative_ttl),
+            ("cache.refresh_after", self.cache.refresh_after),
+            ("cache.refresh_interval", self.cache.refresh_interval),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(setting, "must be longer than 0s"));
+            }
+        }
+        if self.lookup.deadline > Duration::from_secs(90) {
+            return Err(invalid(
+                "lookup.deadline",
+                "must be at most 90s (Postfix gives up on a lookup after 100s)",
+            ));
+        }
+        if self.cache.retry_after < Duration::from_secs(300) {
+            return Err(invalid(
+                "cache.retry_after",
+                "must be at least 5m (RFC 8461 §3.3)",
+            ));
+        }
+        if self.resolver.attempts == 0 {
+            return Err(invalid("resolver.attempts", "must be at least 1"));
+        }
+        if self.cache.refresh_concurrency == 0 {
+            return Err(invalid("cache.refresh_concurrency", "must be at least 1"));
+        }
+        if let Some(ca) = self.fetch.ca_file.as_ref().filter(|ca| !ca.is_file()) {
+            return Err(invalid(
+                "fetch.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addrs(&self) -> Result<Vec<ListenAddr>, ConfigError> {
+        self.server
+            .listen
+            .iter()
+            .map(|s| match s.strip_prefix("unix:") {
+                Some(path) if path.starts_with('/') => Ok(ListenAddr::Unix(PathBuf::from(path))),
+                Some(_) => Err(invalid(
+                    "server.listen",
+                    format!("{s:?}: a unix socket needs an absolute path"),
+                )),
+                None => s.parse().map(ListenAddr::Tcp).map_err(|_| {
+                    invalid(
+                        "server.listen",
+                        format!("{s:?} is neither IP:PORT nor unix:/path"),
+                    )
+                }),
+            })
+            .collect()
+    }
+
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(&self.server.socket_mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "server.socket_mode",
+                    format!(
+                        "{:?} is not an octal mode like \"0660\"",
+                        self.server.socket_mode
+                    ),
+                )
+            })
+    }
+
+    /// Options for a socketmap name: `[zones.NAME]`, else `[zones.default]`, else defaults.
+    pub fn zone(&self, name: &str) -> ZoneOptions {
+        self.zones
+            .get(name)
+            .or_else(|| self.zones.get("default"))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::from_toml("", "test").unwrap();
+        assert_eq!(
+            c.listen_addrs().unwrap(),
+            vec![ListenAddr::Tcp("127.0.0.1:8461".parse().unwrap())]
+        );
+        assert_eq!(c.socket_mode().unwrap(), 0o666);
+        assert_eq!(c.fetch.timeout, Duration::from_secs(15));
+        assert!(!c.fetch.allow_private_addresses);
+        assert_eq!(c.zone("postfix"), ZoneOptions::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Config::from_toml("[fetch]\ntimout = \"5s\"\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("timout"), "{e}");
+        assert!(Config::from_toml("[zones.strict]\nstrict = true\n", "x").is_err());
+        assert!(Config::from_toml("[nope]\n", "x").is_err());
+    }
+
+    #[test]
+    fn durations_and_zones() {
+        let c = Config::from_toml(
+            "[resolver]\nnameservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\ntimeout = \"500ms\"\n\
+             [zones.default]\nrequire_sni = false\n[zones.strict]\nstrict_testing = true\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.resolver.timeout, Duration::from_millis(500));
+        assert_eq!(c.resolver.nameservers.len(), 2);
+        assert!(c.zone("strict").strict_testing);
+        assert!(!c.zone("other").require_sni);
+        assert!(c.zone("strict").require_sni);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_setting_name() {
+        for (toml, setting) in [
+            ("[server]\nlisten = [\"localhost\"]", "server.listen"),
+            (
+                "[server]\nlisten = [\"unix:relative.sock\"]",
+                "server.listen",
+            ),
+            ("[server]\nsocket_mode = \"999\"", "server.socket_mode"),
+            ("[fetch]\ntimeout = \"0s\"", "fetch.timeout"),
+            ("[lookup]\ndeadline = \"5m\"", "lookup.deadline"),
+            ("[cache]\nretry_after = \"1m\"", "cache.retry_after"),
+            (
+                "[fetch]\nca_file = \"/nonexistent/ca.pem\"",
+                "fetch.ca_file",
+            ),
+        ] {
+            let e = Config::from_toml(toml, "x").unwrap_err().to_string();
+            assert!(e.contains(setting), "{toml}: {e}");
+        }
+        assert!(Config::from_toml("[fetch]\ntimeout = \"soon\"", "x").is_err());
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/mta-stsd.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let c = Config::from_toml(&text, path).unwrap();
+        // The example documents the defaults: it must not change behaviour.
+        let d = Config::default();
+        assert_eq!(c.server.listen, d.server.listen);
+        assert_eq!(c.fetch.timeout, d.fetch.timeout);
+        assert_eq!(c.lookup.deadline, d.lookup.deadline);
+        assert_eq!(c.cache.negative_ttl, d.cache.negative_ttl);
+        assert_eq!(c.zone("postfix"), d.zone("postfix"));
+    }
+}

@@ -1,0 +1,15 @@
+//! mta-stsd: an MTA-STS (RFC 8461) policy daemon for Postfix.
+//!
+//! The modules are layered so that each can be tested alone:
+//! - [`codec`]: the socketmap netstring wire format;
+//! - [`domain`], [`policy`], [`answer`]: pure parsing and rendering, no I/O;
+//! - [`discovery`]: DNS and HTTPS;
+//! - [`config`]: the TOML configuration.
+
+pub mod answer;
+pub mod codec;
+pub mod config;
+pub mod discovery;
+pub mod domain;
+pub mod policy;
+pub mod query;

@@ -1,0 +1,179 @@
+//! `mta-stsd query DOMAIN`: one live discovery, explained step by step.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::answer::{ZoneOptions, render};
+use crate::discovery::{Discoverer, FetchError, TxtLookup};
+use crate::domain::normalize_key;
+use crate::policy::Policy;
+
+/// How a query ended; also the process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A policy was found (whatever its mode).
+    Policy,
+    /// The domain has no MTA-STS policy.
+    NoPolicy,
+    /// Discovery failed: the domain may have a policy we could not get.
+    Error,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Policy => 0,
+            Outcome::NoPolicy => 1,
+            Outcome::Error => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FetchFailure {
+    pub class: &'static str,
+    pub message: String,
+}
+
+/// Everything `query` found out.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryReport {
+    pub key: String,
+    pub domain: Option<String>,
+    /// Why the key was not looked up at all (IP literal, parent domain, invalid).
+    pub skipped: Option<String>,
+    pub txt: Option<TxtLookup>,
+    pub policy_url: Option<String>,
+    pub policy: Option<Policy>,
+    pub fetch_error: Option<FetchFailure>,
+    /// RFC 3339 time until which the fetched policy is valid.
+    pub valid_until: Option<String>,
+    /// The exact socketmap reply Postfix would get (netstring payload).
+    pub reply: String,
+    pub outcome: Outcome,
+}
+
+/// Runs one live discovery for a next-hop key.
+pub async fn query(discoverer: &Discoverer, key: &str, zone: &ZoneOptions) -> QueryReport {
+    let mut report = QueryReport {
+        key: key.to_owned(),
+        domain: None,
+        skipped: None,
+        txt: None,
+        policy_url: None,
+        policy: None,
+        fetch_error: None,
+        valid_until: None,
+        reply: "NOTFOUND ".to_owned(),
+        outcome: Outcome::NoPolicy,
+    };
+    let domain = match normalize_key(key) {
+        Ok(d) => d,
+        Err(skip) => {
+            report.skipped = Some(skip.to_string());
+            return report;
+        }
+    };
+    report.domain = Some(domain.clone());
+    let txt = discoverer.lookup_txt(&domain).await;
+    report.txt = Some(txt.clone());
+    match txt {
+        TxtLookup::Found { .. } => {}
+        TxtLookup::NoPolicy { .. } => return report,
+        TxtLookup::Failed { .. } => {
+            report.outcome = Outcome::Error;
+            return report;
+        }
+    }
+    report.policy_url = Some(discoverer.policy_url(&domain));
+    match discoverer.fetch_policy(&domain).await {
+        Ok(policy) => {
+            let until = SystemTime::now() + Duration::from_secs(policy.max_age);
+            report.valid_until = Some(humantime::format_rfc3339_seconds(until).to_string());
+            report.reply = render(&domain, Some(&policy), zone).reply.to_wire();
+            report.policy = Some(policy);
+            report.outcome = Outcome::Policy;
+        }
+        Err(e) => {
+            report.fetch_error = Some(failure(&e));
+            report.outcome = Outcome::Error;
+        }
+    }
+    report
+}
+
+fn failure(e: &FetchError) -> FetchFailure {
+    FetchFailure {
+        class: e.class(),
+        message: e.to_string(),
+    }
+}
+
+impl QueryReport {
+    /// A human explanation, one step per line.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "key:        {}", self.key);
+        if let Some(skip) = &self.skipped {
+            let _ = writeln!(out, "result:     no lookup: {skip}");
+            let _ = writeln!(out, "reply:      {:?}", self.reply);
+            return out;
+        }
+        if let Some(d) = &self.domain {
+            let _ = writeln!(out, "domain:     {d}");
+        }
+        match &self.txt {
+            Some(TxtLookup::Found { record }) => {
+                let _ = writeln!(out, "TXT:        {} (id {})", record.raw, record.id);
+            }
+            Some(TxtLookup::NoPolicy { reason }) => {
+                let _ = writeln!(out, "TXT:        {reason}");
+                let _ = writeln!(out, "result:     no MTA-STS policy");
+            }
+            Some(TxtLookup::Failed { reason }) => {
+                let _ = writeln!(out, "TXT:        {reason}");
+                let _ = writeln!(
+                    out,
+                    "result:     error: DNS lookup failed (a cached policy would stay in force)"
+                );
+            }
+            None => {}
+        }
+        if let Some(url) = &self.policy_url {
+            let _ = writeln!(out, "policy URL: {url}");
+        }
+        if let Some(e) = &self.fetch_error {
+            let _ = writeln!(out, "fetch:      failed ({}): {}", e.class, e.message);
+            let _ = writeln!(
+                out,
+                "result:     error: the domain announces a policy that could not be fetched"
+            );
+        }
+        if let Some(p) = &self.policy {
+            let _ = writeln!(out, "policy:");
+            for line in &p.lines {
+                let _ = writeln!(out, "    {line}");
+            }
+            let _ = writeln!(
+                out,
+                "mode:       {}; mx: {}",
+                p.mode,
+                p.mx.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let _ = writeln!(
+                out,
+                "valid:      {} seconds, until {}",
+                p.max_age,
+                self.valid_until.as_deref().unwrap_or("?")
+            );
+        }
+        let _ = writeln!(out, "reply:      {:?}", self.reply);
+        out
+    }
+}

@@ -1,0 +1,137 @@
+//! The `mta-stsd` binary itself: `query` and `check-config`, against the loopback world.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use common::ENFORCE;
+use mta_stsd_testkit::{TestHttps, World};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+}
+
+fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
+    let path = dir.path().join("mta-stsd.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// Runs `mta-stsd query` off the async runtime, so the in-process servers keep serving.
+async fn run_query(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || bin().arg("query").args(args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_explains_no_policy_skip_and_refused_host() {
+    let w = World::start().await;
+    w.publish("internal.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "[resolver]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n",
+            w.dns.addr()
+        ),
+    );
+    let cfg = cfg.to_str().unwrap().to_owned();
+
+    let out = run_query(vec!["nopolicy.example".into(), "-c".into(), cfg.clone()]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("NXDOMAIN"), "{text}");
+    assert!(text.contains("reply:      \"NOTFOUND \""), "{text}");
+
+    let out = run_query(vec!["[192.0.2.1]:25".into(), "-c".into(), cfg.clone()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("IP address literal"));
+
+    // The policy host is on loopback and private addresses are not allowed by default.
+    let out = run_query(vec![
+        "internal.example".into(),
+        "--json".into(),
+        "-c".into(),
+        cfg,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["outcome"], "error");
+    assert_eq!(json["fetch_error"]["class"], "private_address");
+    assert_eq!(json["txt"]["record"]["id"], "1");
+    assert_eq!(json["reply"], "NOTFOUND ");
+}
+
+/// The full path through the binary, with the policy server on port 443 of a private
+/// loopback address. Binding port 443 needs root (as in CI); elsewhere it is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_finds_an_enforced_policy_on_port_443() {
+    let ip = Ipv4Addr::new(127, 84, 61, 1);
+    let listener = match tokio::net::TcpListener::bind((ip, 443)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("skipped: cannot bind {ip}:443 ({e}); run as root to include this test");
+            return;
+        }
+    };
+    let w = World::start().await;
+    let https = TestHttps::serve(w.ca.clone(), listener);
+    w.dns
+        .set_txt("_mta-sts.port443.example", &["v=STSv1; id=443"]);
+    w.dns.set_a("mta-sts.port443.example", ip);
+    https.set_policy("port443.example", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, w.ca.cert_pem()).unwrap();
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "[resolver]\nnameservers = [\"{}\"]\n[fetch]\nca_file = \"{}\"\nallow_private_addresses = true\n",
+            w.dns.addr(),
+            ca.display()
+        ),
+    );
+    let out = run_query(vec![
+        "port443.example".into(),
+        "-c".into(),
+        cfg.to_str().unwrap().into(),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "reply:      \"OK secure match=mx1.example.com:.example.net servername=hostname\""
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("mode:       enforce; mx: mx1.example.com, *.example.net"),
+        "{text}"
+    );
+    assert_eq!(https.hits("port443.example"), 1);
+}
+
+#[test]
+fn check_config_accepts_the_example_and_rejects_typos() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/mta-stsd.toml");
+    let out = bin().args(["check-config", example]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_config(&dir, "[fetch]\ntimout = \"1s\"\n");
+    let out = bin().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timout"));
+}
