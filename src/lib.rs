@@ -7,9 +7,14 @@
 //! - [`config`]: the TOML configuration.
 
 pub mod answer;
+pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod daemon;
 pub mod discovery;
 pub mod domain;
 pub mod policy;
 pub mod query;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -36,6 +36,12 @@ enum Command {
         #[arg(long, default_value = "postfix")]
         zone: String,
     },
+    /// Run the socketmap daemon (on built-in defaults when no file is given).
+    Serve {
+        /// Configuration file (default: built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -43,9 +49,9 @@ enum Command {
     },
 }
 
-fn init_logging() {
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -71,7 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             zone,
         } => {
-            init_logging();
+            init_logging("warn");
             let config = Config::load(config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -88,6 +94,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(report.outcome.exit_code() as u8))
         }
+        Command::Serve { config } => {
+            init_logging("info");
+            let config = Config::load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file))?;
             println!(
@@ -98,4 +114,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    use mta_stsd::clock::SystemClock;
+    use mta_stsd::daemon::Daemon;
+    use mta_stsd::discovery::DiscoveryOptions;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let opts = DiscoveryOptions::from_config(&config)?;
+    let daemon = Daemon::build(config, opts, std::sync::Arc::new(SystemClock)).await?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    daemon.run(shutdown).await;
+    Ok(())
 }

@@ -1,0 +1,107 @@
+//! Assembling the long-running service: cache store, discovery, policy service,
+//! listeners, refresher, and an orderly shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::discovery::{Discoverer, DiscoveryOptions, SetupError};
+use crate::server::{self, Listener, ServerContext};
+use crate::service::{PolicyService, ServiceSettings};
+use crate::store::{PolicyStore, SledStore, StoreError};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("cannot create cache directory {path}: {source}")]
+    CacheDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the cache at {path}: {source}")]
+    Cache { path: String, source: StoreError },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A daemon ready to serve: its shared context and bound listeners.
+pub struct Daemon {
+    pub ctx: Arc<ServerContext>,
+    pub listeners: Vec<Listener>,
+}
+
+impl Daemon {
+    /// Opens the cache (moving a broken one aside), sets up discovery and binds every
+    /// listener. `opts` and `clock` are the library's test hooks; the binary passes
+    /// `DiscoveryOptions::from_config` and the system clock.
+    pub async fn build(
+        config: Config,
+        opts: DiscoveryOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Daemon, DaemonError> {
+        config.validate()?;
+        let path = config.cache.resolved_path();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| DaemonError::CacheDir {
+                path: parent.display().to_string(),
+                source,
+            })?;
+        }
+        let (store, moved) =
+            SledStore::open_or_recover(&path).map_err(|source| DaemonError::Cache {
+                path: path.display().to_string(),
+                source,
+            })?;
+        if let Some((aside, why)) = moved {
+            tracing::error!(cache = %path.display(), moved_to = %aside.display(), reason = %why, "cache could not be opened; moved it aside and started with an empty cache");
+        }
+        let store: Arc<dyn PolicyStore> = Arc::new(store);
+        let discoverer = Discoverer::new(opts)?;
+        let settings = ServiceSettings {
+            cache: config.cache.clone(),
+            lookup: config.lookup.clone(),
+        };
+        let service = PolicyService::new(discoverer, store, clock, settings);
+        let mode = config.socket_mode()?;
+        let mut listeners = Vec::new();
+        for addr in config.listen_addrs()? {
+            let l = Listener::bind(&addr, mode)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            listeners.push(l);
+        }
+        tracing::info!(cache = %path.display(), entries = service.len(), "mta-stsd ready");
+        Ok(Daemon {
+            ctx: ServerContext::new(service, config),
+            listeners,
+        })
+    }
+
+    /// Serves until `shutdown` resolves; then stops the refresher, drains
+    /// connections and flushes the cache.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let service = self.ctx.service.clone();
+        let mut stop_refresher = stop_rx.clone();
+        let refresher = tokio::spawn(service.clone().run_refresher(async move {
+            let _ = stop_refresher.wait_for(|s| *s).await;
+        }));
+        server::run(self.listeners, self.ctx, shutdown).await;
+        let _ = stop_tx.send(true);
+        let _ = refresher.await;
+        service.flush();
+        tracing::info!("stopped");
+    }
+}

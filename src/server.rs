@@ -1,0 +1,220 @@
+//! The socketmap server: accepts Postfix connections on TCP and unix sockets and
+//! answers each request in order. A connection cap applies back-pressure (further
+//! connections wait in the kernel's accept queue). A malformed request closes only
+//! its own connection. On shutdown, accepting stops, idle connections close, and the
+//! request in progress on each connection is answered first.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::codec::Framed;
+
+use crate::answer::Reply;
+use crate::codec::{CodecError, NetstringCodec, parse_request};
+use crate::config::{Config, ListenAddr};
+use crate::service::PolicyService;
+
+/// A bound listener.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Binds a configured address. A stale unix socket file is replaced; the socket
+    /// gets `mode`.
+    pub async fn bind(addr: &ListenAddr, mode: u32) -> std::io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path)?;
+                let l = UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+                Ok(Listener::Unix(l, path.clone()))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "tcp".into()),
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What the server reads from the configuration; replaceable at run time.
+pub struct ServerContext {
+    pub service: Arc<PolicyService>,
+    pub config: RwLock<Arc<Config>>,
+}
+
+impl ServerContext {
+    pub fn new(service: Arc<PolicyService>, config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            service,
+            config: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains connections and returns.
+pub async fn run(
+    listeners: Vec<Listener>,
+    ctx: Arc<ServerContext>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let max = ctx.config().server.max_connections;
+    let limit = Arc::new(Semaphore::new(max));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_tasks = JoinSet::new();
+    let mut unix_paths = Vec::new();
+    for listener in listeners {
+        tracing::info!(listen = %listener.describe(), "listening");
+        if let Listener::Unix(_, p) = &listener {
+            unix_paths.push(p.clone());
+        }
+        accept_tasks.spawn(accept_loop(
+            listener,
+            ctx.clone(),
+            limit.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing requests in progress");
+    let _ = stop_tx.send(true);
+    // Each accept loop returns after all its connections have finished.
+    while accept_tasks.join_next().await.is_some() {}
+    for p in unix_paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    ctx: Arc<ServerContext>,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        // Back-pressure: wait for a free slot before accepting.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let accepted = tokio::select! {
+            a = accept(&listener) => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match accepted {
+            Ok(Conn::Tcp(s)) => {
+                let _ = s.set_nodelay(true);
+                conns.spawn(serve_conn(s, ctx.clone(), stop.clone(), permit));
+            }
+            Ok(Conn::Unix(s)) => {
+                conns.spawn(serve_conn(s, ctx.clone(), stop.clone(), permit));
+            }
+            Err(e) => {
+                // EMFILE and friends: log, pause briefly, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        // Reap finished connections so the set does not grow without bound.
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Conn> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+    }
+}
+
+async fn serve_conn<S>(
+    stream: S,
+    ctx: Arc<ServerContext>,
+    mut stop: watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = ctx.config();
+    let mut framed = Framed::new(stream, NetstringCodec::new(config.server.max_request_size));
+    loop {
+        let frame = tokio::select! {
+            f = framed.next() => f,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let payload = match frame {
+            None => return,
+            Some(Ok(p)) => p,
+            Some(Err(CodecError::Io(e))) => {
+                tracing::debug!(error = %e, "connection error");
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "malformed socketmap request; closing the connection");
+                return;
+            }
+        };
+        let request = match parse_request(&payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed socketmap request; closing the connection");
+                return;
+            }
+        };
+        // The zone options are read per request, so a reload applies at once.
+        let zone = ctx.config().zone(&request.map);
+        let (reply, outcome) = ctx.service.lookup(&request.key, &zone).await;
+        tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind(), "lookup");
+        let wire = reply.to_wire();
+        if let Err(e) = framed.send(wire.as_bytes()).await {
+            tracing::warn!(error = %e, "cannot send reply");
+            return;
+        }
+        if matches!(reply, Reply::Perm(_)) {
+            return;
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The policy service: answers lookups from the cache, discovers on a miss, and keeps
+//! cached policies fresh (RFC 8461 §3.3, §5.1, §10.2; SPEC §4).
+//!
+//! - A valid cached policy is answered from memory with no I/O. When its TXT record
+//!   was last checked more than `grace` ago, a background check runs; a changed id
+//!   triggers a fetch, an unchanged id does not extend max_age.
+//! - A miss runs discovery, shared by all concurrent lookups of the domain
+//!   (single-flight) and bounded by `lookup.deadline`; past the deadline the lookup
+//!   answers `NOTFOUND ` and discovery finishes into the cache.
+//! - Failures never remove a valid policy. After a failed fetch the same domain is
+//!   not fetched again for `retry_after` (at least 5 minutes).
+//! - The refresher re-fetches policies before they expire, whatever the TXT says.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::answer::{Reply, ZoneOptions, render};
+use crate::clock::Clock;
+use crate::codec::MAX_REPLY;
+use crate::config::{CacheConfig, LookupConfig};
+use crate::discovery::{Discoverer, TxtLookup};
+use crate::domain::normalize_key;
+use crate::policy::Mode;
+use crate::store::{CachedPolicy, Entry, Failure, PolicyStore};
+
+/// How a lookup was served (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// A valid cached policy.
+    Hit,
+    /// A cached "no policy".
+    NegativeHit,
+    /// Discovery ran (or was joined) for this lookup.
+    Miss,
+    /// The deadline passed before discovery finished.
+    Timeout,
+    /// The key names no domain (IP literal, parent domain, invalid).
+    Skipped,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::NegativeHit => "negative_hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Timeout => "timeout",
+            CacheOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// What triggered a discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// A lookup found nothing valid in the cache.
+    Miss,
+    /// A lookup found a valid policy whose TXT check is older than `grace`.
+    Recheck,
+    /// The refresher: fetch whatever the TXT record says.
+    Refresh,
+}
+
+type Flight = Shared<BoxFuture<'static, ()>>;
+
+/// Settings the service reads on every operation.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub cache: CacheConfig,
+    pub lookup: LookupConfig,
+}
+
+pub struct PolicyService {
+    discoverer: Discoverer,
+    store: Arc<dyn PolicyStore>,
+    clock: Arc<dyn Clock>,
+    settings: RwLock<ServiceSettings>,
+    entries: RwLock<HashMap<String, Arc<Entry>>>,
+    inflight: Mutex<HashMap<String, Flight>>,
+    idle: Notify,
+}
+
+impl PolicyService {
+    /// Builds the service and loads every live entry from the store (expired ones are
+    /// pruned from it).
+    pub fn new(
+        discoverer: Discoverer,
+        store: Arc<dyn PolicyStore>,
+        clock: Arc<dyn Clock>,
+        settings: ServiceSettings,
+    ) -> Arc<Self> {
+        let now = clock.now();
+        let mut entries = HashMap::new();
+        match store.load_all() {
+            Ok((loaded, errors)) => {
+                for e in &errors {
+                    tracing::warn!(error = %e, "dropping unreadable cache entry");
+                }
+                let mut pruned = 0usize;
+                for (domain, entry) in loaded {
+                    if entry.is_live(now) {
+                        entries.insert(domain, Arc::new(entry));
+                    } else {
+                        pruned += 1;
+                        if let Err(e) = store.remove(&domain) {
+                            tracing::warn!(%domain, error = %e, "cannot prune cache entry");
+                        }
+                    }
+                }
+                tracing::info!(entries = entries.len(), pruned, "cache loaded");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the cache; starting empty"),
+        }
+        Arc::new(Self {
+            discoverer,
+            store,
+            clock,
+            settings: RwLock::new(settings),
+            entries: RwLock::new(entries),
+            inflight: Mutex::new(HashMap::new()),
+            idle: Notify::new(),
+        })
+    }
+
+    pub fn set_settings(&self, settings: ServiceSettings) {
+        if let Ok(mut s) = self.settings.write() {
+            *s = settings;
+        }
+    }
+
+    fn settings(&self) -> ServiceSettings {
+        self.settings
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn entry(&self, domain: &str) -> Option<Arc<Entry>> {
+        self.entries
+            .read()
+            .map(|m| m.get(domain).cloned())
+            .unwrap_or_else(|p| p.into_inner().get(domain).cloned())
+    }
+
+    /// A snapshot of one domain's cache entry.
+    pub fn cached(&self, domain: &str) -> Option<Entry> {
+        self.entry(domain).map(|e| (*e).clone())
+    }
+
+    /// Number of entries in memory.
+    pub fn len(&self) -> usize {
+        self.entries.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn save(&self, domain: &str, entry: Entry) {
+        if let Err(e) = self.store.put(domain, &entry) {
+            tracing::error!(domain, error = %e, "cannot persist cache entry");
+        }
+        if let Ok(mut m) = self.entries.write() {
+            m.insert(domain.to_owned(), Arc::new(entry));
+        }
+    }
+
+    fn forget(&self, domain: &str) {
+        if let Err(e) = self.store.remove(domain) {
+            tracing::warn!(domain, error = %e, "cannot remove cache entry");
+        }
+        if let Ok(mut m) = self.entries.write() {
+            m.remove(domain);
+        }
+    }
+
+    /// Answers one socketmap lookup.
+    pub async fn lookup(self: &Arc<Self>, key: &str, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
+        let domain = match normalize_key(key) {
+            Ok(d) => d,
+            Err(skip) => {
+                tracing::debug!(key, reason = %skip, "no lookup");
+                return (Reply::NotFound, CacheOutcome::Skipped);
+            }
+        };
+        let now = self.clock.now();
+        if let Some(entry) = self.entry(&domain) {
+            if let Some(cached) = entry.valid_policy(now) {
+                let grace = self.settings().cache.grace.as_secs();
+                if now.saturating_sub(entry.last_check) >= grace {
+                    drop(self.flight(&domain, Trigger::Recheck));
+                }
+                return (self.render(&domain, cached, zone), CacheOutcome::Hit);
+            }
+            if entry.no_policy_until.is_some_and(|t| t > now) {
+                return (Reply::NotFound, CacheOutcome::NegativeHit);
+            }
+        }
+        let deadline = self.settings().lookup.deadline;
+        let flight = self.flight(&domain, Trigger::Miss);
+        if tokio::time::timeout(deadline, flight).await.is_err() {
+            tracing::warn!(
+                domain,
+                ?deadline,
+                "discovery did not finish before the lookup deadline; answering NOTFOUND for now"
+            );
+            return (Reply::NotFound, CacheOutcome::Timeout);
+        }
+        let now = self.clock.now();
+        let reply = match self.entry(&domain) {
+            Some(entry) => match entry.valid_policy(now) {
+                Some(cached) => self.render(&domain, cached, zone),
+                None => Reply::NotFound,
+            },
+            None => Reply::NotFound,
+        };
+        (reply, CacheOutcome::Miss)
+    }
+
+    fn render(&self, domain: &str, cached: &CachedPolicy, zone: &ZoneOptions) -> Reply {
+        let rendered = render(domain, Some(&cached.policy), zone);
+        if !rendered.dropped_lines.is_empty() {
+            tracing::warn!(domain, lines = ?rendered.dropped_lines, "policy lines with '{{' or '}}' left out of TLSRPT attributes");
+        }
+        if rendered.reply.to_wire().len() > MAX_REPLY {
+            // Only TLSRPT attributes can make a reply this long; keep enforcement.
+            tracing::warn!(
+                domain,
+                "reply too long for Postfix; TLSRPT attributes left out"
+            );
+            let plain = ZoneOptions {
+                tlsrpt: false,
+                ..zone.clone()
+            };
+            return render(domain, Some(&cached.policy), &plain).reply;
+        }
+        rendered.reply
+    }
+
+    /// Starts (or joins) the discovery for `domain`; it runs as its own task, so it
+    /// finishes even when nobody waits for it any more.
+    fn flight(self: &Arc<Self>, domain: &str, trigger: Trigger) -> Flight {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = inflight.get(domain) {
+            return f.clone();
+        }
+        let this = self.clone();
+        let owned = domain.to_owned();
+        let task = tokio::spawn(async move {
+            this.discover(&owned, trigger).await;
+            let mut inflight = this.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            inflight.remove(&owned);
+            if inflight.is_empty() {
+                this.idle.notify_waiters();
+            }
+        });
+        let flight: Flight = async move {
+            let _ = task.await;
+        }
+        .boxed()
+        .shared();
+        inflight.insert(domain.to_owned(), flight.clone());
+        flight
+    }
+
+    /// Waits until no discovery is running (for tests and orderly shutdown).
+    pub async fn settle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.inflight.lock().map(|m| m.is_empty()).unwrap_or(true) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// One discovery step for `domain`, updating the cache.
+    async fn discover(&self, domain: &str, trigger: Trigger) {
+        let settings = self.settings();
+        let started = self.clock.now();
+        let old = self.entry(domain).map(|e| (*e).clone()).unwrap_or_default();
+        let mut entry = old.clone();
+        let have_valid = old.valid_policy(started).is_some();
+
+        let txt = self.discoverer.lookup_txt(domain).await;
+        let now = self.clock.now();
+        entry.last_check = now;
+        let fetch_id = match &txt {
+            TxtLookup::Found { record } => {
+                let same_id = old.valid_policy(now).is_some_and(|p| p.id == record.id);
+                if same_id && trigger != Trigger::Refresh {
+                    // Nothing new; max_age still counts from the original fetch.
+                    entry.no_policy_until = None;
+                    self.save(domain, entry);
+                    return;
+                }
+                Some(record.id.clone())
+            }
+            TxtLookup::NoPolicy { reason } => {
+                if have_valid && trigger == Trigger::Refresh {
+                    tracing::info!(domain, %reason, "TXT record gone; refreshing the cached policy anyway");
+                    None
+                } else if have_valid {
+                    // A vanished TXT record alone does not remove a cached policy.
+                    tracing::info!(domain, %reason, "TXT record gone; cached policy stays in force until it expires");
+                    self.save(domain, entry);
+                    return;
+                } else {
+                    tracing::debug!(domain, %reason, "no policy");
+                    entry.policy = None;
+                    entry.failure = None;
+                    entry.no_policy_until = Some(now + settings.cache.negative_ttl.as_secs());
+                    self.save(domain, entry);
+                    return;
+                }
+            }
+            TxtLookup::Failed { reason } => {
+                tracing::warn!(domain, %reason, cached = have_valid, "TXT lookup failed");
+                if have_valid && trigger == Trigger::Refresh {
+                    None
+                } else {
+                    entry.failure = Some(Failure {
+                        at: now,
+                        id: None,
+                        class: "dns".into(),
+                        message: reason.clone(),
+                    });
+                    if !have_valid {
+                        let retry = settings.cache.negative_ttl.min(Duration::from_secs(60));
+                        entry.no_policy_until = Some(now + retry.as_secs());
+                    }
+                    self.save(domain, entry);
+                    return;
+                }
+            }
+        };
+
+        // Back off after a failed fetch (RFC 8461 §3.3: at least 5 minutes per id).
+        if let Some(f) = &old.failure {
+            let retry = settings.cache.retry_after.as_secs();
+            if f.class != "dns" && now < f.at + retry && (fetch_id.is_none() || f.id == fetch_id) {
+                tracing::debug!(
+                    domain,
+                    "fetch skipped: last attempt failed less than retry_after ago"
+                );
+                if !have_valid {
+                    entry.no_policy_until = Some(f.at + retry);
+                }
+                self.save(domain, entry);
+                return;
+            }
+        }
+
+        let id = fetch_id
+            .clone()
+            .or_else(|| old.policy.as_ref().map(|p| p.id.clone()))
+            .unwrap_or_default();
+        match self.discoverer.fetch_policy(domain).await {
+            Ok(policy) => {
+                let now = self.clock.now();
+                let cached = CachedPolicy {
+                    expires_at: now + policy.max_age,
+                    fetched_at: now,
+                    id,
+                    policy,
+                };
+                log_transition(domain, old.policy.as_ref(), &cached, have_valid);
+                entry.policy = Some(cached);
+                entry.failure = None;
+                entry.no_policy_until = None;
+                self.save(domain, entry);
+            }
+            Err(e) => {
+                let now = self.clock.now();
+                if have_valid {
+                    tracing::warn!(domain, class = e.class(), error = %e, "policy fetch failed; cached policy stays in force");
+                } else {
+                    tracing::warn!(domain, class = e.class(), error = %e, "policy fetch failed; treating the domain as having no policy");
+                    entry.no_policy_until = Some(now + settings.cache.retry_after.as_secs());
+                }
+                entry.failure = Some(Failure {
+                    at: now,
+                    id: fetch_id,
+                    class: e.class().into(),
+                    message: e.to_string(),
+                });
+                self.save(domain, entry);
+            }
+        }
+    }
+
+    /// Domains whose policy is due for a refresh at `now`.
+    fn due_for_refresh(&self, now: u64, settings: &ServiceSettings) -> Vec<String> {
+        let refresh_after = settings.cache.refresh_after.as_secs();
+        let retry = settings.cache.retry_after.as_secs();
+        let map = match self.entries.read() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.iter()
+            .filter_map(|(domain, entry)| {
+                let p = entry.valid_policy(now)?;
+                let age_limit = refresh_after.min(p.policy.max_age / 2).max(1);
+                let due = p.fetched_at + age_limit.saturating_sub(jitter(domain, age_limit / 10));
+                let backing_off = entry.failure.as_ref().is_some_and(|f| now < f.at + retry);
+                (now >= due && !backing_off).then(|| domain.clone())
+            })
+            .collect()
+    }
+
+    /// Removes entries that no longer say anything.
+    fn prune(&self, now: u64) -> usize {
+        let dead: Vec<String> = match self.entries.read() {
+            Ok(m) => m
+                .iter()
+                .filter(|(_, e)| !e.is_live(now))
+                .map(|(d, _)| d.clone())
+                .collect(),
+            Err(_) => return 0,
+        };
+        for d in &dead {
+            self.forget(d);
+        }
+        dead.len()
+    }
+
+    /// One refresher pass: prune dead entries and refresh due policies, at most
+    /// `refresh_concurrency` at a time. Returns how many refreshes ran.
+    pub async fn refresh_due(self: &Arc<Self>) -> usize {
+        let settings = self.settings();
+        let now = self.clock.now();
+        let pruned = self.prune(now);
+        if pruned > 0 {
+            tracing::debug!(pruned, "expired cache entries pruned");
+        }
+        let due = self.due_for_refresh(now, &settings);
+        let limit = Arc::new(Semaphore::new(settings.cache.refresh_concurrency));
+        let mut tasks = Vec::with_capacity(due.len());
+        for domain in &due {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let flight = self.flight(domain, Trigger::Refresh);
+            tasks.push(tokio::spawn(async move {
+                flight.await;
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        due.len()
+    }
+
+    /// Runs the refresher until `shutdown` resolves.
+    pub async fn run_refresher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let interval = self.settings().cache.refresh_interval;
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let n = self.refresh_due().await;
+            if n > 0 {
+                tracing::info!(refreshed = n, "policies refreshed");
+            }
+        }
+    }
+
+    /// Writes everything to disk.
+    pub fn flush(&self) {
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "cannot flush the cache");
+        }
+    }
+}
+
+/// A per-domain spread in [0, max] seconds, so refreshes of policies fetched together
+/// do not all fall due in the same pass.
+fn jitter(domain: &str, max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let h = domain.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    h % (max + 1)
+}
+
+fn log_transition(domain: &str, old: Option<&CachedPolicy>, new: &CachedPolicy, was_valid: bool) {
+    let Some(old) = old.filter(|_| was_valid) else {
+        tracing::info!(domain, id = %new.id, mode = %new.policy.mode, max_age = new.policy.max_age, "policy cached");
+        return;
+    };
+    let (from, to) = (old.policy.mode, new.policy.mode);
+    let downgrade = matches!(
+        (from, to),
+        (Mode::Enforce, Mode::Testing | Mode::None) | (Mode::Testing, Mode::None)
+    );
+    if downgrade {
+        tracing::warn!(domain, from = %from, to = %to, id = %new.id, "policy downgraded");
+    } else if from != to {
+        tracing::info!(domain, from = %from, to = %to, id = %new.id, "policy mode changed");
+    }
+    if old.policy.mx != new.policy.mx {
+        tracing::warn!(domain, id = %new.id, "policy mx set changed");
+    }
+    tracing::info!(domain, id = %new.id, mode = %to, max_age = new.policy.max_age, "policy refreshed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_bounded_and_stable() {
+        for d in ["a.example", "b.example", "example.com"] {
+            assert!(jitter(d, 100) <= 100);
+            assert_eq!(jitter(d, 100), jitter(d, 100));
+        }
+        assert_eq!(jitter("x", 0), 0);
+    }
+}

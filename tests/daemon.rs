@@ -1,0 +1,597 @@
+//! The daemon end to end: real socketmap clients over TCP and unix sockets, the
+//! loopback DNS and HTTPS servers, and a manual clock for cache time.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::{ENFORCE, options};
+use futures::{SinkExt, StreamExt};
+use mta_stsd::clock::{Clock, ManualClock, SystemClock};
+use mta_stsd::codec::NetstringCodec;
+use mta_stsd::config::Config;
+use mta_stsd::daemon::Daemon;
+use mta_stsd::server::Listener;
+use mta_stsd::service::PolicyService;
+use mta_stsd_testkit::{RecordType, World, policy_text};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::codec::Framed;
+
+const SECURE: &str = "OK secure match=mx1.example.com:.example.net servername=hostname";
+
+struct Running {
+    tcp: SocketAddr,
+    unix: PathBuf,
+    clock: ManualClock,
+    service: Arc<PolicyService>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.unwrap();
+    }
+
+    async fn tcp(&self) -> Framed<TcpStream, NetstringCodec> {
+        Framed::new(
+            TcpStream::connect(self.tcp).await.unwrap(),
+            NetstringCodec::new(200_000),
+        )
+    }
+
+    async fn unix(&self) -> Framed<UnixStream, NetstringCodec> {
+        Framed::new(
+            UnixStream::connect(&self.unix).await.unwrap(),
+            NetstringCodec::new(200_000),
+        )
+    }
+
+    /// One request on a fresh TCP connection.
+    async fn ask(&self, map: &str, key: &str) -> String {
+        ask(&mut self.tcp().await, map, key).await.expect("a reply")
+    }
+}
+
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Framed<S, NetstringCodec>,
+    map: &str,
+    key: &str,
+) -> Option<String> {
+    conn.send(format!("{map} {key}").as_bytes()).await.ok()?;
+    let reply = conn.next().await?.ok()?;
+    Some(String::from_utf8(reply.to_vec()).unwrap())
+}
+
+fn config(dir: &Path, extra: &str) -> Config {
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\", \"unix:{}\"]\n{extra}",
+        dir.join("mta-stsd.sock").display(),
+    );
+    let mut config = Config::from_toml(&text, "test").unwrap();
+    config.cache.path = Some(dir.join("cache"));
+    config
+}
+
+async fn start_with(world: &World, dir: &Path, extra: &str, clock: ManualClock) -> Running {
+    let config = config(dir, extra);
+    let daemon = Daemon::build(config, options(world), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let tcp = daemon
+        .listeners
+        .iter()
+        .find_map(|l| match l {
+            Listener::Tcp(t) => t.local_addr().ok(),
+            _ => None,
+        })
+        .unwrap();
+    let service = daemon.ctx.service.clone();
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(daemon.run(async {
+        let _ = rx.await;
+    }));
+    Running {
+        tcp,
+        unix: dir.join("mta-stsd.sock"),
+        clock,
+        service,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn start(world: &World, dir: &Path, extra: &str) -> Running {
+    start_with(world, dir, extra, ManualClock::new(SystemClock.now())).await
+}
+
+#[tokio::test]
+async fn answers_over_tcp_and_unix_sockets_with_zones() {
+    let w = World::start().await;
+    w.publish("enforce.example", "1", ENFORCE);
+    w.publish(
+        "testing.example",
+        "1",
+        &policy_text("testing", &["mx.testing.example"], 86400),
+    );
+    w.publish("none.example", "1", &policy_text("none", &[], 86400));
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(
+        &w,
+        dir.path(),
+        "[zones.strict]\nstrict_testing = true\n[zones.old]\nrequire_sni = false\n",
+    )
+    .await;
+
+    let mut tcp = d.tcp().await;
+    let mut unix = d.unix().await;
+    // Several requests on one connection, answered in order.
+    assert_eq!(
+        ask(&mut tcp, "postfix", "enforce.example").await.unwrap(),
+        SECURE
+    );
+    assert_eq!(
+        ask(&mut tcp, "postfix", "testing.example").await.unwrap(),
+        "NOTFOUND "
+    );
+    assert_eq!(
+        ask(&mut tcp, "postfix", "none.example").await.unwrap(),
+        "NOTFOUND "
+    );
+    assert_eq!(
+        ask(&mut tcp, "postfix", ".enforce.example").await.unwrap(),
+        "NOTFOUND "
+    );
+    assert_eq!(
+        ask(&mut tcp, "postfix", "[192.0.2.1]:25").await.unwrap(),
+        "NOTFOUND "
+    );
+    assert_eq!(
+        ask(&mut unix, "postfix", "ENFORCE.example.").await.unwrap(),
+        SECURE
+    );
+    assert_eq!(
+        ask(&mut unix, "strict", "testing.example").await.unwrap(),
+        "OK secure match=mx.testing.example servername=hostname"
+    );
+    assert_eq!(
+        ask(&mut unix, "strict", "none.example").await.unwrap(),
+        "NOTFOUND "
+    );
+    assert_eq!(
+        ask(&mut unix, "old", "enforce.example").await.unwrap(),
+        "OK secure match=mx1.example.com:.example.net"
+    );
+    // Every policy was fetched once, whatever the number of lookups.
+    assert_eq!(w.https.hits("enforce.example"), 1);
+    let mode = std::fs::metadata(&d.unix).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o666);
+    d.shutdown().await;
+    assert!(
+        !dir.path().join("mta-stsd.sock").exists(),
+        "unix socket removed on shutdown"
+    );
+}
+
+#[tokio::test]
+async fn id_change_fetches_the_new_policy() {
+    let w = World::start().await;
+    w.publish("idchange.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "").await;
+    assert_eq!(d.ask("postfix", "idchange.example").await, SECURE);
+    w.publish(
+        "idchange.example",
+        "2",
+        &policy_text("enforce", &["mx.new.example"], 86400),
+    );
+    // Within grace: answered from cache, no DNS.
+    let before = w
+        .dns
+        .query_count("_mta-sts.idchange.example", RecordType::TXT);
+    assert_eq!(d.ask("postfix", "idchange.example").await, SECURE);
+    assert_eq!(
+        w.dns
+            .query_count("_mta-sts.idchange.example", RecordType::TXT),
+        before
+    );
+    // After grace: still answered from cache at once, while a background check runs.
+    d.clock.advance(61);
+    assert_eq!(d.ask("postfix", "idchange.example").await, SECURE);
+    d.service.settle().await;
+    assert_eq!(w.https.hits("idchange.example"), 2);
+    assert_eq!(
+        d.ask("postfix", "idchange.example").await,
+        "OK secure match=mx.new.example servername=hostname"
+    );
+    assert_eq!(
+        d.service
+            .cached("idchange.example")
+            .unwrap()
+            .policy
+            .unwrap()
+            .id,
+        "2"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn same_id_keeps_the_old_policy_until_it_expires() {
+    let w = World::start().await;
+    w.publish(
+        "sameid.example",
+        "1",
+        &policy_text("enforce", &["mx1.example.com", "*.example.net"], 3600),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "").await;
+    assert_eq!(d.ask("postfix", "sameid.example").await, SECURE);
+    let fetched_at = d
+        .service
+        .cached("sameid.example")
+        .unwrap()
+        .policy
+        .unwrap()
+        .fetched_at;
+    w.https.set_policy(
+        "sameid.example",
+        &policy_text("enforce", &["mx.changed.example"], 3600),
+    );
+    d.clock.advance(600);
+    assert_eq!(d.ask("postfix", "sameid.example").await, SECURE);
+    d.service.settle().await;
+    assert_eq!(
+        w.https.hits("sameid.example"),
+        1,
+        "unchanged id: nothing to fetch"
+    );
+    let entry = d.service.cached("sameid.example").unwrap();
+    let cached = entry.policy.unwrap();
+    assert_eq!(
+        cached.fetched_at, fetched_at,
+        "an unchanged id does not extend max_age"
+    );
+    assert_eq!(cached.expires_at, fetched_at + 3600);
+    assert!(entry.last_check > fetched_at);
+    // Past max_age the policy is gone; the next lookup discovers the current file.
+    d.clock.advance(3001);
+    assert_eq!(
+        d.ask("postfix", "sameid.example").await,
+        "OK secure match=mx.changed.example servername=hostname"
+    );
+    assert_eq!(w.https.hits("sameid.example"), 2);
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn expiry_without_policy_answers_notfound() {
+    let w = World::start().await;
+    w.publish(
+        "expire.example",
+        "1",
+        &policy_text("enforce", &["mx1.example.com", "*.example.net"], 600),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "").await;
+    assert_eq!(d.ask("postfix", "expire.example").await, SECURE);
+    w.dns.remove("_mta-sts.expire.example", RecordType::TXT);
+    w.https.remove("expire.example");
+    d.clock.advance(601);
+    assert_eq!(d.ask("postfix", "expire.example").await, "NOTFOUND ");
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn vanished_txt_keeps_a_valid_policy_enforced() {
+    let w = World::start().await;
+    w.publish("gone.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "").await;
+    assert_eq!(d.ask("postfix", "gone.example").await, SECURE);
+    w.dns.remove("_mta-sts.gone.example", RecordType::TXT);
+    d.clock.advance(3600);
+    assert_eq!(d.ask("postfix", "gone.example").await, SECURE);
+    d.service.settle().await;
+    assert_eq!(d.ask("postfix", "gone.example").await, SECURE);
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn policy_server_down_keeps_the_cached_policy_and_backs_off() {
+    let w = World::start().await;
+    w.publish("down.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "").await;
+    assert_eq!(d.ask("postfix", "down.example").await, SECURE);
+    // A new id announces a new policy, but the policy server is down.
+    w.dns.set_txt("_mta-sts.down.example", &["v=STSv1; id=2"]);
+    w.https.remove("down.example");
+    d.clock.advance(120);
+    assert_eq!(d.ask("postfix", "down.example").await, SECURE);
+    d.service.settle().await;
+    let entry = d.service.cached("down.example").unwrap();
+    assert_eq!(
+        entry.failure.as_ref().unwrap().class,
+        "tls",
+        "{:?}",
+        entry.failure
+    );
+    assert_eq!(entry.policy.unwrap().id, "1");
+    assert_eq!(d.ask("postfix", "down.example").await, SECURE);
+    // Within 5 minutes of the failure the same id is not fetched again.
+    w.https.set_policy("down.example", ENFORCE);
+    d.clock.advance(120);
+    assert_eq!(d.ask("postfix", "down.example").await, SECURE);
+    d.service.settle().await;
+    assert_eq!(w.https.hits("down.example"), 1);
+    // After retry_after it is.
+    d.clock.advance(300);
+    assert_eq!(d.ask("postfix", "down.example").await, SECURE);
+    d.service.settle().await;
+    assert_eq!(w.https.hits("down.example"), 2);
+    assert_eq!(
+        d.service.cached("down.example").unwrap().policy.unwrap().id,
+        "2"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_serves_cached_policies_without_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemClock.now());
+    {
+        let w = World::start().await;
+        w.publish("persist.example", "1", ENFORCE);
+        let d = start_with(&w, dir.path(), "", clock.clone()).await;
+        assert_eq!(d.ask("postfix", "persist.example").await, SECURE);
+        d.shutdown().await;
+    }
+    // DNS and HTTPS are both gone now: a fresh world whose servers know nothing.
+    let w = World::start().await;
+    clock.advance(10);
+    let d = start_with(&w, dir.path(), "", clock).await;
+    assert_eq!(d.ask("postfix", "persist.example").await, SECURE);
+    assert_eq!(
+        w.dns.total_queries(),
+        0,
+        "answered from the persistent cache"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_fetch() {
+    let w = World::start().await;
+    w.publish("herd.example", "1", ENFORCE);
+    w.https.set_response(
+        "herd.example",
+        mta_stsd_testkit::HttpResponse::Delay(
+            std::time::Duration::from_millis(200),
+            Box::new(mta_stsd_testkit::HttpResponse::Policy(ENFORCE.into())),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = Arc::new(start(&w, dir.path(), "").await);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            d.ask("postfix", "herd.example").await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), SECURE);
+    }
+    assert_eq!(w.https.hits("herd.example"), 1);
+    assert_eq!(
+        w.dns.query_count("_mta-sts.herd.example", RecordType::TXT),
+        1
+    );
+}
+
+#[tokio::test]
+async fn negative_answers_are_cached_for_the_negative_ttl() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "[cache]\nnegative_ttl = \"10m\"\n").await;
+    let mut conn = d.tcp().await;
+    for _ in 0..1000 {
+        assert_eq!(
+            ask(&mut conn, "postfix", "plain.example").await.unwrap(),
+            "NOTFOUND "
+        );
+    }
+    assert_eq!(
+        w.dns.query_count("_mta-sts.plain.example", RecordType::TXT),
+        1
+    );
+    d.clock.advance(601);
+    for _ in 0..1000 {
+        assert_eq!(
+            ask(&mut conn, "postfix", "plain.example").await.unwrap(),
+            "NOTFOUND "
+        );
+    }
+    assert_eq!(
+        w.dns.query_count("_mta-sts.plain.example", RecordType::TXT),
+        2
+    );
+}
+
+#[tokio::test]
+async fn deadline_answers_notfound_and_discovery_finishes_into_the_cache() {
+    let w = World::start().await;
+    w.publish("slowfetch.example", "1", ENFORCE);
+    w.https.set_response(
+        "slowfetch.example",
+        mta_stsd_testkit::HttpResponse::Delay(
+            std::time::Duration::from_millis(1500),
+            Box::new(mta_stsd_testkit::HttpResponse::Policy(ENFORCE.into())),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "[lookup]\ndeadline = \"300ms\"\n").await;
+    assert_eq!(d.ask("postfix", "slowfetch.example").await, "NOTFOUND ");
+    d.service.settle().await;
+    assert_eq!(d.ask("postfix", "slowfetch.example").await, SECURE);
+    assert_eq!(w.https.hits("slowfetch.example"), 1);
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_closes_only_its_own_connection() {
+    let w = World::start().await;
+    w.publish("ok.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "").await;
+    let mut good = d.tcp().await;
+    assert_eq!(
+        ask(&mut good, "postfix", "ok.example").await.unwrap(),
+        SECURE
+    );
+    for garbage in [
+        &b"hello world\r\n"[..],
+        b"05:abcde,",
+        b"3:abcX",
+        b"99999999:",
+        b"10001:",
+        b"7:nospace,",
+    ] {
+        let mut bad = TcpStream::connect(d.tcp).await.unwrap();
+        bad.write_all(garbage).await.unwrap();
+        let mut buf = Vec::new();
+        // The daemon closes the connection: read returns EOF (no reply).
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), bad.read_to_end(&mut buf))
+            .await
+            .expect("connection closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{garbage:?} got {buf:?}");
+    }
+    // Oversize over a unix socket too.
+    let mut bad = UnixStream::connect(&d.unix).await.unwrap();
+    bad.write_all(format!("20000:{}", "a".repeat(100)).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(bad.read_to_end(&mut buf).await.unwrap_or(0), 0);
+    // The first connection and new ones keep working.
+    assert_eq!(
+        ask(&mut good, "postfix", "ok.example").await.unwrap(),
+        SECURE
+    );
+    assert_eq!(d.ask("postfix", "ok.example").await, SECURE);
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn corrupt_cache_directory_is_moved_aside() {
+    let w = World::start().await;
+    w.publish("fresh.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::write(cache.join("conf"), b"\xff\xfe not a sled config").unwrap();
+    std::fs::write(cache.join("db"), vec![0x5Au8; 8192]).unwrap();
+    let d = start(&w, dir.path(), "").await;
+    assert_eq!(d.ask("postfix", "fresh.example").await, SECURE);
+    let moved: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cache.broken-"))
+        .collect();
+    assert_eq!(moved.len(), 1);
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn refresher_refetches_before_expiry_whatever_the_txt_says() {
+    let w = World::start().await;
+    w.publish(
+        "refresh.example",
+        "1",
+        &policy_text("enforce", &["mx1.example.com", "*.example.net"], 7 * 86400),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "").await;
+    assert_eq!(d.ask("postfix", "refresh.example").await, SECURE);
+    let first = d.service.cached("refresh.example").unwrap().policy.unwrap();
+    // Not due yet.
+    d.clock.advance(3600);
+    assert_eq!(d.service.refresh_due().await, 0);
+    // A day later it is due, even with an unchanged id and even without the TXT record.
+    w.dns.remove("_mta-sts.refresh.example", RecordType::TXT);
+    d.clock.advance(86400);
+    assert_eq!(d.service.refresh_due().await, 1);
+    assert_eq!(w.https.hits("refresh.example"), 2);
+    let second = d.service.cached("refresh.example").unwrap().policy.unwrap();
+    assert!(
+        second.expires_at > first.expires_at,
+        "a successful refresh restarts max_age"
+    );
+    // A refresh that fails keeps the policy until it expires.
+    w.https.remove("refresh.example");
+    d.clock.advance(86400 + 1);
+    assert_eq!(d.service.refresh_due().await, 1);
+    assert_eq!(d.ask("postfix", "refresh.example").await, SECURE);
+    assert!(
+        d.service
+            .cached("refresh.example")
+            .unwrap()
+            .failure
+            .is_some()
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn mode_none_replaces_an_enforced_policy_at_once() {
+    let w = World::start().await;
+    w.publish("downgrade.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "").await;
+    assert_eq!(d.ask("postfix", "downgrade.example").await, SECURE);
+    w.publish("downgrade.example", "2", &policy_text("none", &[], 86400));
+    d.clock.advance(61);
+    d.ask("postfix", "downgrade.example").await;
+    d.service.settle().await;
+    assert_eq!(d.ask("postfix", "downgrade.example").await, "NOTFOUND ");
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_request_in_progress() {
+    let w = World::start().await;
+    w.publish("inflight.example", "1", ENFORCE);
+    w.https.set_response(
+        "inflight.example",
+        mta_stsd_testkit::HttpResponse::Delay(
+            std::time::Duration::from_millis(300),
+            Box::new(mta_stsd_testkit::HttpResponse::Policy(ENFORCE.into())),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start(&w, dir.path(), "").await;
+    let mut conn = d.tcp().await;
+    let mut idle = d.tcp().await;
+    assert_eq!(
+        ask(&mut idle, "postfix", ".x.example").await.unwrap(),
+        "NOTFOUND "
+    );
+    conn.send(&b"postfix inflight.example"[..]).await.unwrap();
+    w.https.wait_for_hits("inflight.example", 1).await;
+    let _ = d.stop.take().unwrap().send(());
+    let reply = conn.next().await.unwrap().unwrap();
+    assert_eq!(&reply[..], SECURE.as_bytes());
+    // The idle connection is closed, and the server task ends.
+    assert!(idle.next().await.is_none());
+    d.task.await.unwrap();
+}
