@@ -1,0 +1,140 @@
+//! Interop with Debian's Postfix: `postmap -q` is Postfix's own socketmap client.
+//! .ci/run installs Postfix; elsewhere these tests are skipped (and say so) when
+//! `postmap` is missing, unless CI is set.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{ENFORCE, options};
+use mta_stsd::clock::SystemClock;
+use mta_stsd::config::Config;
+use mta_stsd::daemon::Daemon;
+use mta_stsd::server::Listener;
+use mta_stsd_testkit::{World, policy_text};
+
+fn postmap_available() -> bool {
+    let found = Command::new("postmap").arg("-h").output().is_ok()
+        || Path::new("/usr/sbin/postmap").exists();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Postfix (postmap missing)"
+        );
+        eprintln!("skipped: postmap not installed (apt-get install postfix)");
+    }
+    found
+}
+
+fn postmap_bin() -> &'static str {
+    if Path::new("/usr/sbin/postmap").exists() {
+        "/usr/sbin/postmap"
+    } else {
+        "postmap"
+    }
+}
+
+/// `postmap -q KEY MAP` with a private config directory; returns (exit code, stdout).
+async fn postmap_q(confdir: &Path, key: &str, map: &str) -> (Option<i32>, String) {
+    let (confdir, key, map) = (confdir.to_owned(), key.to_owned(), map.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(postmap_bin())
+            .arg("-c")
+            .arg(&confdir)
+            .args(["-q", &key, &map])
+            .output()
+            .expect("run postmap");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postmap_queries_over_tcp_and_unix_socket() {
+    if !postmap_available() {
+        return;
+    }
+    let w = World::start().await;
+    w.publish("enforce.example", "1", ENFORCE);
+    w.publish(
+        "testing.example",
+        "1",
+        &policy_text("testing", &["mx.testing.example"], 86400),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let confdir = dir.path().join("postfix");
+    std::fs::create_dir(&confdir).unwrap();
+    std::fs::write(confdir.join("main.cf"), "compatibility_level = 3.6\n").unwrap();
+    let sock = dir.path().join("mta-stsd.sock");
+    let mut config = Config::from_toml(
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\", \"unix:{}\"]\n[zones.strict]\nstrict_testing = true\n",
+            sock.display()
+        ),
+        "test",
+    )
+    .unwrap();
+    config.cache.path = Some(dir.path().join("cache"));
+    let daemon = Daemon::build(config, options(&w), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let port = daemon
+        .listeners
+        .iter()
+        .find_map(|l| match l {
+            Listener::Tcp(t) => t.local_addr().ok().map(|a| a.port()),
+            _ => None,
+        })
+        .unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(daemon.run(async {
+        let _ = rx.await;
+    }));
+
+    let tcp = format!("socketmap:inet:127.0.0.1:{port}:postfix");
+    let unix = format!("socketmap:unix:{}:postfix", sock.display());
+    let strict = format!("socketmap:inet:127.0.0.1:{port}:strict");
+    let secure = "secure match=mx1.example.com:.example.net servername=hostname";
+
+    assert_eq!(
+        postmap_q(&confdir, "enforce.example", &tcp).await,
+        (Some(0), secure.to_owned())
+    );
+    assert_eq!(
+        postmap_q(&confdir, "Enforce.Example.", &unix).await,
+        (Some(0), secure.to_owned())
+    );
+    // NOTFOUND: postmap prints nothing and exits 1.
+    assert_eq!(
+        postmap_q(&confdir, "testing.example", &tcp).await,
+        (Some(1), String::new())
+    );
+    assert_eq!(
+        postmap_q(&confdir, "testing.example", &strict).await,
+        (
+            Some(0),
+            "secure match=mx.testing.example servername=hostname".to_owned()
+        )
+    );
+    assert_eq!(
+        postmap_q(&confdir, ".enforce.example", &tcp).await,
+        (Some(1), String::new())
+    );
+    assert_eq!(
+        postmap_q(&confdir, "[192.0.2.1]", &unix).await,
+        (Some(1), String::new())
+    );
+    assert_eq!(
+        postmap_q(&confdir, "nopolicy.example", &unix).await,
+        (Some(1), String::new())
+    );
+
+    let _ = stop.send(());
+    task.await.unwrap();
+}
