@@ -79,7 +79,7 @@ pub struct PolicyService {
     discoverer: Discoverer,
     store: Arc<dyn PolicyStore>,
     clock: Arc<dyn Clock>,
-    settings: RwLock<ServiceSettings>,
+    settings: RwLock<Arc<ServiceSettings>>,
     entries: RwLock<HashMap<String, Arc<Entry>>>,
     inflight: Mutex<HashMap<String, Flight>>,
     idle: Notify,
@@ -120,7 +120,7 @@ impl PolicyService {
             discoverer,
             store,
             clock,
-            settings: RwLock::new(settings),
+            settings: RwLock::new(Arc::new(settings)),
             entries: RwLock::new(entries),
             inflight: Mutex::new(HashMap::new()),
             idle: Notify::new(),
@@ -129,11 +129,11 @@ impl PolicyService {
 
     pub fn set_settings(&self, settings: ServiceSettings) {
         if let Ok(mut s) = self.settings.write() {
-            *s = settings;
+            *s = Arc::new(settings);
         }
     }
 
-    fn settings(&self) -> ServiceSettings {
+    fn settings(&self) -> Arc<ServiceSettings> {
         self.settings
             .read()
             .map(|s| s.clone())
