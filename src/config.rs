@@ -42,6 +42,8 @@ pub struct Config {
     pub fetch: FetchConfig,
     pub lookup: LookupConfig,
     pub cache: CacheConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     /// Options per socketmap name; `default` applies to names not listed.
     pub zones: BTreeMap<String, ZoneOptions>,
 }
@@ -202,6 +204,66 @@ impl CacheConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `"IP:PORT"` for Prometheus metrics and the admin API; empty turns both off.
+    pub listen: String,
+    /// Path of the metrics endpoint.
+    pub path: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9461".into(),
+            path: "/metrics".into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            invalid(
+                "metrics.listen",
+                format!("{:?} is not IP:PORT (or \"\" for off)", self.listen),
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human format on a terminal, plain lines otherwise.
+    #[default]
+    Auto,
+    Human,
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter; RUST_LOG wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -246,6 +308,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addrs()?;
         self.socket_mode()?;
+        self.metrics.addr()?;
+        if !self.metrics.path.starts_with('/') {
+            return Err(invalid("metrics.path", "must start with '/'"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not a log level or filter", self.log.level),
+            ));
+        }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }

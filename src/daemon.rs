@@ -37,6 +37,8 @@ pub enum DaemonError {
 pub struct Daemon {
     pub ctx: Arc<ServerContext>,
     pub listeners: Vec<Listener>,
+    /// Metrics and admin API, unless `metrics.listen` is empty.
+    pub metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Daemon {
@@ -47,6 +49,17 @@ impl Daemon {
         config: Config,
         opts: DiscoveryOptions,
         clock: Arc<dyn Clock>,
+    ) -> Result<Daemon, DaemonError> {
+        Self::build_with(config, opts, clock, None).await
+    }
+
+    /// Like [`Daemon::build`], with listeners passed in (systemd socket activation)
+    /// instead of bound from `server.listen`.
+    pub async fn build_with(
+        config: Config,
+        opts: DiscoveryOptions,
+        clock: Arc<dyn Clock>,
+        activated: Option<Vec<Listener>>,
     ) -> Result<Daemon, DaemonError> {
         config.validate()?;
         let path = config.cache.resolved_path();
@@ -70,22 +83,40 @@ impl Daemon {
             cache: config.cache.clone(),
             lookup: config.lookup.clone(),
         };
-        let service = PolicyService::new(discoverer, store, clock, settings);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let service = PolicyService::new(discoverer, store, clock, settings, metrics);
         let mode = config.socket_mode()?;
-        let mut listeners = Vec::new();
-        for addr in config.listen_addrs()? {
-            let l = Listener::bind(&addr, mode)
-                .await
-                .map_err(|source| DaemonError::Listen {
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            listeners.push(l);
-        }
+        let listeners = match activated {
+            Some(l) => l,
+            None => {
+                let mut listeners = Vec::new();
+                for addr in config.listen_addrs()? {
+                    let l = Listener::bind(&addr, mode).await.map_err(|source| {
+                        DaemonError::Listen {
+                            addr: addr.to_string(),
+                            source,
+                        }
+                    })?;
+                    listeners.push(l);
+                }
+                listeners
+            }
+        };
+        let metrics_listener =
+            match config.metrics.addr()? {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+                    |source| DaemonError::Listen {
+                        addr: addr.to_string(),
+                        source,
+                    },
+                )?),
+                None => None,
+            };
         tracing::info!(cache = %path.display(), entries = service.len(), "mta-stsd ready");
         Ok(Daemon {
             ctx: ServerContext::new(service, config),
             listeners,
+            metrics_listener,
         })
     }
 
@@ -98,9 +129,18 @@ impl Daemon {
         let refresher = tokio::spawn(service.clone().run_refresher(async move {
             let _ = stop_refresher.wait_for(|s| *s).await;
         }));
+        let http = self.metrics_listener.map(|l| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(crate::http::run(l, self.ctx.clone(), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
         server::run(self.listeners, self.ctx, shutdown).await;
         let _ = stop_tx.send(true);
         let _ = refresher.await;
+        if let Some(h) = http {
+            let _ = h.await;
+        }
         service.flush();
         tracing::info!("stopped");
     }

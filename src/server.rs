@@ -24,7 +24,10 @@ use crate::service::PolicyService;
 /// A bound listener.
 pub enum Listener {
     Tcp(TcpListener),
+    /// A unix socket we created (and remove on shutdown).
     Unix(UnixListener, PathBuf),
+    /// A unix socket systemd passed us (systemd owns the file).
+    Activated(UnixListener, PathBuf),
 }
 
 impl Listener {
@@ -49,6 +52,7 @@ impl Listener {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "tcp".into()),
             Listener::Unix(_, p) => format!("unix:{}", p.display()),
+            Listener::Activated(_, p) => format!("unix:{} (socket-activated)", p.display()),
         }
     }
 }
@@ -78,6 +82,28 @@ impl ServerContext {
             service,
             config: RwLock::new(Arc::new(config)),
         })
+    }
+
+    /// Applies a new configuration: zones, lookup and cache settings at once;
+    /// listeners and the cache path only at the next start.
+    pub fn reload(&self, config: Config, discoverer: crate::discovery::Discoverer) {
+        let old = self.config();
+        if old.server.listen != config.server.listen
+            || old.cache.path != config.cache.path
+            || old.metrics.listen != config.metrics.listen
+        {
+            tracing::warn!(
+                "server.listen, metrics.listen and cache.path changes take effect at the next restart"
+            );
+        }
+        self.service.set_settings(crate::service::ServiceSettings {
+            cache: config.cache.clone(),
+            lookup: config.lookup.clone(),
+        });
+        self.service.set_discoverer(discoverer);
+        if let Ok(mut c) = self.config.write() {
+            *c = Arc::new(config);
+        }
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -166,7 +192,9 @@ enum Conn {
 async fn accept(listener: &Listener) -> std::io::Result<Conn> {
     match listener {
         Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
-        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        Listener::Unix(l, _) | Listener::Activated(l, _) => {
+            l.accept().await.map(|(s, _)| Conn::Unix(s))
+        }
     }
 }
 
@@ -179,6 +207,9 @@ async fn serve_conn<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = ctx.config();
+    let metrics = ctx.service.metrics().clone();
+    metrics.connections_open.inc();
+    let _open = scopeguard(metrics.connections_open.clone());
     let mut framed = Framed::new(stream, NetstringCodec::new(config.server.max_request_size));
     loop {
         let frame = tokio::select! {
@@ -193,6 +224,7 @@ async fn serve_conn<S>(
                 return;
             }
             Some(Err(e)) => {
+                metrics.malformed_requests.inc();
                 tracing::warn!(error = %e, "malformed socketmap request; closing the connection");
                 return;
             }
@@ -200,13 +232,29 @@ async fn serve_conn<S>(
         let request = match parse_request(&payload) {
             Ok(r) => r,
             Err(e) => {
+                metrics.malformed_requests.inc();
                 tracing::warn!(error = %e, "malformed socketmap request; closing the connection");
                 return;
             }
         };
+        let started = std::time::Instant::now();
+        metrics.requests_in_flight.inc();
         // The zone options are read per request, so a reload applies at once.
         let zone = ctx.config().zone(&request.map);
         let (reply, outcome) = ctx.service.lookup(&request.key, &zone).await;
+        metrics.requests_in_flight.dec();
+        let zone_label = if ctx.config().zones.contains_key(&request.map) {
+            request.map.as_str()
+        } else {
+            "default"
+        };
+        metrics
+            .lookups
+            .with_label_values(&[zone_label, reply.kind(), outcome.as_str()])
+            .inc();
+        metrics
+            .lookup_duration
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind(), "lookup");
         let wire = reply.to_wire();
         if let Err(e) = framed.send(wire.as_bytes()).await {
@@ -217,4 +265,17 @@ async fn serve_conn<S>(
             return;
         }
     }
+}
+
+/// Decrements a gauge when dropped.
+struct GaugeGuard(prometheus::IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn scopeguard(g: prometheus::IntGauge) -> GaugeGuard {
+    GaugeGuard(g)
 }

@@ -25,6 +25,7 @@ use crate::codec::MAX_REPLY;
 use crate::config::{CacheConfig, LookupConfig};
 use crate::discovery::{Discoverer, TxtLookup};
 use crate::domain::normalize_key;
+use crate::metrics::Metrics;
 use crate::policy::Mode;
 use crate::store::{CachedPolicy, Entry, Failure, PolicyStore};
 
@@ -66,6 +67,16 @@ enum Trigger {
     Refresh,
 }
 
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Miss => "miss",
+            Trigger::Recheck => "recheck",
+            Trigger::Refresh => "refresh",
+        }
+    }
+}
+
 type Flight = Shared<BoxFuture<'static, ()>>;
 
 /// Settings the service reads on every operation.
@@ -76,13 +87,14 @@ pub struct ServiceSettings {
 }
 
 pub struct PolicyService {
-    discoverer: Discoverer,
+    discoverer: RwLock<Discoverer>,
     store: Arc<dyn PolicyStore>,
     clock: Arc<dyn Clock>,
     settings: RwLock<Arc<ServiceSettings>>,
     entries: RwLock<HashMap<String, Arc<Entry>>>,
     inflight: Mutex<HashMap<String, Flight>>,
     idle: Notify,
+    metrics: Arc<Metrics>,
 }
 
 impl PolicyService {
@@ -93,6 +105,7 @@ impl PolicyService {
         store: Arc<dyn PolicyStore>,
         clock: Arc<dyn Clock>,
         settings: ServiceSettings,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let now = clock.now();
         let mut entries = HashMap::new();
@@ -117,13 +130,14 @@ impl PolicyService {
             Err(e) => tracing::error!(error = %e, "cannot read the cache; starting empty"),
         }
         Arc::new(Self {
-            discoverer,
+            discoverer: RwLock::new(discoverer),
             store,
             clock,
             settings: RwLock::new(Arc::new(settings)),
             entries: RwLock::new(entries),
             inflight: Mutex::new(HashMap::new()),
             idle: Notify::new(),
+            metrics,
         })
     }
 
@@ -131,6 +145,20 @@ impl PolicyService {
         if let Ok(mut s) = self.settings.write() {
             *s = Arc::new(settings);
         }
+    }
+
+    /// Replaces the discoverer (new resolver or fetch settings after a reload).
+    pub fn set_discoverer(&self, discoverer: Discoverer) {
+        if let Ok(mut d) = self.discoverer.write() {
+            *d = discoverer;
+        }
+    }
+
+    fn discoverer(&self) -> Discoverer {
+        self.discoverer
+            .read()
+            .map(|d| d.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     fn settings(&self) -> Arc<ServiceSettings> {
@@ -279,15 +307,24 @@ impl PolicyService {
         }
     }
 
-    /// One discovery step for `domain`, updating the cache.
+    /// One discovery step for `domain`, updating the cache and counting the result.
     async fn discover(&self, domain: &str, trigger: Trigger) {
+        let result = self.discover_inner(domain, trigger).await;
+        self.metrics
+            .discoveries
+            .with_label_values(&[trigger.as_str(), result])
+            .inc();
+    }
+
+    async fn discover_inner(&self, domain: &str, trigger: Trigger) -> &'static str {
         let settings = self.settings();
         let started = self.clock.now();
         let old = self.entry(domain).map(|e| (*e).clone()).unwrap_or_default();
         let mut entry = old.clone();
         let have_valid = old.valid_policy(started).is_some();
 
-        let txt = self.discoverer.lookup_txt(domain).await;
+        let discoverer = self.discoverer();
+        let txt = discoverer.lookup_txt(domain).await;
         let now = self.clock.now();
         entry.last_check = now;
         let fetch_id = match &txt {
@@ -297,7 +334,7 @@ impl PolicyService {
                     // Nothing new; max_age still counts from the original fetch.
                     entry.no_policy_until = None;
                     self.save(domain, entry);
-                    return;
+                    return "unchanged";
                 }
                 Some(record.id.clone())
             }
@@ -309,14 +346,14 @@ impl PolicyService {
                     // A vanished TXT record alone does not remove a cached policy.
                     tracing::info!(domain, %reason, "TXT record gone; cached policy stays in force until it expires");
                     self.save(domain, entry);
-                    return;
+                    return "kept";
                 } else {
                     tracing::debug!(domain, %reason, "no policy");
                     entry.policy = None;
                     entry.failure = None;
                     entry.no_policy_until = Some(now + settings.cache.negative_ttl.as_secs());
                     self.save(domain, entry);
-                    return;
+                    return "no_policy";
                 }
             }
             TxtLookup::Failed { reason } => {
@@ -335,7 +372,7 @@ impl PolicyService {
                         entry.no_policy_until = Some(now + retry.as_secs());
                     }
                     self.save(domain, entry);
-                    return;
+                    return "txt_failed";
                 }
             }
         };
@@ -352,7 +389,7 @@ impl PolicyService {
                     entry.no_policy_until = Some(f.at + retry);
                 }
                 self.save(domain, entry);
-                return;
+                return "backoff";
             }
         }
 
@@ -360,7 +397,13 @@ impl PolicyService {
             .clone()
             .or_else(|| old.policy.as_ref().map(|p| p.id.clone()))
             .unwrap_or_default();
-        match self.discoverer.fetch_policy(domain).await {
+        let fetch_started = std::time::Instant::now();
+        let fetched = discoverer.fetch_policy(domain).await;
+        self.metrics
+            .fetch_duration
+            .with_label_values(&[if fetched.is_ok() { "ok" } else { "error" }])
+            .observe(fetch_started.elapsed().as_secs_f64());
+        match fetched {
             Ok(policy) => {
                 let now = self.clock.now();
                 let cached = CachedPolicy {
@@ -369,11 +412,18 @@ impl PolicyService {
                     id,
                     policy,
                 };
-                log_transition(domain, old.policy.as_ref(), &cached, have_valid);
+                log_transition(
+                    &self.metrics,
+                    domain,
+                    old.policy.as_ref(),
+                    &cached,
+                    have_valid,
+                );
                 entry.policy = Some(cached);
                 entry.failure = None;
                 entry.no_policy_until = None;
                 self.save(domain, entry);
+                "fetched"
             }
             Err(e) => {
                 let now = self.clock.now();
@@ -383,6 +433,19 @@ impl PolicyService {
                     tracing::warn!(domain, class = e.class(), error = %e, "policy fetch failed; treating the domain as having no policy");
                     entry.no_policy_until = Some(now + settings.cache.retry_after.as_secs());
                 }
+                self.metrics
+                    .fetch_failures
+                    .with_label_values(&[e.class()])
+                    .inc();
+                if let Some(p) = old
+                    .valid_policy(now)
+                    .filter(|p| p.policy.mode != Mode::None)
+                {
+                    self.metrics
+                        .refresh_failures
+                        .with_label_values(&[p.policy.mode.as_str()])
+                        .inc();
+                }
                 entry.failure = Some(Failure {
                     at: now,
                     id: fetch_id,
@@ -390,6 +453,7 @@ impl PolicyService {
                     message: e.to_string(),
                 });
                 self.save(domain, entry);
+                "fetch_failed"
             }
         }
     }
@@ -473,6 +537,88 @@ impl PolicyService {
         }
     }
 
+    /// A snapshot of every entry, sorted by domain.
+    pub fn snapshot(&self) -> Vec<(String, Entry)> {
+        let mut all: Vec<(String, Entry)> = match self.entries.read() {
+            Ok(m) => m.iter().map(|(d, e)| (d.clone(), (**e).clone())).collect(),
+            Err(_) => Vec::new(),
+        };
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Removes a domain from the cache (memory and disk). Returns whether it was there.
+    pub fn purge(&self, domain: &str) -> bool {
+        let present = self.entry(domain).is_some();
+        self.forget(domain);
+        if present {
+            tracing::info!(domain, "cache entry purged");
+        }
+        present
+    }
+
+    /// Runs a discovery for `domain` now (fetching whatever the TXT id says when a
+    /// policy is cached) and returns the resulting entry.
+    pub async fn refresh_now(self: &Arc<Self>, domain: &str) -> Option<Entry> {
+        let trigger = if self
+            .entry(domain)
+            .is_some_and(|e| e.valid_policy(self.clock.now()).is_some())
+        {
+            Trigger::Refresh
+        } else {
+            Trigger::Miss
+        };
+        self.flight(domain, trigger).await;
+        self.cached(domain)
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Recomputes the cache gauges (called when metrics are scraped).
+    pub fn update_gauges(&self) {
+        let now = self.clock.now();
+        let (mut enforce, mut testing, mut none, mut negative) = (0i64, 0i64, 0i64, 0i64);
+        let (mut oldest, mut expiring, mut failing) = (0u64, 0i64, 0i64);
+        if let Ok(map) = self.entries.read() {
+            for entry in map.values() {
+                match entry.valid_policy(now) {
+                    Some(p) => {
+                        match p.policy.mode {
+                            Mode::Enforce => enforce += 1,
+                            Mode::Testing => testing += 1,
+                            Mode::None => none += 1,
+                        }
+                        oldest = oldest.max(now.saturating_sub(p.fetched_at));
+                        if p.expires_at <= now + 86_400 {
+                            expiring += 1;
+                        }
+                        if entry.failure.is_some() && p.policy.mode != Mode::None {
+                            failing += 1;
+                        }
+                    }
+                    None if entry.no_policy_until.is_some_and(|t| t > now) => negative += 1,
+                    None => {}
+                }
+            }
+        }
+        let g = &self.metrics.cache_entries;
+        g.with_label_values(&["enforce"]).set(enforce);
+        g.with_label_values(&["testing"]).set(testing);
+        g.with_label_values(&["none"]).set(none);
+        g.with_label_values(&["negative"]).set(negative);
+        self.metrics
+            .oldest_policy_age
+            .set(i64::try_from(oldest).unwrap_or(i64::MAX));
+        self.metrics.expiring_soon.set(expiring);
+        self.metrics.failing.set(failing);
+    }
+
     /// Writes everything to disk.
     pub fn flush(&self) {
         if let Err(e) = self.store.flush() {
@@ -493,7 +639,13 @@ fn jitter(domain: &str, max: u64) -> u64 {
     h % (max + 1)
 }
 
-fn log_transition(domain: &str, old: Option<&CachedPolicy>, new: &CachedPolicy, was_valid: bool) {
+fn log_transition(
+    metrics: &Metrics,
+    domain: &str,
+    old: Option<&CachedPolicy>,
+    new: &CachedPolicy,
+    was_valid: bool,
+) {
     let Some(old) = old.filter(|_| was_valid) else {
         tracing::info!(domain, id = %new.id, mode = %new.policy.mode, max_age = new.policy.max_age, "policy cached");
         return;
@@ -503,12 +655,22 @@ fn log_transition(domain: &str, old: Option<&CachedPolicy>, new: &CachedPolicy, 
         (from, to),
         (Mode::Enforce, Mode::Testing | Mode::None) | (Mode::Testing, Mode::None)
     );
+    if from != to {
+        metrics
+            .transitions
+            .with_label_values(&[from.as_str(), to.as_str(), "mode"])
+            .inc();
+    }
     if downgrade {
         tracing::warn!(domain, from = %from, to = %to, id = %new.id, "policy downgraded");
     } else if from != to {
         tracing::info!(domain, from = %from, to = %to, id = %new.id, "policy mode changed");
     }
     if old.policy.mx != new.policy.mx {
+        metrics
+            .transitions
+            .with_label_values(&[from.as_str(), to.as_str(), "mx"])
+            .inc();
         tracing::warn!(domain, id = %new.id, "policy mx set changed");
     }
     tracing::info!(domain, id = %new.id, mode = %to, max_age = new.policy.max_age, "policy refreshed");

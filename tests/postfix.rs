@@ -81,6 +81,7 @@ async fn postmap_queries_over_tcp_and_unix_socket() {
     )
     .unwrap();
     config.cache.path = Some(dir.path().join("cache"));
+    config.metrics.listen = String::new();
     let daemon = Daemon::build(config, options(&w), Arc::new(SystemClock))
         .await
         .unwrap();

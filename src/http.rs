@@ -1,0 +1,196 @@
+//! The HTTP listener for Prometheus metrics and the admin API.
+//!
+//! - `GET  {metrics.path}`                      metrics (text format)
+//! - `GET  /api/v1/policies`                    every cache entry
+//! - `GET  /api/v1/policies/DOMAIN`             one entry
+//! - `DELETE /api/v1/policies/DOMAIN`           purge one entry
+//! - `POST /api/v1/policies/DOMAIN/refresh`     discover now, return the entry
+//!
+//! The admin API answers only peers on loopback, whatever `metrics.listen` is.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::clock::rfc3339;
+use crate::domain::normalize_host;
+use crate::server::ServerContext;
+use crate::store::Entry;
+
+/// One cache entry as the admin API shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct EntryView {
+    pub domain: String,
+    /// `enforce`, `testing`, `none`, `no-policy` or `expired`.
+    pub state: String,
+    pub id: Option<String>,
+    pub mx: Vec<String>,
+    pub max_age: Option<u64>,
+    pub fetched: Option<String>,
+    pub expires: Option<String>,
+    pub last_check: Option<String>,
+    pub no_policy_until: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub policy_lines: Vec<String>,
+}
+
+pub fn view(domain: &str, e: &Entry, now: u64) -> EntryView {
+    let valid = e.valid_policy(now);
+    let state = match valid {
+        Some(p) => p.policy.mode.as_str().to_owned(),
+        None if e.no_policy_until.is_some_and(|t| t > now) => "no-policy".into(),
+        None => "expired".into(),
+    };
+    let p = e.policy.as_ref();
+    EntryView {
+        domain: domain.to_owned(),
+        state,
+        id: p.map(|p| p.id.clone()),
+        mx: p
+            .map(|p| p.policy.mx.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        max_age: p.map(|p| p.policy.max_age),
+        fetched: p.map(|p| rfc3339(p.fetched_at)),
+        expires: p.map(|p| rfc3339(p.expires_at)),
+        last_check: (e.last_check > 0).then(|| rfc3339(e.last_check)),
+        no_policy_until: e.no_policy_until.filter(|t| *t > now).map(rfc3339),
+        last_error: e
+            .failure
+            .as_ref()
+            .map(|f| format!("{}: {}", f.class, f.message)),
+        last_error_at: e.failure.as_ref().map(|f| rfc3339(f.at)),
+        policy_lines: p.map(|p| p.policy.lines.clone()).unwrap_or_default(),
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".into());
+    respond(status, "application/json", body)
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    ctx: Arc<ServerContext>,
+) -> Response<Full<Bytes>> {
+    let service = &ctx.service;
+    let path = req.uri().path().to_owned();
+    let metrics_path = ctx.config().metrics.path.clone();
+    if path == metrics_path {
+        if req.method() != Method::GET {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "GET only");
+        }
+        service.update_gauges();
+        return respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            service.metrics().render(),
+        );
+    }
+    let Some(rest) = path.strip_prefix("/api/v1/policies") else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    if !peer.ip().is_loopback() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the admin API answers loopback clients only",
+        );
+    }
+    let now = service.now();
+    let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, []) => {
+            let all: Vec<EntryView> = service
+                .snapshot()
+                .iter()
+                .map(|(d, e)| view(d, e, now))
+                .collect();
+            json(StatusCode::OK, &all)
+        }
+        (method, [domain, tail @ ..]) => {
+            let Ok(domain) = normalize_host(domain) else {
+                return error(StatusCode::BAD_REQUEST, "not a valid domain");
+            };
+            match (method, tail) {
+                (Method::GET, []) => match service.cached(&domain) {
+                    Some(e) => json(StatusCode::OK, &view(&domain, &e, now)),
+                    None => error(StatusCode::NOT_FOUND, "not in the cache"),
+                },
+                (Method::DELETE, []) => {
+                    if service.purge(&domain) {
+                        json(StatusCode::OK, &serde_json::json!({ "purged": domain }))
+                    } else {
+                        error(StatusCode::NOT_FOUND, "not in the cache")
+                    }
+                }
+                (Method::POST, ["refresh"]) => match service.refresh_now(&domain).await {
+                    Some(e) => json(StatusCode::OK, &view(&domain, &e, service.now())),
+                    None => error(StatusCode::NOT_FOUND, "no entry after discovery"),
+                },
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method or path"),
+            }
+        }
+        _ => error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method or path"),
+    }
+}
+
+/// Serves metrics and the admin API until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    ctx: Arc<ServerContext>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listen = %addr, "metrics and admin API listening");
+    }
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(req, peer, ctx).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(60), conn).await {
+                tracing::debug!(error = %e, "metrics connection timed out");
+            }
+        });
+    }
+}

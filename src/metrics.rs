@@ -1,0 +1,208 @@
+//! Prometheus metrics. The names are a stable contract for dashboards and alerts:
+//! change them only with a release note. Each daemon has its own registry (no
+//! globals), so tests that run several daemons in one process do not mix counts.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub const LOOKUPS_TOTAL: &str = "mta_stsd_lookups_total";
+pub const LOOKUP_DURATION_SECONDS: &str = "mta_stsd_lookup_duration_seconds";
+pub const DISCOVERIES_TOTAL: &str = "mta_stsd_discoveries_total";
+pub const FETCH_FAILURES_TOTAL: &str = "mta_stsd_fetch_failures_total";
+pub const FETCH_DURATION_SECONDS: &str = "mta_stsd_fetch_duration_seconds";
+pub const REFRESH_FAILURES_TOTAL: &str = "mta_stsd_refresh_failures_total";
+pub const POLICY_TRANSITIONS_TOTAL: &str = "mta_stsd_policy_transitions_total";
+pub const CACHE_ENTRIES: &str = "mta_stsd_cache_entries";
+pub const OLDEST_POLICY_AGE_SECONDS: &str = "mta_stsd_oldest_policy_age_seconds";
+pub const POLICIES_EXPIRING_SOON: &str = "mta_stsd_policies_expiring_within_24h";
+pub const POLICIES_FAILING: &str = "mta_stsd_policies_failing_refresh";
+pub const CONNECTIONS_OPEN: &str = "mta_stsd_connections_open";
+pub const REQUESTS_IN_FLIGHT: &str = "mta_stsd_requests_in_flight";
+pub const MALFORMED_REQUESTS_TOTAL: &str = "mta_stsd_malformed_requests_total";
+pub const BUILD_INFO: &str = "mta_stsd_build_info";
+
+pub struct Metrics {
+    registry: Registry,
+    /// zone, answer (secure|notfound|temp|perm), cache (hit|negative_hit|miss|timeout|skipped)
+    pub lookups: IntCounterVec,
+    pub lookup_duration: Histogram,
+    /// trigger (miss|recheck|refresh), result (fetched|unchanged|no_policy|txt_failed|fetch_failed|backoff|kept)
+    pub discoveries: IntCounterVec,
+    /// class (dns|tls|connect|timeout|http_status|content_type|too_large|parse|private_address|http)
+    pub fetch_failures: IntCounterVec,
+    /// result (ok|error)
+    pub fetch_duration: HistogramVec,
+    /// mode of the cached policy (enforce|testing)
+    pub refresh_failures: IntCounterVec,
+    /// from, to (modes; to = from for an mx-set change), change (mode|mx)
+    pub transitions: IntCounterVec,
+    /// mode (enforce|testing|none|negative)
+    pub cache_entries: IntGaugeVec,
+    pub oldest_policy_age: IntGauge,
+    pub expiring_soon: IntGauge,
+    pub failing: IntGauge,
+    pub connections_open: IntGauge,
+    pub requests_in_flight: IntGauge,
+    pub malformed_requests: IntCounter,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let latency_buckets = vec![
+            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
+            0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let fetch_buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        let m = Metrics {
+            registry: Registry::new(),
+            lookups: counter_vec(
+                LOOKUPS_TOTAL,
+                "Socketmap lookups answered.",
+                &["zone", "answer", "cache"],
+            ),
+            lookup_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    LOOKUP_DURATION_SECONDS,
+                    "Time to answer a socketmap lookup.",
+                )
+                .buckets(latency_buckets),
+            )
+            .expect("valid metric definition"),
+            discoveries: counter_vec(
+                DISCOVERIES_TOTAL,
+                "Discovery runs (TXT lookup and, when needed, policy fetch) by trigger and result.",
+                &["trigger", "result"],
+            ),
+            fetch_failures: counter_vec(
+                FETCH_FAILURES_TOTAL,
+                "Failed policy fetches by failure class.",
+                &["class"],
+            ),
+            fetch_duration: HistogramVec::new(
+                HistogramOpts::new(FETCH_DURATION_SECONDS, "Time to fetch a policy file.")
+                    .buckets(fetch_buckets),
+                &["result"],
+            )
+            .expect("valid metric definition"),
+            refresh_failures: counter_vec(
+                REFRESH_FAILURES_TOTAL,
+                "Failed refreshes of cached policies whose mode is not none.",
+                &["mode"],
+            ),
+            transitions: counter_vec(
+                POLICY_TRANSITIONS_TOTAL,
+                "Changes of a cached policy: mode changes (e.g. enforce to none) and mx-set changes.",
+                &["from", "to", "change"],
+            ),
+            cache_entries: IntGaugeVec::new(
+                Opts::new(
+                    CACHE_ENTRIES,
+                    "Cache entries by policy mode (negative: known to have no policy).",
+                ),
+                &["mode"],
+            )
+            .expect("valid metric definition"),
+            oldest_policy_age: IntGauge::new(
+                OLDEST_POLICY_AGE_SECONDS,
+                "Age of the least recently fetched valid policy.",
+            )
+            .expect("valid metric definition"),
+            expiring_soon: IntGauge::new(
+                POLICIES_EXPIRING_SOON,
+                "Valid policies that expire within 24 hours.",
+            )
+            .expect("valid metric definition"),
+            failing: IntGauge::new(
+                POLICIES_FAILING,
+                "Valid policies (not mode none) whose last refresh or re-check failed.",
+            )
+            .expect("valid metric definition"),
+            connections_open: IntGauge::new(CONNECTIONS_OPEN, "Socketmap connections open.")
+                .expect("valid metric definition"),
+            requests_in_flight: IntGauge::new(
+                REQUESTS_IN_FLIGHT,
+                "Socketmap requests being answered.",
+            )
+            .expect("valid metric definition"),
+            malformed_requests: IntCounter::new(
+                MALFORMED_REQUESTS_TOTAL,
+                "Malformed or oversize socketmap requests (each closed its connection).",
+            )
+            .expect("valid metric definition"),
+        };
+        let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])
+            .expect("valid metric definition");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.lookups.clone()),
+            Box::new(m.lookup_duration.clone()),
+            Box::new(m.discoveries.clone()),
+            Box::new(m.fetch_failures.clone()),
+            Box::new(m.fetch_duration.clone()),
+            Box::new(m.refresh_failures.clone()),
+            Box::new(m.transitions.clone()),
+            Box::new(m.cache_entries.clone()),
+            Box::new(m.oldest_policy_age.clone()),
+            Box::new(m.expiring_soon.clone()),
+            Box::new(m.failing.clone()),
+            Box::new(m.connections_open.clone()),
+            Box::new(m.requests_in_flight.clone()),
+            Box::new(m.malformed_requests.clone()),
+            Box::new(build),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("unique metric names");
+        }
+        // Pre-create the label sets dashboards plot, so they read 0 rather than absent.
+        for mode in ["enforce", "testing", "none", "negative"] {
+            m.cache_entries.with_label_values(&[mode]).set(0);
+        }
+        m
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_names_with_prefix_and_build_info() {
+        let m = Metrics::new();
+        m.lookups
+            .with_label_values(&["postfix", "secure", "hit"])
+            .inc();
+        let text = m.render();
+        assert!(
+            text.contains(
+                "mta_stsd_lookups_total{answer=\"secure\",cache=\"hit\",zone=\"postfix\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("mta_stsd_build_info{version=\""));
+        assert!(text.contains("mta_stsd_cache_entries{mode=\"negative\"} 0"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("mta_stsd_"), "{line}");
+        }
+    }
+}

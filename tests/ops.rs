@@ -1,0 +1,439 @@
+//! Operations: metrics, the admin API and `mta-stsd cache`, and the real binary's
+//! lifecycle (sd_notify readiness, SIGHUP reload, SIGTERM, socket activation).
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ENFORCE, options};
+use futures::{SinkExt, StreamExt};
+use mta_stsd::clock::SystemClock;
+use mta_stsd::codec::NetstringCodec;
+use mta_stsd::config::Config;
+use mta_stsd::daemon::Daemon;
+use mta_stsd::server::Listener;
+use mta_stsd_testkit::World;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+const SECURE: &str = "OK secure match=mx1.example.com:.example.net servername=hostname";
+
+async fn ask(addr: &str, map: &str, key: &str) -> String {
+    let exchange = async {
+        let mut c = Framed::new(
+            TcpStream::connect(addr).await.unwrap(),
+            NetstringCodec::new(200_000),
+        );
+        c.send(format!("{map} {key}").as_bytes()).await.unwrap();
+        String::from_utf8(c.next().await.unwrap().unwrap().to_vec()).unwrap()
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("a reply within 20s")
+}
+
+struct InProcess {
+    tcp: String,
+    http: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(w: &World, dir: &Path) -> InProcess {
+    let mut config = Config::from_toml(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        "t",
+    )
+    .unwrap();
+    config.cache.path = Some(dir.join("cache"));
+    let daemon = Daemon::build(config, options(w), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let tcp = daemon
+        .listeners
+        .iter()
+        .find_map(|l| match l {
+            Listener::Tcp(t) => t.local_addr().ok(),
+            _ => None,
+        })
+        .unwrap()
+        .to_string();
+    let http = format!(
+        "http://{}",
+        daemon
+            .metrics_listener
+            .as_ref()
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    );
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(daemon.run(async {
+        let _ = rx.await;
+    }));
+    InProcess {
+        tcp,
+        http,
+        stop,
+        task,
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_real_lookups() {
+    let w = World::start().await;
+    w.publish("m.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path()).await;
+    assert_eq!(ask(&d.tcp, "postfix", "m.example").await, SECURE);
+    assert_eq!(ask(&d.tcp, "postfix", "m.example").await, SECURE);
+    assert_eq!(ask(&d.tcp, "postfix", "nope.example").await, "NOTFOUND ");
+    assert_eq!(ask(&d.tcp, "postfix", "nope.example").await, "NOTFOUND ");
+    assert_eq!(ask(&d.tcp, "postfix", "[192.0.2.1]").await, "NOTFOUND ");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let text = reqwest::get(format!("{}/metrics", d.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let l = |answer: &str, cache: &str| {
+        metric(
+            &text,
+            &format!(
+                "mta_stsd_lookups_total{{answer=\"{answer}\",cache=\"{cache}\",zone=\"default\"}}"
+            ),
+        )
+    };
+    assert_eq!(l("secure", "miss"), 1.0);
+    assert_eq!(l("secure", "hit"), 1.0);
+    assert_eq!(l("notfound", "miss"), 1.0);
+    assert_eq!(l("notfound", "negative_hit"), 1.0);
+    assert_eq!(l("notfound", "skipped"), 1.0);
+    assert_eq!(metric(&text, "mta_stsd_lookup_duration_seconds_count"), 5.0);
+    assert_eq!(
+        metric(&text, "mta_stsd_cache_entries{mode=\"enforce\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "mta_stsd_cache_entries{mode=\"negative\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mta_stsd_discoveries_total{result=\"fetched\",trigger=\"miss\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mta_stsd_discoveries_total{result=\"no_policy\",trigger=\"miss\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "mta_stsd_fetch_duration_seconds_count{result=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "mta_stsd_connections_open"), 0.0);
+    assert!(text.contains(&format!(
+        "mta_stsd_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+
+    // promtool (Debian's prometheus package) must accept a real scrape; CI installs it.
+    let scrape = dir.path().join("scrape.txt");
+    std::fs::write(&scrape, &text).unwrap();
+    match Command::new("promtool")
+        .arg("check")
+        .arg("metrics")
+        .stdin(std::fs::File::open(&scrape).unwrap())
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("CI must install promtool (apt-get install prometheus)")
+        }
+        Err(_) => eprintln!("skipped promtool check: promtool not installed"),
+    }
+    let _ = d.stop.send(());
+    d.task.await.unwrap();
+}
+
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn cli_async(args: Vec<String>) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_through_the_cache_command() {
+    let w = World::start().await;
+    w.publish("admin.example", "7", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path()).await;
+    assert_eq!(ask(&d.tcp, "postfix", "admin.example").await, SECURE);
+    let a = |args: &[&str]| {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend(["--admin".to_string(), d.http.clone()]);
+        v
+    };
+    let (code, out, _) = cli_async(a(&["cache", "list"])).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("admin.example") && out.contains("enforce") && out.contains("1 entries"),
+        "{out}"
+    );
+    let (code, out, _) = cli_async(a(&["cache", "show", "Admin.Example"])).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("id:          7"), "{out}");
+    assert!(
+        out.contains("mx:          mx1.example.com, *.example.net"),
+        "{out}"
+    );
+    assert!(out.contains("    mode: enforce"), "{out}");
+    let (code, out, _) = cli_async(a(&["cache", "show", "admin.example", "--json"])).await;
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "enforce");
+    // Refresh fetches again, whatever the id.
+    let (code, _, _) = cli_async(a(&["cache", "refresh", "admin.example"])).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(w.https.hits("admin.example"), 2);
+    // Purge removes it; show then fails with exit 1.
+    let (code, out, _) = cli_async(a(&["cache", "purge", "admin.example"])).await;
+    assert_eq!((code, out.trim()), (Some(0), "admin.example: purged"));
+    let (code, _, err) = cli_async(a(&["cache", "show", "admin.example"])).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not in the cache"), "{err}");
+    // Refresh of an unknown domain runs a discovery.
+    let (code, out, _) = cli_async(a(&["cache", "refresh", "admin.example"])).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("state:       enforce"), "{out}");
+    let _ = d.stop.send(());
+    d.task.await.unwrap();
+}
+
+/// Receives sd_notify messages sent by the daemon.
+struct Notify {
+    sock: UnixDatagram,
+    path: PathBuf,
+}
+
+impl Notify {
+    fn new(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Notify { sock, path }
+    }
+
+    /// Blocks until a message containing `want` arrives.
+    fn expect(&self, want: &str) {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = self
+                .sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for {want}: {e}"));
+            if String::from_utf8_lossy(&buf[..n]).contains(want) {
+                return;
+            }
+        }
+    }
+}
+
+fn serve(config: &Path, notify_socket: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("NOTIFY_SOCKET", notify_socket)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Fills a cache directory with a fetched policy, using an in-process daemon.
+async fn warm_cache(dir: &Path) {
+    let w = World::start().await;
+    w.publish("cached.example", "1", ENFORCE);
+    let d = start(&w, dir).await;
+    assert_eq!(ask(&d.tcp, "postfix", "cached.example").await, SECURE);
+    let _ = d.stop.send(());
+    d.task.await.unwrap();
+}
+
+fn signal(child: &Child, sig: i32) {
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_lifecycle_notify_reload_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    warm_cache(dir.path()).await;
+    let port = free_port();
+    let cfg = dir.path().join("mta-stsd.toml");
+    let base = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[metrics]\nlisten = \"\"\n[cache]\npath = \"{}\"\n[resolver]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"200ms\"\n[log]\nformat = \"json\"\n",
+        dir.path().join("cache").display()
+    );
+    std::fs::write(&cfg, &base).unwrap();
+    let notify = Notify::new(dir.path());
+    let child = serve(&cfg, &notify.path);
+    let notify = Arc::new(notify);
+    let wait = |want: &'static str| {
+        let n = notify.clone();
+        tokio::task::spawn_blocking(move || n.expect(want))
+    };
+    wait("READY=1").await.unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    // Served from the persistent cache, without network.
+    assert_eq!(ask(&addr, "postfix", "cached.example").await, SECURE);
+
+    // SIGHUP with a new zone setting: applied without a restart.
+    std::fs::write(
+        &cfg,
+        format!("{base}[zones.default]\nrequire_sni = false\n"),
+    )
+    .unwrap();
+    let reloaded = wait("READY=1");
+    signal(&child, libc::SIGHUP);
+    reloaded.await.unwrap();
+    assert_eq!(
+        ask(&addr, "postfix", "cached.example").await,
+        "OK secure match=mx1.example.com:.example.net"
+    );
+
+    // An invalid file is rejected and the old configuration kept.
+    std::fs::write(&cfg, "[zones.default]\nrequire_sni = maybe\n").unwrap();
+    let reloaded = wait("READY=1");
+    signal(&child, libc::SIGHUP);
+    reloaded.await.unwrap();
+    assert_eq!(
+        ask(&addr, "postfix", "cached.example").await,
+        "OK secure match=mx1.example.com:.example.net"
+    );
+
+    let stopping = wait("STOPPING=1");
+    signal(&child, libc::SIGTERM);
+    stopping.await.unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0), "{}", status.1);
+    assert!(
+        status.1.contains("new configuration rejected"),
+        "{}",
+        status.1
+    );
+    // JSON log lines, one object per line.
+    let first = status.1.lines().next().unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "{first}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_replaces_listen() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    warm_cache(dir.path()).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cfg = dir.path().join("mta-stsd.toml");
+    // listen names a port that is never bound: the activated socket must be used instead.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{}\"]\n[metrics]\nlisten = \"\"\n[cache]\npath = \"{}\"\n[resolver]\nnameservers = [\"127.0.0.1:9\"]\n",
+            free_port(),
+            dir.path().join("cache").display()
+        ),
+    )
+    .unwrap();
+    let notify = Notify::new(dir.path());
+    let fd = listener.as_raw_fd();
+    // LISTEN_PID must be the daemon's own pid: sh sets it to $$ and execs in place.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_mta-stsd"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("LISTEN_FDS", "1")
+        .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; fd 3 is inherited (dup2 clears CLOEXEC).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let notify = Arc::new(notify);
+    let n = notify.clone();
+    tokio::task::spawn_blocking(move || n.expect("READY=1"))
+        .await
+        .unwrap();
+    assert_eq!(ask(&addr, "postfix", "cached.example").await, SECURE);
+    signal(&child, libc::SIGTERM);
+    let mut child = child;
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+}
