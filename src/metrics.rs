@@ -25,6 +25,7 @@ pub const BUILD_INFO: &str = "mta_stsd_build_info";
 
 pub struct Metrics {
     registry: Registry,
+    names: Vec<String>,
     /// zone, answer (secure|notfound|temp|perm), cache (hit|negative_hit|miss|timeout|skipped)
     pub lookups: IntCounterVec,
     pub lookup_duration: Histogram,
@@ -65,8 +66,9 @@ impl Metrics {
             0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
         let fetch_buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-        let m = Metrics {
+        let mut m = Metrics {
             registry: Registry::new(),
+            names: Vec::new(),
             lookups: counter_vec(
                 LOOKUPS_TOTAL,
                 "Socketmap lookups answered.",
@@ -163,6 +165,7 @@ impl Metrics {
             Box::new(build),
         ];
         for c in collectors {
+            m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c).expect("unique metric names");
         }
         // Pre-create the label sets dashboards plot, so they read 0 rather than absent.
@@ -170,6 +173,11 @@ impl Metrics {
             m.cache_entries.with_label_values(&[mode]).set(0);
         }
         m
+    }
+
+    /// Every metric name this daemon exports.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition format.

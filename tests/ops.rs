@@ -437,3 +437,34 @@ async fn socket_activation_replaces_listen() {
         .unwrap();
     assert!(status.success());
 }
+
+/// Every metric the shipped dashboard and alert rules use must exist.
+#[test]
+fn dashboard_and_alerts_use_existing_metrics() {
+    let metrics = mta_stsd::metrics::Metrics::new();
+    let exported = metrics.names();
+    for file in [
+        "contrib/grafana/mta-stsd-dashboard.json",
+        "contrib/prometheus/mta-stsd-alerts.yml",
+    ] {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let mut found = 0;
+        for (i, _) in text.match_indices("mta_stsd_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                exported.iter().any(|n| n == base),
+                "{file} uses {name}, which mta-stsd does not export"
+            );
+            found += 1;
+        }
+        assert!(found > 3, "{file}");
+    }
+}
