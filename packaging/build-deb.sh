@@ -3,7 +3,7 @@
 # Reproducible: timestamps come from the last commit (SOURCE_DATE_EPOCH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version "^3"
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version 3.8.0
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
     SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || date +%s)
     export SOURCE_DATE_EPOCH

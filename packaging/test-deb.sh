@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Checks a built package the way an operator meets it: lintian, dpkg -i, files, user,
+# unit, hardening score, the packaged daemon answering Postfix, then purge.
+# Needs root; installs the package on this machine (CI runs it on a throwaway one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deb=$(ls target/debian/mta-stsd_*.deb | tail -n 1)
+fail() { echo "package check failed: $*" >&2; exit 1; }
+
+echo "== lintian $deb"
+lintian --fail-on error "$deb"
+
+echo "== dpkg -i"
+dpkg -i "$deb"
+test -x /usr/bin/mta-stsd || fail "no /usr/bin/mta-stsd"
+test -f /etc/mta-stsd/mta-stsd.toml || fail "no config"
+dpkg-query -W -f='${Conffiles}\n' mta-stsd | grep -q '/etc/mta-stsd/mta-stsd.toml' || fail "config is not a conffile"
+getent passwd _mta-stsd >/dev/null || fail "no _mta-stsd user"
+unit=/usr/lib/systemd/system/mta-stsd.service
+test -f "$unit" || fail "no unit"
+test -f /lib/systemd/system/mta-stsd.socket || fail "no socket unit"
+test ! -e /etc/systemd/system/sockets.target.wants/mta-stsd.socket || fail "socket unit enabled by default"
+test -e /etc/systemd/system/multi-user.target.wants/mta-stsd.service || fail "service not enabled"
+test -f /usr/share/man/man8/mta-stsd.8.gz || fail "no mta-stsd(8)"
+test -f /usr/share/man/man5/mta-stsd.toml.5.gz || fail "no mta-stsd.toml(5)"
+mta-stsd check-config /etc/mta-stsd/mta-stsd.toml
+
+echo "== systemd-analyze security"
+systemd-analyze security --offline=true "$unit" | tail -n 1
+score=$(systemd-analyze security --offline=true "$unit" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+[ -n "$score" ] || fail "no exposure score"
+awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || fail "exposure $score > 2.0"
+
+echo "== the packaged daemon, as _mta-stsd, with the packaged config"
+install -d -o _mta-stsd -g _mta-stsd -m 0750 /var/lib/mta-stsd
+setpriv --reuid=_mta-stsd --regid=_mta-stsd --init-groups /usr/bin/mta-stsd serve --config /etc/mta-stsd/mta-stsd.toml &
+pid=$!
+for _ in $(seq 1 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/8461) 2>/dev/null && break
+    sleep 0.1
+done
+confdir=$(mktemp -d)
+echo "compatibility_level = 3.6" > "$confdir/main.cf"
+set +e
+out=$(postmap -c "$confdir" -q "[192.0.2.1]" socketmap:inet:127.0.0.1:8461:postfix)
+rc=$?
+set -e
+[ "$rc" = 1 ] && [ -z "$out" ] || fail "postmap got rc=$rc '$out' (want NOTFOUND)"
+mta-stsd cache list --config /etc/mta-stsd/mta-stsd.toml | grep -q "0 entries" || fail "cache list"
+kill -TERM "$pid"
+wait "$pid" || fail "daemon did not exit 0 on SIGTERM"
+test -d /var/lib/mta-stsd/cache || fail "no cache written"
+
+echo "== dpkg --purge"
+dpkg --purge mta-stsd
+getent passwd _mta-stsd >/dev/null && fail "user left after purge"
+test ! -e /var/lib/mta-stsd || fail "state left after purge"
+test ! -e /etc/mta-stsd/mta-stsd.toml || fail "config left after purge"
+echo "package checks passed"
