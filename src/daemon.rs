@@ -120,6 +120,24 @@ impl Daemon {
         })
     }
 
+    /// The addresses of the bound TCP socketmap listeners (useful with port 0).
+    pub fn tcp_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| match l {
+                Listener::Tcp(t) => t.local_addr().ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The address of the metrics and admin listener, if any.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves; then stops the refresher, drains
     /// connections and flushes the cache.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {

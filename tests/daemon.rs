@@ -7,13 +7,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{ENFORCE, options};
+use common::{ENFORCE, InProcess};
 use futures::{SinkExt, StreamExt};
 use mta_stsd::clock::{Clock, ManualClock, SystemClock};
 use mta_stsd::codec::NetstringCodec;
 use mta_stsd::config::Config;
-use mta_stsd::daemon::Daemon;
-use mta_stsd::server::Listener;
 use mta_stsd::service::PolicyService;
 use mta_stsd_testkit::{RecordType, World, policy_text};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,20 +21,16 @@ use tokio_util::codec::Framed;
 const SECURE: &str = "OK secure match=mx1.example.com:.example.net servername=hostname";
 
 struct Running {
+    inner: InProcess,
     tcp: SocketAddr,
     unix: PathBuf,
     clock: ManualClock,
     service: Arc<PolicyService>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.task.await.unwrap();
+    async fn shutdown(self) {
+        self.inner.shutdown().await;
     }
 
     async fn tcp(&self) -> Framed<TcpStream, NetstringCodec> {
@@ -81,30 +75,13 @@ fn config(dir: &Path, extra: &str) -> Config {
 }
 
 async fn start_with(world: &World, dir: &Path, extra: &str, clock: ManualClock) -> Running {
-    let config = config(dir, extra);
-    let daemon = Daemon::build(config, options(world), Arc::new(clock.clone()))
-        .await
-        .unwrap();
-    let tcp = daemon
-        .listeners
-        .iter()
-        .find_map(|l| match l {
-            Listener::Tcp(t) => t.local_addr().ok(),
-            _ => None,
-        })
-        .unwrap();
-    let service = daemon.ctx.service.clone();
-    let (stop, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(daemon.run(async {
-        let _ = rx.await;
-    }));
+    let inner = InProcess::start(world, config(dir, extra), Arc::new(clock.clone())).await;
     Running {
-        tcp,
+        tcp: inner.tcp,
+        service: inner.service.clone(),
+        inner,
         unix: dir.join("mta-stsd.sock"),
         clock,
-        service,
-        stop: Some(stop),
-        task,
     }
 }
 
@@ -589,10 +566,10 @@ async fn shutdown_finishes_the_request_in_progress() {
     );
     conn.send(&b"postfix inflight.example"[..]).await.unwrap();
     w.https.wait_for_hits("inflight.example", 1).await;
-    let _ = d.stop.take().unwrap().send(());
+    let _ = d.inner.stop.take().unwrap().send(());
     let reply = conn.next().await.unwrap().unwrap();
     assert_eq!(&reply[..], SECURE.as_bytes());
     // The idle connection is closed, and the server task ends.
     assert!(idle.next().await.is_none());
-    d.task.await.unwrap();
+    d.inner.task.await.unwrap();
 }

@@ -9,13 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ENFORCE, options};
+use common::{ENFORCE, InProcess};
 use futures::{SinkExt, StreamExt};
 use mta_stsd::clock::SystemClock;
 use mta_stsd::codec::NetstringCodec;
 use mta_stsd::config::Config;
-use mta_stsd::daemon::Daemon;
-use mta_stsd::server::Listener;
 use mta_stsd_testkit::World;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -36,13 +34,6 @@ async fn ask(addr: &str, map: &str, key: &str) -> String {
         .expect("a reply within 20s")
 }
 
-struct InProcess {
-    tcp: String,
-    http: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 async fn start(w: &World, dir: &Path) -> InProcess {
     let mut config = Config::from_toml(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
@@ -50,37 +41,7 @@ async fn start(w: &World, dir: &Path) -> InProcess {
     )
     .unwrap();
     config.cache.path = Some(dir.join("cache"));
-    let daemon = Daemon::build(config, options(w), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let tcp = daemon
-        .listeners
-        .iter()
-        .find_map(|l| match l {
-            Listener::Tcp(t) => t.local_addr().ok(),
-            _ => None,
-        })
-        .unwrap()
-        .to_string();
-    let http = format!(
-        "http://{}",
-        daemon
-            .metrics_listener
-            .as_ref()
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    );
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(daemon.run(async {
-        let _ = rx.await;
-    }));
-    InProcess {
-        tcp,
-        http,
-        stop,
-        task,
-    }
+    InProcess::start(w, config, Arc::new(SystemClock)).await
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -95,13 +56,28 @@ async fn metrics_after_real_lookups() {
     w.publish("m.example", "1", ENFORCE);
     let dir = tempfile::tempdir().unwrap();
     let d = start(&w, dir.path()).await;
-    assert_eq!(ask(&d.tcp, "postfix", "m.example").await, SECURE);
-    assert_eq!(ask(&d.tcp, "postfix", "m.example").await, SECURE);
-    assert_eq!(ask(&d.tcp, "postfix", "nope.example").await, "NOTFOUND ");
-    assert_eq!(ask(&d.tcp, "postfix", "nope.example").await, "NOTFOUND ");
-    assert_eq!(ask(&d.tcp, "postfix", "[192.0.2.1]").await, "NOTFOUND ");
+    assert_eq!(
+        ask(&d.tcp.to_string(), "postfix", "m.example").await,
+        SECURE
+    );
+    assert_eq!(
+        ask(&d.tcp.to_string(), "postfix", "m.example").await,
+        SECURE
+    );
+    assert_eq!(
+        ask(&d.tcp.to_string(), "postfix", "nope.example").await,
+        "NOTFOUND "
+    );
+    assert_eq!(
+        ask(&d.tcp.to_string(), "postfix", "nope.example").await,
+        "NOTFOUND "
+    );
+    assert_eq!(
+        ask(&d.tcp.to_string(), "postfix", "[192.0.2.1]").await,
+        "NOTFOUND "
+    );
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let text = reqwest::get(format!("{}/metrics", d.http))
+    let text = reqwest::get(format!("{}/metrics", d.http.as_deref().unwrap()))
         .await
         .unwrap()
         .text()
@@ -176,8 +152,7 @@ async fn metrics_after_real_lookups() {
         }
         Err(_) => eprintln!("skipped promtool check: promtool not installed"),
     }
-    let _ = d.stop.send(());
-    d.task.await.unwrap();
+    d.shutdown().await;
 }
 
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
@@ -204,10 +179,13 @@ async fn admin_api_through_the_cache_command() {
     w.publish("admin.example", "7", ENFORCE);
     let dir = tempfile::tempdir().unwrap();
     let d = start(&w, dir.path()).await;
-    assert_eq!(ask(&d.tcp, "postfix", "admin.example").await, SECURE);
+    assert_eq!(
+        ask(&d.tcp.to_string(), "postfix", "admin.example").await,
+        SECURE
+    );
     let a = |args: &[&str]| {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        v.extend(["--admin".to_string(), d.http.clone()]);
+        v.extend(["--admin".to_string(), d.http.clone().unwrap()]);
         v
     };
     let (code, out, _) = cli_async(a(&["cache", "list"])).await;
@@ -242,8 +220,7 @@ async fn admin_api_through_the_cache_command() {
     let (code, out, _) = cli_async(a(&["cache", "refresh", "admin.example"])).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("state:       enforce"), "{out}");
-    let _ = d.stop.send(());
-    d.task.await.unwrap();
+    d.shutdown().await;
 }
 
 /// Receives sd_notify messages sent by the daemon.
@@ -301,9 +278,11 @@ async fn warm_cache(dir: &Path) {
     let w = World::start().await;
     w.publish("cached.example", "1", ENFORCE);
     let d = start(&w, dir).await;
-    assert_eq!(ask(&d.tcp, "postfix", "cached.example").await, SECURE);
-    let _ = d.stop.send(());
-    d.task.await.unwrap();
+    assert_eq!(
+        ask(&d.tcp.to_string(), "postfix", "cached.example").await,
+        SECURE
+    );
+    d.shutdown().await;
 }
 
 fn signal(child: &Child, sig: i32) {

@@ -8,11 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{ENFORCE, options};
+use common::{ENFORCE, InProcess};
 use mta_stsd::clock::SystemClock;
 use mta_stsd::config::Config;
-use mta_stsd::daemon::Daemon;
-use mta_stsd::server::Listener;
 use mta_stsd_testkit::{World, policy_text};
 
 fn postmap_available() -> bool {
@@ -82,21 +80,8 @@ async fn postmap_queries_over_tcp_and_unix_socket() {
     .unwrap();
     config.cache.path = Some(dir.path().join("cache"));
     config.metrics.listen = String::new();
-    let daemon = Daemon::build(config, options(&w), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let port = daemon
-        .listeners
-        .iter()
-        .find_map(|l| match l {
-            Listener::Tcp(t) => t.local_addr().ok().map(|a| a.port()),
-            _ => None,
-        })
-        .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(daemon.run(async {
-        let _ = rx.await;
-    }));
+    let d = InProcess::start(&w, config, Arc::new(SystemClock)).await;
+    let port = d.tcp.port();
 
     let tcp = format!("socketmap:inet:127.0.0.1:{port}:postfix");
     let unix = format!("socketmap:unix:{}:postfix", sock.display());
@@ -136,6 +121,5 @@ async fn postmap_queries_over_tcp_and_unix_socket() {
         (Some(1), String::new())
     );
 
-    let _ = stop.send(());
-    task.await.unwrap();
+    d.shutdown().await;
 }

@@ -3,8 +3,14 @@
 
 use std::time::Duration;
 
-use mta_stsd::config::{FetchConfig, ResolverConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mta_stsd::clock::Clock;
+use mta_stsd::config::{Config, FetchConfig, ResolverConfig};
+use mta_stsd::daemon::Daemon;
 use mta_stsd::discovery::{Discoverer, DiscoveryOptions};
+use mta_stsd::service::PolicyService;
 use mta_stsd_testkit::World;
 
 /// Discovery options that use the world's DNS server, trust its CA (only), and fetch
@@ -33,3 +39,44 @@ pub fn discoverer(world: &World) -> Discoverer {
 
 pub const ENFORCE: &str =
     "version: STSv1\nmode: enforce\nmx: mx1.example.com\nmx: *.example.net\nmax_age: 604800\n";
+
+/// A daemon running in this process against a testkit world.
+pub struct InProcess {
+    pub tcp: SocketAddr,
+    /// `http://IP:PORT` of the metrics/admin listener, if configured.
+    pub http: Option<String>,
+    pub service: Arc<PolicyService>,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    /// Builds and starts a daemon with discovery pointed at `world`.
+    pub async fn start(world: &World, config: Config, clock: Arc<dyn Clock>) -> InProcess {
+        let daemon = Daemon::build(config, options(world), clock)
+            .await
+            .expect("daemon");
+        let tcp = daemon.tcp_addrs()[0];
+        let http = daemon.metrics_addr().map(|a| format!("http://{a}"));
+        let service = daemon.ctx.service.clone();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(daemon.run(async {
+            let _ = rx.await;
+        }));
+        InProcess {
+            tcp,
+            http,
+            service,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Signals shutdown and waits for the daemon to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.expect("daemon task");
+    }
+}
