@@ -140,6 +140,11 @@ pub struct TestDns {
 
 impl TestDns {
     pub async fn start() -> TestDns {
+        Self::start_on(None).await
+    }
+
+    /// Serves on `addr` (UDP and TCP), or on a free loopback port when `None`.
+    pub async fn start_on(addr: Option<SocketAddr>) -> TestDns {
         let state = Arc::new(State {
             zone: Mutex::new(Zone::default()),
             catalog: RwLock::new(Arc::new(Catalog::new())),
@@ -150,13 +155,20 @@ impl TestDns {
         state.rebuild();
         let mut server = Server::new(Handler(state.clone()));
         // Bind UDP on a free port, then TCP on the same port (retry if it is taken).
-        let (udp, tcp) = loop {
-            let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
-                .expect("bind udp");
-            let port = udp.local_addr().expect("udp addr").port();
-            if let Ok(tcp) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
-                break (udp, tcp);
+        let (udp, tcp) = if let Some(addr) = addr {
+            (
+                UdpSocket::bind(addr).await.expect("bind udp"),
+                TcpListener::bind(addr).await.expect("bind tcp"),
+            )
+        } else {
+            loop {
+                let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                    .await
+                    .expect("bind udp");
+                let port = udp.local_addr().expect("udp addr").port();
+                if let Ok(tcp) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
+                    break (udp, tcp);
+                }
             }
         };
         let addr = udp.local_addr().expect("addr");

@@ -6,6 +6,7 @@
 mod ca;
 mod dns;
 mod https;
+pub mod smtp;
 
 pub use ca::{CertKind, TestCa};
 pub use dns::{DnsFault, TestDns};

@@ -1,0 +1,121 @@
+//! A test world for delivery tests, meant to run inside a network namespace (it binds
+//! 127.0.0.1:53 and :443 and port 25 on the addresses it is told).
+//!
+//!     mta-sts-testworld --ca OUT.pem --mail-dir DIR < commands
+//!
+//! Commands, one per line, on standard input (each answered with "ok" or "error: ..."
+//! on standard output; "ready" is printed first):
+//!   policy DOMAIN ID MODE MX[,MX...]   TXT id, mta-sts.DOMAIN -> 127.0.0.1, policy file
+//!   txt DOMAIN ID                      change the TXT id
+//!   down DOMAIN                        the policy server stops serving DOMAIN
+//!   mx DOMAIN HOST IP                  MX DOMAIN -> HOST, A HOST -> IP
+//!   cert HOST valid|wrong-name|expired|untrusted   receiver certificate for HOST (SNI)
+//!   smtp IP tls|plain [KIND]           an SMTP receiver on IP:25, with or without
+//!                                      STARTTLS; KIND is the certificate for clients
+//!                                      that send no SNI (default: valid)
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use mta_stsd_testkit::smtp::{SmtpCerts, serve_smtp};
+use mta_stsd_testkit::{CertKind, TestCa, TestDns, TestHttps, policy_text};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn cert_kind(name: &str) -> Option<CertKind> {
+    match name {
+        "valid" => Some(CertKind::Valid),
+        "wrong-name" => Some(CertKind::WrongName),
+        "expired" => Some(CertKind::Expired),
+        "untrusted" => Some(CertKind::Untrusted),
+        _ => None,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca_out = PathBuf::from(arg("--ca").expect("--ca FILE"));
+    let mail_dir = PathBuf::from(arg("--mail-dir").expect("--mail-dir DIR"));
+    std::fs::create_dir_all(&mail_dir).expect("mail dir");
+    let ca = TestCa::new();
+    std::fs::write(&ca_out, ca.cert_pem()).expect("write CA");
+    let dns = TestDns::start_on(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 53)))).await;
+    let https_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 443))
+        .await
+        .expect("bind 443");
+    let https = TestHttps::serve(ca.clone(), https_listener);
+    let certs = SmtpCerts::new(ca.clone());
+    let mut receivers = Vec::new();
+    println!("ready");
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let result: Result<(), String> = match words.as_slice() {
+            ["policy", domain, id, mode, mx] => {
+                let mx: Vec<&str> = mx.split(',').collect();
+                dns.set_txt(
+                    &format!("_mta-sts.{domain}"),
+                    &[&format!("v=STSv1; id={id}")],
+                );
+                dns.set_a(&format!("mta-sts.{domain}"), Ipv4Addr::LOCALHOST);
+                https.set_policy(domain, &policy_text(mode, &mx, 86400));
+                Ok(())
+            }
+            ["txt", domain, id] => {
+                dns.set_txt(
+                    &format!("_mta-sts.{domain}"),
+                    &[&format!("v=STSv1; id={id}")],
+                );
+                Ok(())
+            }
+            ["down", domain] => {
+                https.remove(domain);
+                Ok(())
+            }
+            ["mx", domain, host, ip] => match ip.parse::<Ipv4Addr>() {
+                Ok(ip) => {
+                    dns.set_mx(domain, &[(10, host)]);
+                    dns.set_a(host, ip);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            ["cert", host, kind] => match cert_kind(kind) {
+                Some(k) => {
+                    certs.set(host, k);
+                    Ok(())
+                }
+                None => Err(format!("unknown certificate kind {kind:?}")),
+            },
+            ["smtp", ip, mode, rest @ ..] => match (ip.parse::<Ipv4Addr>(), *mode) {
+                (Ok(ip), "tls" | "plain") => match tokio::net::TcpListener::bind((ip, 25)).await {
+                    Ok(l) => {
+                        let default = rest
+                            .first()
+                            .and_then(|k| cert_kind(k))
+                            .unwrap_or(CertKind::Valid);
+                        let c = (*mode == "tls").then(|| certs.with_default(default));
+                        receivers.push(serve_smtp(l, c, mail_dir.clone()));
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("bind {ip}:25: {e}")),
+                },
+                _ => Err("smtp IP tls|plain".into()),
+            },
+            [] => continue,
+            _ => Err(format!("unknown command {line:?}")),
+        };
+        match result {
+            Ok(()) => println!("ok"),
+            Err(e) => println!("error: {e}"),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# End-to-end delivery test: real Postfix sends through real mta-stsd to receiving SMTP
+# servers, inside a private network and mount namespace (nothing outside is touched).
+#
+#   sudo tests/e2e/postfix-delivery.sh [--tlsrpt] [BIN_DIR]
+#
+# BIN_DIR holds mta-stsd and mta-sts-testworld (default target/debug; build them with
+# `cargo build --workspace --bins`). Needs root and Debian's postfix. --tlsrpt turns on
+# the TLSRPT attributes (Postfix >= 3.10). Prints one line per case and exits non-zero
+# if any case fails. The world: a DNS server on 127.0.0.1:53 and the policy server on
+# 127.0.0.1:443 (mta-sts-testworld, test CA made at start), SMTP receivers on
+# 127.0.0.2:25 (STARTTLS, certificate chosen by SNI), 127.0.0.3:25 (no STARTTLS) and
+# 127.0.0.4:25 (STARTTLS, untrusted certificate when no SNI is sent),
+# Postfix as the sender with the test CA as trust anchor, mta-stsd on 127.0.0.1:8461.
+set -euo pipefail
+
+TLSRPT=false
+if [ "${1:-}" = "--tlsrpt" ]; then TLSRPT=true; shift; fi
+BIN=$(realpath "${1:-target/debug}")
+
+if [ "$(id -u)" != 0 ]; then echo "postfix-delivery: needs root" >&2; exit 2; fi
+if [ -z "${MTA_STS_E2E_NETNS:-}" ]; then
+    exec env MTA_STS_E2E_NETNS=1 unshare --net --mount --propagation private "$0" \
+        $($TLSRPT && echo --tlsrpt) "$BIN"
+fi
+
+ip link set lo up
+W=$(mktemp -d /tmp/mta-sts-e2e.XXXXXX)
+chmod 755 "$W"
+echo "nameserver 127.0.0.1" > "$W/resolv.conf"
+mount --bind "$W/resolv.conf" /etc/resolv.conf
+
+pids=()
+cleanup() {
+    postfix stop >/dev/null 2>&1 || true
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ "${KEEP:-}" = "" ]; then rm -rf "$W"; else echo "work directory kept: $W"; fi
+}
+trap cleanup EXIT
+
+# --- the world: DNS, policy server, receivers ------------------------------------
+mkdir -p "$W/received"
+coproc WORLD { "$BIN/mta-sts-testworld" --ca "$W/ca.pem" --mail-dir "$W/received" 2>"$W/world.log"; }
+pids+=("$WORLD_PID")
+read -r line <&"${WORLD[0]}"
+[ "$line" = ready ] || { echo "testworld did not start: $line"; cat "$W/world.log"; exit 1; }
+world() {
+    echo "$*" >&"${WORLD[1]}"
+    local reply
+    read -r reply <&"${WORLD[0]}"
+    [ "$reply" = ok ] || { echo "testworld: $* -> $reply" >&2; exit 1; }
+}
+world smtp 127.0.0.2 tls
+world smtp 127.0.0.3 plain
+world smtp 127.0.0.4 tls untrusted
+#        domain          id mode     mx host               receiver
+world policy good.test    1 enforce  mx.good.test;    world mx good.test mx.good.test 127.0.0.2;       world cert mx.good.test valid
+world policy badcert.test 1 enforce  mx.badcert.test; world mx badcert.test mx.badcert.test 127.0.0.2; world cert mx.badcert.test wrong-name
+world policy notls.test   1 enforce  mx.notls.test;   world mx notls.test mx.notls.test 127.0.0.3
+world policy testing.test 1 testing  mx.testing.test; world mx testing.test mx.testing.test 127.0.0.4; world cert mx.testing.test untrusted
+                                                      world mx plain.test mx.plain.test 127.0.0.4
+world policy cached.test  1 enforce  mx.cached.test;  world mx cached.test mx.cached.test 127.0.0.2;   world cert mx.cached.test valid
+
+# --- mta-stsd ---------------------------------------------------------------------
+cat > "$W/mta-stsd.toml" <<CFG
+[server]
+listen = ["127.0.0.1:8461"]
+[metrics]
+listen = "127.0.0.1:9461"
+[resolver]
+nameservers = ["127.0.0.1:53"]
+timeout = "1s"
+[fetch]
+ca_file = "$W/ca.pem"
+# The test world's policy server is on loopback.
+allow_private_addresses = true
+timeout = "5s"
+[cache]
+path = "$W/mta-stsd-cache"
+grace = "1s"
+[log]
+level = "info,mta_stsd=debug"
+format = "plain"
+[zones.default]
+tlsrpt = $TLSRPT
+CFG
+"$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
+pids+=($!)
+for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/8461) 2>/dev/null && break
+    sleep 0.1
+done
+
+# --- Postfix, the sender ----------------------------------------------------------
+mkdir -p "$W/etc" "$W/spool" "$W/data"
+cp -a /etc/postfix/. "$W/etc/"
+cp /usr/share/postfix/master.cf.dist "$W/etc/master.cf"
+chown postfix "$W/data"
+cat > "$W/etc/main.cf" <<CFG
+compatibility_level = 3.6
+queue_directory = $W/spool
+data_directory = $W/data
+myhostname = sender.test
+mydomain = sender.test
+myorigin = sender.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+maillog_file = $W/maillog
+maillog_file_prefixes = /tmp
+smtp_host_lookup = dns
+smtp_dns_support_level = enabled
+smtp_tls_security_level = may
+smtp_tls_CAfile = $W/ca.pem
+smtp_tls_loglevel = 1
+smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
+smtp_connect_timeout = 5s
+delay_warning_time = 0
+bounce_queue_lifetime = 1d
+maximal_queue_lifetime = 1d
+CFG
+mount --bind "$W/etc" /etc/postfix
+postconf -F '*/*/chroot = n'
+postconf -M postlog/unix-dgram="postlog unix-dgram n - n - 1 postlogd"
+postfix check
+postfix start >/dev/null 2>&1
+postconf -h mail_version > "$W/postfix-version"
+echo "Postfix $(cat "$W/postfix-version"), mta-stsd $("$BIN/mta-stsd" --version | cut -d' ' -f2), tlsrpt=$TLSRPT"
+
+# --- the cases --------------------------------------------------------------------
+failures=0
+send() {  # send RCPT
+    printf 'Subject: mta-sts e2e to %s\n\nhello\n' "$1" | sendmail -f sender@sender.test "$1"
+}
+# Waits for Postfix's verdict on RCPT (sent, deferred, bounced) and prints it.
+verdict() {
+    local rcpt=$1 n=${2:-1} v=""
+    for _ in $(seq 1 300); do
+        v=$(grep -F "to=<$rcpt>" "$W/maillog" 2>/dev/null | grep -oE 'status=(sent|deferred|bounced)' | sed -n "${n}p" | cut -d= -f2)
+        [ -n "$v" ] && break
+        sleep 0.1
+    done
+    echo "${v:-none}"
+}
+received() { ls "$W/received" | grep -c "^$1\." || true; }
+check() {  # check NAME CONDITION-DESCRIPTION RESULT
+    if [ "$3" = ok ]; then echo "ok   $1: $2"; else echo "FAIL $1: $2 ($3)"; failures=$((failures + 1)); fi
+}
+expect() {  # expect CASE RCPT VERDICT RECEIVED LOGPATTERN [n]
+    local name=$1 rcpt=$2 want=$3 want_rx=$4 pattern=$5 n=${6:-1}
+    local got rx
+    got=$(verdict "$rcpt" "$n")
+    rx=$(received "$rcpt")
+    local res=ok
+    [ "$got" = "$want" ] || res="status=$got"
+    [ "$rx" = "$want_rx" ] || res="$res received=$rx"
+    # The pattern must be on this message's status line, or name this case's MX host.
+    if [ -n "$pattern" ] && ! grep -F "to=<$rcpt>" "$W/maillog" | sed -n "${n}p" | grep -qE "$pattern" \
+        && ! { [[ "$pattern" == *"established to mx."* ]] && grep -qE "$pattern" "$W/maillog"; }; then
+        res="$res no log line /$pattern/"
+    fi
+    check "$name" "$want, $want_rx received" "$res"
+}
+
+send user@good.test;    expect "enforce, valid certificate" user@good.test sent 1 "Verified TLS connection established to mx.good.test"
+send user@badcert.test; expect "enforce, certificate for another name" user@badcert.test deferred 0 "server certificate verification failed|Server certificate not verified"
+send user@notls.test;   expect "enforce, receiver without STARTTLS" user@notls.test deferred 0 "TLS is required, but was not offered"
+send user@testing.test; expect "testing mode, bad certificate" user@testing.test sent 1 "Untrusted TLS connection established to mx.testing.test"
+send user@plain.test;   expect "no policy, opportunistic TLS" user@plain.test sent 1 "Untrusted TLS connection established to mx.plain.test"
+
+# Cached policy: fetched once, then the policy server goes down and the id changes;
+# the receiver now shows a bad certificate. Still enforced => deferred, not delivered.
+send user@cached.test;  expect "enforce before the policy server goes down" user@cached.test sent 1 "Verified TLS connection established to mx.cached.test"
+world down cached.test
+world txt cached.test 2
+world cert mx.cached.test wrong-name
+# Let the daemon see the new id and fail to fetch it (after grace), via its admin API.
+for _ in $(seq 1 100); do
+    "$BIN/mta-stsd" cache refresh cached.test --admin http://127.0.0.1:9461 --json > "$W/cached.json" 2>/dev/null || true
+    grep -q '"last_error": "' "$W/cached.json" && break
+    sleep 0.1
+done
+grep -q '"state": "enforce"' "$W/cached.json" && grep -q '"last_error": "' "$W/cached.json" \
+    && check "policy server down" "cached policy kept, fetch error recorded" ok \
+    || check "policy server down" "cached policy kept, fetch error recorded" "$(cat "$W/cached.json")"
+send user2@cached.test; expect "policy server down: still enforced from cache" user2@cached.test deferred 0 "server certificate verification failed|Server certificate not verified"
+
+# Postfix must accept every answer the daemon gave.
+if grep -qiE "invalid attribute|malformed|table .*lookup error|socketmap.*(error|unexpected)" "$W/maillog"; then
+    check "Postfix accepted every answer" "no policy-map errors in the log" "$(grep -iE 'invalid attribute|malformed|lookup error' "$W/maillog" | head -3)"
+else
+    check "Postfix accepted every answer" "no policy-map errors in the log" ok
+fi
+if $TLSRPT; then
+    got=$(postmap -q good.test socketmap:inet:127.0.0.1:8461:postfix || true)
+    want="secure match=mx.good.test servername=hostname policy_type=sts policy_domain=good.test mx_host_pattern=mx.good.test { policy_string = version: STSv1 } { policy_string = mode: enforce } { policy_string = mx: mx.good.test } { policy_string = max_age: 86400 }"
+    [ "$got" = "$want" ] && check "TLSRPT attributes" "exact answer via postmap -q" ok \
+        || check "TLSRPT attributes" "exact answer via postmap -q" "got: $got"
+fi
+
+echo
+if [ "$failures" -gt 0 ]; then
+    echo "--- maillog"; cat "$W/maillog"
+    echo "--- mta-stsd log (tail)"; tail -n 40 "$W/mta-stsd.log"
+    echo "postfix-delivery: $failures case(s) failed"
+    exit 1
+fi
+echo "postfix-delivery: all cases passed"
