@@ -16,7 +16,6 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::codec::Framed;
 
-use crate::answer::Reply;
 use crate::codec::{CodecError, NetstringCodec, parse_request};
 use crate::config::{Config, ListenAddr};
 use crate::service::PolicyService;
@@ -240,28 +239,25 @@ async fn serve_conn<S>(
         let started = std::time::Instant::now();
         metrics.requests_in_flight.inc();
         // The zone options are read per request, so a reload applies at once.
-        let zone = ctx.config().zone(&request.map);
-        let (reply, outcome) = ctx.service.lookup(&request.key, &zone).await;
+        let current = ctx.config();
+        let zone = current.zone(&request.map);
+        let (answer, outcome) = ctx.service.lookup(&request.key, &zone).await;
         metrics.requests_in_flight.dec();
-        let zone_label = if ctx.config().zones.contains_key(&request.map) {
+        let zone_label = if current.zones.contains_key(&request.map) {
             request.map.as_str()
         } else {
             "default"
         };
         metrics
             .lookups
-            .with_label_values(&[zone_label, reply.kind(), outcome.as_str()])
+            .with_label_values(&[zone_label, answer.kind, outcome.as_str()])
             .inc();
         metrics
             .lookup_duration
             .observe(started.elapsed().as_secs_f64());
-        tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind(), "lookup");
-        let wire = reply.to_wire();
-        if let Err(e) = framed.send(wire.as_bytes()).await {
+        tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = answer.kind, "lookup");
+        if let Err(e) = framed.send(answer.wire.as_bytes()).await {
             tracing::warn!(error = %e, "cannot send reply");
-            return;
-        }
-        if matches!(reply, Reply::Perm(_)) {
             return;
         }
     }

@@ -12,14 +12,14 @@
 //! - The refresher re-fetches policies before they expire, whatever the TXT says.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::answer::{Reply, ZoneOptions, render};
+use crate::answer::{ZoneOptions, render};
 use crate::clock::Clock;
 use crate::codec::MAX_REPLY;
 use crate::config::{CacheConfig, LookupConfig};
@@ -79,6 +79,55 @@ impl Trigger {
 
 type Flight = Shared<BoxFuture<'static, ()>>;
 
+/// A rendered socketmap reply: the netstring payload and a short label for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub wire: Arc<str>,
+    /// `secure` or `notfound` (see `Reply::kind`).
+    pub kind: &'static str,
+}
+
+static NOT_FOUND: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("NOTFOUND "));
+
+impl Answer {
+    pub fn not_found() -> Answer {
+        Answer {
+            wire: NOT_FOUND.clone(),
+            kind: "notfound",
+        }
+    }
+}
+
+/// A cache entry in memory. Its replies are rendered once per combination of zone
+/// options and then shared, so a cache hit allocates nothing.
+#[derive(Debug)]
+struct Slot {
+    entry: Entry,
+    replies: [OnceLock<Answer>; 8],
+}
+
+impl Slot {
+    fn new(entry: Entry) -> Self {
+        Slot {
+            entry,
+            replies: Default::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Slot {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+fn zone_index(zone: &ZoneOptions) -> usize {
+    usize::from(zone.strict_testing)
+        | usize::from(zone.require_sni) << 1
+        | usize::from(zone.tlsrpt) << 2
+}
+
 /// Settings the service reads on every operation.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
@@ -91,7 +140,7 @@ pub struct PolicyService {
     store: Arc<dyn PolicyStore>,
     clock: Arc<dyn Clock>,
     settings: RwLock<Arc<ServiceSettings>>,
-    entries: RwLock<HashMap<String, Arc<Entry>>>,
+    entries: RwLock<HashMap<String, Arc<Slot>>>,
     inflight: Mutex<HashMap<String, Flight>>,
     idle: Notify,
     metrics: Arc<Metrics>,
@@ -117,7 +166,7 @@ impl PolicyService {
                 let mut pruned = 0usize;
                 for (domain, entry) in loaded {
                     if entry.is_live(now) {
-                        entries.insert(domain, Arc::new(entry));
+                        entries.insert(domain, Arc::new(Slot::new(entry)));
                     } else {
                         pruned += 1;
                         if let Err(e) = store.remove(&domain) {
@@ -168,7 +217,7 @@ impl PolicyService {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    fn entry(&self, domain: &str) -> Option<Arc<Entry>> {
+    fn entry(&self, domain: &str) -> Option<Arc<Slot>> {
         self.entries
             .read()
             .map(|m| m.get(domain).cloned())
@@ -194,7 +243,7 @@ impl PolicyService {
             tracing::error!(domain, error = %e, "cannot persist cache entry");
         }
         if let Ok(mut m) = self.entries.write() {
-            m.insert(domain.to_owned(), Arc::new(entry));
+            m.insert(domain.to_owned(), Arc::new(Slot::new(entry)));
         }
     }
 
@@ -208,25 +257,25 @@ impl PolicyService {
     }
 
     /// Answers one socketmap lookup.
-    pub async fn lookup(self: &Arc<Self>, key: &str, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
+    pub async fn lookup(self: &Arc<Self>, key: &str, zone: &ZoneOptions) -> (Answer, CacheOutcome) {
         let domain = match normalize_key(key) {
             Ok(d) => d,
             Err(skip) => {
                 tracing::debug!(key, reason = %skip, "no lookup");
-                return (Reply::NotFound, CacheOutcome::Skipped);
+                return (Answer::not_found(), CacheOutcome::Skipped);
             }
         };
         let now = self.clock.now();
-        if let Some(entry) = self.entry(&domain) {
-            if let Some(cached) = entry.valid_policy(now) {
+        if let Some(slot) = self.entry(&domain) {
+            if slot.valid_policy(now).is_some() {
                 let grace = self.settings().cache.grace.as_secs();
-                if now.saturating_sub(entry.last_check) >= grace {
+                if now.saturating_sub(slot.last_check) >= grace {
                     drop(self.flight(&domain, Trigger::Recheck));
                 }
-                return (self.render(&domain, cached, zone), CacheOutcome::Hit);
+                return (self.answer(&domain, &slot, zone), CacheOutcome::Hit);
             }
-            if entry.no_policy_until.is_some_and(|t| t > now) {
-                return (Reply::NotFound, CacheOutcome::NegativeHit);
+            if slot.no_policy_until.is_some_and(|t| t > now) {
+                return (Answer::not_found(), CacheOutcome::NegativeHit);
             }
         }
         let deadline = self.settings().lookup.deadline;
@@ -237,20 +286,38 @@ impl PolicyService {
                 ?deadline,
                 "discovery did not finish before the lookup deadline; answering NOTFOUND for now"
             );
-            return (Reply::NotFound, CacheOutcome::Timeout);
+            return (Answer::not_found(), CacheOutcome::Timeout);
         }
         let now = self.clock.now();
-        let reply = match self.entry(&domain) {
-            Some(entry) => match entry.valid_policy(now) {
-                Some(cached) => self.render(&domain, cached, zone),
-                None => Reply::NotFound,
-            },
-            None => Reply::NotFound,
+        let answer = match self.entry(&domain) {
+            Some(slot) if slot.valid_policy(now).is_some() => self.answer(&domain, &slot, zone),
+            _ => Answer::not_found(),
         };
-        (reply, CacheOutcome::Miss)
+        (answer, CacheOutcome::Miss)
     }
 
-    fn render(&self, domain: &str, cached: &CachedPolicy, zone: &ZoneOptions) -> Reply {
+    /// The memoized reply for a slot with a valid policy under `zone`.
+    fn answer(&self, domain: &str, slot: &Slot, zone: &ZoneOptions) -> Answer {
+        slot.replies[zone_index(zone)]
+            .get_or_init(|| match &slot.policy {
+                Some(cached) => {
+                    let reply = self.render(domain, cached, zone);
+                    Answer {
+                        wire: Arc::from(reply.to_wire()),
+                        kind: reply.kind(),
+                    }
+                }
+                None => Answer::not_found(),
+            })
+            .clone()
+    }
+
+    fn render(
+        &self,
+        domain: &str,
+        cached: &CachedPolicy,
+        zone: &ZoneOptions,
+    ) -> crate::answer::Reply {
         let rendered = render(domain, Some(&cached.policy), zone);
         if !rendered.dropped_lines.is_empty() {
             tracing::warn!(domain, lines = ?rendered.dropped_lines, "policy lines with '{{' or '}}' left out of TLSRPT attributes");
@@ -679,6 +746,21 @@ fn log_transition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_zone_option_combination_has_its_own_memo_slot() {
+        let mut seen = std::collections::HashSet::new();
+        for bits in 0..8u8 {
+            let z = ZoneOptions {
+                strict_testing: bits & 1 != 0,
+                require_sni: bits & 2 != 0,
+                tlsrpt: bits & 4 != 0,
+            };
+            let i = zone_index(&z);
+            assert!(i < 8);
+            assert!(seen.insert(i));
+        }
+    }
 
     #[test]
     fn jitter_is_bounded_and_stable() {

@@ -35,6 +35,7 @@ struct State {
     faults: Mutex<HashMap<String, DnsFault>>,
     queries: Mutex<HashMap<(String, RecordType), usize>>,
     serial: Mutex<u32>,
+    batching: std::sync::atomic::AtomicBool,
 }
 
 fn key(name: &str) -> String {
@@ -151,6 +152,7 @@ impl TestDns {
             faults: Mutex::new(HashMap::new()),
             queries: Mutex::new(HashMap::new()),
             serial: Mutex::new(0),
+            batching: std::sync::atomic::AtomicBool::new(false),
         });
         state.rebuild();
         let mut server = Server::new(Handler(state.clone()));
@@ -187,14 +189,34 @@ impl TestDns {
     }
 
     fn set(&self, name: &str, rtype: RecordType, data: Vec<RData>) {
+        self.put(name, rtype, data);
+        if !self
+            .state
+            .batching
+            .load(std::sync::atomic::Ordering::SeqCst)
         {
-            let mut zone = self.state.zone.lock().expect("zone lock");
-            if data.is_empty() {
-                zone.records.remove(&(key(name), rtype));
-            } else {
-                zone.records.insert((key(name), rtype), data);
-            }
+            self.state.rebuild();
         }
+    }
+
+    fn put(&self, name: &str, rtype: RecordType, data: Vec<RData>) {
+        let mut zone = self.state.zone.lock().expect("zone lock");
+        if data.is_empty() {
+            zone.records.remove(&(key(name), rtype));
+        } else {
+            zone.records.insert((key(name), rtype), data);
+        }
+    }
+
+    /// Runs `f` with zone rebuilds deferred to its end (for thousands of records).
+    pub fn batch(&self, f: impl FnOnce(&TestDns)) {
+        self.state
+            .batching
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        f(self);
+        self.state
+            .batching
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         self.state.rebuild();
     }
 
