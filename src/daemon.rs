@@ -112,7 +112,7 @@ impl Daemon {
                 )?),
                 None => None,
             };
-        tracing::info!(cache = %path.display(), entries = service.len(), "mta-stsd ready");
+        tracing::info!(cache = %path.display(), "mta-stsd ready");
         Ok(Daemon {
             ctx: ServerContext::new(service, config),
             listeners,
@@ -143,6 +143,11 @@ impl Daemon {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let service = self.ctx.service.clone();
+        // Serve at once; bring the rest of the cache into memory meanwhile.
+        let loader = {
+            let service = service.clone();
+            tokio::task::spawn_blocking(move || service.load())
+        };
         let mut stop_refresher = stop_rx.clone();
         let refresher = tokio::spawn(service.clone().run_refresher(async move {
             let _ = stop_refresher.wait_for(|s| *s).await;
@@ -154,6 +159,7 @@ impl Daemon {
             }))
         });
         server::run(self.listeners, self.ctx, shutdown).await;
+        let _ = loader.await;
         let _ = stop_tx.send(true);
         let _ = refresher.await;
         if let Some(h) = http {

@@ -144,11 +144,14 @@ pub struct PolicyService {
     inflight: Mutex<HashMap<String, Flight>>,
     idle: Notify,
     metrics: Arc<Metrics>,
+    /// Set once `load` has brought the whole store into memory.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl PolicyService {
-    /// Builds the service and loads every live entry from the store (expired ones are
-    /// pruned from it).
+    /// Builds the service over `store`. It answers at once: a domain not yet in
+    /// memory is read from the store on first use, and [`PolicyService::load`] brings
+    /// the rest into memory (for the refresher and the gauges).
     pub fn new(
         discoverer: Discoverer,
         store: Arc<dyn PolicyStore>,
@@ -156,37 +159,16 @@ impl PolicyService {
         settings: ServiceSettings,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let now = clock.now();
-        let mut entries = HashMap::new();
-        match store.load_all() {
-            Ok((loaded, errors)) => {
-                for e in &errors {
-                    tracing::warn!(error = %e, "dropping unreadable cache entry");
-                }
-                let mut pruned = 0usize;
-                for (domain, entry) in loaded {
-                    if entry.is_live(now) {
-                        entries.insert(domain, Arc::new(Slot::new(entry)));
-                    } else {
-                        pruned += 1;
-                        if let Err(e) = store.remove(&domain) {
-                            tracing::warn!(%domain, error = %e, "cannot prune cache entry");
-                        }
-                    }
-                }
-                tracing::info!(entries = entries.len(), pruned, "cache loaded");
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read the cache; starting empty"),
-        }
         Arc::new(Self {
             discoverer: RwLock::new(discoverer),
             store,
             clock,
             settings: RwLock::new(Arc::new(settings)),
-            entries: RwLock::new(entries),
+            entries: RwLock::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             idle: Notify::new(),
             metrics,
+            loaded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -217,11 +199,69 @@ impl PolicyService {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// The in-memory entry, falling back to the store for one not loaded yet.
     fn entry(&self, domain: &str) -> Option<Arc<Slot>> {
-        self.entries
+        let found = self
+            .entries
             .read()
             .map(|m| m.get(domain).cloned())
-            .unwrap_or_else(|p| p.into_inner().get(domain).cloned())
+            .unwrap_or_else(|p| p.into_inner().get(domain).cloned());
+        if found.is_some() || self.loaded.load(std::sync::atomic::Ordering::Acquire) {
+            return found;
+        }
+        match self.store.get(domain) {
+            Ok(Some(entry)) => {
+                let mut m = self.entries.write().unwrap_or_else(|p| p.into_inner());
+                Some(
+                    m.entry(domain.to_owned())
+                        .or_insert_with(|| Arc::new(Slot::new(entry)))
+                        .clone(),
+                )
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(domain, error = %e, "unreadable cache entry ignored");
+                None
+            }
+        }
+    }
+
+    /// Loads every live entry from the store into memory, pruning expired ones from
+    /// it. Entries that lookups already brought in (or updated) are kept as they are.
+    pub fn load(&self) {
+        let now = self.clock.now();
+        match self.store.load_all() {
+            Ok((loaded, errors)) => {
+                for e in &errors {
+                    tracing::warn!(error = %e, "dropping unreadable cache entry");
+                }
+                let mut pruned = 0usize;
+                let mut live = Vec::with_capacity(loaded.len());
+                for (domain, entry) in loaded {
+                    if entry.is_live(now) {
+                        live.push((domain, entry));
+                    } else {
+                        pruned += 1;
+                        if let Err(e) = self.store.remove(&domain) {
+                            tracing::warn!(%domain, error = %e, "cannot prune cache entry");
+                        }
+                    }
+                }
+                let count = live.len();
+                // Insert in chunks so lookups are not held up by one long write lock.
+                for chunk in live.chunks(4096) {
+                    let mut m = self.entries.write().unwrap_or_else(|p| p.into_inner());
+                    for (domain, entry) in chunk {
+                        m.entry(domain.clone())
+                            .or_insert_with(|| Arc::new(Slot::new(entry.clone())));
+                    }
+                }
+                tracing::info!(entries = count, pruned, "cache loaded");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the cache; starting empty"),
+        }
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// A snapshot of one domain's cache entry.

@@ -67,6 +67,8 @@ pub type Loaded = (Vec<(String, Entry)>, Vec<StoreError>);
 pub trait PolicyStore: Send + Sync + 'static {
     /// Every entry; unreadable ones are reported, not fatal.
     fn load_all(&self) -> Result<Loaded, StoreError>;
+    /// One entry, if stored.
+    fn get(&self, domain: &str) -> Result<Option<Entry>, StoreError>;
     fn put(&self, domain: &str, entry: &Entry) -> Result<(), StoreError>;
     fn remove(&self, domain: &str) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
@@ -160,6 +162,18 @@ impl PolicyStore for SledStore {
         Ok((entries, errors))
     }
 
+    fn get(&self, domain: &str) -> Result<Option<Entry>, StoreError> {
+        match self.db.get(domain.as_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Decode {
+                    domain: domain.to_owned(),
+                    message: e.to_string(),
+                }),
+        }
+    }
+
     fn put(&self, domain: &str, entry: &Entry) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(entry).map_err(backend)?;
         self.db.insert(domain.as_bytes(), bytes).map_err(backend)?;
@@ -211,6 +225,8 @@ mod tests {
             s.flush().unwrap();
         }
         let s = SledStore::open(&path).unwrap();
+        assert_eq!(s.get("example.com").unwrap(), Some(entry()));
+        assert_eq!(s.get("gone.example").unwrap(), None);
         let (all, errors) = s.load_all().unwrap();
         assert!(errors.is_empty());
         assert_eq!(all, vec![("example.com".to_owned(), entry())]);

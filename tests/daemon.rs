@@ -573,3 +573,59 @@ async fn shutdown_finishes_the_request_in_progress() {
     assert!(idle.next().await.is_none());
     d.inner.task.await.unwrap();
 }
+
+#[tokio::test]
+async fn answers_from_the_store_before_the_cache_is_loaded() {
+    use mta_stsd::config::{CacheConfig, LookupConfig};
+    use mta_stsd::discovery::Discoverer;
+    use mta_stsd::policy::parse_policy;
+    use mta_stsd::service::ServiceSettings;
+    use mta_stsd::store::{CachedPolicy, Entry, PolicyStore, SledStore};
+
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(&dir.path().join("cache")).unwrap());
+    let now = SystemClock.now();
+    let policy = parse_policy(ENFORCE.as_bytes()).unwrap();
+    let live = Entry {
+        policy: Some(CachedPolicy {
+            policy: policy.clone(),
+            id: "1".into(),
+            fetched_at: now,
+            expires_at: now + 3600,
+        }),
+        no_policy_until: None,
+        last_check: now,
+        failure: None,
+    };
+    let expired = Entry {
+        policy: Some(CachedPolicy {
+            policy,
+            id: "1".into(),
+            fetched_at: now - 7200,
+            expires_at: now - 3600,
+        }),
+        ..live.clone()
+    };
+    store.put("stored.example", &live).unwrap();
+    store.put("old.example", &expired).unwrap();
+    let service = PolicyService::new(
+        Discoverer::new(common::options(&w)).unwrap(),
+        store.clone(),
+        Arc::new(SystemClock),
+        ServiceSettings {
+            cache: CacheConfig::default(),
+            lookup: LookupConfig::default(),
+        },
+        Arc::new(mta_stsd::metrics::Metrics::new()),
+    );
+    assert!(service.is_empty(), "nothing is loaded up front");
+    let (answer, outcome) = service.lookup("stored.example", &Default::default()).await;
+    assert_eq!(&*answer.wire, SECURE);
+    assert_eq!(outcome, mta_stsd::service::CacheOutcome::Hit);
+    assert_eq!(w.dns.total_queries(), 0);
+    assert_eq!(service.len(), 1);
+    service.load();
+    assert_eq!(service.len(), 1, "the expired entry is pruned, not loaded");
+    assert!(store.get("old.example").unwrap().is_none());
+}
