@@ -146,6 +146,8 @@ pub struct PolicyService {
     metrics: Arc<Metrics>,
     /// Set once `load` has brought the whole store into memory.
     loaded: std::sync::atomic::AtomicBool,
+    /// Domains removed while `load` runs, so that it does not bring them back.
+    removed_while_loading: Mutex<std::collections::HashSet<String>>,
 }
 
 impl PolicyService {
@@ -169,6 +171,7 @@ impl PolicyService {
             idle: Notify::new(),
             metrics,
             loaded: std::sync::atomic::AtomicBool::new(false),
+            removed_while_loading: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -250,8 +253,12 @@ impl PolicyService {
                 let count = live.len();
                 // Insert in chunks so lookups are not held up by one long write lock.
                 for chunk in live.chunks(4096) {
+                    let removed = self
+                        .removed_while_loading
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     let mut m = self.entries.write().unwrap_or_else(|p| p.into_inner());
-                    for (domain, entry) in chunk {
+                    for (domain, entry) in chunk.iter().filter(|(d, _)| !removed.contains(d)) {
                         m.entry(domain.clone())
                             .or_insert_with(|| Arc::new(Slot::new(entry.clone())));
                     }
@@ -288,6 +295,12 @@ impl PolicyService {
     }
 
     fn forget(&self, domain: &str) {
+        if !self.loaded.load(std::sync::atomic::Ordering::Acquire) {
+            self.removed_while_loading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(domain.to_owned());
+        }
         if let Err(e) = self.store.remove(domain) {
             tracing::warn!(domain, error = %e, "cannot remove cache entry");
         }

@@ -625,7 +625,16 @@ async fn answers_from_the_store_before_the_cache_is_loaded() {
     assert_eq!(outcome, mta_stsd::service::CacheOutcome::Hit);
     assert_eq!(w.dns.total_queries(), 0);
     assert_eq!(service.len(), 1);
+    // A purge before the bulk load has run must stay purged.
+    store.put("purged.example", &live).unwrap();
+    assert!(service.cached("purged.example").is_some());
+    assert!(service.purge("purged.example"));
     service.load();
-    assert_eq!(service.len(), 1, "the expired entry is pruned, not loaded");
+    assert_eq!(
+        service.len(),
+        1,
+        "the expired entry is pruned, the purged one stays out"
+    );
     assert!(store.get("old.example").unwrap().is_none());
+    assert!(service.cached("purged.example").is_none());
 }
