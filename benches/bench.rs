@@ -529,7 +529,7 @@ fn main() {
             cache: CacheConfig::default(),
             lookup: LookupConfig::default(),
         };
-        let metrics = Arc::new(mta_stsd::metrics::Metrics::new());
+        let metrics = Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics"));
         let service = PolicyService::new(
             discoverer,
             store,

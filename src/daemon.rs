@@ -26,6 +26,8 @@ pub enum DaemonError {
     },
     #[error("cannot open the cache at {path}: {source}")]
     Cache { path: String, source: StoreError },
+    #[error("cannot set up metrics: {0}")]
+    Metrics(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -83,7 +85,9 @@ impl Daemon {
             cache: config.cache.clone(),
             lookup: config.lookup.clone(),
         };
-        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let metrics = Arc::new(
+            crate::metrics::Metrics::new().map_err(|e| DaemonError::Metrics(e.to_string()))?,
+        );
         let service = PolicyService::new(discoverer, store, clock, settings, metrics);
         let mode = config.socket_mode()?;
         let listeners = match activated {

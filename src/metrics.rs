@@ -49,18 +49,13 @@ pub struct Metrics {
     pub malformed_requests: IntCounter,
 }
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Builds the registry. Fails only if a metric definition is invalid (a bug).
+    pub fn new() -> prometheus::Result<Self> {
         let latency_buckets = vec![
             0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
             0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -73,79 +68,69 @@ impl Metrics {
                 LOOKUPS_TOTAL,
                 "Socketmap lookups answered.",
                 &["zone", "answer", "cache"],
-            ),
+            )?,
             lookup_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     LOOKUP_DURATION_SECONDS,
                     "Time to answer a socketmap lookup.",
                 )
                 .buckets(latency_buckets),
-            )
-            .expect("valid metric definition"),
+            )?,
             discoveries: counter_vec(
                 DISCOVERIES_TOTAL,
                 "Discovery runs (TXT lookup and, when needed, policy fetch) by trigger and result.",
                 &["trigger", "result"],
-            ),
+            )?,
             fetch_failures: counter_vec(
                 FETCH_FAILURES_TOTAL,
                 "Failed policy fetches by failure class.",
                 &["class"],
-            ),
+            )?,
             fetch_duration: HistogramVec::new(
                 HistogramOpts::new(FETCH_DURATION_SECONDS, "Time to fetch a policy file.")
                     .buckets(fetch_buckets),
                 &["result"],
-            )
-            .expect("valid metric definition"),
+            )?,
             refresh_failures: counter_vec(
                 REFRESH_FAILURES_TOTAL,
                 "Failed refreshes of cached policies whose mode is not none.",
                 &["mode"],
-            ),
+            )?,
             transitions: counter_vec(
                 POLICY_TRANSITIONS_TOTAL,
                 "Changes of a cached policy: mode changes (e.g. enforce to none) and mx-set changes.",
                 &["from", "to", "change"],
-            ),
+            )?,
             cache_entries: IntGaugeVec::new(
                 Opts::new(
                     CACHE_ENTRIES,
                     "Cache entries by policy mode (negative: known to have no policy).",
                 ),
                 &["mode"],
-            )
-            .expect("valid metric definition"),
+            )?,
             oldest_policy_age: IntGauge::new(
                 OLDEST_POLICY_AGE_SECONDS,
                 "Age of the least recently fetched valid policy.",
-            )
-            .expect("valid metric definition"),
+            )?,
             expiring_soon: IntGauge::new(
                 POLICIES_EXPIRING_SOON,
                 "Valid policies that expire within 24 hours.",
-            )
-            .expect("valid metric definition"),
+            )?,
             failing: IntGauge::new(
                 POLICIES_FAILING,
                 "Valid policies (not mode none) whose last refresh or re-check failed.",
-            )
-            .expect("valid metric definition"),
-            connections_open: IntGauge::new(CONNECTIONS_OPEN, "Socketmap connections open.")
-                .expect("valid metric definition"),
+            )?,
+            connections_open: IntGauge::new(CONNECTIONS_OPEN, "Socketmap connections open.")?,
             requests_in_flight: IntGauge::new(
                 REQUESTS_IN_FLIGHT,
                 "Socketmap requests being answered.",
-            )
-            .expect("valid metric definition"),
+            )?,
             malformed_requests: IntCounter::new(
                 MALFORMED_REQUESTS_TOTAL,
                 "Malformed or oversize socketmap requests (each closed its connection).",
-            )
-            .expect("valid metric definition"),
+            )?,
         };
-        let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])
-            .expect("valid metric definition");
+        let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.lookups.clone()),
@@ -166,13 +151,13 @@ impl Metrics {
         ];
         for c in collectors {
             m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
-            m.registry.register(c).expect("unique metric names");
+            m.registry.register(c)?;
         }
         // Pre-create the label sets dashboards plot, so they read 0 rather than absent.
         for mode in ["enforce", "testing", "none", "negative"] {
             m.cache_entries.with_label_values(&[mode]).set(0);
         }
-        m
+        Ok(m)
     }
 
     /// Every metric name this daemon exports.
@@ -196,7 +181,7 @@ mod tests {
 
     #[test]
     fn renders_names_with_prefix_and_build_info() {
-        let m = Metrics::new();
+        let m = Metrics::new().unwrap();
         m.lookups
             .with_label_values(&["postfix", "secure", "hit"])
             .inc();

@@ -617,7 +617,7 @@ async fn answers_from_the_store_before_the_cache_is_loaded() {
             cache: CacheConfig::default(),
             lookup: LookupConfig::default(),
         },
-        Arc::new(mta_stsd::metrics::Metrics::new()),
+        Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics")),
     );
     assert!(service.is_empty(), "nothing is loaded up front");
     let (answer, outcome) = service.lookup("stored.example", &Default::default()).await;

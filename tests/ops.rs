@@ -420,7 +420,7 @@ async fn socket_activation_replaces_listen() {
 /// Every metric the shipped dashboard and alert rules use must exist.
 #[test]
 fn dashboard_and_alerts_use_existing_metrics() {
-    let metrics = mta_stsd::metrics::Metrics::new();
+    let metrics = mta_stsd::metrics::Metrics::new().unwrap();
     let exported = metrics.names();
     for file in [
         "contrib/grafana/mta-stsd-dashboard.json",
