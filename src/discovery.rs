@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use crate::config::{Config, FetchConfig, ResolverConfig};
 use crate::policy::Policy;
-use crate::policy::{PolicyError, StsRecord, TxtError, parse_policy, select_sts_record};
+use crate::policy::{PolicyError, StsRecord, parse_policy, select_sts_record};
 
 /// RFC 8461 §3.3: bodies over 64 KiB are refused.
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
@@ -248,11 +248,7 @@ impl Discoverer {
                     .collect();
                 match select_sts_record(&records) {
                     Ok(record) => TxtLookup::Found { record },
-                    Err(
-                        e @ (TxtError::NoStsRecord
-                        | TxtError::Multiple(_)
-                        | TxtError::Invalid { .. }),
-                    ) => TxtLookup::NoPolicy {
+                    Err(e) => TxtLookup::NoPolicy {
                         reason: e.to_string(),
                     },
                 }

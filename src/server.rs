@@ -208,7 +208,7 @@ async fn serve_conn<S>(
     let config = ctx.config();
     let metrics = ctx.service.metrics().clone();
     metrics.connections_open.inc();
-    let _open = scopeguard(metrics.connections_open.clone());
+    let _open = GaugeGuard(metrics.connections_open.clone());
     let mut framed = Framed::new(stream, NetstringCodec::new(config.server.max_request_size));
     loop {
         let frame = tokio::select! {
@@ -270,8 +270,4 @@ impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-fn scopeguard(g: prometheus::IntGauge) -> GaugeGuard {
-    GaugeGuard(g)
 }
