@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod domain;
 pub mod http;
+mod locks;
 pub mod metrics;
 pub mod policy;
 pub mod query;

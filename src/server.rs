@@ -100,16 +100,11 @@ impl ServerContext {
             lookup: config.lookup.clone(),
         });
         self.service.set_discoverer(discoverer);
-        if let Ok(mut c) = self.config.write() {
-            *c = Arc::new(config);
-        }
+        *crate::locks::write(&self.config) = Arc::new(config);
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        crate::locks::read(&self.config).clone()
     }
 }
 

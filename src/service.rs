@@ -25,6 +25,7 @@ use crate::codec::MAX_REPLY;
 use crate::config::{CacheConfig, LookupConfig};
 use crate::discovery::{Discoverer, TxtLookup};
 use crate::domain::normalize_key;
+use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
 use crate::policy::Mode;
 use crate::store::{CachedPolicy, Entry, Failure, PolicyStore};
@@ -176,45 +177,31 @@ impl PolicyService {
     }
 
     pub fn set_settings(&self, settings: ServiceSettings) {
-        if let Ok(mut s) = self.settings.write() {
-            *s = Arc::new(settings);
-        }
+        *write(&self.settings) = Arc::new(settings);
     }
 
     /// Replaces the discoverer (new resolver or fetch settings after a reload).
     pub fn set_discoverer(&self, discoverer: Discoverer) {
-        if let Ok(mut d) = self.discoverer.write() {
-            *d = discoverer;
-        }
+        *write(&self.discoverer) = discoverer;
     }
 
     fn discoverer(&self) -> Discoverer {
-        self.discoverer
-            .read()
-            .map(|d| d.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        read(&self.discoverer).clone()
     }
 
     fn settings(&self) -> Arc<ServiceSettings> {
-        self.settings
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        read(&self.settings).clone()
     }
 
     /// The in-memory entry, falling back to the store for one not loaded yet.
     fn entry(&self, domain: &str) -> Option<Arc<Slot>> {
-        let found = self
-            .entries
-            .read()
-            .map(|m| m.get(domain).cloned())
-            .unwrap_or_else(|p| p.into_inner().get(domain).cloned());
+        let found = read(&self.entries).get(domain).cloned();
         if found.is_some() || self.loaded.load(std::sync::atomic::Ordering::Acquire) {
             return found;
         }
         match self.store.get(domain) {
             Ok(Some(entry)) => {
-                let mut m = self.entries.write().unwrap_or_else(|p| p.into_inner());
+                let mut m = write(&self.entries);
                 Some(
                     m.entry(domain.to_owned())
                         .or_insert_with(|| Arc::new(Slot::new(entry)))
@@ -253,11 +240,8 @@ impl PolicyService {
                 let count = live.len();
                 // Insert in chunks so lookups are not held up by one long write lock.
                 for chunk in live.chunks(4096) {
-                    let removed = self
-                        .removed_while_loading
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    let mut m = self.entries.write().unwrap_or_else(|p| p.into_inner());
+                    let removed = lock(&self.removed_while_loading);
+                    let mut m = write(&self.entries);
                     for (domain, entry) in chunk.iter().filter(|(d, _)| !removed.contains(d)) {
                         m.entry(domain.clone())
                             .or_insert_with(|| Arc::new(Slot::new(entry.clone())));
@@ -278,7 +262,7 @@ impl PolicyService {
 
     /// Number of entries in memory.
     pub fn len(&self) -> usize {
-        self.entries.read().map(|m| m.len()).unwrap_or(0)
+        read(&self.entries).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -289,24 +273,17 @@ impl PolicyService {
         if let Err(e) = self.store.put(domain, &entry) {
             tracing::error!(domain, error = %e, "cannot persist cache entry");
         }
-        if let Ok(mut m) = self.entries.write() {
-            m.insert(domain.to_owned(), Arc::new(Slot::new(entry)));
-        }
+        write(&self.entries).insert(domain.to_owned(), Arc::new(Slot::new(entry)));
     }
 
     fn forget(&self, domain: &str) {
         if !self.loaded.load(std::sync::atomic::Ordering::Acquire) {
-            self.removed_while_loading
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(domain.to_owned());
+            lock(&self.removed_while_loading).insert(domain.to_owned());
         }
         if let Err(e) = self.store.remove(domain) {
             tracing::warn!(domain, error = %e, "cannot remove cache entry");
         }
-        if let Ok(mut m) = self.entries.write() {
-            m.remove(domain);
-        }
+        write(&self.entries).remove(domain);
     }
 
     /// Answers one socketmap lookup.
@@ -393,7 +370,7 @@ impl PolicyService {
     /// Starts (or joins) the discovery for `domain`; it runs as its own task, so it
     /// finishes even when nobody waits for it any more.
     fn flight(self: &Arc<Self>, domain: &str, trigger: Trigger) -> Flight {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inflight = lock(&self.inflight);
         if let Some(f) = inflight.get(domain) {
             return f.clone();
         }
@@ -401,7 +378,7 @@ impl PolicyService {
         let owned = domain.to_owned();
         let task = tokio::spawn(async move {
             this.discover(&owned, trigger).await;
-            let mut inflight = this.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut inflight = lock(&this.inflight);
             inflight.remove(&owned);
             if inflight.is_empty() {
                 this.idle.notify_waiters();
@@ -420,7 +397,7 @@ impl PolicyService {
     pub async fn settle(&self) {
         loop {
             let notified = self.idle.notified();
-            if self.inflight.lock().map(|m| m.is_empty()).unwrap_or(true) {
+            if lock(&self.inflight).is_empty() {
                 return;
             }
             notified.await;
@@ -582,11 +559,8 @@ impl PolicyService {
     fn due_for_refresh(&self, now: u64, settings: &ServiceSettings) -> Vec<String> {
         let refresh_after = settings.cache.refresh_after.as_secs();
         let retry = settings.cache.retry_after.as_secs();
-        let map = match self.entries.read() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        map.iter()
+        read(&self.entries)
+            .iter()
             .filter_map(|(domain, entry)| {
                 let p = entry.valid_policy(now)?;
                 let age_limit = refresh_after.min(p.policy.max_age / 2).max(1);
@@ -599,14 +573,11 @@ impl PolicyService {
 
     /// Removes entries that no longer say anything.
     fn prune(&self, now: u64) -> usize {
-        let dead: Vec<String> = match self.entries.read() {
-            Ok(m) => m
-                .iter()
-                .filter(|(_, e)| !e.is_live(now))
-                .map(|(d, _)| d.clone())
-                .collect(),
-            Err(_) => return 0,
-        };
+        let dead: Vec<String> = read(&self.entries)
+            .iter()
+            .filter(|(_, e)| !e.is_live(now))
+            .map(|(d, _)| d.clone())
+            .collect();
         for d in &dead {
             self.forget(d);
         }
@@ -659,10 +630,10 @@ impl PolicyService {
 
     /// A snapshot of every entry, sorted by domain.
     pub fn snapshot(&self) -> Vec<(String, Entry)> {
-        let mut all: Vec<(String, Entry)> = match self.entries.read() {
-            Ok(m) => m.iter().map(|(d, e)| (d.clone(), (**e).clone())).collect(),
-            Err(_) => Vec::new(),
-        };
+        let mut all: Vec<(String, Entry)> = read(&self.entries)
+            .iter()
+            .map(|(d, e)| (d.clone(), (**e).clone()))
+            .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -705,8 +676,8 @@ impl PolicyService {
         let now = self.clock.now();
         let (mut enforce, mut testing, mut none, mut negative) = (0i64, 0i64, 0i64, 0i64);
         let (mut oldest, mut expiring, mut failing) = (0u64, 0i64, 0i64);
-        if let Ok(map) = self.entries.read() {
-            for entry in map.values() {
+        {
+            for entry in read(&self.entries).values() {
                 match entry.valid_policy(now) {
                     Some(p) => {
                         match p.policy.mode {
