@@ -676,26 +676,24 @@ impl PolicyService {
         let now = self.clock.now();
         let (mut enforce, mut testing, mut none, mut negative) = (0i64, 0i64, 0i64, 0i64);
         let (mut oldest, mut expiring, mut failing) = (0u64, 0i64, 0i64);
-        {
-            for entry in read(&self.entries).values() {
-                match entry.valid_policy(now) {
-                    Some(p) => {
-                        match p.policy.mode {
-                            Mode::Enforce => enforce += 1,
-                            Mode::Testing => testing += 1,
-                            Mode::None => none += 1,
-                        }
-                        oldest = oldest.max(now.saturating_sub(p.fetched_at));
-                        if p.expires_at <= now + 86_400 {
-                            expiring += 1;
-                        }
-                        if entry.failure.is_some() && p.policy.mode != Mode::None {
-                            failing += 1;
-                        }
+        for entry in read(&self.entries).values() {
+            match entry.valid_policy(now) {
+                Some(p) => {
+                    match p.policy.mode {
+                        Mode::Enforce => enforce += 1,
+                        Mode::Testing => testing += 1,
+                        Mode::None => none += 1,
                     }
-                    None if entry.no_policy_until.is_some_and(|t| t > now) => negative += 1,
-                    None => {}
+                    oldest = oldest.max(now.saturating_sub(p.fetched_at));
+                    if p.expires_at <= now + 86_400 {
+                        expiring += 1;
+                    }
+                    if entry.failure.is_some() && p.policy.mode != Mode::None {
+                        failing += 1;
+                    }
                 }
+                None if entry.no_policy_until.is_some_and(|t| t > now) => negative += 1,
+                None => {}
             }
         }
         let g = &self.metrics.cache_entries;

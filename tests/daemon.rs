@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{ENFORCE, InProcess};
+use common::{ENFORCE, InProcess, ask, ask_once, connect_tcp};
 use futures::{SinkExt, StreamExt};
 use mta_stsd::clock::{Clock, ManualClock, SystemClock};
 use mta_stsd::codec::NetstringCodec;
 use mta_stsd::config::Config;
 use mta_stsd::service::PolicyService;
 use mta_stsd_testkit::{RecordType, World, policy_text};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::codec::Framed;
 
@@ -34,10 +34,7 @@ impl Running {
     }
 
     async fn tcp(&self) -> Framed<TcpStream, NetstringCodec> {
-        Framed::new(
-            TcpStream::connect(self.tcp).await.unwrap(),
-            NetstringCodec::new(200_000),
-        )
+        connect_tcp(self.tcp).await
     }
 
     async fn unix(&self) -> Framed<UnixStream, NetstringCodec> {
@@ -49,18 +46,8 @@ impl Running {
 
     /// One request on a fresh TCP connection.
     async fn ask(&self, map: &str, key: &str) -> String {
-        ask(&mut self.tcp().await, map, key).await.expect("a reply")
+        ask_once(self.tcp, map, key).await
     }
-}
-
-async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Framed<S, NetstringCodec>,
-    map: &str,
-    key: &str,
-) -> Option<String> {
-    conn.send(format!("{map} {key}").as_bytes()).await.ok()?;
-    let reply = conn.next().await?.ok()?;
-    Some(String::from_utf8(reply.to_vec()).unwrap())
 }
 
 fn config(dir: &Path, extra: &str) -> Config {

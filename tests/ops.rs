@@ -9,30 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ENFORCE, InProcess};
-use futures::{SinkExt, StreamExt};
+use common::{ENFORCE, InProcess, ask_once};
 use mta_stsd::clock::SystemClock;
-use mta_stsd::codec::NetstringCodec;
 use mta_stsd::config::Config;
 use mta_stsd_testkit::World;
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
 const SECURE: &str = "OK secure match=mx1.example.com:.example.net servername=hostname";
-
-async fn ask(addr: &str, map: &str, key: &str) -> String {
-    let exchange = async {
-        let mut c = Framed::new(
-            TcpStream::connect(addr).await.unwrap(),
-            NetstringCodec::new(200_000),
-        );
-        c.send(format!("{map} {key}").as_bytes()).await.unwrap();
-        String::from_utf8(c.next().await.unwrap().unwrap().to_vec()).unwrap()
-    };
-    tokio::time::timeout(Duration::from_secs(20), exchange)
-        .await
-        .expect("a reply within 20s")
-}
 
 async fn start(w: &World, dir: &Path) -> InProcess {
     let mut config = Config::from_toml(
@@ -56,26 +38,17 @@ async fn metrics_after_real_lookups() {
     w.publish("m.example", "1", ENFORCE);
     let dir = tempfile::tempdir().unwrap();
     let d = start(&w, dir.path()).await;
+    assert_eq!(ask_once(d.tcp, "postfix", "m.example").await, SECURE);
+    assert_eq!(ask_once(d.tcp, "postfix", "m.example").await, SECURE);
     assert_eq!(
-        ask(&d.tcp.to_string(), "postfix", "m.example").await,
-        SECURE
-    );
-    assert_eq!(
-        ask(&d.tcp.to_string(), "postfix", "m.example").await,
-        SECURE
-    );
-    assert_eq!(
-        ask(&d.tcp.to_string(), "postfix", "nope.example").await,
+        ask_once(d.tcp, "postfix", "nope.example").await,
         "NOTFOUND "
     );
     assert_eq!(
-        ask(&d.tcp.to_string(), "postfix", "nope.example").await,
+        ask_once(d.tcp, "postfix", "nope.example").await,
         "NOTFOUND "
     );
-    assert_eq!(
-        ask(&d.tcp.to_string(), "postfix", "[192.0.2.1]").await,
-        "NOTFOUND "
-    );
+    assert_eq!(ask_once(d.tcp, "postfix", "[192.0.2.1]").await, "NOTFOUND ");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let text = reqwest::get(format!("{}/metrics", d.http.as_deref().unwrap()))
         .await
@@ -179,10 +152,7 @@ async fn admin_api_through_the_cache_command() {
     w.publish("admin.example", "7", ENFORCE);
     let dir = tempfile::tempdir().unwrap();
     let d = start(&w, dir.path()).await;
-    assert_eq!(
-        ask(&d.tcp.to_string(), "postfix", "admin.example").await,
-        SECURE
-    );
+    assert_eq!(ask_once(d.tcp, "postfix", "admin.example").await, SECURE);
     let a = |args: &[&str]| {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         v.extend(["--admin".to_string(), d.http.clone().unwrap()]);
@@ -278,10 +248,7 @@ async fn warm_cache(dir: &Path) {
     let w = World::start().await;
     w.publish("cached.example", "1", ENFORCE);
     let d = start(&w, dir).await;
-    assert_eq!(
-        ask(&d.tcp.to_string(), "postfix", "cached.example").await,
-        SECURE
-    );
+    assert_eq!(ask_once(d.tcp, "postfix", "cached.example").await, SECURE);
     d.shutdown().await;
 }
 
@@ -308,9 +275,9 @@ async fn binary_lifecycle_notify_reload_and_stop() {
         tokio::task::spawn_blocking(move || n.expect(want))
     };
     wait("READY=1").await.unwrap();
-    let addr = format!("127.0.0.1:{port}");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // Served from the persistent cache, without network.
-    assert_eq!(ask(&addr, "postfix", "cached.example").await, SECURE);
+    assert_eq!(ask_once(addr, "postfix", "cached.example").await, SECURE);
 
     // SIGHUP with a new zone setting: applied without a restart.
     std::fs::write(
@@ -322,7 +289,7 @@ async fn binary_lifecycle_notify_reload_and_stop() {
     signal(&child, libc::SIGHUP);
     reloaded.await.unwrap();
     assert_eq!(
-        ask(&addr, "postfix", "cached.example").await,
+        ask_once(addr, "postfix", "cached.example").await,
         "OK secure match=mx1.example.com:.example.net"
     );
 
@@ -332,7 +299,7 @@ async fn binary_lifecycle_notify_reload_and_stop() {
     signal(&child, libc::SIGHUP);
     reloaded.await.unwrap();
     assert_eq!(
-        ask(&addr, "postfix", "cached.example").await,
+        ask_once(addr, "postfix", "cached.example").await,
         "OK secure match=mx1.example.com:.example.net"
     );
 
@@ -369,7 +336,7 @@ async fn socket_activation_replaces_listen() {
     let dir = tempfile::tempdir().unwrap();
     warm_cache(dir.path()).await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let addr = listener.local_addr().unwrap();
     let cfg = dir.path().join("mta-stsd.toml");
     // listen names a port that is never bound: the activated socket must be used instead.
     std::fs::write(
@@ -408,7 +375,7 @@ async fn socket_activation_replaces_listen() {
     tokio::task::spawn_blocking(move || n.expect("READY=1"))
         .await
         .unwrap();
-    assert_eq!(ask(&addr, "postfix", "cached.example").await, SECURE);
+    assert_eq!(ask_once(addr, "postfix", "cached.example").await, SECURE);
     signal(&child, libc::SIGTERM);
     let mut child = child;
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())

@@ -1,10 +1,15 @@
 //! Shared helpers for the end-to-end tests: library options pointed at a testkit world.
 #![allow(dead_code)]
 
-use std::time::Duration;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use mta_stsd::codec::NetstringCodec;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
 
 use mta_stsd::clock::Clock;
 use mta_stsd::config::{Config, FetchConfig, ResolverConfig};
@@ -79,4 +84,32 @@ impl InProcess {
         }
         self.task.await.expect("daemon task");
     }
+}
+
+/// A socketmap client connection over TCP.
+pub async fn connect_tcp(addr: SocketAddr) -> Framed<TcpStream, NetstringCodec> {
+    Framed::new(
+        TcpStream::connect(addr).await.expect("connect"),
+        NetstringCodec::new(200_000),
+    )
+}
+
+/// One request on an open connection; `None` if the daemon closed it.
+pub async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Framed<S, NetstringCodec>,
+    map: &str,
+    key: &str,
+) -> Option<String> {
+    conn.send(format!("{map} {key}").as_bytes()).await.ok()?;
+    let reply = conn.next().await?.ok()?;
+    Some(String::from_utf8(reply.to_vec()).expect("UTF-8 reply"))
+}
+
+/// One request on a fresh TCP connection, with a reply required within 20 s.
+pub async fn ask_once(addr: SocketAddr, map: &str, key: &str) -> String {
+    let exchange = async { ask(&mut connect_tcp(addr).await, map, key).await };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("a reply within 20s")
+        .expect("a reply")
 }
