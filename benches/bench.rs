@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mta_stsd::policy::parse_policy;
-use mta_stsd::store::{CachedPolicy, Entry, PolicyStore, SledStore};
+use mta_stsd::cache::store::{CachedPolicy, Entry, PolicyStore, SledStore};
+use mta_stsd::mtasts::policy::parse_policy;
 use mta_stsd_testkit::{RecordType, TestCa, TestDns, TestHttps, policy_text};
 
 const HOT: &str = "hot.bench.test";
@@ -294,8 +294,10 @@ fn echo_server(addr: &str) {
             };
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
-                let mut f =
-                    tokio_util::codec::Framed::new(s, mta_stsd::codec::NetstringCodec::default());
+                let mut f = tokio_util::codec::Framed::new(
+                    s,
+                    mta_stsd::protocol::codec::NetstringCodec::default(),
+                );
                 while let Some(Ok(_req)) = f.next().await {
                     if f.send(ECHO_REPLY).await.is_err() {
                         return;
@@ -507,9 +509,9 @@ fn main() {
 
     // 0: the daemon's own cost per cached lookup, in process (no sockets).
     let in_process_ns = rt.block_on(async {
+        use mta_stsd::cache::service::{PolicyService, ServiceSettings};
         use mta_stsd::config::{CacheConfig, FetchConfig, LookupConfig, ResolverConfig};
-        use mta_stsd::discovery::{Discoverer, DiscoveryOptions};
-        use mta_stsd::service::{PolicyService, ServiceSettings};
+        use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
         let discoverer = Discoverer::new(DiscoveryOptions {
             resolver: ResolverConfig {
                 nameservers: vec!["127.0.0.1:53".parse().expect("addr")],
@@ -537,7 +539,7 @@ fn main() {
             settings,
             metrics,
         );
-        let zone = mta_stsd::answer::ZoneOptions::default();
+        let zone = mta_stsd::protocol::answer::ZoneOptions::default();
         let (a, _) = service.lookup(HOT, &zone).await;
         assert!(a.wire.starts_with("OK secure"), "{}", a.wire);
         let n = if opts.smoke { 100_000 } else { 2_000_000 };

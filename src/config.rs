@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::answer::ZoneOptions;
+use crate::protocol::answer::ZoneOptions;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -67,7 +67,7 @@ impl Default for ServerConfig {
             listen: vec!["127.0.0.1:8461".into()],
             socket_mode: "0666".into(),
             max_connections: 1024,
-            max_request_size: crate::codec::DEFAULT_MAX_REQUEST,
+            max_request_size: crate::protocol::codec::DEFAULT_MAX_REQUEST,
         }
     }
 }

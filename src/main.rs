@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use mta_stsd::config::{Config, LogFormat};
-use mta_stsd::discovery::Discoverer;
+use mta_stsd::mtasts::discovery::Discoverer;
 
 #[derive(Parser)]
 #[command(
@@ -135,7 +135,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot start the async runtime")?;
             let report = runtime.block_on(async {
                 let discoverer = Discoverer::from_config(&config)?;
-                anyhow::Ok(mta_stsd::query::query(&discoverer, &domain, &config.zone(&zone)).await)
+                anyhow::Ok(
+                    mta_stsd::cli::query::query(&discoverer, &domain, &config.zone(&zone)).await,
+                )
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -195,9 +197,9 @@ async fn serve(
     log: Option<FilterHandle>,
 ) -> anyhow::Result<()> {
     use mta_stsd::clock::SystemClock;
-    use mta_stsd::daemon::Daemon;
-    use mta_stsd::discovery::{Discoverer, DiscoveryOptions};
-    use mta_stsd::systemd;
+    use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
+    use mta_stsd::server::daemon::Daemon;
+    use mta_stsd::server::systemd;
     use tokio::signal::unix::{SignalKind, signal};
 
     let opts = DiscoveryOptions::from_config(&config)?;
@@ -254,7 +256,7 @@ async fn serve(
 }
 
 async fn cache_command(base: &str, action: CacheAction, json: bool) -> anyhow::Result<ExitCode> {
-    use mta_stsd::http::EntryView;
+    use mta_stsd::server::http::EntryView;
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(60))
         .no_proxy()

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use common::{ENFORCE, InProcess, ask, ask_once, connect_tcp};
 use futures::{SinkExt, StreamExt};
+use mta_stsd::cache::service::PolicyService;
 use mta_stsd::clock::{Clock, ManualClock, SystemClock};
-use mta_stsd::codec::NetstringCodec;
 use mta_stsd::config::Config;
-use mta_stsd::service::PolicyService;
+use mta_stsd::protocol::codec::NetstringCodec;
 use mta_stsd_testkit::{RecordType, World, policy_text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -563,11 +563,11 @@ async fn shutdown_finishes_the_request_in_progress() {
 
 #[tokio::test]
 async fn answers_from_the_store_before_the_cache_is_loaded() {
+    use mta_stsd::cache::service::ServiceSettings;
+    use mta_stsd::cache::store::{CachedPolicy, Entry, PolicyStore, SledStore};
     use mta_stsd::config::{CacheConfig, LookupConfig};
-    use mta_stsd::discovery::Discoverer;
-    use mta_stsd::policy::parse_policy;
-    use mta_stsd::service::ServiceSettings;
-    use mta_stsd::store::{CachedPolicy, Entry, PolicyStore, SledStore};
+    use mta_stsd::mtasts::discovery::Discoverer;
+    use mta_stsd::mtasts::policy::parse_policy;
 
     let w = World::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -609,7 +609,7 @@ async fn answers_from_the_store_before_the_cache_is_loaded() {
     assert!(service.is_empty(), "nothing is loaded up front");
     let (answer, outcome) = service.lookup("stored.example", &Default::default()).await;
     assert_eq!(&*answer.wire, SECURE);
-    assert_eq!(outcome, mta_stsd::service::CacheOutcome::Hit);
+    assert_eq!(outcome, mta_stsd::cache::service::CacheOutcome::Hit);
     assert_eq!(w.dns.total_queries(), 0);
     assert_eq!(service.len(), 1);
     // A purge before the bulk load has run must stay purged.

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use mta_stsd::codec::NetstringCodec;
+use mta_stsd::protocol::codec::NetstringCodec;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+use mta_stsd::cache::service::PolicyService;
 use mta_stsd::clock::Clock;
 use mta_stsd::config::{Config, FetchConfig, ResolverConfig};
-use mta_stsd::daemon::Daemon;
-use mta_stsd::discovery::{Discoverer, DiscoveryOptions};
-use mta_stsd::service::PolicyService;
+use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
+use mta_stsd::server::daemon::Daemon;
 use mta_stsd_testkit::World;
 
 /// Discovery options that use the world's DNS server, trust its CA (only), and fetch

@@ -5,10 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::answer::{ZoneOptions, render};
-use crate::discovery::{Discoverer, FetchError, TxtLookup};
-use crate::domain::normalize_key;
-use crate::policy::Policy;
+use crate::mtasts::discovery::{Discoverer, FetchError, TxtLookup};
+use crate::mtasts::domain::normalize_key;
+use crate::mtasts::policy::Policy;
+use crate::protocol::answer::{ZoneOptions, render};
 
 /// How a query ended; also the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

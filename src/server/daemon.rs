@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::cache::service::{PolicyService, ServiceSettings};
+use crate::cache::store::{PolicyStore, SledStore, StoreError};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::discovery::{Discoverer, DiscoveryOptions, SetupError};
-use crate::server::{self, Listener, ServerContext};
-use crate::service::{PolicyService, ServiceSettings};
-use crate::store::{PolicyStore, SledStore, StoreError};
+use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
+use crate::server::socketmap::{self, Listener, ServerContext};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -158,11 +158,11 @@ impl Daemon {
         }));
         let http = self.metrics_listener.map(|l| {
             let mut stop = stop_rx.clone();
-            tokio::spawn(crate::http::run(l, self.ctx.clone(), async move {
+            tokio::spawn(crate::server::http::run(l, self.ctx.clone(), async move {
                 let _ = stop.wait_for(|s| *s).await;
             }))
         });
-        server::run(self.listeners, self.ctx, shutdown).await;
+        socketmap::run(self.listeners, self.ctx, shutdown).await;
         let _ = loader.await;
         let _ = stop_tx.send(true);
         let _ = refresher.await;

@@ -21,8 +21,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::config::{Config, FetchConfig, ResolverConfig};
-use crate::policy::Policy;
-use crate::policy::{PolicyError, StsRecord, parse_policy, select_sts_record};
+use crate::mtasts::policy::Policy;
+use crate::mtasts::policy::{PolicyError, StsRecord, parse_policy, select_sts_record};
 
 /// RFC 8461 §3.3: bodies over 64 KiB are refused.
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;

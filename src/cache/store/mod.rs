@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::policy::Policy;
+use crate::mtasts::policy::Policy;
 
 /// A policy as cached, with the times that govern it (epoch seconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,7 +194,7 @@ impl PolicyStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_policy;
+    use crate::mtasts::policy::parse_policy;
 
     fn entry() -> Entry {
         let policy =

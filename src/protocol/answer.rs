@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::policy::{Mode, Policy};
+use crate::mtasts::policy::{Mode, Policy};
 
 /// Per-socketmap-name options (`[zones.NAME]` in the configuration).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -145,7 +145,7 @@ fn tlsrpt_policy_string(line: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_policy;
+    use crate::mtasts::policy::parse_policy;
 
     fn policy(body: &str) -> Policy {
         parse_policy(body.as_bytes()).unwrap()

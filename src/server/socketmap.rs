@@ -16,9 +16,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::codec::Framed;
 
-use crate::codec::{CodecError, NetstringCodec, parse_request};
+use crate::cache::service::PolicyService;
 use crate::config::{Config, ListenAddr};
-use crate::service::PolicyService;
+use crate::protocol::codec::{CodecError, NetstringCodec, parse_request};
 
 /// A bound listener.
 pub enum Listener {
@@ -85,7 +85,7 @@ impl ServerContext {
 
     /// Applies a new configuration: zones, lookup and cache settings at once;
     /// listeners and the cache path only at the next start.
-    pub fn reload(&self, config: Config, discoverer: crate::discovery::Discoverer) {
+    pub fn reload(&self, config: Config, discoverer: crate::mtasts::discovery::Discoverer) {
         let old = self.config();
         if old.server.listen != config.server.listen
             || old.cache.path != config.cache.path
@@ -95,10 +95,11 @@ impl ServerContext {
                 "server.listen, metrics.listen and cache.path changes take effect at the next restart"
             );
         }
-        self.service.set_settings(crate::service::ServiceSettings {
-            cache: config.cache.clone(),
-            lookup: config.lookup.clone(),
-        });
+        self.service
+            .set_settings(crate::cache::service::ServiceSettings {
+                cache: config.cache.clone(),
+                lookup: config.lookup.clone(),
+            });
         self.service.set_discoverer(discoverer);
         *crate::locks::write(&self.config) = Arc::new(config);
     }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::domain::check_hostname;
+use crate::mtasts::domain::check_hostname;
 
 /// RFC 8461 §3.2: "max_age ... up to 31557600".
 pub const MAX_MAX_AGE: u64 = 31_557_600;

@@ -19,16 +19,16 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::answer::{ZoneOptions, render};
+use crate::cache::store::{CachedPolicy, Entry, Failure, PolicyStore};
 use crate::clock::Clock;
-use crate::codec::MAX_REPLY;
 use crate::config::{CacheConfig, LookupConfig};
-use crate::discovery::{Discoverer, TxtLookup};
-use crate::domain::normalize_key;
 use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
-use crate::policy::Mode;
-use crate::store::{CachedPolicy, Entry, Failure, PolicyStore};
+use crate::mtasts::discovery::{Discoverer, TxtLookup};
+use crate::mtasts::domain::normalize_key;
+use crate::mtasts::policy::Mode;
+use crate::protocol::answer::{ZoneOptions, render};
+use crate::protocol::codec::MAX_REPLY;
 
 /// How a lookup was served (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,7 +347,7 @@ impl PolicyService {
         domain: &str,
         cached: &CachedPolicy,
         zone: &ZoneOptions,
-    ) -> crate::answer::Reply {
+    ) -> crate::protocol::answer::Reply {
         let rendered = render(domain, Some(&cached.policy), zone);
         if !rendered.dropped_lines.is_empty() {
             tracing::warn!(domain, lines = ?rendered.dropped_lines, "policy lines with '{{' or '}}' left out of TLSRPT attributes");

@@ -21,10 +21,10 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::cache::store::Entry;
 use crate::clock::rfc3339;
-use crate::domain::normalize_host;
-use crate::server::ServerContext;
-use crate::store::Entry;
+use crate::mtasts::domain::normalize_host;
+use crate::server::socketmap::ServerContext;
 
 /// One cache entry as the admin API shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]

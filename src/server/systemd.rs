@@ -5,7 +5,7 @@
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 
-use crate::server::Listener;
+use crate::server::socketmap::Listener;
 
 /// Sends a state string ("READY=1", "STOPPING=1", ...) to `$NOTIFY_SOCKET`, if set.
 /// Failures are logged and otherwise ignored: notification is best effort.

@@ -1,0 +1,3 @@
+//! The command-line operations.
+
+pub mod query;
