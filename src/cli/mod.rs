@@ -1,3 +1,156 @@
-//! The command-line operations.
+//! The command-line operations: one file per command, and the argument parser.
+//! This is the binary's edge: errors become `anyhow` reports here and exit codes in
+//! `main.rs`; everything below it returns typed errors.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::mtasts::discovery::Discoverer;
+
+mod cache;
+mod logging;
 pub mod query;
+mod serve;
+
+#[derive(Parser)]
+#[command(
+    name = "mta-stsd",
+    version,
+    about = "MTA-STS (RFC 8461) policy daemon for Postfix"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Look up a domain's policy live and show the reply Postfix would get.
+    ///
+    /// Exit status: 0 policy found, 1 no policy, 3 discovery failed, 2 bad usage or config.
+    Query {
+        /// Domain or Postfix next-hop key (example.com, [mx.example.com]:587, ...).
+        domain: String,
+        /// Print a JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Configuration file (default: built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Socketmap name whose [zones.NAME] options to apply.
+        #[arg(long, default_value = "postfix")]
+        zone: String,
+    },
+    /// Run the socketmap daemon (on built-in defaults when no file is given).
+    Serve {
+        /// Configuration file (default: built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Inspect and manage the running daemon's cache (through its admin API).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        /// Admin API base URL (default: from metrics.listen in the config).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        /// Configuration file to read metrics.listen from.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// List every cached domain.
+    List,
+    /// Show one domain: policy, id, fetched, expires, last check, last error.
+    Show { domain: String },
+    /// Remove one domain from the cache.
+    Purge { domain: String },
+    /// Discover one domain now and show the result.
+    Refresh { domain: String },
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Query {
+            domain,
+            json,
+            config,
+            zone,
+        } => {
+            logging::init("warn", LogFormat::Auto);
+            let config = Config::load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = runtime.block_on(async {
+                let discoverer = Discoverer::from_config(&config)?;
+                anyhow::Ok(query::query(&discoverer, &domain, &config.zone(&zone)).await)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(ExitCode::from(report.outcome.exit_code() as u8))
+        }
+        Command::Serve { config: path } => {
+            let config = Config::load(path.as_deref())?;
+            let log = logging::init(&config.log.level, config.log.format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve::serve(config, path, log))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache {
+            action,
+            json,
+            admin,
+            config,
+        } => {
+            let url = match admin {
+                Some(u) => u,
+                None => {
+                    let config = Config::load(config.as_deref())?;
+                    let addr = config
+                        .metrics
+                        .addr()?
+                        .context("metrics.listen is off, so there is no admin API to talk to")?;
+                    format!("http://{addr}")
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(cache::command(&url, action, json))
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(Some(&file))?;
+            println!(
+                "{}: OK (listen {})",
+                file.display(),
+                config.server.listen.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
