@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mta_stsd::cache::store::{CachedPolicy, Entry, PolicyStore, SledStore};
+use mta_stsd::cache::entry::{CachedPolicy, Entry};
+use mta_stsd::cache::store::{PolicyStore, SledStore};
 use mta_stsd::mtasts::policy::parse_policy;
 use mta_stsd_testkit::{RecordType, TestCa, TestDns, TestHttps, policy_text};
 
@@ -527,10 +528,7 @@ fn main() {
         })
         .expect("discoverer");
         let store = Arc::new(SledStore::open(&work.join("inproc")).expect("store"));
-        let settings = ServiceSettings {
-            cache: CacheConfig::default(),
-            lookup: LookupConfig::default(),
-        };
+        let settings = ServiceSettings::new(CacheConfig::default(), LookupConfig::default());
         let metrics = Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics"));
         let service = PolicyService::new(
             discoverer,
@@ -541,7 +539,7 @@ fn main() {
         );
         let zone = mta_stsd::protocol::answer::ZoneOptions::default();
         let (a, _) = service.lookup(HOT, &zone).await;
-        assert!(a.wire.starts_with("OK secure"), "{}", a.wire);
+        assert!(a.wire().starts_with("OK secure"), "{}", a.wire());
         let n = if opts.smoke { 100_000 } else { 2_000_000 };
         let t0 = Instant::now();
         for _ in 0..n {
@@ -624,6 +622,7 @@ fn main() {
                     no_policy_until: None,
                     last_check: now,
                     failure: None,
+                    txt_failure: None,
                 };
                 store.put(&format!("scale{i}.bench.test"), &e).expect("put");
             }

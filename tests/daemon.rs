@@ -284,7 +284,7 @@ async fn policy_server_down_keeps_the_cached_policy_and_backs_off() {
     d.service.settle().await;
     let entry = d.service.cached("down.example").unwrap();
     assert_eq!(
-        entry.failure.as_ref().unwrap().class,
+        entry.failure.as_ref().unwrap().class.as_str(),
         "tls",
         "{:?}",
         entry.failure
@@ -563,8 +563,9 @@ async fn shutdown_finishes_the_request_in_progress() {
 
 #[tokio::test]
 async fn answers_from_the_store_before_the_cache_is_loaded() {
+    use mta_stsd::cache::entry::{CachedPolicy, Entry};
     use mta_stsd::cache::service::ServiceSettings;
-    use mta_stsd::cache::store::{CachedPolicy, Entry, PolicyStore, SledStore};
+    use mta_stsd::cache::store::{PolicyStore, SledStore};
     use mta_stsd::config::{CacheConfig, LookupConfig};
     use mta_stsd::mtasts::discovery::Discoverer;
     use mta_stsd::mtasts::policy::parse_policy;
@@ -584,6 +585,7 @@ async fn answers_from_the_store_before_the_cache_is_loaded() {
         no_policy_until: None,
         last_check: now,
         failure: None,
+        txt_failure: None,
     };
     let expired = Entry {
         policy: Some(CachedPolicy {
@@ -600,15 +602,12 @@ async fn answers_from_the_store_before_the_cache_is_loaded() {
         Discoverer::new(common::options(&w)).unwrap(),
         store.clone(),
         Arc::new(SystemClock),
-        ServiceSettings {
-            cache: CacheConfig::default(),
-            lookup: LookupConfig::default(),
-        },
+        ServiceSettings::new(CacheConfig::default(), LookupConfig::default()),
         Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics")),
     );
     assert!(service.is_empty(), "nothing is loaded up front");
     let (answer, outcome) = service.lookup("stored.example", &Default::default()).await;
-    assert_eq!(&*answer.wire, SECURE);
+    assert_eq!(answer.wire(), SECURE);
     assert_eq!(outcome, mta_stsd::cache::service::CacheOutcome::Hit);
     assert_eq!(w.dns.total_queries(), 0);
     assert_eq!(service.len(), 1);

@@ -1,5 +1,9 @@
-//! The policy cache: the rules that govern an entry's life (RFC 8461 §3.3, §5.1,
-//! §10.2), the service that applies them around discovery, and the persistent store.
+//! The policy cache: what is known about a domain ([`entry`]), the rules that govern
+//! an entry's life (RFC 8461 §3.3, §5.1, §10.2) as pure functions ([`rules`]), the
+//! service that applies them around discovery ([`service`]), and the persistent store
+//! ([`store`]).
 
+pub mod entry;
+pub mod rules;
 pub mod service;
 pub mod store;

@@ -1,25 +1,26 @@
 //! The policy service: answers lookups from the cache, discovers on a miss, and keeps
-//! cached policies fresh (RFC 8461 §3.3, §5.1, §10.2; SPEC §4).
+//! cached policies fresh. What to do is decided by [`super::rules`]; this module
+//! performs the DNS and HTTPS work, applies the decisions to memory and the store, and
+//! logs and counts what happened.
 //!
-//! - A valid cached policy is answered from memory with no I/O. When its TXT record
-//!   was last checked more than `grace` ago, a background check runs; a changed id
-//!   triggers a fetch, an unchanged id does not extend max_age.
+//! - A lookup of a domain with a valid policy is answered from memory with no I/O.
 //! - A miss runs discovery, shared by all concurrent lookups of the domain
 //!   (single-flight) and bounded by `lookup.deadline`; past the deadline the lookup
 //!   answers `NOTFOUND ` and discovery finishes into the cache.
-//! - Failures never remove a valid policy. After a failed fetch the same domain is
-//!   not fetched again for `retry_after` (at least 5 minutes).
-//! - The refresher re-fetches policies before they expire, whatever the TXT says.
+//! - The refresher re-fetches policies before they expire.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 
-use crate::cache::store::{CachedPolicy, Entry, Failure, PolicyStore};
+use super::entry::Entry;
+use super::rules::{self, Decision, LookupRule, Outcome, Rules, Step, Transition, Trigger};
+use super::store::PolicyStore;
 use crate::clock::Clock;
 use crate::config::{CacheConfig, LookupConfig};
 use crate::locks::{lock, read, write};
@@ -27,8 +28,7 @@ use crate::metrics::Metrics;
 use crate::mtasts::discovery::{Discoverer, TxtLookup};
 use crate::mtasts::domain::normalize_key;
 use crate::mtasts::policy::Mode;
-use crate::protocol::answer::{ZoneOptions, render};
-use crate::protocol::codec::MAX_REPLY;
+use crate::protocol::answer::{Reply, ReplyMemo, ZoneOptions, render};
 
 /// How a lookup was served (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,83 +57,41 @@ impl CacheOutcome {
     }
 }
 
-/// What triggered a discovery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trigger {
-    /// A lookup found nothing valid in the cache.
-    Miss,
-    /// A lookup found a valid policy whose TXT check is older than `grace`.
-    Recheck,
-    /// The refresher: fetch whatever the TXT record says.
-    Refresh,
-}
-
-impl Trigger {
-    fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Miss => "miss",
-            Trigger::Recheck => "recheck",
-            Trigger::Refresh => "refresh",
-        }
-    }
-}
-
 type Flight = Shared<BoxFuture<'static, ()>>;
 
-/// A rendered socketmap reply: the netstring payload and a short label for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub wire: Arc<str>,
-    /// `secure` or `notfound` (see `Reply::kind`).
-    pub kind: &'static str,
-}
-
-static NOT_FOUND: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("NOTFOUND "));
-
-impl Answer {
-    pub fn not_found() -> Answer {
-        Answer {
-            wire: NOT_FOUND.clone(),
-            kind: "notfound",
-        }
-    }
-}
-
-/// A cache entry in memory. Its replies are rendered once per combination of zone
-/// options and then shared, so a cache hit allocates nothing.
+/// A cache entry in memory, with its rendered replies memoized per zone options.
 #[derive(Debug)]
 struct Slot {
     entry: Entry,
-    replies: [OnceLock<Answer>; 8],
+    replies: ReplyMemo,
 }
 
 impl Slot {
-    fn new(entry: Entry) -> Self {
-        Slot {
+    fn new(entry: Entry) -> Arc<Self> {
+        Arc::new(Slot {
             entry,
-            replies: Default::default(),
-        }
+            replies: ReplyMemo::default(),
+        })
     }
 }
 
-impl std::ops::Deref for Slot {
-    type Target = Entry;
-    fn deref(&self) -> &Entry {
-        &self.entry
-    }
-}
-
-fn zone_index(zone: &ZoneOptions) -> usize {
-    usize::from(zone.strict_testing)
-        | usize::from(zone.require_sni) << 1
-        | usize::from(zone.tlsrpt) << 2
-}
-
-/// Settings the service reads on every operation.
+/// Settings the service reads on every operation; replaced as a whole on reload.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
     pub cache: CacheConfig,
     pub lookup: LookupConfig,
+    pub rules: Rules,
+}
+
+impl ServiceSettings {
+    pub fn new(cache: CacheConfig, lookup: LookupConfig) -> Self {
+        let rules = Rules::from_config(&cache);
+        Self {
+            cache,
+            lookup,
+            rules,
+        }
+    }
 }
 
 pub struct PolicyService {
@@ -146,9 +104,12 @@ pub struct PolicyService {
     idle: Notify,
     metrics: Arc<Metrics>,
     /// Set once `load` has brought the whole store into memory.
-    loaded: std::sync::atomic::AtomicBool,
-    /// Domains removed while `load` runs, so that it does not bring them back.
-    removed_while_loading: Mutex<std::collections::HashSet<String>>,
+    loaded: AtomicBool,
+    /// Domains purged while `load` runs, so that it does not bring them back from its
+    /// snapshot; dropped when the load ends.
+    purged_while_loading: Mutex<Option<HashSet<String>>>,
+    /// Cancelled at shutdown, once in-flight discoveries have had their time.
+    abort: CancellationToken,
 }
 
 impl PolicyService {
@@ -171,17 +132,15 @@ impl PolicyService {
             inflight: Mutex::new(HashMap::new()),
             idle: Notify::new(),
             metrics,
-            loaded: std::sync::atomic::AtomicBool::new(false),
-            removed_while_loading: Mutex::new(std::collections::HashSet::new()),
+            loaded: AtomicBool::new(false),
+            purged_while_loading: Mutex::new(Some(HashSet::new())),
+            abort: CancellationToken::new(),
         })
     }
 
-    pub fn set_settings(&self, settings: ServiceSettings) {
+    /// Applies new settings and a new discoverer (resolver, fetch settings) at once.
+    pub fn reconfigure(&self, settings: ServiceSettings, discoverer: Discoverer) {
         *write(&self.settings) = Arc::new(settings);
-    }
-
-    /// Replaces the discoverer (new resolver or fetch settings after a reload).
-    pub fn set_discoverer(&self, discoverer: Discoverer) {
         *write(&self.discoverer) = discoverer;
     }
 
@@ -189,25 +148,23 @@ impl PolicyService {
         read(&self.discoverer).clone()
     }
 
-    fn settings(&self) -> Arc<ServiceSettings> {
+    pub fn settings(&self) -> Arc<ServiceSettings> {
         read(&self.settings).clone()
     }
 
     /// The in-memory entry, falling back to the store for one not loaded yet.
-    fn entry(&self, domain: &str) -> Option<Arc<Slot>> {
+    fn slot(&self, domain: &str) -> Option<Arc<Slot>> {
         let found = read(&self.entries).get(domain).cloned();
-        if found.is_some() || self.loaded.load(std::sync::atomic::Ordering::Acquire) {
+        if found.is_some() || self.loaded.load(Ordering::Acquire) {
             return found;
         }
         match self.store.get(domain) {
-            Ok(Some(entry)) => {
-                let mut m = write(&self.entries);
-                Some(
-                    m.entry(domain.to_owned())
-                        .or_insert_with(|| Arc::new(Slot::new(entry)))
-                        .clone(),
-                )
-            }
+            Ok(Some(entry)) => Some(
+                write(&self.entries)
+                    .entry(domain.to_owned())
+                    .or_insert_with(|| Slot::new(entry))
+                    .clone(),
+            ),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(domain, error = %e, "unreadable cache entry ignored");
@@ -216,8 +173,8 @@ impl PolicyService {
         }
     }
 
-    /// Loads every live entry from the store into memory, pruning expired ones from
-    /// it. Entries that lookups already brought in (or updated) are kept as they are.
+    /// Loads every live entry from the store into memory and prunes expired ones
+    /// from it. Entries that lookups already brought in (or updated) are kept.
     pub fn load(&self) {
         let now = self.clock.now();
         match self.store.load_all() {
@@ -225,39 +182,61 @@ impl PolicyService {
                 for e in &errors {
                     tracing::warn!(error = %e, "dropping unreadable cache entry");
                 }
-                let mut pruned = 0usize;
-                let mut live = Vec::with_capacity(loaded.len());
-                for (domain, entry) in loaded {
-                    if entry.is_live(now) {
-                        live.push((domain, entry));
-                    } else {
-                        pruned += 1;
-                        if let Err(e) = self.store.remove(&domain) {
-                            tracing::warn!(%domain, error = %e, "cannot prune cache entry");
-                        }
-                    }
-                }
-                let count = live.len();
+                let (live, dead): (Vec<_>, Vec<_>) =
+                    loaded.into_iter().partition(|(_, e)| e.is_live(now));
+                let pruned = dead
+                    .iter()
+                    .filter(|(domain, _)| self.prune_if_dead(domain, now))
+                    .count();
                 // Insert in chunks so lookups are not held up by one long write lock.
                 for chunk in live.chunks(4096) {
-                    let removed = lock(&self.removed_while_loading);
+                    let purged = lock(&self.purged_while_loading);
                     let mut m = write(&self.entries);
-                    for (domain, entry) in chunk.iter().filter(|(d, _)| !removed.contains(d)) {
+                    for (domain, entry) in chunk {
+                        if purged.as_ref().is_some_and(|p| p.contains(domain)) {
+                            continue;
+                        }
                         m.entry(domain.clone())
-                            .or_insert_with(|| Arc::new(Slot::new(entry.clone())));
+                            .or_insert_with(|| Slot::new(entry.clone()));
                     }
                 }
-                tracing::info!(entries = count, pruned, "cache loaded");
+                tracing::info!(entries = live.len(), pruned, "cache loaded");
             }
             Err(e) => tracing::error!(error = %e, "cannot read the cache; starting empty"),
         }
-        self.loaded
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.loaded.store(true, Ordering::Release);
+        *lock(&self.purged_while_loading) = None;
+    }
+
+    /// Removes `domain` from memory and the store if it says nothing at `now`,
+    /// re-checking under the in-flight lock so that an entry a running discovery is
+    /// about to write, or has just written, is never deleted.
+    fn prune_if_dead(&self, domain: &str, now: u64) -> bool {
+        let inflight = lock(&self.inflight);
+        if inflight.contains_key(domain) {
+            return false;
+        }
+        if read(&self.entries)
+            .get(domain)
+            .is_some_and(|s| s.entry.is_live(now))
+        {
+            return false;
+        }
+        match self.store.get(domain) {
+            Ok(Some(e)) if e.is_live(now) => return false,
+            _ => {}
+        }
+        if let Err(e) = self.store.remove(domain) {
+            tracing::warn!(domain, error = %e, "cannot prune cache entry");
+        }
+        write(&self.entries).remove(domain);
+        drop(inflight);
+        true
     }
 
     /// A snapshot of one domain's cache entry.
     pub fn cached(&self, domain: &str) -> Option<Entry> {
-        self.entry(domain).map(|e| (*e).clone())
+        self.slot(domain).map(|s| s.entry.clone())
     }
 
     /// Number of entries in memory.
@@ -269,46 +248,46 @@ impl PolicyService {
         self.len() == 0
     }
 
+    /// Number of discoveries running now.
+    pub fn inflight(&self) -> usize {
+        lock(&self.inflight).len()
+    }
+
     fn save(&self, domain: &str, entry: Entry) {
         if let Err(e) = self.store.put(domain, &entry) {
             tracing::error!(domain, error = %e, "cannot persist cache entry");
         }
-        write(&self.entries).insert(domain.to_owned(), Arc::new(Slot::new(entry)));
-    }
-
-    fn forget(&self, domain: &str) {
-        if !self.loaded.load(std::sync::atomic::Ordering::Acquire) {
-            lock(&self.removed_while_loading).insert(domain.to_owned());
-        }
-        if let Err(e) = self.store.remove(domain) {
-            tracing::warn!(domain, error = %e, "cannot remove cache entry");
-        }
-        write(&self.entries).remove(domain);
+        write(&self.entries).insert(domain.to_owned(), Slot::new(entry));
     }
 
     /// Answers one socketmap lookup.
-    pub async fn lookup(self: &Arc<Self>, key: &str, zone: &ZoneOptions) -> (Answer, CacheOutcome) {
+    pub async fn lookup(self: &Arc<Self>, key: &str, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
         let domain = match normalize_key(key) {
             Ok(d) => d,
             Err(skip) => {
                 tracing::debug!(key, reason = %skip, "no lookup");
-                return (Answer::not_found(), CacheOutcome::Skipped);
+                return (Reply::NotFound, CacheOutcome::Skipped);
             }
         };
-        let now = self.clock.now();
-        if let Some(slot) = self.entry(&domain) {
-            if slot.valid_policy(now).is_some() {
-                let grace = self.settings().cache.grace.as_secs();
-                if now.saturating_sub(slot.last_check) >= grace {
+        let settings = self.settings();
+        let slot = self.slot(&domain);
+        match rules::on_lookup(
+            slot.as_ref().map(|s| &s.entry),
+            self.clock.now(),
+            &settings.rules,
+        ) {
+            LookupRule::Hit { recheck } => {
+                if recheck {
                     drop(self.flight(&domain, Trigger::Recheck));
                 }
-                return (self.answer(&domain, &slot, zone), CacheOutcome::Hit);
+                if let Some(slot) = slot {
+                    return (self.reply(&domain, &slot, zone), CacheOutcome::Hit);
+                }
             }
-            if slot.no_policy_until.is_some_and(|t| t > now) {
-                return (Answer::not_found(), CacheOutcome::NegativeHit);
-            }
+            LookupRule::NegativeHit => return (Reply::NotFound, CacheOutcome::NegativeHit),
+            LookupRule::Miss => {}
         }
-        let deadline = self.settings().lookup.deadline;
+        let deadline = settings.lookup.deadline;
         let flight = self.flight(&domain, Trigger::Miss);
         if tokio::time::timeout(deadline, flight).await.is_err() {
             tracing::warn!(
@@ -316,55 +295,36 @@ impl PolicyService {
                 ?deadline,
                 "discovery did not finish before the lookup deadline; answering NOTFOUND for now"
             );
-            return (Answer::not_found(), CacheOutcome::Timeout);
+            return (Reply::NotFound, CacheOutcome::Timeout);
         }
         let now = self.clock.now();
-        let answer = match self.entry(&domain) {
-            Some(slot) if slot.valid_policy(now).is_some() => self.answer(&domain, &slot, zone),
-            _ => Answer::not_found(),
+        let reply = match self.slot(&domain) {
+            Some(slot) if slot.entry.valid_policy(now).is_some() => {
+                self.reply(&domain, &slot, zone)
+            }
+            _ => Reply::NotFound,
         };
-        (answer, CacheOutcome::Miss)
+        (reply, CacheOutcome::Miss)
     }
 
-    /// The memoized reply for a slot with a valid policy under `zone`.
-    fn answer(&self, domain: &str, slot: &Slot, zone: &ZoneOptions) -> Answer {
-        slot.replies[zone_index(zone)]
-            .get_or_init(|| match &slot.policy {
-                Some(cached) => {
-                    let reply = self.render(domain, cached, zone);
-                    Answer {
-                        wire: Arc::from(reply.to_wire()),
-                        kind: reply.kind(),
-                    }
-                }
-                None => Answer::not_found(),
-            })
-            .clone()
-    }
-
-    fn render(
-        &self,
-        domain: &str,
-        cached: &CachedPolicy,
-        zone: &ZoneOptions,
-    ) -> crate::protocol::answer::Reply {
-        let rendered = render(domain, Some(&cached.policy), zone);
-        if !rendered.dropped_lines.is_empty() {
-            tracing::warn!(domain, lines = ?rendered.dropped_lines, "policy lines with '{{' or '}}' left out of TLSRPT attributes");
-        }
-        if rendered.reply.to_wire().len() > MAX_REPLY {
-            // Only TLSRPT attributes can make a reply this long; keep enforcement.
-            tracing::warn!(
-                domain,
-                "reply too long for Postfix; TLSRPT attributes left out"
-            );
-            let plain = ZoneOptions {
-                tlsrpt: false,
-                ..zone.clone()
+    /// The memoized reply for a slot under `zone`.
+    fn reply(&self, domain: &str, slot: &Slot, zone: &ZoneOptions) -> Reply {
+        slot.replies.get_or_render(zone, || {
+            let Some(cached) = &slot.entry.policy else {
+                return Reply::NotFound;
             };
-            return render(domain, Some(&cached.policy), &plain).reply;
-        }
-        rendered.reply
+            let rendered = render(domain, Some(&cached.policy), zone);
+            if !rendered.dropped_lines.is_empty() {
+                tracing::warn!(domain, lines = ?rendered.dropped_lines, "policy lines with '{{' or '}}' left out of TLSRPT attributes");
+            }
+            if rendered.tlsrpt_dropped_for_size {
+                tracing::warn!(
+                    domain,
+                    "reply too long for Postfix; TLSRPT attributes left out"
+                );
+            }
+            rendered.reply
+        })
     }
 
     /// Starts (or joins) the discovery for `domain`; it runs as its own task, so it
@@ -377,7 +337,12 @@ impl PolicyService {
         let this = self.clone();
         let owned = domain.to_owned();
         let task = tokio::spawn(async move {
-            this.discover(&owned, trigger).await;
+            tokio::select! {
+                () = this.discover(&owned, trigger) => {}
+                () = this.abort.cancelled() => {
+                    tracing::debug!(domain = %owned, "discovery abandoned at shutdown");
+                }
+            }
             let mut inflight = lock(&this.inflight);
             inflight.remove(&owned);
             if inflight.is_empty() {
@@ -393,7 +358,7 @@ impl PolicyService {
         flight
     }
 
-    /// Waits until no discovery is running (for tests and orderly shutdown).
+    /// Waits until no discovery is running.
     pub async fn settle(&self) {
         loop {
             let notified = self.idle.notified();
@@ -404,224 +369,168 @@ impl PolicyService {
         }
     }
 
-    /// One discovery step for `domain`, updating the cache and counting the result.
+    /// Abandons every running discovery and refuses new ones' work (shutdown).
+    pub fn abort_discoveries(&self) {
+        self.abort.cancel();
+    }
+
+    /// One discovery step for `domain`: the lookups the rules ask for, then the
+    /// rules' decision applied, logged and counted.
     async fn discover(&self, domain: &str, trigger: Trigger) {
-        let result = self.discover_inner(domain, trigger).await;
-        self.metrics
-            .discoveries
-            .with_label_values(&[trigger.as_str(), result])
-            .inc();
-    }
-
-    async fn discover_inner(&self, domain: &str, trigger: Trigger) -> &'static str {
         let settings = self.settings();
-        let started = self.clock.now();
-        let old = self.entry(domain).map(|e| (*e).clone()).unwrap_or_default();
-        let mut entry = old.clone();
-        let have_valid = old.valid_policy(started).is_some();
-
         let discoverer = self.discoverer();
-        let txt = discoverer.lookup_txt(domain).await;
-        let now = self.clock.now();
-        entry.last_check = now;
-        let fetch_id = match &txt {
-            TxtLookup::Found { record } => {
-                let same_id = old.valid_policy(now).is_some_and(|p| p.id == record.id);
-                if same_id && trigger != Trigger::Refresh {
-                    // Nothing new; max_age still counts from the original fetch.
-                    entry.no_policy_until = None;
-                    self.save(domain, entry);
-                    return "unchanged";
-                }
-                Some(record.id.clone())
-            }
-            TxtLookup::NoPolicy { reason } => {
-                if have_valid && trigger == Trigger::Refresh {
-                    tracing::info!(domain, %reason, "TXT record gone; refreshing the cached policy anyway");
-                    None
-                } else if have_valid {
-                    // A vanished TXT record alone does not remove a cached policy.
-                    tracing::info!(domain, %reason, "TXT record gone; cached policy stays in force until it expires");
-                    self.save(domain, entry);
-                    return "kept";
-                } else {
-                    tracing::debug!(domain, %reason, "no policy");
-                    entry.policy = None;
-                    entry.failure = None;
-                    entry.no_policy_until = Some(now + settings.cache.negative_ttl.as_secs());
-                    self.save(domain, entry);
-                    return "no_policy";
-                }
-            }
-            TxtLookup::Failed { reason } => {
-                tracing::warn!(domain, %reason, cached = have_valid, "TXT lookup failed");
-                if have_valid && trigger == Trigger::Refresh {
-                    None
-                } else {
-                    entry.failure = Some(Failure {
-                        at: now,
-                        id: None,
-                        class: "dns".into(),
-                        message: reason.clone(),
-                    });
-                    if !have_valid {
-                        let retry = settings.cache.negative_ttl.min(Duration::from_secs(60));
-                        entry.no_policy_until = Some(now + retry.as_secs());
-                    }
-                    self.save(domain, entry);
-                    return "txt_failed";
-                }
-            }
-        };
-
-        // Back off after a failed fetch (RFC 8461 §3.3: at least 5 minutes per id).
-        if let Some(f) = &old.failure {
-            let retry = settings.cache.retry_after.as_secs();
-            if f.class != "dns" && now < f.at + retry && (fetch_id.is_none() || f.id == fetch_id) {
-                tracing::debug!(
-                    domain,
-                    "fetch skipped: last attempt failed less than retry_after ago"
-                );
-                if !have_valid {
-                    entry.no_policy_until = Some(f.at + retry);
-                }
-                self.save(domain, entry);
-                return "backoff";
-            }
-        }
-
-        let id = fetch_id
-            .clone()
-            .or_else(|| old.policy.as_ref().map(|p| p.id.clone()))
+        let old = self
+            .slot(domain)
+            .map(|s| s.entry.clone())
             .unwrap_or_default();
-        let fetch_started = std::time::Instant::now();
-        let fetched = discoverer.fetch_policy(domain).await;
-        self.metrics
-            .fetch_duration
-            .with_label_values(&[if fetched.is_ok() { "ok" } else { "error" }])
-            .observe(fetch_started.elapsed().as_secs_f64());
-        match fetched {
-            Ok(policy) => {
-                let now = self.clock.now();
-                let cached = CachedPolicy {
-                    expires_at: now + policy.max_age,
-                    fetched_at: now,
-                    id,
-                    policy,
-                };
-                log_transition(
-                    &self.metrics,
-                    domain,
-                    old.policy.as_ref(),
-                    &cached,
-                    have_valid,
-                );
-                entry.policy = Some(cached);
-                entry.failure = None;
-                entry.no_policy_until = None;
-                self.save(domain, entry);
-                "fetched"
-            }
-            Err(e) => {
-                let now = self.clock.now();
-                if have_valid {
-                    tracing::warn!(domain, class = e.class(), error = %e, "policy fetch failed; cached policy stays in force");
-                } else {
-                    tracing::warn!(domain, class = e.class(), error = %e, "policy fetch failed; treating the domain as having no policy");
-                    entry.no_policy_until = Some(now + settings.cache.retry_after.as_secs());
-                }
-                self.metrics
-                    .fetch_failures
-                    .with_label_values(&[e.class()])
-                    .inc();
-                if let Some(p) = old
-                    .valid_policy(now)
-                    .filter(|p| p.policy.mode != Mode::None)
-                {
+        let txt = discoverer.lookup_txt(domain).await;
+        let decision =
+            match rules::after_txt(&old, trigger, &txt, self.clock.now(), &settings.rules) {
+                Step::Done(d) => d,
+                Step::Fetch(pending) => {
+                    let started = std::time::Instant::now();
+                    let fetched = discoverer.fetch_policy(domain).await;
+                    let result = if fetched.is_ok() { "ok" } else { "error" };
                     self.metrics
-                        .refresh_failures
-                        .with_label_values(&[p.policy.mode.as_str()])
-                        .inc();
+                        .fetch_duration
+                        .with_label_values(&[result])
+                        .observe(started.elapsed().as_secs_f64());
+                    rules::after_fetch(pending, fetched, self.clock.now(), &settings.rules)
                 }
-                entry.failure = Some(Failure {
-                    at: now,
-                    id: fetch_id,
-                    class: e.class().into(),
-                    message: e.to_string(),
-                });
-                self.save(domain, entry);
-                "fetch_failed"
+            };
+        self.report(domain, trigger, &txt, &decision);
+        self.save(domain, decision.entry);
+    }
+
+    /// One log line and the counters for a decision.
+    fn report(&self, domain: &str, trigger: Trigger, txt: &TxtLookup, d: &Decision) {
+        let m = &self.metrics;
+        m.discoveries
+            .with_label_values(&[trigger.as_str(), d.outcome.as_str()])
+            .inc();
+        let cached = d.kept_mode.is_some();
+        match d.outcome {
+            Outcome::Unchanged | Outcome::Backoff | Outcome::NoPolicy => {
+                tracing::debug!(domain, result = d.outcome.as_str(), "discovery");
+            }
+            Outcome::Kept => {
+                tracing::info!(
+                    domain,
+                    "TXT record gone; cached policy stays in force until it expires"
+                );
+            }
+            Outcome::TxtFailed => {
+                if let TxtLookup::Failed { reason } = txt {
+                    tracing::warn!(domain, %reason, cached, "TXT lookup failed");
+                }
+            }
+            Outcome::FetchFailed => {
+                let Some(f) = &d.entry.failure else { return };
+                m.fetch_failures
+                    .with_label_values(&[f.class.as_str()])
+                    .inc();
+                if let Some(mode) = d.kept_mode.filter(|m| *m != Mode::None) {
+                    m.refresh_failures.with_label_values(&[mode.as_str()]).inc();
+                }
+                if cached {
+                    tracing::warn!(domain, class = %f.class, error = %f.message, "policy fetch failed; cached policy stays in force");
+                } else {
+                    tracing::warn!(domain, class = %f.class, error = %f.message, "policy fetch failed; treating the domain as having no policy");
+                }
+            }
+            Outcome::Fetched => {
+                let Some(p) = &d.entry.policy else { return };
+                match &d.transition {
+                    Some(Transition::Replaced {
+                        from,
+                        to,
+                        mx_changed,
+                    }) => {
+                        let (from, to) = (from.as_str(), to.as_str());
+                        if from != to {
+                            m.transitions.with_label_values(&[from, to, "mode"]).inc();
+                        }
+                        if *mx_changed {
+                            m.transitions.with_label_values(&[from, to, "mx"]).inc();
+                        }
+                        let t = d.transition.as_ref().filter(|t| t.is_downgrade());
+                        if t.is_some() {
+                            tracing::warn!(domain, from, to, id = %p.id, mx_changed, "policy downgraded");
+                        } else if from != to || *mx_changed {
+                            tracing::warn!(domain, from, to, id = %p.id, mx_changed, "policy changed");
+                        } else {
+                            tracing::info!(domain, id = %p.id, mode = to, max_age = p.policy.max_age, "policy refreshed");
+                        }
+                    }
+                    _ => {
+                        tracing::info!(domain, id = %p.id, mode = %p.policy.mode, max_age = p.policy.max_age, "policy cached");
+                    }
+                }
             }
         }
     }
 
-    /// Domains whose policy is due for a refresh at `now`.
-    fn due_for_refresh(&self, now: u64, settings: &ServiceSettings) -> Vec<String> {
-        let refresh_after = settings.cache.refresh_after.as_secs();
-        let retry = settings.cache.retry_after.as_secs();
-        read(&self.entries)
-            .iter()
-            .filter_map(|(domain, entry)| {
-                let p = entry.valid_policy(now)?;
-                let age_limit = refresh_after.min(p.policy.max_age / 2).max(1);
-                let due = p.fetched_at + age_limit.saturating_sub(jitter(domain, age_limit / 10));
-                let backing_off = entry.failure.as_ref().is_some_and(|f| now < f.at + retry);
-                (now >= due && !backing_off).then(|| domain.clone())
-            })
-            .collect()
-    }
-
-    /// Removes entries that no longer say anything.
-    fn prune(&self, now: u64) -> usize {
-        let dead: Vec<String> = read(&self.entries)
-            .iter()
-            .filter(|(_, e)| !e.is_live(now))
-            .map(|(d, _)| d.clone())
-            .collect();
-        for d in &dead {
-            self.forget(d);
-        }
-        dead.len()
+    /// One refresher pass to the end (see [`PolicyService::refresh_pass`]).
+    pub async fn refresh_due(self: &Arc<Self>) -> usize {
+        self.refresh_pass(&CancellationToken::new()).await
     }
 
     /// One refresher pass: prune dead entries and refresh due policies, at most
-    /// `refresh_concurrency` at a time. Returns how many refreshes ran.
-    pub async fn refresh_due(self: &Arc<Self>) -> usize {
+    /// `refresh_concurrency` at a time, until done or `stop` is cancelled. Returns how
+    /// many refreshes were started.
+    pub async fn refresh_pass(self: &Arc<Self>, stop: &CancellationToken) -> usize {
         let settings = self.settings();
+        let rules = settings.rules;
         let now = self.clock.now();
-        let pruned = self.prune(now);
+        let (dead, due): (Vec<String>, Vec<String>) = {
+            let entries = read(&self.entries);
+            let dead = entries
+                .iter()
+                .filter(|(_, s)| !s.entry.is_live(now))
+                .map(|(d, _)| d.clone())
+                .collect();
+            let due = entries
+                .iter()
+                .filter(|(d, s)| rules::is_due(d, &s.entry, now, &rules))
+                .map(|(d, _)| d.clone())
+                .collect();
+            (dead, due)
+        };
+        let pruned = dead.iter().filter(|d| self.prune_if_dead(d, now)).count();
         if pruned > 0 {
             tracing::debug!(pruned, "expired cache entries pruned");
         }
-        let due = self.due_for_refresh(now, &settings);
         let limit = Arc::new(Semaphore::new(settings.cache.refresh_concurrency));
-        let mut tasks = Vec::with_capacity(due.len());
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut started = 0;
         for domain in &due {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                () = stop.cancelled() => break,
             };
             let flight = self.flight(domain, Trigger::Refresh);
-            tasks.push(tokio::spawn(async move {
+            started += 1;
+            tasks.spawn(async move {
                 flight.await;
                 drop(permit);
-            }));
+            });
         }
-        for t in tasks {
-            let _ = t.await;
+        tokio::select! {
+            () = async { while tasks.join_next().await.is_some() {} } => {}
+            () = stop.cancelled() => {}
         }
-        due.len()
+        started
     }
 
-    /// Runs the refresher until `shutdown` resolves.
-    pub async fn run_refresher(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
+    /// Runs the refresher until `stop` is cancelled.
+    pub async fn run_refresher(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let interval = self.settings().cache.refresh_interval;
             tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(interval) => {}
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
             }
-            let n = self.refresh_due().await;
+            let n = self.refresh_pass(&stop).await;
             if n > 0 {
                 tracing::info!(refreshed = n, "policies refreshed");
             }
@@ -632,16 +541,22 @@ impl PolicyService {
     pub fn snapshot(&self) -> Vec<(String, Entry)> {
         let mut all: Vec<(String, Entry)> = read(&self.entries)
             .iter()
-            .map(|(d, e)| (d.clone(), (**e).clone()))
+            .map(|(d, s)| (d.clone(), s.entry.clone()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
-    /// Removes a domain from the cache (memory and disk). Returns whether it was there.
+    /// Removes a domain from the cache (memory and store). Returns whether it was there.
     pub fn purge(&self, domain: &str) -> bool {
-        let present = self.entry(domain).is_some();
-        self.forget(domain);
+        let present = self.slot(domain).is_some();
+        if let Some(purged) = lock(&self.purged_while_loading).as_mut() {
+            purged.insert(domain.to_owned());
+        }
+        if let Err(e) = self.store.remove(domain) {
+            tracing::warn!(domain, error = %e, "cannot remove cache entry");
+        }
+        write(&self.entries).remove(domain);
         if present {
             tracing::info!(domain, "cache entry purged");
         }
@@ -651,14 +566,8 @@ impl PolicyService {
     /// Runs a discovery for `domain` now (fetching whatever the TXT id says when a
     /// policy is cached) and returns the resulting entry.
     pub async fn refresh_now(self: &Arc<Self>, domain: &str) -> Option<Entry> {
-        let trigger = if self
-            .entry(domain)
-            .is_some_and(|e| e.valid_policy(self.clock.now()).is_some())
-        {
-            Trigger::Refresh
-        } else {
-            Trigger::Miss
-        };
+        let entry = self.cached(domain);
+        let trigger = rules::manual_trigger(entry.as_ref(), self.clock.now());
         self.flight(domain, trigger).await;
         self.cached(domain)
     }
@@ -676,7 +585,8 @@ impl PolicyService {
         let now = self.clock.now();
         let (mut enforce, mut testing, mut none, mut negative) = (0i64, 0i64, 0i64, 0i64);
         let (mut oldest, mut expiring, mut failing) = (0u64, 0i64, 0i64);
-        for entry in read(&self.entries).values() {
+        for slot in read(&self.entries).values() {
+            let entry = &slot.entry;
             match entry.valid_policy(now) {
                 Some(p) => {
                     match p.policy.mode {
@@ -688,11 +598,11 @@ impl PolicyService {
                     if p.expires_at <= now + 86_400 {
                         expiring += 1;
                     }
-                    if entry.failure.is_some() && p.policy.mode != Mode::None {
+                    if entry.last_failure().is_some() && p.policy.mode != Mode::None {
                         failing += 1;
                     }
                 }
-                None if entry.no_policy_until.is_some_and(|t| t > now) => negative += 1,
+                None if entry.is_negative(now) => negative += 1,
                 None => {}
             }
         }
@@ -709,87 +619,13 @@ impl PolicyService {
     }
 
     /// Writes everything to disk.
-    pub fn flush(&self) {
-        if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "cannot flush the cache");
+    pub fn flush(&self) -> bool {
+        match self.store.flush() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot flush the cache");
+                false
+            }
         }
-    }
-}
-
-/// A per-domain spread in [0, max] seconds, so refreshes of policies fetched together
-/// do not all fall due in the same pass.
-fn jitter(domain: &str, max: u64) -> u64 {
-    if max == 0 {
-        return 0;
-    }
-    let h = domain.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    h % (max + 1)
-}
-
-fn log_transition(
-    metrics: &Metrics,
-    domain: &str,
-    old: Option<&CachedPolicy>,
-    new: &CachedPolicy,
-    was_valid: bool,
-) {
-    let Some(old) = old.filter(|_| was_valid) else {
-        tracing::info!(domain, id = %new.id, mode = %new.policy.mode, max_age = new.policy.max_age, "policy cached");
-        return;
-    };
-    let (from, to) = (old.policy.mode, new.policy.mode);
-    let downgrade = matches!(
-        (from, to),
-        (Mode::Enforce, Mode::Testing | Mode::None) | (Mode::Testing, Mode::None)
-    );
-    if from != to {
-        metrics
-            .transitions
-            .with_label_values(&[from.as_str(), to.as_str(), "mode"])
-            .inc();
-    }
-    if downgrade {
-        tracing::warn!(domain, from = %from, to = %to, id = %new.id, "policy downgraded");
-    } else if from != to {
-        tracing::info!(domain, from = %from, to = %to, id = %new.id, "policy mode changed");
-    }
-    if old.policy.mx != new.policy.mx {
-        metrics
-            .transitions
-            .with_label_values(&[from.as_str(), to.as_str(), "mx"])
-            .inc();
-        tracing::warn!(domain, id = %new.id, "policy mx set changed");
-    }
-    tracing::info!(domain, id = %new.id, mode = %to, max_age = new.policy.max_age, "policy refreshed");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_zone_option_combination_has_its_own_memo_slot() {
-        let mut seen = std::collections::HashSet::new();
-        for bits in 0..8u8 {
-            let z = ZoneOptions {
-                strict_testing: bits & 1 != 0,
-                require_sni: bits & 2 != 0,
-                tlsrpt: bits & 4 != 0,
-            };
-            let i = zone_index(&z);
-            assert!(i < 8);
-            assert!(seen.insert(i));
-        }
-    }
-
-    #[test]
-    fn jitter_is_bounded_and_stable() {
-        for d in ["a.example", "b.example", "example.com"] {
-            assert!(jitter(d, 100) <= 100);
-            assert_eq!(jitter(d, 100), jitter(d, 100));
-        }
-        assert_eq!(jitter("x", 0), 0);
     }
 }

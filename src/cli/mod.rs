@@ -84,7 +84,8 @@ enum CacheAction {
     Refresh { domain: String },
 }
 
-/// Runs one command.
+/// Runs one command. Call it from `main` before any thread is started: `serve`
+/// reads systemd's socket-activation variables from the environment and removes them.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Query {
@@ -111,13 +112,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(report.outcome.exit_code() as u8))
         }
         Command::Serve { config: path } => {
+            // SAFETY: no other thread exists yet: the runtime starts below, and
+            // argument parsing and configuration loading spawn none.
+            let passed = unsafe { crate::server::systemd::take_listen_fds() }
+                .context("cannot read the sockets systemd passed")?;
             let config = Config::load(path.as_deref())?;
             let log = logging::init(&config.log.level, config.log.format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(serve::serve(config, path, log))?;
+            runtime.block_on(serve::serve(config, path, log, passed))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache {

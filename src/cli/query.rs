@@ -93,7 +93,7 @@ pub async fn query(discoverer: &Discoverer, key: &str, zone: &ZoneOptions) -> Qu
         Ok(policy) => {
             let until = SystemTime::now() + Duration::from_secs(policy.max_age);
             report.valid_until = Some(humantime::format_rfc3339_seconds(until).to_string());
-            report.reply = render(&domain, Some(&policy), zone).reply.to_wire();
+            report.reply = render(&domain, Some(&policy), zone).reply.wire().to_owned();
             report.policy = Some(policy);
             report.outcome = Outcome::Policy;
         }

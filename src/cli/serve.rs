@@ -1,62 +1,76 @@
 //! `mta-stsd serve`: run the daemon until SIGTERM or SIGINT; SIGHUP reloads.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
 
 use super::logging::FilterHandle;
+use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::mtasts::discovery::DiscoveryOptions;
+use crate::server::daemon::{Daemon, Parts};
+use crate::server::state::LogReloader;
+use crate::server::systemd::{self, NotifyState};
 
+/// Runs the daemon. `passed` are the sockets systemd passed (taken from the
+/// environment before the runtime started).
 pub(super) async fn serve(
     config: Config,
     path: Option<PathBuf>,
     log: Option<FilterHandle>,
+    passed: Vec<OwnedFd>,
 ) -> anyhow::Result<()> {
-    use crate::clock::SystemClock;
-    use crate::mtasts::discovery::{Discoverer, DiscoveryOptions};
-    use crate::server::daemon::Daemon;
-    use crate::server::systemd;
-    use tokio::signal::unix::{SignalKind, signal};
-
     let opts = DiscoveryOptions::from_config(&config)?;
-    let activated =
-        systemd::activated_listeners().context("cannot adopt socket-activated listeners")?;
-    let daemon =
-        Daemon::build_with(config, opts, std::sync::Arc::new(SystemClock), activated).await?;
-    let ctx = daemon.ctx.clone();
+    let activated = if passed.is_empty() {
+        None
+    } else {
+        Some(systemd::adopt(passed).context("cannot adopt socket-activated listeners")?)
+    };
+    let log: Option<LogReloader> = log.map(|handle| {
+        Box::new(move |level: &str| {
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        }) as LogReloader
+    });
+    let parts = Parts {
+        activated,
+        config_path: path,
+        log,
+    };
+    let daemon = Daemon::build_with(config, opts, Arc::new(SystemClock), parts).await?;
+    let state = daemon.state.clone();
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            systemd::notify("RELOADING=1");
-            let Some(path) = &path else {
-                tracing::info!("SIGHUP: running on built-in defaults, nothing to reload");
-                systemd::notify("READY=1");
-                continue;
-            };
-            let loaded = Config::load(Some(path))
-                .map_err(anyhow::Error::from)
-                .and_then(|c| {
-                    let d = Discoverer::from_config(&c)?;
-                    Ok((c, d))
-                });
-            match loaded {
-                Ok((config, discoverer)) => {
-                    if let (Some(h), Ok(f)) = (
-                        &log,
-                        tracing_subscriber::EnvFilter::try_new(&config.log.level),
-                    ) {
-                        let _ = h.reload(f);
-                    }
-                    ctx.reload(config, discoverer);
-                    tracing::info!(config = %path.display(), "configuration reloaded");
+            systemd::notify(NotifyState::Reloading);
+            let file = state
+                .config_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            // Reading the file and building a resolver are blocking work.
+            let s = state.clone();
+            let result = tokio::task::spawn_blocking(move || s.reload()).await;
+            match result {
+                Ok(Ok(report)) if report.needs_restart.is_empty() => {
+                    tracing::info!(config = %file, "configuration reloaded");
                 }
-                Err(e) => {
-                    tracing::error!(config = %path.display(), error = %format!("{e:#}"), "new configuration rejected; keeping the old one")
+                Ok(Ok(report)) => tracing::warn!(
+                    config = %file,
+                    needs_restart = ?report.needs_restart,
+                    "configuration reloaded; these settings change only at the next restart"
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(config = %file, error = %e, "new configuration rejected; keeping the old one")
                 }
+                Err(e) => tracing::error!(error = %e, "reload failed"),
             }
-            systemd::notify("READY=1");
+            systemd::notify(NotifyState::Ready);
         }
     });
     let shutdown = async move {
@@ -64,9 +78,9 @@ pub(super) async fn serve(
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
-        systemd::notify("STOPPING=1");
+        systemd::notify(NotifyState::Stopping);
     };
-    systemd::notify("READY=1");
+    systemd::notify(NotifyState::Ready);
     daemon.run(shutdown).await;
     Ok(())
 }

@@ -1,9 +1,20 @@
-//! Rendering a policy decision as the socketmap reply Postfix reads (SPEC §2, §5).
-//! Pure functions: a policy and zone options in, reply text out.
+//! Rendering a policy decision as the socketmap reply Postfix reads: the one rendering
+//! path shared by the daemon and `mta-stsd query`. Pure functions: a policy and zone
+//! options in, reply text out.
+//!
+//! Postfix's socketmap_table(5) replies are `OK data` or `NOTFOUND `; the data is a
+//! TLS policy in smtp_tls_policy_maps syntax (postconf(5)): `secure match=...`.
+//! MTA-STS `mode: enforce` maps to `secure` with the policy's mx patterns (RFC 8461
+//! §4.1: a `*.` pattern matches one leftmost label; Postfix's `.domain` matches any
+//! depth, the closest it can express). `testing` and `none` are answered `NOTFOUND `
+//! (RFC 8461 §5: a testing policy must not stop delivery).
+
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 
 use crate::mtasts::policy::{Mode, Policy};
+use crate::protocol::codec::MAX_REPLY;
 
 /// Per-socketmap-name options (`[zones.NAME]` in the configuration).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -27,43 +38,56 @@ impl Default for ZoneOptions {
     }
 }
 
-/// A socketmap reply.
+impl ZoneOptions {
+    /// A distinct index in `0..ZONE_VARIANTS` for each combination of options, so a
+    /// rendered reply can be memoized per combination.
+    pub fn variant(&self) -> usize {
+        usize::from(self.strict_testing)
+            | usize::from(self.require_sni) << 1
+            | usize::from(self.tlsrpt) << 2
+    }
+}
+
+/// How many distinct [`ZoneOptions`] combinations there are.
+pub const ZONE_VARIANTS: usize = 8;
+
+/// A socketmap reply. Cloning is cheap (the text is shared).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Ok(String),
+    /// `OK secure match=...`: the whole netstring payload.
+    Secure(Arc<str>),
+    /// `NOTFOUND `: no policy applies; Postfix uses its default TLS level.
     NotFound,
-    Temp(String),
-    Perm(String),
 }
 
 impl Reply {
-    /// The netstring payload: `OK data`, `NOTFOUND `, `TEMP reason`, `PERM reason`.
-    pub fn to_wire(&self) -> String {
+    /// The netstring payload.
+    pub fn wire(&self) -> &str {
         match self {
-            Reply::Ok(data) => format!("OK {data}"),
-            Reply::NotFound => "NOTFOUND ".to_owned(),
-            Reply::Temp(reason) => format!("TEMP {reason}"),
-            Reply::Perm(reason) => format!("PERM {reason}"),
+            Reply::Secure(wire) => wire,
+            Reply::NotFound => "NOTFOUND ",
         }
     }
 
     /// A short label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Reply::Ok(_) => "secure",
+            Reply::Secure(_) => "secure",
             Reply::NotFound => "notfound",
-            Reply::Temp(_) => "temp",
-            Reply::Perm(_) => "perm",
         }
     }
 }
 
-/// The rendered answer plus anything the caller should log.
+/// The rendered reply plus anything the caller should log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
     pub reply: Reply,
-    /// Policy lines left out of the TLSRPT attributes, with the reason.
+    /// Policy lines left out of the TLSRPT attributes (they contain `{`, `}` or
+    /// control characters, which Postfix's attribute syntax cannot carry).
     pub dropped_lines: Vec<String>,
+    /// The TLSRPT attributes were left out because the reply would have exceeded
+    /// Postfix's reply limit; enforcement itself is kept.
+    pub tlsrpt_dropped_for_size: bool,
 }
 
 /// Whether the policy is enforced under these zone options.
@@ -77,9 +101,27 @@ pub fn is_enforced(policy: &Policy, zone: &ZoneOptions) -> bool {
 
 /// Renders the reply for `domain` given its policy (or none).
 pub fn render(domain: &str, policy: Option<&Policy>, zone: &ZoneOptions) -> Rendered {
+    let rendered = render_unbounded(domain, policy, zone);
+    if rendered.reply.wire().len() <= MAX_REPLY {
+        return rendered;
+    }
+    // Only TLSRPT attributes (a policy's lines) can make a reply this long; Postfix
+    // would refuse it whole, so keep enforcement and leave them out.
+    let plain = ZoneOptions {
+        tlsrpt: false,
+        ..zone.clone()
+    };
+    Rendered {
+        tlsrpt_dropped_for_size: true,
+        ..render_unbounded(domain, policy, &plain)
+    }
+}
+
+fn render_unbounded(domain: &str, policy: Option<&Policy>, zone: &ZoneOptions) -> Rendered {
     let not_found = Rendered {
         reply: Reply::NotFound,
         dropped_lines: Vec::new(),
+        tlsrpt_dropped_for_size: false,
     };
     let Some(policy) = policy.filter(|p| is_enforced(p, zone)) else {
         return not_found;
@@ -102,7 +144,7 @@ pub fn render(domain: &str, policy: Option<&Policy>, zone: &ZoneOptions) -> Rend
     }
 
     let mut out = String::with_capacity(64 + 32 * patterns.len());
-    out.push_str("secure match=");
+    out.push_str("OK secure match=");
     out.push_str(&patterns.join(":"));
     if zone.require_sni {
         out.push_str(" servername=hostname");
@@ -127,8 +169,21 @@ pub fn render(domain: &str, policy: Option<&Policy>, zone: &ZoneOptions) -> Rend
         }
     }
     Rendered {
-        reply: Reply::Ok(out),
+        reply: Reply::Secure(Arc::from(out)),
         dropped_lines,
+        tlsrpt_dropped_for_size: false,
+    }
+}
+
+/// Rendered replies for one policy, one per zone-option combination, each rendered
+/// on first use and then shared: a cache hit allocates nothing.
+#[derive(Debug, Default)]
+pub struct ReplyMemo([OnceLock<Reply>; ZONE_VARIANTS]);
+
+impl ReplyMemo {
+    /// The memoized reply for `zone`, rendering it with `render` the first time.
+    pub fn get_or_render(&self, zone: &ZoneOptions, render: impl FnOnce() -> Reply) -> Reply {
+        self.0[zone.variant()].get_or_init(render).clone()
     }
 }
 
@@ -152,7 +207,10 @@ mod tests {
     }
 
     fn wire(domain: &str, body: &str, zone: &ZoneOptions) -> String {
-        render(domain, Some(&policy(body)), zone).reply.to_wire()
+        render(domain, Some(&policy(body)), zone)
+            .reply
+            .wire()
+            .to_owned()
     }
 
     #[test]
@@ -199,7 +257,7 @@ mod tests {
         );
         assert_eq!(wire("example.com", none, &strict), "NOTFOUND ");
         assert_eq!(
-            render("example.com", None, &strict).reply.to_wire(),
+            render("example.com", None, &strict).reply.wire(),
             "NOTFOUND "
         );
     }
@@ -240,11 +298,44 @@ mod tests {
             ..Default::default()
         };
         let r = render("example.com", Some(&policy(body)), &zone);
-        let w = r.reply.to_wire();
+        let w = r.reply.wire();
         assert!(!w.contains("policy_failure"), "{w}");
         assert!(!w.contains("evil"), "{w}");
         assert_eq!(w.matches('{').count(), w.matches('}').count());
         assert_eq!(w.matches("policy_string").count(), 4);
         assert_eq!(r.dropped_lines.len(), 2);
+    }
+
+    #[test]
+    fn every_zone_option_combination_has_its_own_variant() {
+        let mut seen = std::collections::HashSet::new();
+        for bits in 0..8u8 {
+            let z = ZoneOptions {
+                strict_testing: bits & 1 != 0,
+                require_sni: bits & 2 != 0,
+                tlsrpt: bits & 4 != 0,
+            };
+            assert!(z.variant() < ZONE_VARIANTS);
+            assert!(seen.insert(z.variant()));
+        }
+    }
+
+    #[test]
+    fn oversize_tlsrpt_attributes_are_dropped_and_enforcement_kept() {
+        let mut body =
+            String::from("version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 60\n");
+        for i in 0..3000 {
+            body.push_str(&format!("x-padding-{i}: {}\n", "a".repeat(30)));
+        }
+        let zone = ZoneOptions {
+            tlsrpt: true,
+            ..Default::default()
+        };
+        let r = render("example.com", Some(&policy(&body)), &zone);
+        assert!(r.tlsrpt_dropped_for_size);
+        assert_eq!(
+            r.reply.wire(),
+            "OK secure match=mx.example.com servername=hostname"
+        );
     }
 }

@@ -1,17 +1,54 @@
 //! Assembling the long-running service: cache store, discovery, policy service,
-//! listeners, refresher, and an orderly shutdown.
+//! listeners, refresher, and the one way it shuts down.
+//!
+//! Shutdown: one cancellation token reaches the socketmap listener, the HTTP listener
+//! and the refresher. Accepting stops, idle connections close, the refresher starts
+//! nothing new; in-flight lookups and discoveries get [`SHUTDOWN_SETTLE`] to finish,
+//! then running discoveries are abandoned (their results would only have been cached)
+//! and the cache is flushed. So stopping takes a bounded time, well inside systemd's
+//! `TimeoutStopSec`, whatever the network does.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 use crate::cache::service::{PolicyService, ServiceSettings};
 use crate::cache::store::{PolicyStore, SledStore, StoreError};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
-use crate::server::socketmap::{self, Listener, ServerContext};
+use crate::server::socketmap::{self, Listener};
+use crate::server::state::{LogReloader, State};
+
+/// How long in-flight work may take to finish at shutdown before it is abandoned.
+pub const SHUTDOWN_SETTLE: Duration = Duration::from_secs(5);
+
+/// Optional parts of a daemon; the defaults bind `server.listen`, open the cache at
+/// `cache.path`, and have no configuration file to reload.
+#[derive(Default)]
+pub struct Parts {
+    /// Listeners passed in (systemd socket activation) instead of `server.listen`.
+    pub activated: Option<Vec<Listener>>,
+    /// The configuration file, re-read on reload.
+    pub config_path: Option<PathBuf>,
+    /// Applies a new log level on reload.
+    pub log: Option<LogReloader>,
+}
+
+/// How a daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// In-flight work finished within [`SHUTDOWN_SETTLE`]; otherwise it was abandoned.
+    pub settled: bool,
+    /// The cache was flushed to disk.
+    pub flushed: bool,
+    /// From the shutdown signal to the end of the flush.
+    pub elapsed: Duration,
+}
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -35,9 +72,9 @@ pub enum DaemonError {
     },
 }
 
-/// A daemon ready to serve: its shared context and bound listeners.
+/// A daemon ready to serve: its shared state and bound listeners.
 pub struct Daemon {
-    pub ctx: Arc<ServerContext>,
+    pub state: Arc<State>,
     pub listeners: Vec<Listener>,
     /// Metrics and admin API, unless `metrics.listen` is empty.
     pub metrics_listener: Option<tokio::net::TcpListener>,
@@ -52,16 +89,15 @@ impl Daemon {
         opts: DiscoveryOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Daemon, DaemonError> {
-        Self::build_with(config, opts, clock, None).await
+        Self::build_with(config, opts, clock, Parts::default()).await
     }
 
-    /// Like [`Daemon::build`], with listeners passed in (systemd socket activation)
-    /// instead of bound from `server.listen`.
+    /// Like [`Daemon::build`], with optional parts.
     pub async fn build_with(
         config: Config,
         opts: DiscoveryOptions,
         clock: Arc<dyn Clock>,
-        activated: Option<Vec<Listener>>,
+        parts: Parts,
     ) -> Result<Daemon, DaemonError> {
         config.validate()?;
         let path = config.cache.resolved_path();
@@ -81,16 +117,13 @@ impl Daemon {
         }
         let store: Arc<dyn PolicyStore> = Arc::new(store);
         let discoverer = Discoverer::new(opts)?;
-        let settings = ServiceSettings {
-            cache: config.cache.clone(),
-            lookup: config.lookup.clone(),
-        };
+        let settings = ServiceSettings::new(config.cache.clone(), config.lookup.clone());
         let metrics = Arc::new(
             crate::metrics::Metrics::new().map_err(|e| DaemonError::Metrics(e.to_string()))?,
         );
         let service = PolicyService::new(discoverer, store, clock, settings, metrics);
         let mode = config.socket_mode()?;
-        let listeners = match activated {
+        let listeners = match parts.activated {
             Some(l) => l,
             None => {
                 let mut listeners = Vec::new();
@@ -118,7 +151,7 @@ impl Daemon {
             };
         tracing::info!(cache = %path.display(), "mta-stsd ready");
         Ok(Daemon {
-            ctx: ServerContext::new(service, config),
+            state: State::new(service, config, parts.config_path, parts.log),
             listeners,
             metrics_listener,
         })
@@ -142,34 +175,65 @@ impl Daemon {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves until `shutdown` resolves; then stops the refresher, drains
-    /// connections and flushes the cache.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let service = self.ctx.service.clone();
+    /// Serves until `shutdown` resolves, then stops as the module documentation says.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Stopped {
+        let stop = CancellationToken::new();
+        let service = self.state.service.clone();
         // Serve at once; bring the rest of the cache into memory meanwhile.
         let loader = {
             let service = service.clone();
             tokio::task::spawn_blocking(move || service.load())
         };
-        let mut stop_refresher = stop_rx.clone();
-        let refresher = tokio::spawn(service.clone().run_refresher(async move {
-            let _ = stop_refresher.wait_for(|s| *s).await;
-        }));
-        let http = self.metrics_listener.map(|l| {
-            let mut stop = stop_rx.clone();
-            tokio::spawn(crate::server::http::run(l, self.ctx.clone(), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }))
+        let mut refresher = tokio::spawn(service.clone().run_refresher(stop.clone()));
+        let mut http = self.metrics_listener.map(|l| {
+            tokio::spawn(crate::server::http::run(
+                l,
+                self.state.clone(),
+                stop.clone(),
+            ))
         });
-        socketmap::run(self.listeners, self.ctx, shutdown).await;
-        let _ = loader.await;
-        let _ = stop_tx.send(true);
-        let _ = refresher.await;
-        if let Some(h) = http {
-            let _ = h.await;
+        let mut server = tokio::spawn(socketmap::run(self.listeners, self.state, stop.clone()));
+        shutdown.await;
+        let started = Instant::now();
+        stop.cancel();
+        let settle = async {
+            let _ = (&mut server).await;
+            let _ = (&mut refresher).await;
+            if let Some(h) = http.as_mut() {
+                let _ = h.await;
+            }
+            service.settle().await;
+        };
+        let settled = tokio::time::timeout(SHUTDOWN_SETTLE, settle).await.is_ok();
+        if !settled {
+            tracing::warn!(
+                discoveries = service.inflight(),
+                settle = ?SHUTDOWN_SETTLE,
+                "shutdown: abandoning work still running"
+            );
+            service.abort_discoveries();
+            // Lookups waiting on abandoned discoveries now answer at once.
+            if tokio::time::timeout(Duration::from_secs(1), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+            refresher.abort();
+            if let Some(h) = http {
+                h.abort();
+            }
         }
-        service.flush();
-        tracing::info!("stopped");
+        if !loader.is_finished() {
+            tracing::info!("shutdown while the cache was still loading");
+        }
+        let flushed = service.flush();
+        let elapsed = started.elapsed();
+        tracing::info!(?elapsed, settled, flushed, "stopped");
+        Stopped {
+            settled,
+            flushed,
+            elapsed,
+        }
     }
 }

@@ -9,7 +9,6 @@
 //! The admin API answers only peers on loopback, whatever `metrics.listen` is.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,11 +19,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::cache::store::Entry;
+use crate::cache::entry::Entry;
 use crate::clock::rfc3339;
 use crate::mtasts::domain::normalize_host;
-use crate::server::socketmap::ServerContext;
+use crate::server::state::State;
 
 /// One cache entry as the admin API shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub fn view(domain: &str, e: &Entry, now: u64) -> EntryView {
     let valid = e.valid_policy(now);
     let state = match valid {
         Some(p) => p.policy.mode.as_str().to_owned(),
-        None if e.no_policy_until.is_some_and(|t| t > now) => "no-policy".into(),
+        None if e.is_negative(now) => "no-policy".into(),
         None => "expired".into(),
     };
     let p = e.policy.as_ref();
@@ -65,10 +65,9 @@ pub fn view(domain: &str, e: &Entry, now: u64) -> EntryView {
         last_check: (e.last_check > 0).then(|| rfc3339(e.last_check)),
         no_policy_until: e.no_policy_until.filter(|t| *t > now).map(rfc3339),
         last_error: e
-            .failure
-            .as_ref()
+            .last_failure()
             .map(|f| format!("{}: {}", f.class, f.message)),
-        last_error_at: e.failure.as_ref().map(|f| rfc3339(f.at)),
+        last_error_at: e.last_failure().map(|f| rfc3339(f.at)),
         policy_lines: p.map(|p| p.policy.lines.clone()).unwrap_or_default(),
     }
 }
@@ -94,7 +93,7 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
-    ctx: Arc<ServerContext>,
+    ctx: Arc<State>,
 ) -> Response<Full<Bytes>> {
     let service = &ctx.service;
     let path = req.uri().path().to_owned();
@@ -113,7 +112,8 @@ async fn handle(
     let Some(rest) = path.strip_prefix("/api/v1/policies") else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
-    if !peer.ip().is_loopback() {
+    // A dual-stack listener sees IPv4 loopback peers as ::ffff:127.0.0.1.
+    if !peer.ip().to_canonical().is_loopback() {
         return error(
             StatusCode::FORBIDDEN,
             "the admin API answers loopback clients only",
@@ -157,19 +157,14 @@ async fn handle(
     }
 }
 
-/// Serves metrics and the admin API until `shutdown` resolves.
-pub async fn run(
-    listener: TcpListener,
-    ctx: Arc<ServerContext>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
+/// Serves metrics and the admin API until `stop` is cancelled.
+pub async fn run(listener: TcpListener, ctx: Arc<State>, stop: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listen = %addr, "metrics and admin API listening");
     }
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
+            () = stop.cancelled() => return,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {

@@ -1,7 +1,10 @@
-//! The running daemon: the socketmap listener, the HTTP listener for metrics and the
-//! admin API, systemd integration, and the assembly of them all.
+//! The running daemon: the socketmap listener ([`socketmap`]), the HTTP listener for
+//! metrics and the admin API ([`http`]), systemd integration ([`systemd`]), the shared
+//! state and its reload ([`state`]), and the assembly and shutdown of them all
+//! ([`daemon`]).
 
 pub mod daemon;
 pub mod http;
 pub mod socketmap;
+pub mod state;
 pub mod systemd;

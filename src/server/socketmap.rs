@@ -4,21 +4,21 @@
 //! its own connection. On shutdown, accepting stops, idle connections close, and the
 //! request in progress on each connection is answered first.
 
-use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 
-use crate::cache::service::PolicyService;
-use crate::config::{Config, ListenAddr};
+use crate::config::ListenAddr;
 use crate::protocol::codec::{CodecError, NetstringCodec, parse_request};
+use crate::server::state::State;
 
 /// A bound listener.
 pub enum Listener {
@@ -69,55 +69,10 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// What the server reads from the configuration; replaceable at run time.
-pub struct ServerContext {
-    pub service: Arc<PolicyService>,
-    pub config: RwLock<Arc<Config>>,
-}
-
-impl ServerContext {
-    pub fn new(service: Arc<PolicyService>, config: Config) -> Arc<Self> {
-        Arc::new(Self {
-            service,
-            config: RwLock::new(Arc::new(config)),
-        })
-    }
-
-    /// Applies a new configuration: zones, lookup and cache settings at once;
-    /// listeners and the cache path only at the next start.
-    pub fn reload(&self, config: Config, discoverer: crate::mtasts::discovery::Discoverer) {
-        let old = self.config();
-        if old.server.listen != config.server.listen
-            || old.cache.path != config.cache.path
-            || old.metrics.listen != config.metrics.listen
-        {
-            tracing::warn!(
-                "server.listen, metrics.listen and cache.path changes take effect at the next restart"
-            );
-        }
-        self.service
-            .set_settings(crate::cache::service::ServiceSettings {
-                cache: config.cache.clone(),
-                lookup: config.lookup.clone(),
-            });
-        self.service.set_discoverer(discoverer);
-        *crate::locks::write(&self.config) = Arc::new(config);
-    }
-
-    pub fn config(&self) -> Arc<Config> {
-        crate::locks::read(&self.config).clone()
-    }
-}
-
-/// Serves until `shutdown` resolves, then drains connections and returns.
-pub async fn run(
-    listeners: Vec<Listener>,
-    ctx: Arc<ServerContext>,
-    shutdown: impl Future<Output = ()>,
-) {
+/// Serves until `stop` is cancelled, then drains connections and returns.
+pub async fn run(listeners: Vec<Listener>, ctx: Arc<State>, stop: CancellationToken) {
     let max = ctx.config().server.max_connections;
     let limit = Arc::new(Semaphore::new(max));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = JoinSet::new();
     let mut unix_paths = Vec::new();
     for listener in listeners {
@@ -129,12 +84,11 @@ pub async fn run(
             listener,
             ctx.clone(),
             limit.clone(),
-            stop_rx.clone(),
+            stop.clone(),
         ));
     }
-    shutdown.await;
+    stop.cancelled().await;
     tracing::info!("shutting down: no new connections, finishing requests in progress");
-    let _ = stop_tx.send(true);
     // Each accept loop returns after all its connections have finished.
     while accept_tasks.join_next().await.is_some() {}
     for p in unix_paths {
@@ -144,20 +98,20 @@ pub async fn run(
 
 async fn accept_loop(
     listener: Listener,
-    ctx: Arc<ServerContext>,
+    ctx: Arc<State>,
     limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
     loop {
         // Back-pressure: wait for a free slot before accepting.
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.wait_for(|s| *s) => break,
+            () = stop.cancelled() => break,
         };
         let accepted = tokio::select! {
             a = accept(&listener) => a,
-            _ = stop.wait_for(|s| *s) => break,
+            () = stop.cancelled() => break,
         };
         match accepted {
             Ok(Conn::Tcp(s)) => {
@@ -195,8 +149,8 @@ async fn accept(listener: &Listener) -> std::io::Result<Conn> {
 
 async fn serve_conn<S>(
     stream: S,
-    ctx: Arc<ServerContext>,
-    mut stop: watch::Receiver<bool>,
+    ctx: Arc<State>,
+    stop: CancellationToken,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -209,7 +163,7 @@ async fn serve_conn<S>(
     loop {
         let frame = tokio::select! {
             f = framed.next() => f,
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
         };
         let payload = match frame {
             None => return,
@@ -237,7 +191,7 @@ async fn serve_conn<S>(
         // The zone options are read per request, so a reload applies at once.
         let current = ctx.config();
         let zone = current.zone(&request.map);
-        let (answer, outcome) = ctx.service.lookup(&request.key, &zone).await;
+        let (reply, outcome) = ctx.service.lookup(&request.key, &zone).await;
         metrics.requests_in_flight.dec();
         let zone_label = if current.zones.contains_key(&request.map) {
             request.map.as_str()
@@ -246,13 +200,13 @@ async fn serve_conn<S>(
         };
         metrics
             .lookups
-            .with_label_values(&[zone_label, answer.kind, outcome.as_str()])
+            .with_label_values(&[zone_label, reply.kind(), outcome.as_str()])
             .inc();
         metrics
             .lookup_duration
             .observe(started.elapsed().as_secs_f64());
-        tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = answer.kind, "lookup");
-        if let Err(e) = framed.send(answer.wire.as_bytes()).await {
+        tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind(), "lookup");
+        if let Err(e) = framed.send(reply.wire().as_bytes()).await {
             tracing::warn!(error = %e, "cannot send reply");
             return;
         }

@@ -15,7 +15,7 @@ use mta_stsd::cache::service::PolicyService;
 use mta_stsd::clock::Clock;
 use mta_stsd::config::{Config, FetchConfig, ResolverConfig};
 use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
-use mta_stsd::server::daemon::Daemon;
+use mta_stsd::server::daemon::{Daemon, Stopped};
 use mta_stsd_testkit::World;
 
 /// Discovery options that use the world's DNS server, trust its CA (only), and fetch
@@ -52,7 +52,7 @@ pub struct InProcess {
     pub http: Option<String>,
     pub service: Arc<PolicyService>,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub task: tokio::task::JoinHandle<()>,
+    pub task: tokio::task::JoinHandle<Stopped>,
 }
 
 impl InProcess {
@@ -63,7 +63,7 @@ impl InProcess {
             .expect("daemon");
         let tcp = daemon.tcp_addrs()[0];
         let http = daemon.metrics_addr().map(|a| format!("http://{a}"));
-        let service = daemon.ctx.service.clone();
+        let service = daemon.state.service.clone();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(daemon.run(async {
             let _ = rx.await;
@@ -78,11 +78,11 @@ impl InProcess {
     }
 
     /// Signals shutdown and waits for the daemon to finish.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(mut self) -> Stopped {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        self.task.await.expect("daemon task");
+        self.task.await.expect("daemon task")
     }
 }
 

@@ -3,55 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::mtasts::policy::Policy;
-
-/// A policy as cached, with the times that govern it (epoch seconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CachedPolicy {
-    pub policy: Policy,
-    /// The TXT id the policy was fetched under.
-    pub id: String,
-    pub fetched_at: u64,
-    /// fetched_at + max_age: after this the policy no longer applies.
-    pub expires_at: u64,
-}
-
-/// The last failed discovery step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    pub at: u64,
-    /// The TXT id being fetched, if any.
-    pub id: Option<String>,
-    /// `dns`, `tls`, `http_status`, ... (see `FetchError::class`).
-    pub class: String,
-    pub message: String,
-}
-
-/// Everything known about one domain.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub policy: Option<CachedPolicy>,
-    /// "No policy" is known until this time (negative cache).
-    pub no_policy_until: Option<u64>,
-    /// When the TXT record was last looked up.
-    pub last_check: u64,
-    pub failure: Option<Failure>,
-}
-
-impl Entry {
-    /// The policy, if it is still valid at `now`.
-    pub fn valid_policy(&self, now: u64) -> Option<&CachedPolicy> {
-        self.policy.as_ref().filter(|p| p.expires_at > now)
-    }
-
-    /// Whether the entry still says anything at `now`.
-    pub fn is_live(&self, now: u64) -> bool {
-        self.valid_policy(now).is_some() || self.no_policy_until.is_some_and(|t| t > now)
-    }
-}
+use super::entry::Entry;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -135,10 +89,6 @@ impl SledStore {
             }
         }
     }
-
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 impl PolicyStore for SledStore {
@@ -194,6 +144,7 @@ impl PolicyStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::entry::CachedPolicy;
     use crate::mtasts::policy::parse_policy;
 
     fn entry() -> Entry {
@@ -209,7 +160,7 @@ mod tests {
             }),
             no_policy_until: None,
             last_check: 1000,
-            failure: None,
+            ..Entry::default()
         }
     }
 

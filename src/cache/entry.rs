@@ -1,0 +1,167 @@
+//! What the cache knows about one domain. Times are absolute (seconds since the Unix
+//! epoch) because entries outlive the process.
+
+use serde::{Deserialize, Serialize};
+
+use crate::mtasts::discovery::FetchError;
+use crate::mtasts::policy::Policy;
+
+/// A policy as cached, with the times that govern it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedPolicy {
+    pub policy: Policy,
+    /// The TXT id the policy was fetched under.
+    pub id: String,
+    pub fetched_at: u64,
+    /// fetched_at + max_age: after this the policy no longer applies (RFC 8461 §3.2).
+    pub expires_at: u64,
+}
+
+/// Why a discovery step failed. The labels are stable: they appear in logs, metrics
+/// and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The `_mta-sts` TXT lookup itself failed (SERVFAIL, timeout): not "no policy".
+    Txt,
+    /// The policy host `mta-sts.DOMAIN` could not be resolved.
+    Dns,
+    PrivateAddress,
+    Tls,
+    Connect,
+    Timeout,
+    HttpStatus,
+    ContentType,
+    TooLarge,
+    Parse,
+    Http,
+    /// A label this version does not know (an entry written by a newer version).
+    #[serde(other)]
+    Other,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Txt => "txt",
+            FailureClass::Dns => "dns",
+            FailureClass::PrivateAddress => "private_address",
+            FailureClass::Tls => "tls",
+            FailureClass::Connect => "connect",
+            FailureClass::Timeout => "timeout",
+            FailureClass::HttpStatus => "http_status",
+            FailureClass::ContentType => "content_type",
+            FailureClass::TooLarge => "too_large",
+            FailureClass::Parse => "parse",
+            FailureClass::Http => "http",
+            FailureClass::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&FetchError> for FailureClass {
+    fn from(e: &FetchError) -> Self {
+        match e {
+            FetchError::Dns { .. } => FailureClass::Dns,
+            FetchError::PrivateAddress { .. } => FailureClass::PrivateAddress,
+            FetchError::Tls(_) => FailureClass::Tls,
+            FetchError::Connect(_) => FailureClass::Connect,
+            FetchError::Timeout(_) => FailureClass::Timeout,
+            FetchError::HttpStatus { .. } => FailureClass::HttpStatus,
+            FetchError::ContentType(_) => FailureClass::ContentType,
+            FetchError::TooLarge => FailureClass::TooLarge,
+            FetchError::Parse(_) => FailureClass::Parse,
+            FetchError::Http(_) => FailureClass::Http,
+        }
+    }
+}
+
+/// A failed discovery step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub at: u64,
+    /// The TXT id being fetched, if any.
+    pub id: Option<String>,
+    pub class: FailureClass,
+    pub message: String,
+}
+
+/// Everything known about one domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub policy: Option<CachedPolicy>,
+    /// "No policy" is known until this time (negative cache).
+    pub no_policy_until: Option<u64>,
+    /// When the TXT record was last looked up.
+    pub last_check: u64,
+    /// The last failed policy fetch; it drives the per-id back-off (RFC 8461 §3.3).
+    pub failure: Option<Failure>,
+    /// The last failed TXT lookup, kept apart so that it never erases a fetch
+    /// failure's back-off.
+    #[serde(default)]
+    pub txt_failure: Option<Failure>,
+}
+
+impl Entry {
+    /// The policy, if it is still valid at `now`.
+    pub fn valid_policy(&self, now: u64) -> Option<&CachedPolicy> {
+        self.policy.as_ref().filter(|p| p.expires_at > now)
+    }
+
+    /// Whether "no policy" is known at `now`.
+    pub fn is_negative(&self, now: u64) -> bool {
+        self.no_policy_until.is_some_and(|t| t > now)
+    }
+
+    /// Whether the entry still says anything at `now`.
+    pub fn is_live(&self, now: u64) -> bool {
+        self.valid_policy(now).is_some() || self.is_negative(now)
+    }
+
+    /// The most recent failure of either kind, for display.
+    pub fn last_failure(&self) -> Option<&Failure> {
+        match (&self.failure, &self.txt_failure) {
+            (Some(f), Some(t)) => Some(if t.at > f.at { t } else { f }),
+            (f, t) => f.as_ref().or(t.as_ref()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_classes_keep_their_stored_labels() {
+        for class in [
+            FailureClass::Txt,
+            FailureClass::Dns,
+            FailureClass::PrivateAddress,
+            FailureClass::HttpStatus,
+            FailureClass::TooLarge,
+        ] {
+            let json = serde_json::to_string(&class).unwrap();
+            assert_eq!(json, format!("\"{}\"", class.as_str()));
+            assert_eq!(serde_json::from_str::<FailureClass>(&json).unwrap(), class);
+        }
+        assert_eq!(
+            serde_json::from_str::<FailureClass>("\"quantum\"").unwrap(),
+            FailureClass::Other
+        );
+    }
+
+    #[test]
+    fn entries_written_before_txt_failure_existed_still_load() {
+        let old = r#"{"policy":null,"no_policy_until":500,"last_check":400,
+            "failure":{"at":400,"id":"1","class":"tls","message":"bad cert"}}"#;
+        let e: Entry = serde_json::from_str(old).unwrap();
+        assert_eq!(e.failure.unwrap().class, FailureClass::Tls);
+        assert_eq!(e.txt_failure, None);
+    }
+}
