@@ -1,4 +1,21 @@
-//! mta-stsd: an MTA-STS (RFC 8461) policy daemon for Postfix.
+//! mta-stsd: an MTA-STS (RFC 8461) policy daemon for Postfix's
+//! `smtp_tls_policy_maps` (socketmap protocol).
+//!
+//! The modules, from the bottom up (each imports only from those above it in this
+//! list, never from those below):
+//! - [`clock`], [`config`], [`metrics`]: wall-clock time, the TOML configuration,
+//!   and the Prometheus registry;
+//! - [`protocol`]: the socketmap netstring codec and request parser, and the one
+//!   renderer of replies (pure, no I/O);
+//! - [`mtasts`]: next-hop key normalisation, the TXT record and policy file parsers
+//!   (pure), and discovery over DNS and HTTPS;
+//! - [`cache`]: a domain's cache entry, the cache rules as pure functions, the
+//!   policy service that applies them around discovery, and the persistent store;
+//! - [`server`]: the socketmap and HTTP (metrics, admin API) listeners, systemd
+//!   integration, the shared state with its reload, and the daemon's assembly and
+//!   shutdown;
+//! - [`cli`]: the command-line operations (`serve`, `query`, `cache`, ...), the
+//!   binary's edge.
 
 pub mod cache;
 pub mod cli;

@@ -432,3 +432,53 @@ async fn keys_that_need_no_lookup() {
     }
     assert_eq!(w.dns.total_queries(), 0);
 }
+
+/// `mta-stsd query` and the daemon render through one path: for the same policy and
+/// zone options they give the same bytes, including the TLSRPT attributes, the lines
+/// left out of them, and the fallback for a reply too long for Postfix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_and_daemon_give_byte_identical_replies() {
+    use mta_stsd::clock::SystemClock;
+    use mta_stsd::config::Config;
+    use std::sync::Arc;
+
+    let w = World::start().await;
+    let hostile =
+        "version: STSv1\nmode: enforce\nmx: mx.example.com\nx: } evil {\nmax_age: 86400\n";
+    let mut oversize = String::from("version: STSv1\nmode: testing\nmx: *.example.net\n");
+    for i in 0..6000 {
+        oversize.push_str(&format!("k{i}: v\n"));
+    }
+    oversize.push_str("max_age: 86400\n");
+    assert!(oversize.len() < 64 * 1024);
+    w.publish("plain.example", "1", ENFORCE);
+    w.publish("hostile.example", "1", hostile);
+    w.publish("oversize.example", "1", &oversize);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::from_toml(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"\"\n\
+         [zones.rpt]\ntlsrpt = true\nstrict_testing = true\n[zones.old]\nrequire_sni = false\n",
+        "test",
+    )
+    .unwrap();
+    config.cache.path = Some(dir.path().join("cache"));
+    let d = common::InProcess::start(&w, config.clone(), Arc::new(SystemClock)).await;
+    for zone in ["rpt", "old", "postfix"] {
+        for domain in ["plain.example", "hostile.example", "oversize.example"] {
+            let live = query(&discoverer(&w), domain, &config.zone(zone))
+                .await
+                .reply;
+            let served = common::ask_once(d.tcp, zone, domain).await;
+            assert_eq!(served, live, "{zone} {domain}");
+        }
+    }
+    let served = common::ask_once(d.tcp, "rpt", "oversize.example").await;
+    assert_eq!(served, "OK secure match=.example.net servername=hostname");
+    let served = common::ask_once(d.tcp, "rpt", "hostile.example").await;
+    assert!(
+        served.contains("policy_type=sts") && !served.contains("evil"),
+        "{served}"
+    );
+    d.shutdown().await;
+}

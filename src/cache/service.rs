@@ -390,6 +390,9 @@ impl PolicyService {
                 Step::Fetch(pending) => {
                     let started = std::time::Instant::now();
                     let fetched = discoverer.fetch_policy(domain).await;
+                    for note in fetched.iter().flat_map(|p| &p.notes) {
+                        tracing::info!(domain, note, "policy accepted leniently");
+                    }
                     let result = if fetched.is_ok() { "ok" } else { "error" };
                     self.metrics
                         .fetch_duration

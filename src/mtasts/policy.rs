@@ -167,18 +167,6 @@ pub struct MxPattern {
     pub domain: String,
 }
 
-impl MxPattern {
-    /// RFC 8461 §4.1: does `host` (lower-case, no trailing dot) match this pattern?
-    pub fn matches(&self, host: &str) -> bool {
-        if self.wildcard {
-            host.split_once('.')
-                .is_some_and(|(first, rest)| !first.is_empty() && rest == self.domain)
-        } else {
-            host == self.domain
-        }
-    }
-}
-
 impl fmt::Display for MxPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.wildcard {
@@ -199,6 +187,9 @@ pub struct Policy {
     pub mx: Vec<MxPattern>,
     /// The file's non-blank lines, without line terminators, in order.
     pub lines: Vec<String>,
+    /// What the parser tolerated, for the caller to log (not stored).
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -232,6 +223,7 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
     let mut max_age = None;
     let mut mx: Vec<MxPattern> = Vec::new();
     let mut lines = Vec::new();
+    let mut notes = Vec::new();
 
     for (idx, raw) in text.split('\n').enumerate() {
         let n = idx + 1;
@@ -289,7 +281,12 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
                 max_age = Some(secs.min(MAX_MAX_AGE));
             }
             "mx" => {
-                let pattern = parse_mx(value).map_err(|e| line_err(n, e))?;
+                let (pattern, dot) = parse_mx(value).map_err(|e| line_err(n, e))?;
+                if dot {
+                    notes.push(format!(
+                        "line {n}: trailing dot of mx value {value:?} ignored"
+                    ));
+                }
                 if !mx.contains(&pattern) {
                     mx.push(pattern);
                 }
@@ -313,14 +310,22 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
         max_age,
         mx,
         lines,
+        notes,
     })
 }
 
-/// `mx: ["*."] Domain`, in A-label form.
-fn parse_mx(value: &str) -> Result<MxPattern, String> {
-    let (wildcard, domain) = match value.strip_prefix("*.") {
+/// `mx: ["*."] Domain`, in A-label form. Also returns whether one trailing dot was
+/// stripped: RFC 8461 §3.2's grammar has none, but policies copied from zone files
+/// carry one (`mx: mta-gw.infomaniak.ch.`), and refusing the whole policy for it would
+/// leave those domains unprotected; the name is the same either way.
+fn parse_mx(value: &str) -> Result<(MxPattern, bool), String> {
+    let (stripped, dot) = match value.strip_suffix('.') {
+        Some(rest) if !rest.ends_with('.') && !rest.is_empty() => (rest, true),
+        _ => (value, false),
+    };
+    let (wildcard, domain) = match stripped.strip_prefix("*.") {
         Some(rest) => (true, rest),
-        None => (false, value),
+        None => (false, stripped),
     };
     if value.is_empty() {
         return Err("mx value is empty".into());
@@ -338,7 +343,7 @@ fn parse_mx(value: &str) -> Result<MxPattern, String> {
     }
     let domain = domain.to_ascii_lowercase();
     check_hostname(&domain).map_err(|e| format!("mx value '{value}': {e}"))?;
-    Ok(MxPattern { wildcard, domain })
+    Ok((MxPattern { wildcard, domain }, dot))
 }
 
 #[cfg(test)]
@@ -481,7 +486,7 @@ mod tests {
             "line 4: mx value '[10.0.0.1]' is an IP address"
         );
         assert!(err(&format!("{base}mx: mx..example.com\n")).contains("empty label"));
-        assert!(err(&format!("{base}mx: mx.example.com.\n")).contains("empty label"));
+        assert!(err(&format!("{base}mx: mx.example.com..\n")).contains("empty label"));
         assert!(err(&format!("{base}mx: mx.*.example.com\n")).contains("leftmost"));
         assert!(err(&format!("{base}mx: *mx.example.com\n")).contains("leftmost"));
         assert!(err(&format!("{base}mx: **.example.com\n")).contains("leftmost"));
@@ -521,23 +526,6 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_matching_is_one_label() {
-        let p = MxPattern {
-            wildcard: true,
-            domain: "example.net".into(),
-        };
-        assert!(p.matches("mx1.example.net"));
-        assert!(!p.matches("a.b.example.net"));
-        assert!(!p.matches("example.net"));
-        let p = MxPattern {
-            wildcard: false,
-            domain: "mx.example.net".into(),
-        };
-        assert!(p.matches("mx.example.net"));
-        assert!(!p.matches("a.mx.example.net"));
-    }
-
-    #[test]
     fn seed_policies_parse() {
         // Policies as published in the project's seed documents.
         let outlook =
@@ -569,6 +557,21 @@ mod tests {
         #[test]
         fn txt_parser_never_panics(record in "\\PC{0,80}") {
             let _ = select_sts_record(&[record.as_str()]);
+        }
+    }
+
+    #[test]
+    fn one_trailing_dot_on_an_mx_value_is_tolerated() {
+        let p = parse_policy(
+            b"version: STSv1\nmode: enforce\nmx: mta-gw.infomaniak.ch.\nmx: *.example.net.\nmax_age: 60\n",
+        )
+        .unwrap();
+        assert_eq!(p.mx[0].to_string(), "mta-gw.infomaniak.ch");
+        assert_eq!(p.mx[1].to_string(), "*.example.net");
+        assert_eq!(p.notes.len(), 2, "{:?}", p.notes);
+        for bad in ["mx: a.example..", "mx: .", "mx: a..example."] {
+            let body = format!("version: STSv1\nmode: enforce\n{bad}\nmax_age: 60\n");
+            assert!(parse_policy(body.as_bytes()).is_err(), "{bad}");
         }
     }
 }
