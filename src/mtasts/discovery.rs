@@ -223,11 +223,6 @@ impl Discoverer {
         })
     }
 
-    /// The resolver, for other DNS work (e.g. DANE checks) that must use the same servers.
-    pub fn resolver(&self) -> &TokioResolver {
-        &self.resolver
-    }
-
     /// Looks up and selects the `_mta-sts.DOMAIN` TXT record (`domain` normalised).
     pub async fn lookup_txt(&self, domain: &str) -> TxtLookup {
         let name = format!("_mta-sts.{domain}.");

@@ -1,4 +1,7 @@
-//! Turning a Postfix next-hop key into the policy domain it names (SPEC §1).
+//! Turning a Postfix next-hop key into the policy domain it names. Postfix looks up
+//! `smtp_tls_policy_maps` with the next-hop domain, `[host]:port` forms and, with
+//! `parent_domain_matches_subdomains`, `.parent` keys (postconf(5)); RFC 8461 §3.4 says
+//! which of those name an MTA-STS policy domain.
 //!
 //! Pure text in, value out: no I/O. Anything that is not a host name we could look up
 //! a policy for is a [`Skip`], which the server answers with `NOTFOUND ` at once.
