@@ -1,0 +1,211 @@
+//! The sled-backed store: one tree, domain -> JSON entry, with a format marker.
+
+use std::path::{Path, PathBuf};
+
+use super::{Loaded, PolicyStore, StoreError};
+use crate::cache::entry::Entry;
+
+const FORMAT_KEY: &[u8] = b"\0format";
+const FORMAT: &[u8] = b"mta-stsd-cache-v1";
+
+/// The sled-backed store: one tree, domain -> JSON entry.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path`, checking its format version.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(backend)?;
+        match db.get(FORMAT_KEY).map_err(backend)? {
+            Some(v) if v.as_ref() == FORMAT => {}
+            Some(v) => {
+                return Err(StoreError::Backend(format!(
+                    "unknown cache format {:?}",
+                    String::from_utf8_lossy(&v)
+                )));
+            }
+            None if db.is_empty() => {
+                db.insert(FORMAT_KEY, FORMAT).map_err(backend)?;
+            }
+            None => return Err(StoreError::Backend("cache has no format marker".into())),
+        }
+        Ok(Self { db })
+    }
+
+    /// Opens the store; if that fails, moves the directory aside and starts empty.
+    /// Returns the store and, if it had to, where the old directory went and why.
+    pub fn open_or_recover(path: &Path) -> Result<(Self, Option<(PathBuf, String)>), StoreError> {
+        match Self::open(path) {
+            Ok(store) => Ok((store, None)),
+            Err(first) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".broken-{stamp}"));
+                let aside = PathBuf::from(aside);
+                std::fs::rename(path, &aside).map_err(|e| {
+                    StoreError::Backend(format!(
+                        "{first}; and cannot move {} aside: {e}",
+                        path.display()
+                    ))
+                })?;
+                let store = Self::open(path)?;
+                Ok((store, Some((aside, first.to_string()))))
+            }
+        }
+    }
+}
+
+impl PolicyStore for SledStore {
+    fn load_all(&self) -> Result<Loaded, StoreError> {
+        let mut entries = Vec::new();
+        let mut errors = Vec::new();
+        for item in self.db.iter() {
+            let (k, v) = item.map_err(backend)?;
+            if k.as_ref() == FORMAT_KEY {
+                continue;
+            }
+            let domain = String::from_utf8_lossy(&k).into_owned();
+            match serde_json::from_slice::<Entry>(&v) {
+                Ok(entry) => entries.push((domain, entry)),
+                Err(e) => errors.push(StoreError::Decode {
+                    domain,
+                    message: e.to_string(),
+                }),
+            }
+        }
+        Ok((entries, errors))
+    }
+
+    fn get(&self, domain: &str) -> Result<Option<Entry>, StoreError> {
+        match self.db.get(domain.as_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Decode {
+                    domain: domain.to_owned(),
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    fn put(&self, domain: &str, entry: &Entry) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(entry).map_err(backend)?;
+        self.db.insert(domain.as_bytes(), bytes).map_err(backend)?;
+        Ok(())
+    }
+
+    fn remove(&self, domain: &str) -> Result<(), StoreError> {
+        self.db.remove(domain.as_bytes()).map_err(backend)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::CachedPolicy;
+    use crate::mtasts::policy::parse_policy;
+
+    fn entry() -> Entry {
+        let policy =
+            parse_policy(b"version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 100\n")
+                .unwrap();
+        Entry {
+            policy: Some(CachedPolicy {
+                policy,
+                id: "1".into(),
+                fetched_at: 1000,
+                expires_at: 1100,
+            }),
+            no_policy_until: None,
+            last_check: 1000,
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        {
+            let s = SledStore::open(&path).unwrap();
+            s.put("example.com", &entry()).unwrap();
+            s.put("gone.example", &entry()).unwrap();
+            s.remove("gone.example").unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(s.get("example.com").unwrap(), Some(entry()));
+        assert_eq!(s.get("gone.example").unwrap(), None);
+        let (all, errors) = s.load_all().unwrap();
+        assert!(errors.is_empty());
+        assert_eq!(all, vec![("example.com".to_owned(), entry())]);
+    }
+
+    #[test]
+    fn validity() {
+        let e = entry();
+        assert!(e.valid_policy(1099).is_some());
+        assert!(e.valid_policy(1100).is_none());
+        assert!(!e.is_live(1100));
+    }
+
+    #[test]
+    fn corrupt_directory_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("conf"), b"\xff\xfe garbage").unwrap();
+        std::fs::write(path.join("db"), vec![0xA5u8; 4096]).unwrap();
+        let (s, moved) = SledStore::open_or_recover(&path).unwrap();
+        let (aside, why) = moved.expect("moved aside");
+        assert!(aside.exists(), "{why}");
+        assert!(s.load_all().unwrap().0.is_empty());
+        s.put("example.com", &entry()).unwrap();
+    }
+
+    #[test]
+    fn foreign_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        {
+            let db = sled::open(&path).unwrap();
+            db.insert(FORMAT_KEY, b"mta-stsd-cache-v999".to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert!(SledStore::open(&path).is_err());
+        let (_s, moved) = SledStore::open_or_recover(&path).unwrap();
+        assert!(moved.unwrap().1.contains("v999"));
+    }
+
+    #[test]
+    fn unreadable_entries_are_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(&dir.path().join("c")).unwrap();
+        s.put("good.example", &entry()).unwrap();
+        s.db.insert(b"bad.example", b"{not json".to_vec()).unwrap();
+        let (all, errors) = s.load_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].to_string().contains("bad.example"));
+    }
+}
