@@ -22,6 +22,9 @@ pub const CONNECTIONS_OPEN: &str = "mta_stsd_connections_open";
 pub const REQUESTS_IN_FLIGHT: &str = "mta_stsd_requests_in_flight";
 pub const MALFORMED_REQUESTS_TOTAL: &str = "mta_stsd_malformed_requests_total";
 pub const BUILD_INFO: &str = "mta_stsd_build_info";
+pub const STORE_HEALTHY: &str = "mta_stsd_store_healthy";
+pub const STORE_ERRORS_TOTAL: &str = "mta_stsd_store_errors_total";
+pub const CACHE_MOVED_ASIDE_TOTAL: &str = "mta_stsd_cache_moved_aside_total";
 
 pub struct Metrics {
     registry: Registry,
@@ -47,6 +50,12 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub requests_in_flight: IntGauge,
     pub malformed_requests: IntCounter,
+    /// 1 while the cache store works, 0 while it fails (answers come from memory).
+    pub store_healthy: IntGauge,
+    /// op (load|get|put|remove|flush)
+    pub store_errors: IntCounterVec,
+    /// Caches that could not be opened and were moved aside.
+    pub cache_moved_aside: IntCounter,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -129,6 +138,19 @@ impl Metrics {
                 MALFORMED_REQUESTS_TOTAL,
                 "Malformed or oversize socketmap requests (each closed its connection).",
             )?,
+            store_healthy: IntGauge::new(
+                STORE_HEALTHY,
+                "1 while the cache store works; 0 while it fails and answers come from memory.",
+            )?,
+            store_errors: counter_vec(
+                STORE_ERRORS_TOTAL,
+                "Failed or panicked cache store operations.",
+                &["op"],
+            )?,
+            cache_moved_aside: IntCounter::new(
+                CACHE_MOVED_ASIDE_TOTAL,
+                "Caches that could not be opened and were moved aside (the daemon started with an empty one).",
+            )?,
         };
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -147,6 +169,9 @@ impl Metrics {
             Box::new(m.connections_open.clone()),
             Box::new(m.requests_in_flight.clone()),
             Box::new(m.malformed_requests.clone()),
+            Box::new(m.store_healthy.clone()),
+            Box::new(m.store_errors.clone()),
+            Box::new(m.cache_moved_aside.clone()),
             Box::new(build),
         ];
         for c in collectors {

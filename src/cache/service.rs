@@ -254,8 +254,9 @@ impl PolicyService {
     }
 
     fn save(&self, domain: &str, entry: Entry) {
+        // A failing store is logged once per change of state by the store's guard.
         if let Err(e) = self.store.put(domain, &entry) {
-            tracing::error!(domain, error = %e, "cannot persist cache entry");
+            tracing::debug!(domain, error = %e, "cannot persist cache entry");
         }
         write(&self.entries).insert(domain.to_owned(), Slot::new(entry));
     }

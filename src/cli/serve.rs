@@ -23,6 +23,19 @@ pub(super) async fn serve(
     log: Option<FilterHandle>,
     passed: Vec<OwnedFd>,
 ) -> anyhow::Result<()> {
+    // A panic that is caught (the cache store's guard catches sled's) is still
+    // reported by the panic hook: make that one log line rather than a multi-line
+    // message on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        tracing::error!(%location, message = %message.replace('\n', " "), "panic");
+    }));
     let opts = DiscoveryOptions::from_config(&config)?;
     let activated = if passed.is_empty() {
         None
@@ -40,6 +53,7 @@ pub(super) async fn serve(
         activated,
         config_path: path,
         log,
+        store: None,
     };
     let daemon = Daemon::build_with(config, opts, Arc::new(SystemClock), parts).await?;
     let state = daemon.state.clone();

@@ -9,7 +9,7 @@
 //! `TimeoutStopSec`, whatever the network does.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,11 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::service::{PolicyService, ServiceSettings};
-use crate::cache::store::{PolicyStore, SledStore, StoreError};
+use crate::cache::store::guard::Reopen;
+use crate::cache::store::{GuardedStore, PolicyStore, SledStore, StoreError, Unavailable};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
 use crate::server::socketmap::{self, Listener};
 use crate::server::state::{LogReloader, State};
@@ -37,6 +39,25 @@ pub struct Parts {
     pub config_path: Option<PathBuf>,
     /// Applies a new log level on reload.
     pub log: Option<LogReloader>,
+    /// A store to use instead of the sled cache at `cache.path` (it is guarded like
+    /// any store: its failures and panics never reach the daemon).
+    pub store: Option<Arc<dyn PolicyStore>>,
+}
+
+/// Opens the sled cache at `path`; one that cannot be opened (an error, or a panic
+/// inside sled on a damaged file) is moved aside to `PATH.broken-TIMESTAMP`, counted,
+/// logged in one line, and replaced by an empty one.
+pub fn open_sled(path: &Path, metrics: &Metrics) -> Result<Arc<dyn PolicyStore>, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let (store, moved) = SledStore::open_or_recover(path)?;
+    if let Some((aside, why)) = moved {
+        metrics.cache_moved_aside.inc();
+        tracing::error!(cache = %path.display(), moved_to = %aside.display(), reason = %why, "cache could not be opened; moved it aside and started with an empty cache");
+    }
+    Ok(Arc::new(store))
 }
 
 /// How a daemon stopped.
@@ -56,13 +77,6 @@ pub enum DaemonError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Setup(#[from] SetupError),
-    #[error("cannot create cache directory {path}: {source}")]
-    CacheDir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot open the cache at {path}: {source}")]
-    Cache { path: String, source: StoreError },
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -101,26 +115,25 @@ impl Daemon {
     ) -> Result<Daemon, DaemonError> {
         config.validate()?;
         let path = config.cache.resolved_path();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| DaemonError::CacheDir {
-                path: parent.display().to_string(),
-                source,
-            })?;
-        }
-        let (store, moved) =
-            SledStore::open_or_recover(&path).map_err(|source| DaemonError::Cache {
-                path: path.display().to_string(),
-                source,
-            })?;
-        if let Some((aside, why)) = moved {
-            tracing::error!(cache = %path.display(), moved_to = %aside.display(), reason = %why, "cache could not be opened; moved it aside and started with an empty cache");
-        }
-        let store: Arc<dyn PolicyStore> = Arc::new(store);
-        let discoverer = Discoverer::new(opts)?;
-        let settings = ServiceSettings::new(config.cache.clone(), config.lookup.clone());
         let metrics = Arc::new(
             crate::metrics::Metrics::new().map_err(|e| DaemonError::Metrics(e.to_string()))?,
         );
+        let store: Arc<dyn PolicyStore> = match parts.store {
+            Some(store) => Arc::new(GuardedStore::new(store, None, metrics.clone())),
+            None => {
+                let reopen: Reopen = {
+                    let (path, metrics) = (path.clone(), metrics.clone());
+                    Box::new(move || open_sled(&path, &metrics))
+                };
+                let store = open_sled(&path, &metrics).unwrap_or_else(|e| {
+                    tracing::error!(cache = %path.display(), error = %e, "cannot open or recreate the cache; serving from memory and retrying");
+                    Arc::new(Unavailable(e.to_string()))
+                });
+                Arc::new(GuardedStore::new(store, Some(reopen), metrics.clone()))
+            }
+        };
+        let discoverer = Discoverer::new(opts)?;
+        let settings = ServiceSettings::new(config.cache.clone(), config.lookup.clone());
         let service = PolicyService::new(discoverer, store, clock, settings, metrics);
         let mode = config.socket_mode()?;
         let listeners = match parts.activated {

@@ -1,12 +1,17 @@
 //! Persistent storage of cache entries behind a small trait, so the store can be
-//! swapped (or shared by a fleet). The default is sled ([`sled`]).
+//! swapped (or shared by a fleet). The default is sled ([`sled`]); [`guard`] keeps any
+//! store's failures, panics included, from reaching the rest of the daemon.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use thiserror::Error;
 
 use super::entry::Entry;
 
+pub mod guard;
 pub mod sled;
 
+pub use self::guard::GuardedStore;
 pub use self::sled::SledStore;
 
 #[derive(Debug, Error)]
@@ -15,6 +20,26 @@ pub enum StoreError {
     Backend(String),
     #[error("cache entry for {domain} is unreadable: {message}")]
     Decode { domain: String, message: String },
+    #[error("cache {0} is in use by another process (locked)")]
+    Locked(String),
+    #[error("cache store panicked during {op}: {message}")]
+    Panic { op: &'static str, message: String },
+}
+
+/// Runs a store operation, turning a panic inside the backend (sled asserts on some
+/// corrupt files instead of returning an error) into an error.
+pub fn contain<T>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(StoreError::Panic { op, message })
+    })
 }
 
 /// Entries read from a store, and the ones that could not be read.
@@ -28,4 +53,37 @@ pub trait PolicyStore: Send + Sync + 'static {
     fn put(&self, domain: &str, entry: &Entry) -> Result<(), StoreError>;
     fn remove(&self, domain: &str) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// A store that cannot be used: every call fails with the reason. It stands in when no
+/// store can be opened, so the daemon starts and serves from memory while
+/// [`GuardedStore`] retries.
+pub struct Unavailable(pub String);
+
+impl Unavailable {
+    fn err(&self) -> StoreError {
+        StoreError::Backend(format!("unavailable: {}", self.0))
+    }
+}
+
+impl PolicyStore for Unavailable {
+    fn load_all(&self) -> Result<Loaded, StoreError> {
+        Err(self.err())
+    }
+
+    fn get(&self, _: &str) -> Result<Option<Entry>, StoreError> {
+        Err(self.err())
+    }
+
+    fn put(&self, _: &str, _: &Entry) -> Result<(), StoreError> {
+        Err(self.err())
+    }
+
+    fn remove(&self, _: &str) -> Result<(), StoreError> {
+        Err(self.err())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Err(self.err())
+    }
 }

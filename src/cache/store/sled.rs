@@ -18,14 +18,37 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store at `path`, checking its format version.
+    /// Opens (or creates) the store at `path`, checking its format version. A panic
+    /// inside sled while it reads a damaged file is returned as an error.
+    ///
+    /// A cache locked by another handle is [`StoreError::Locked`], never a reason to
+    /// move it aside. sled releases its lock from a background thread a moment after
+    /// a handle is dropped, so a locked cache is retried for up to two seconds.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut tries = 0;
+        loop {
+            match super::contain("open", || Self::open_unguarded(path)) {
+                Err(StoreError::Locked(_)) if tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_unguarded(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(64 * 1024 * 1024)
             .flush_every_ms(Some(1000))
             .open()
-            .map_err(backend)?;
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked(path.display().to_string())
+                }
+                e => backend(e),
+            })?;
         match db.get(FORMAT_KEY).map_err(backend)? {
             Some(v) if v.as_ref() == FORMAT => {}
             Some(v) => {
@@ -47,14 +70,9 @@ impl SledStore {
     pub fn open_or_recover(path: &Path) -> Result<(Self, Option<(PathBuf, String)>), StoreError> {
         match Self::open(path) {
             Ok(store) => Ok((store, None)),
+            Err(e @ StoreError::Locked(_)) => Err(e),
             Err(first) => {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                let mut aside = path.as_os_str().to_owned();
-                aside.push(format!(".broken-{stamp}"));
-                let aside = PathBuf::from(aside);
+                let aside = aside_path(path);
                 std::fs::rename(path, &aside).map_err(|e| {
                     StoreError::Backend(format!(
                         "{first}; and cannot move {} aside: {e}",
@@ -65,6 +83,27 @@ impl SledStore {
                 Ok((store, Some((aside, first.to_string()))))
             }
         }
+    }
+}
+
+/// `PATH.broken-TIMESTAMP`, with a counter if that exists already.
+fn aside_path(path: &Path) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut n = 0;
+    loop {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".broken-{stamp}"));
+        if n > 0 {
+            aside.push(format!("-{n}"));
+        }
+        let aside = PathBuf::from(aside);
+        if !aside.exists() {
+            return aside;
+        }
+        n += 1;
     }
 }
 
