@@ -44,7 +44,11 @@ impl SledStore {
             .flush_every_ms(Some(1000))
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                // sled reports a held lock as an Io error whose text names it.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
                     StoreError::Locked(path.display().to_string())
                 }
                 e => backend(e),
@@ -246,5 +250,21 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().contains("bad.example"));
+    }
+
+    #[test]
+    fn a_locked_cache_is_never_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        let held = SledStore::open(&path).unwrap();
+        held.put("example.com", &entry()).unwrap();
+        match SledStore::open_or_recover(&path) {
+            Err(StoreError::Locked(_)) => {}
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("a second handle opened a locked cache"),
+        }
+        let siblings = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(siblings, 1, "nothing moved aside");
+        assert_eq!(held.get("example.com").unwrap(), Some(entry()));
     }
 }
