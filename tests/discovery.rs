@@ -400,7 +400,7 @@ async fn private_addresses_are_refused_unless_allowed() {
     opts.fetch.allow_private_addresses = false;
     let d = Discoverer::new(opts).unwrap();
     let err = d.fetch_policy("internal.example").await.unwrap_err();
-    assert_eq!(err.class(), "private_address", "{err}");
+    assert_eq!(err.class().as_str(), "private_address", "{err}");
     assert!(err.to_string().contains("127.0.0.1"), "{err}");
     assert_eq!(w.https.hits("internal.example"), 0);
 }

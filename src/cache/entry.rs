@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::mtasts::discovery::FetchError;
+pub use crate::mtasts::discovery::FailureClass;
 use crate::mtasts::policy::Policy;
 
 /// A policy as cached, with the times that govern it.
@@ -15,71 +15,6 @@ pub struct CachedPolicy {
     pub fetched_at: u64,
     /// fetched_at + max_age: after this the policy no longer applies (RFC 8461 §3.2).
     pub expires_at: u64,
-}
-
-/// Why a discovery step failed. The labels are stable: they appear in logs, metrics
-/// and the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureClass {
-    /// The `_mta-sts` TXT lookup itself failed (SERVFAIL, timeout): not "no policy".
-    Txt,
-    /// The policy host `mta-sts.DOMAIN` could not be resolved.
-    Dns,
-    PrivateAddress,
-    Tls,
-    Connect,
-    Timeout,
-    HttpStatus,
-    ContentType,
-    TooLarge,
-    Parse,
-    Http,
-    /// A label this version does not know (an entry written by a newer version).
-    #[serde(other)]
-    Other,
-}
-
-impl FailureClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureClass::Txt => "txt",
-            FailureClass::Dns => "dns",
-            FailureClass::PrivateAddress => "private_address",
-            FailureClass::Tls => "tls",
-            FailureClass::Connect => "connect",
-            FailureClass::Timeout => "timeout",
-            FailureClass::HttpStatus => "http_status",
-            FailureClass::ContentType => "content_type",
-            FailureClass::TooLarge => "too_large",
-            FailureClass::Parse => "parse",
-            FailureClass::Http => "http",
-            FailureClass::Other => "other",
-        }
-    }
-}
-
-impl std::fmt::Display for FailureClass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<&FetchError> for FailureClass {
-    fn from(e: &FetchError) -> Self {
-        match e {
-            FetchError::Dns { .. } => FailureClass::Dns,
-            FetchError::PrivateAddress { .. } => FailureClass::PrivateAddress,
-            FetchError::Tls(_) => FailureClass::Tls,
-            FetchError::Connect(_) => FailureClass::Connect,
-            FetchError::Timeout(_) => FailureClass::Timeout,
-            FetchError::HttpStatus { .. } => FailureClass::HttpStatus,
-            FetchError::ContentType(_) => FailureClass::ContentType,
-            FetchError::TooLarge => FailureClass::TooLarge,
-            FetchError::Parse(_) => FailureClass::Parse,
-            FetchError::Http(_) => FailureClass::Http,
-        }
-    }
 }
 
 /// A failed discovery step.

@@ -364,7 +364,7 @@ pub fn after_fetch(
             entry.failure = Some(Failure {
                 at: now,
                 id: txt_id,
-                class: FailureClass::from(&e),
+                class: e.class(),
                 message: e.to_string(),
             });
             Decision {

@@ -107,7 +107,7 @@ pub async fn query(discoverer: &Discoverer, key: &str, zone: &ZoneOptions) -> Qu
 
 fn failure(e: &FetchError) -> FetchFailure {
     FetchFailure {
-        class: e.class(),
+        class: e.class().as_str(),
         message: e.to_string(),
     }
 }

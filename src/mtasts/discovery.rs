@@ -17,7 +17,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{Config, FetchConfig, ResolverConfig};
@@ -84,20 +84,68 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    /// A short, stable failure class for logs and metrics.
-    pub fn class(&self) -> &'static str {
+    /// The failure class, a stable label for logs, metrics and the cache.
+    pub fn class(&self) -> FailureClass {
         match self {
-            FetchError::Dns { .. } => "dns",
-            FetchError::PrivateAddress { .. } => "private_address",
-            FetchError::Tls(_) => "tls",
-            FetchError::Connect(_) => "connect",
-            FetchError::Timeout(_) => "timeout",
-            FetchError::HttpStatus { .. } => "http_status",
-            FetchError::ContentType(_) => "content_type",
-            FetchError::TooLarge => "too_large",
-            FetchError::Parse(_) => "parse",
-            FetchError::Http(_) => "http",
+            FetchError::Dns { .. } => FailureClass::Dns,
+            FetchError::PrivateAddress { .. } => FailureClass::PrivateAddress,
+            FetchError::Tls(_) => FailureClass::Tls,
+            FetchError::Connect(_) => FailureClass::Connect,
+            FetchError::Timeout(_) => FailureClass::Timeout,
+            FetchError::HttpStatus { .. } => FailureClass::HttpStatus,
+            FetchError::ContentType(_) => FailureClass::ContentType,
+            FetchError::TooLarge => FailureClass::TooLarge,
+            FetchError::Parse(_) => FailureClass::Parse,
+            FetchError::Http(_) => FailureClass::Http,
         }
+    }
+}
+
+/// Why a discovery step failed: the TXT lookup, or one class of fetch failure. The labels are stable: they appear in logs, metrics
+/// and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The `_mta-sts` TXT lookup itself failed (SERVFAIL, timeout): not "no policy".
+    Txt,
+    /// The policy host `mta-sts.DOMAIN` could not be resolved.
+    Dns,
+    PrivateAddress,
+    Tls,
+    Connect,
+    Timeout,
+    HttpStatus,
+    ContentType,
+    TooLarge,
+    Parse,
+    Http,
+    /// A label this version does not know (an entry written by a newer version).
+    #[serde(other)]
+    Other,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Txt => "txt",
+            FailureClass::Dns => "dns",
+            FailureClass::PrivateAddress => "private_address",
+            FailureClass::Tls => "tls",
+            FailureClass::Connect => "connect",
+            FailureClass::Timeout => "timeout",
+            FailureClass::HttpStatus => "http_status",
+            FailureClass::ContentType => "content_type",
+            FailureClass::TooLarge => "too_large",
+            FailureClass::Parse => "parse",
+            FailureClass::Http => "http",
+            FailureClass::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -582,6 +630,6 @@ mod tests {
             .to_string(),
             "HTTP status 404"
         );
-        assert_eq!(e.class(), "http_status");
+        assert_eq!(e.class().as_str(), "http_status");
     }
 }
