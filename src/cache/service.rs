@@ -148,7 +148,7 @@ impl PolicyService {
         read(&self.discoverer).clone()
     }
 
-    pub fn settings(&self) -> Arc<ServiceSettings> {
+    fn settings(&self) -> Arc<ServiceSettings> {
         read(&self.settings).clone()
     }
 
@@ -457,8 +457,7 @@ impl PolicyService {
                         if *mx_changed {
                             m.transitions.with_label_values(&[from, to, "mx"]).inc();
                         }
-                        let t = d.transition.as_ref().filter(|t| t.is_downgrade());
-                        if t.is_some() {
+                        if d.transition.as_ref().is_some_and(Transition::is_downgrade) {
                             tracing::warn!(domain, from, to, id = %p.id, mx_changed, "policy downgraded");
                         } else if from != to || *mx_changed {
                             tracing::warn!(domain, from, to, id = %p.id, mx_changed, "policy changed");
@@ -486,20 +485,15 @@ impl PolicyService {
         let settings = self.settings();
         let rules = settings.rules;
         let now = self.clock.now();
-        let (dead, due): (Vec<String>, Vec<String>) = {
-            let entries = read(&self.entries);
-            let dead = entries
-                .iter()
-                .filter(|(_, s)| !s.entry.is_live(now))
-                .map(|(d, _)| d.clone())
-                .collect();
-            let due = entries
-                .iter()
-                .filter(|(d, s)| rules::is_due(d, &s.entry, now, &rules))
-                .map(|(d, _)| d.clone())
-                .collect();
-            (dead, due)
-        };
+        // One scan of the map: an entry is dead, due, or neither.
+        let (mut dead, mut due) = (Vec::new(), Vec::new());
+        for (domain, slot) in read(&self.entries).iter() {
+            if !slot.entry.is_live(now) {
+                dead.push(domain.clone());
+            } else if rules::is_due(domain, &slot.entry, now, &rules) {
+                due.push(domain.clone());
+            }
+        }
         let pruned = dead.iter().filter(|d| self.prune_if_dead(d, now)).count();
         if pruned > 0 {
             tracing::debug!(pruned, "expired cache entries pruned");

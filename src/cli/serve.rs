@@ -27,12 +27,7 @@ pub(super) async fn serve(
     // reported by the panic hook: make that one log line rather than a multi-line
     // message on stderr.
     std::panic::set_hook(Box::new(|info| {
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let message = crate::cache::store::panic_message(info.payload());
         let location = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(%location, message = %message.replace('\n', " "), "panic");
     }));
