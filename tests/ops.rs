@@ -210,14 +210,17 @@ impl Notify {
 
     /// Blocks until a message containing `want` arrives.
     fn expect(&self, want: &str) {
+        self.wait_for(want)
+            .unwrap_or_else(|e| panic!("waiting for {want}: {e}"));
+    }
+
+    /// Like `expect`, but returns the receive error (a timeout) to the caller.
+    fn wait_for(&self, want: &str) -> std::io::Result<()> {
         let mut buf = [0u8; 512];
         loop {
-            let n = self
-                .sock
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("waiting for {want}: {e}"));
+            let n = self.sock.recv(&mut buf)?;
             if String::from_utf8_lossy(&buf[..n]).contains(want) {
-                return;
+                return Ok(());
             }
         }
     }
@@ -349,6 +352,7 @@ async fn socket_activation_replaces_listen() {
     )
     .unwrap();
     let notify = Notify::new(dir.path());
+    let log = dir.path().join("stderr.log");
     let fd = listener.as_raw_fd();
     // LISTEN_PID must be the daemon's own pid: sh sets it to $$ and execs in place.
     let mut cmd = Command::new("/bin/sh");
@@ -359,11 +363,18 @@ async fn socket_activation_replaces_listen() {
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &notify.path)
         .env("LISTEN_FDS", "1")
-        .stderr(Stdio::null());
-    // SAFETY: dup2 is async-signal-safe; fd 3 is inherited (dup2 clears CLOEXEC).
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: dup2 and fcntl are async-signal-safe. dup2 onto fd 3 clears CLOEXEC,
+    // but when the listener already is fd 3, dup2 does nothing and the flag must be
+    // cleared by hand, or exec closes the socket.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -372,9 +383,14 @@ async fn socket_activation_replaces_listen() {
     let child = cmd.spawn().unwrap();
     let notify = Arc::new(notify);
     let n = notify.clone();
-    tokio::task::spawn_blocking(move || n.expect("READY=1"))
+    let ready = tokio::task::spawn_blocking(move || n.wait_for("READY=1"))
         .await
         .unwrap();
+    if let Err(e) = ready {
+        // Say why: the daemon's own log is the only witness.
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("waiting for READY=1: {e}; daemon stderr:\n{stderr}");
+    }
     assert_eq!(ask_once(addr, "postfix", "cached.example").await, SECURE);
     signal(&child, libc::SIGTERM);
     let mut child = child;
