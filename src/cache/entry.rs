@@ -38,8 +38,9 @@ pub struct Entry {
     /// The last failed policy fetch; it drives the per-id back-off (RFC 8461 §3.3).
     pub failure: Option<Failure>,
     /// The last failed TXT lookup, kept apart so that it never erases a fetch
-    /// failure's back-off.
-    #[serde(default)]
+    /// failure's back-off. Left out of the stored form when empty (nearly always):
+    /// at 10^6 entries a `null` here costs ~29 MiB on disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txt_failure: Option<Failure>,
 }
 
@@ -96,7 +97,11 @@ mod tests {
         let old = r#"{"policy":null,"no_policy_until":500,"last_check":400,
             "failure":{"at":400,"id":"1","class":"tls","message":"bad cert"}}"#;
         let e: Entry = serde_json::from_str(old).unwrap();
-        assert_eq!(e.failure.unwrap().class, FailureClass::Tls);
+        assert_eq!(e.failure.clone().unwrap().class, FailureClass::Tls);
         assert_eq!(e.txt_failure, None);
+        // An empty txt_failure is not written, so the stored form stays as it was.
+        let stored = serde_json::to_string(&e).unwrap();
+        assert!(!stored.contains("txt_failure"), "{stored}");
+        assert_eq!(serde_json::from_str::<Entry>(&stored).unwrap(), e);
     }
 }
