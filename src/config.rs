@@ -59,6 +59,14 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest request accepted, in bytes.
     pub max_request_size: usize,
+    /// A connection with no request begun for this long is closed. Postfix closes its
+    /// own idle socketmap connections after 10 s, so this only ends forgotten or
+    /// hostile connections that would otherwise hold a slot.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A request must arrive whole within this time of its first byte.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +76,8 @@ impl Default for ServerConfig {
             socket_mode: "0666".into(),
             max_connections: 1024,
             max_request_size: crate::protocol::codec::DEFAULT_MAX_REQUEST,
+            idle_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -334,10 +344,17 @@ impl Config {
             ("cache.negative_ttl", self.cache.negative_ttl),
             ("cache.refresh_after", self.cache.refresh_after),
             ("cache.refresh_interval", self.cache.refresh_interval),
+            ("server.read_timeout", self.server.read_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(setting, "must be longer than 0s"));
             }
+        }
+        if self.server.idle_timeout <= Duration::from_secs(10) {
+            return Err(invalid(
+                "server.idle_timeout",
+                "must be longer than 10s (Postfix keeps an idle socketmap connection for 10s)",
+            ));
         }
         if self.lookup.deadline > Duration::from_secs(90) {
             return Err(invalid(

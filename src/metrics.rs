@@ -21,6 +21,7 @@ pub const POLICIES_FAILING: &str = "mta_stsd_policies_failing_refresh";
 pub const CONNECTIONS_OPEN: &str = "mta_stsd_connections_open";
 pub const REQUESTS_IN_FLIGHT: &str = "mta_stsd_requests_in_flight";
 pub const MALFORMED_REQUESTS_TOTAL: &str = "mta_stsd_malformed_requests_total";
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "mta_stsd_connections_closed_total";
 pub const BUILD_INFO: &str = "mta_stsd_build_info";
 pub const STORE_HEALTHY: &str = "mta_stsd_store_healthy";
 pub const STORE_ERRORS_TOTAL: &str = "mta_stsd_store_errors_total";
@@ -50,6 +51,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub requests_in_flight: IntGauge,
     pub malformed_requests: IntCounter,
+    /// reason (idle_timeout|read_timeout)
+    pub connections_closed: IntCounterVec,
     /// 1 while the cache store works, 0 while it fails (answers come from memory).
     pub store_healthy: IntGauge,
     /// op (load|get|put|remove|flush)
@@ -138,6 +141,11 @@ impl Metrics {
                 MALFORMED_REQUESTS_TOTAL,
                 "Malformed or oversize socketmap requests (each closed its connection).",
             )?,
+            connections_closed: counter_vec(
+                CONNECTIONS_CLOSED_TOTAL,
+                "Socketmap connections the daemon closed because the client stayed silent.",
+                &["reason"],
+            )?,
             store_healthy: IntGauge::new(
                 STORE_HEALTHY,
                 "1 while the cache store works; 0 while it fails and answers come from memory.",
@@ -169,6 +177,7 @@ impl Metrics {
             Box::new(m.connections_open.clone()),
             Box::new(m.requests_in_flight.clone()),
             Box::new(m.malformed_requests.clone()),
+            Box::new(m.connections_closed.clone()),
             Box::new(m.store_healthy.clone()),
             Box::new(m.store_errors.clone()),
             Box::new(m.cache_moved_aside.clone()),

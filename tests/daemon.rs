@@ -457,6 +457,45 @@ async fn garbage_closes_only_its_own_connection() {
     d.shutdown().await;
 }
 
+/// A request that stops half-way is closed after `server.read_timeout` counted from
+/// its first byte, even while the client keeps trickling bytes; a connection that
+/// sends nothing is closed after `server.idle_timeout`. Both are counted.
+#[tokio::test]
+async fn half_sent_requests_are_closed_after_the_read_timeout() {
+    let w = World::start().await;
+    w.publish("ok.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "read_timeout = \"1s\"\n").await;
+    let started = std::time::Instant::now();
+    let mut slow = TcpStream::connect(d.tcp).await.unwrap();
+    slow.write_all(b"22:postfix ok").await.unwrap();
+    // Trickle one byte every 300 ms: each byte alone would reset a per-read timer.
+    let trickle = async {
+        for b in b".example" {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+        }
+    };
+    trickle.await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await
+    .expect("closed by the daemon")
+    .unwrap_or(0);
+    assert_eq!(n, 0, "no reply to an incomplete request: {buf:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    let closed = &d.service.metrics().connections_closed;
+    assert_eq!(closed.with_label_values(&["read_timeout"]).get(), 1);
+    // Others are served as before.
+    assert_eq!(d.ask("postfix", "ok.example").await, SECURE);
+    d.shutdown().await;
+}
+
 #[tokio::test]
 async fn corrupt_cache_directory_is_moved_aside() {
     let w = World::start().await;

@@ -123,3 +123,55 @@ async fn postmap_queries_over_tcp_and_unix_socket() {
 
     d.shutdown().await;
 }
+
+/// A local process holding every connection slot with silent connections keeps
+/// Postfix out only until the idle timeout closes them (before it, `postmap` waited
+/// for its own 100 s limit and failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_holding_every_slot_release_postfix_after_the_idle_timeout() {
+    if !postmap_available() {
+        return;
+    }
+    let w = World::start().await;
+    w.publish("enforce.example", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let confdir = dir.path().join("postfix");
+    std::fs::create_dir(&confdir).unwrap();
+    std::fs::write(confdir.join("main.cf"), "compatibility_level = 3.6\n").unwrap();
+    let mut config = Config::from_toml(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 8\nidle_timeout = \"11s\"\n",
+        "test",
+    )
+    .unwrap();
+    config.cache.path = Some(dir.path().join("cache"));
+    config.metrics.listen = String::new();
+    let d = InProcess::start(&w, config, Arc::new(SystemClock)).await;
+    let map = format!("socketmap:inet:127.0.0.1:{}:postfix", d.tcp.port());
+
+    let mut hogs = Vec::new();
+    for _ in 0..8 {
+        hogs.push(tokio::net::TcpStream::connect(d.tcp).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(
+        postmap_q(&confdir, "enforce.example", &map).await,
+        (
+            Some(0),
+            "secure match=mx1.example.com:.example.net servername=hostname".to_owned()
+        )
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(30),
+        "postmap waited {waited:?}"
+    );
+    // The hogs were closed by the daemon: reading gives EOF.
+    for mut hog in hogs {
+        let mut buf = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut hog, &mut buf)
+            .await
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    d.shutdown().await;
+}

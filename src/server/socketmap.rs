@@ -1,23 +1,26 @@
 //! The socketmap server: accepts Postfix connections on TCP and unix sockets and
 //! answers each request in order. A connection cap applies back-pressure (further
 //! connections wait in the kernel's accept queue). A malformed request closes only
-//! its own connection. On shutdown, accepting stops, idle connections close, and the
+//! its own connection, and so does a client that stays silent too long (see
+//! `wait_limit`). On shutdown, accepting stops, idle connections close, and the
 //! request in progress on each connection is answered first.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ListenAddr;
-use crate::protocol::codec::{CodecError, NetstringCodec, parse_request};
+use crate::protocol::codec::{NetstringCodec, parse_request};
 use crate::server::state::State;
 
 /// A bound listener.
@@ -147,8 +150,46 @@ async fn accept(listener: &Listener) -> std::io::Result<Conn> {
     }
 }
 
+/// Why a connection ended early; the label of `mta_stsd_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// No request began within `server.idle_timeout`.
+    Idle,
+    /// A request began but did not complete within `server.read_timeout`.
+    Slow,
+}
+
+impl Closed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Closed::Idle => "idle_timeout",
+            Closed::Slow => "read_timeout",
+        }
+    }
+}
+
+/// How long to wait for more bytes: the idle timeout while no request has begun,
+/// otherwise what is left of the read timeout counted from the request's first byte.
+/// Postfix's socketmap client sends a request in one write and closes a connection it
+/// has not used for 10 s, so neither limit costs a real client anything; they stop a
+/// local process from holding every connection slot with silent connections.
+fn wait_limit(
+    request_began: Option<Instant>,
+    idle: Duration,
+    read: Duration,
+    now: Instant,
+) -> (Duration, Closed) {
+    match request_began {
+        None => (idle, Closed::Idle),
+        Some(t) => (
+            read.saturating_sub(now.saturating_duration_since(t)),
+            Closed::Slow,
+        ),
+    }
+}
+
 async fn serve_conn<S>(
-    stream: S,
+    mut stream: S,
     ctx: Arc<State>,
     stop: CancellationToken,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -159,25 +200,54 @@ async fn serve_conn<S>(
     let metrics = ctx.service.metrics().clone();
     metrics.connections_open.inc();
     let _open = GaugeGuard(metrics.connections_open.clone());
-    let mut framed = Framed::new(stream, NetstringCodec::new(config.server.max_request_size));
+    let (idle, read) = (config.server.idle_timeout, config.server.read_timeout);
+    let mut codec = NetstringCodec::new(config.server.max_request_size);
+    let mut buf = BytesMut::with_capacity(512);
+    let mut out = BytesMut::with_capacity(512);
+    // When the first byte of the request now in `buf` arrived.
+    let mut request_began: Option<Instant> = None;
     loop {
-        let frame = tokio::select! {
-            f = framed.next() => f,
-            () = stop.cancelled() => return,
-        };
-        let payload = match frame {
-            None => return,
-            Some(Ok(p)) => p,
-            Some(Err(CodecError::Io(e))) => {
-                tracing::debug!(error = %e, "connection error");
-                return;
+        let payload = match codec.decode(&mut buf) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                let (limit, why) = wait_limit(request_began, idle, read, Instant::now());
+                let got = tokio::select! {
+                    r = tokio::time::timeout(limit, stream.read_buf(&mut buf)) => r,
+                    () = stop.cancelled() => return,
+                };
+                match got {
+                    Err(_elapsed) => {
+                        metrics
+                            .connections_closed
+                            .with_label_values(&[why.as_str()])
+                            .inc();
+                        tracing::debug!(reason = why.as_str(), "closing a silent connection");
+                        return;
+                    }
+                    Ok(Ok(0)) => {
+                        if !buf.is_empty() {
+                            tracing::debug!("connection closed in the middle of a request");
+                        }
+                        return;
+                    }
+                    Ok(Ok(_)) => {
+                        request_began.get_or_insert_with(Instant::now);
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "connection error");
+                        return;
+                    }
+                }
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 metrics.malformed_requests.inc();
                 tracing::warn!(error = %e, "malformed socketmap request; closing the connection");
                 return;
             }
         };
+        // Bytes left over belong to a pipelined next request, which begins now.
+        request_began = (!buf.is_empty()).then(Instant::now);
         let request = match parse_request(&payload) {
             Ok(r) => r,
             Err(e) => {
@@ -186,7 +256,7 @@ async fn serve_conn<S>(
                 return;
             }
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         metrics.requests_in_flight.inc();
         // The zone options are read per request, so a reload applies at once.
         let current = ctx.config();
@@ -206,8 +276,13 @@ async fn serve_conn<S>(
             .lookup_duration
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind(), "lookup");
-        if let Err(e) = framed.send(reply.wire().as_bytes()).await {
+        out.clear();
+        if let Err(e) = codec.encode(reply.wire().as_bytes(), &mut out) {
             tracing::warn!(error = %e, "cannot send reply");
+            return;
+        }
+        if let Err(e) = stream.write_all(&out).await {
+            tracing::debug!(error = %e, "cannot send reply");
             return;
         }
     }
@@ -219,5 +294,27 @@ struct GaugeGuard(prometheus::IntGauge);
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connections_get_the_idle_limit_and_begun_requests_what_is_left_of_the_read_limit() {
+        let (idle, read) = (Duration::from_secs(30), Duration::from_secs(10));
+        let now = Instant::now();
+        assert_eq!(wait_limit(None, idle, read, now), (idle, Closed::Idle));
+        let began = now - Duration::from_secs(4);
+        assert_eq!(
+            wait_limit(Some(began), idle, read, now),
+            (Duration::from_secs(6), Closed::Slow)
+        );
+        let long_ago = now - Duration::from_secs(60);
+        assert_eq!(
+            wait_limit(Some(long_ago), idle, read, now),
+            (Duration::ZERO, Closed::Slow)
+        );
     }
 }
