@@ -10,7 +10,7 @@
 //! - The refresher re-fetches policies before they expire.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::FutureExt;
@@ -110,6 +110,10 @@ pub struct PolicyService {
     purged_while_loading: Mutex<Option<HashSet<String>>>,
     /// Cancelled at shutdown, once in-flight discoveries have had their time.
     abort: CancellationToken,
+    /// Policy writes so far, and (under the lock) how many of them a flush has made
+    /// durable: concurrent writers share one flush (group commit).
+    policy_writes: AtomicU64,
+    durable: tokio::sync::Mutex<u64>,
 }
 
 impl PolicyService {
@@ -135,6 +139,8 @@ impl PolicyService {
             loaded: AtomicBool::new(false),
             purged_while_loading: Mutex::new(Some(HashSet::new())),
             abort: CancellationToken::new(),
+            policy_writes: AtomicU64::new(0),
+            durable: tokio::sync::Mutex::new(0),
         })
     }
 
@@ -253,11 +259,14 @@ impl PolicyService {
         lock(&self.inflight).len()
     }
 
-    fn save(&self, domain: &str, entry: Entry) {
+    fn persist(&self, domain: &str, entry: &Entry) {
         // A failing store is logged once per change of state by the store's guard.
-        if let Err(e) = self.store.put(domain, &entry) {
+        if let Err(e) = self.store.put(domain, entry) {
             tracing::debug!(domain, error = %e, "cannot persist cache entry");
         }
+    }
+
+    fn publish(&self, domain: &str, entry: Entry) {
         write(&self.entries).insert(domain.to_owned(), Slot::new(entry));
     }
 
@@ -403,7 +412,34 @@ impl PolicyService {
                 }
             };
         self.report(domain, trigger, &txt, &decision);
-        self.save(domain, decision.entry);
+        self.persist(domain, &decision.entry);
+        if decision.outcome == Outcome::Fetched {
+            // A newly fetched or changed policy must survive a crash (kill -9, power
+            // loss) once any lookup has been answered with it, so it is on disk before
+            // it goes into memory, where lookups see it. Negative entries and
+            // unchanged re-checks are left to the store's periodic flush.
+            self.make_durable().await;
+        }
+        self.publish(domain, decision.entry);
+    }
+
+    /// Flushes the store so that every write made before this call is durable. The
+    /// flush runs on a blocking thread (it waits for fsync), and concurrent callers
+    /// share one flush: a caller whose write a flush already covered returns at once.
+    async fn make_durable(&self) {
+        let mine = self.policy_writes.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut durable = self.durable.lock().await;
+        if *durable >= mine {
+            return;
+        }
+        let covers = self.policy_writes.load(Ordering::Acquire);
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => *durable = covers,
+            // A failing store is logged once per change of state by the store's guard.
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot flush the cache"),
+            Err(e) => tracing::error!(error = %e, "cache flush task failed"),
+        }
     }
 
     /// One log line and the counters for a decision.
