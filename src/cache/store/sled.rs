@@ -17,6 +17,20 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Reads one stored entry. The bytes come from disk, so anything may be in them: a
+/// damaged entry is an error for that domain only (and is fuzzed: `fuzz/`).
+pub fn decode_entry(domain: &str, bytes: &[u8]) -> Result<Entry, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+        domain: domain.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The stored form of an entry.
+pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(entry).map_err(backend)
+}
+
 impl SledStore {
     /// Opens (or creates) the store at `path`, checking its format version. A panic
     /// inside sled while it reads a damaged file is returned as an error.
@@ -121,12 +135,9 @@ impl PolicyStore for SledStore {
                 continue;
             }
             let domain = String::from_utf8_lossy(&k).into_owned();
-            match serde_json::from_slice::<Entry>(&v) {
+            match decode_entry(&domain, &v) {
                 Ok(entry) => entries.push((domain, entry)),
-                Err(e) => errors.push(StoreError::Decode {
-                    domain,
-                    message: e.to_string(),
-                }),
+                Err(e) => errors.push(e),
             }
         }
         Ok((entries, errors))
@@ -135,17 +146,12 @@ impl PolicyStore for SledStore {
     fn get(&self, domain: &str) -> Result<Option<Entry>, StoreError> {
         match self.db.get(domain.as_bytes()).map_err(backend)? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Decode {
-                    domain: domain.to_owned(),
-                    message: e.to_string(),
-                }),
+            Some(v) => decode_entry(domain, &v).map(Some),
         }
     }
 
     fn put(&self, domain: &str, entry: &Entry) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(entry).map_err(backend)?;
+        let bytes = encode_entry(entry)?;
         self.db.insert(domain.as_bytes(), bytes).map_err(backend)?;
         Ok(())
     }

@@ -1,0 +1,30 @@
+//! Decoding a cache entry read from disk, where anything may be: never a panic; a
+//! decoded entry encodes and decodes to itself; and the cache rules and the renderer
+//! take it (hostile timestamps included) without overflow or panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mta_stsd::cache::rules::{Rules, is_due, on_lookup, refresh_due_at};
+use mta_stsd::cache::store::sled::{decode_entry, encode_entry};
+use mta_stsd::config::CacheConfig;
+use mta_stsd::protocol::answer::{ZoneOptions, render};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(entry) = decode_entry("example.com", data) else {
+        return;
+    };
+    let bytes = encode_entry(&entry).expect("a decoded entry encodes");
+    assert_eq!(decode_entry("example.com", &bytes).expect("re-decodes"), entry);
+    let rules = Rules::from_config(&CacheConfig::default());
+    for now in [0, 1_700_000_000, u64::MAX / 2, u64::MAX] {
+        let _ = on_lookup(Some(&entry), now, &rules);
+        let _ = refresh_due_at("example.com", &entry, now, &rules);
+        let _ = is_due("example.com", &entry, now, &rules);
+        let _ = entry.is_live(now);
+        let _ = entry.is_negative(now);
+        if let Some(p) = entry.valid_policy(now) {
+            let zone = ZoneOptions { tlsrpt: true, ..ZoneOptions::default() };
+            let _ = render("example.com", Some(&p.policy), &zone);
+        }
+    }
+});
