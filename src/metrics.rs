@@ -26,6 +26,7 @@ pub const BUILD_INFO: &str = "mta_stsd_build_info";
 pub const STORE_HEALTHY: &str = "mta_stsd_store_healthy";
 pub const STORE_ERRORS_TOTAL: &str = "mta_stsd_store_errors_total";
 pub const CACHE_MOVED_ASIDE_TOTAL: &str = "mta_stsd_cache_moved_aside_total";
+pub const CACHE_POLICIES_LOST_TOTAL: &str = "mta_stsd_cache_policies_lost_total";
 
 pub struct Metrics {
     registry: Registry,
@@ -55,10 +56,12 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// 1 while the cache store works, 0 while it fails (answers come from memory).
     pub store_healthy: IntGauge,
-    /// op (load|get|put|remove|flush)
+    /// op (load|get|put|remove|flush|checkpoint)
     pub store_errors: IntCounterVec,
     /// Caches that could not be opened and were moved aside.
     pub cache_moved_aside: IntCounter,
+    /// Policies missing from the cache at start compared with its last checkpoint.
+    pub cache_policies_lost: IntCounter,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -159,6 +162,10 @@ impl Metrics {
                 CACHE_MOVED_ASIDE_TOTAL,
                 "Caches that could not be opened and were moved aside (the daemon started with an empty one).",
             )?,
+            cache_policies_lost: IntCounter::new(
+                CACHE_POLICIES_LOST_TOTAL,
+                "Policies missing from the cache at start compared with its last checkpoint (a damaged cache that opened without error).",
+            )?,
         };
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -181,6 +188,7 @@ impl Metrics {
             Box::new(m.store_healthy.clone()),
             Box::new(m.store_errors.clone()),
             Box::new(m.cache_moved_aside.clone()),
+            Box::new(m.cache_policies_lost.clone()),
             Box::new(build),
         ];
         for c in collectors {

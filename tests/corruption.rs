@@ -8,12 +8,15 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
+use mta_stsd::cache::store::sled::read_checkpoint;
+use mta_stsd::cache::store::{PolicyStore, SledStore};
 use mta_stsd::clock::SystemClock;
 use mta_stsd::config::Config;
 use mta_stsd_testkit::World;
 
 const DOMAINS: usize = 150;
 const BULK: usize = 20_000;
+const TOTAL: u64 = (DOMAINS + BULK) as u64;
 const SECURE: &str = "OK secure match=mx1.example.com:.example.net servername=hostname";
 
 /// xorshift64*: deterministic per seed, no dependency.
@@ -138,21 +141,44 @@ async fn a_corrupt_cache_never_stops_the_daemon() {
     // Bulk: enough entries for sled to use many segments, the case whose damage makes
     // it panic rather than return an error. Written through the daemon's own store.
     {
-        use mta_stsd::cache::store::{PolicyStore, SledStore};
         let store = SledStore::open(&template).unwrap();
         let entry = store.get("p0.example").unwrap().unwrap();
         for i in 0..BULK {
             store.put(&format!("bulk{i}.example"), &entry).unwrap();
         }
         store.flush().unwrap();
+        assert_eq!(
+            store.checkpoint(),
+            Some(DOMAINS as u64),
+            "recorded at the clean stop"
+        );
+        store.set_checkpoint(Some(TOTAL)).unwrap();
     }
 
-    let mut moved = 0;
+    let (mut moved, mut noticed) = (0, 0);
     for seed in 0..100u64 {
         let cache = work.path().join(format!("seed{seed}"));
         copy_dir(&template, &cache);
         let what = corrupt(&cache, seed);
+        let recorded = read_checkpoint(&cache);
         let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
+        d.service.wait_loaded().await;
+        // Every entry is a live policy, so whatever loaded is in memory.
+        let found = d.service.len() as u64;
+        let metrics = d.service.metrics();
+        let (moved_here, lost) = (
+            metrics.cache_moved_aside.get(),
+            metrics.cache_policies_lost.get(),
+        );
+        if moved_here == 0 && recorded == Some(TOTAL) {
+            // A cache that opened: any shortfall is reported, exactly.
+            assert_eq!(lost, TOTAL - found, "seed {seed} ({what})");
+        } else {
+            assert_eq!(lost, 0, "seed {seed} ({what}): a new cache lost nothing");
+        }
+        if lost > 0 {
+            noticed += 1;
+        }
         let domain = format!("p{}.example", seed as usize % DOMAINS);
         assert_eq!(
             common::ask_once(d.tcp, "postfix", &domain).await,
@@ -164,8 +190,87 @@ async fn a_corrupt_cache_never_stops_the_daemon() {
             "NOTFOUND ",
             "seed {seed} ({what})"
         );
-        moved += d.service.metrics().cache_moved_aside.get();
+        moved += moved_here;
         d.shutdown().await;
     }
-    eprintln!("100 of 100 corrupted caches served; {moved} were moved aside");
+    eprintln!(
+        "100 of 100 corrupted caches served; {moved} were moved aside, {noticed} opened short and said so"
+    );
+}
+
+/// A cache that opens without error but holds fewer policies than the daemon last
+/// recorded (what sled does when it drops every record after a damaged one, or when
+/// its data file was zeroed) is reported at start: one WARN line and the count in
+/// `mta_stsd_cache_policies_lost_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_shortened_cache_is_noticed() {
+    let w = World::start().await;
+    for i in 0..DOMAINS {
+        w.publish(&format!("p{i}.example"), "1", common::ENFORCE);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
+    for i in 0..DOMAINS {
+        common::ask_once(d.tcp, "postfix", &format!("p{i}.example")).await;
+    }
+    assert!(d.shutdown().await.flushed);
+
+    // An intact cache: nothing reported.
+    let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
+    d.service.wait_loaded().await;
+    assert_eq!(d.service.metrics().cache_policies_lost.get(), 0);
+    assert!(d.shutdown().await.flushed);
+
+    // 55 records vanish behind the daemon's back.
+    {
+        let store = SledStore::open(&cache).unwrap();
+        for i in 0..55 {
+            store.remove(&format!("p{i}.example")).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
+    d.service.wait_loaded().await;
+    assert_eq!(d.service.metrics().cache_policies_lost.get(), 55);
+    // Lost domains are discovered again.
+    assert_eq!(
+        common::ask_once(d.tcp, "postfix", "p0.example").await,
+        SECURE
+    );
+    assert!(d.shutdown().await.flushed);
+
+    // The next clean start has a new checkpoint, and reports nothing.
+    let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
+    d.service.wait_loaded().await;
+    assert_eq!(d.service.metrics().cache_policies_lost.get(), 0);
+    assert!(d.shutdown().await.flushed);
+
+    // sled's data file zeroed, then truncated to nothing: each time the loss is
+    // reported, either as a cache moved aside or as lost policies, never silently.
+    for damage in ["zeroed", "emptied"] {
+        let policies = read_checkpoint(&cache).expect("recorded at the clean stop");
+        let db = cache.join("db");
+        let len = std::fs::metadata(&db).unwrap().len() as usize;
+        let bytes = if damage == "zeroed" {
+            vec![0u8; len]
+        } else {
+            Vec::new()
+        };
+        std::fs::write(&db, bytes).unwrap();
+        let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
+        d.service.wait_loaded().await;
+        let m = d.service.metrics();
+        let (moved, lost) = (m.cache_moved_aside.get(), m.cache_policies_lost.get());
+        eprintln!("db {damage}: moved aside {moved}, lost {lost} of {policies}");
+        assert!(
+            moved == 1 || lost == policies,
+            "{damage}: moved {moved}, lost {lost}"
+        );
+        // Put the policies back for the next round.
+        for i in 0..DOMAINS {
+            common::ask_once(d.tcp, "postfix", &format!("p{i}.example")).await;
+        }
+        assert!(d.shutdown().await.flushed);
+    }
 }

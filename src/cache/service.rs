@@ -105,6 +105,7 @@ pub struct PolicyService {
     metrics: Arc<Metrics>,
     /// Set once `load` has brought the whole store into memory.
     loaded: AtomicBool,
+    loaded_signal: Notify,
     /// Domains purged while `load` runs, so that it does not bring them back from its
     /// snapshot; dropped when the load ends.
     purged_while_loading: Mutex<Option<HashSet<String>>>,
@@ -114,6 +115,10 @@ pub struct PolicyService {
     /// durable: concurrent writers share one flush (group commit).
     policy_writes: AtomicU64,
     durable: tokio::sync::Mutex<u64>,
+    /// Policies removed from the store so far, and whether a checkpoint is on record:
+    /// see [`PolicyService::record_checkpoint`].
+    policy_removals: AtomicU64,
+    checkpoint_on_record: Mutex<bool>,
 }
 
 impl PolicyService {
@@ -137,10 +142,13 @@ impl PolicyService {
             idle: Notify::new(),
             metrics,
             loaded: AtomicBool::new(false),
+            loaded_signal: Notify::new(),
             purged_while_loading: Mutex::new(Some(HashSet::new())),
             abort: CancellationToken::new(),
             policy_writes: AtomicU64::new(0),
             durable: tokio::sync::Mutex::new(0),
+            policy_removals: AtomicU64::new(0),
+            checkpoint_on_record: Mutex::new(true),
         })
     }
 
@@ -183,10 +191,21 @@ impl PolicyService {
     /// from it. Entries that lookups already brought in (or updated) are kept.
     pub fn load(&self) {
         let now = self.clock.now();
+        let recorded = self.store.checkpoint();
         match self.store.load_all() {
             Ok((loaded, errors)) => {
                 for e in &errors {
                     tracing::warn!(error = %e, "dropping unreadable cache entry");
+                }
+                let found = loaded.iter().filter(|(_, e)| e.policy.is_some()).count();
+                if let Some(lost) = lost_policies(recorded, found as u64) {
+                    self.metrics.cache_policies_lost.inc_by(lost);
+                    tracing::warn!(
+                        lost,
+                        recorded = recorded.unwrap_or_default(),
+                        found,
+                        "the cache holds fewer policies than it did at its last checkpoint (damaged cache file?); the lost domains are discovered again on their next lookup"
+                    );
                 }
                 let (live, dead): (Vec<_>, Vec<_>) =
                     loaded.into_iter().partition(|(_, e)| e.is_live(now));
@@ -211,6 +230,7 @@ impl PolicyService {
             Err(e) => tracing::error!(error = %e, "cannot read the cache; starting empty"),
         }
         self.loaded.store(true, Ordering::Release);
+        self.loaded_signal.notify_waiters();
         *lock(&self.purged_while_loading) = None;
     }
 
@@ -222,15 +242,18 @@ impl PolicyService {
         if inflight.contains_key(domain) {
             return false;
         }
-        if read(&self.entries)
-            .get(domain)
-            .is_some_and(|s| s.entry.is_live(now))
-        {
+        let in_memory = read(&self.entries).get(domain).cloned();
+        if in_memory.as_ref().is_some_and(|s| s.entry.is_live(now)) {
             return false;
         }
-        match self.store.get(domain) {
-            Ok(Some(e)) if e.is_live(now) => return false,
-            _ => {}
+        let stored = self.store.get(domain);
+        if matches!(&stored, Ok(Some(e)) if e.is_live(now)) {
+            return false;
+        }
+        if in_memory.is_some_and(|s| s.entry.policy.is_some())
+            || matches!(&stored, Ok(Some(e)) if e.policy.is_some())
+        {
+            self.withdraw_checkpoint();
         }
         if let Err(e) = self.store.remove(domain) {
             tracing::warn!(domain, error = %e, "cannot prune cache entry");
@@ -368,6 +391,17 @@ impl PolicyService {
         flight
     }
 
+    /// Waits until [`PolicyService::load`] has finished.
+    pub async fn wait_loaded(&self) {
+        loop {
+            let notified = self.loaded_signal.notified();
+            if self.loaded.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until no discovery is running.
     pub async fn settle(&self) {
         loop {
@@ -412,6 +446,9 @@ impl PolicyService {
                 }
             };
         self.report(domain, trigger, &txt, &decision);
+        if old.policy.is_some() && decision.entry.policy.is_none() {
+            self.withdraw_checkpoint();
+        }
         self.persist(domain, &decision.entry);
         if decision.outcome == Outcome::Fetched {
             // A newly fetched or changed policy must survive a crash (kill -9, power
@@ -568,6 +605,10 @@ impl PolicyService {
             if n > 0 {
                 tracing::info!(refreshed = n, "policies refreshed");
             }
+            let this = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || this.record_checkpoint()).await {
+                tracing::error!(error = %e, "cache checkpoint task failed");
+            }
         }
     }
 
@@ -583,9 +624,13 @@ impl PolicyService {
 
     /// Removes a domain from the cache (memory and store). Returns whether it was there.
     pub fn purge(&self, domain: &str) -> bool {
-        let present = self.slot(domain).is_some();
+        let slot = self.slot(domain);
+        let present = slot.is_some();
         if let Some(purged) = lock(&self.purged_while_loading).as_mut() {
             purged.insert(domain.to_owned());
+        }
+        if slot.is_some_and(|s| s.entry.policy.is_some()) {
+            self.withdraw_checkpoint();
         }
         if let Err(e) = self.store.remove(domain) {
             tracing::warn!(domain, error = %e, "cannot remove cache entry");
@@ -652,14 +697,68 @@ impl PolicyService {
         self.metrics.failing.set(failing);
     }
 
-    /// Writes everything to disk.
+    /// Writes everything to disk and records the checkpoint (blocking: call it from a
+    /// blocking thread, or at shutdown).
     pub fn flush(&self) -> bool {
-        match self.store.flush() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot flush the cache");
-                false
+        self.record_checkpoint()
+    }
+
+    /// Flushes the store and records how many policies it now holds durably, so that
+    /// the next start can tell if a damaged store lost some (see
+    /// [`PolicyStore::checkpoint`]). The count is taken from memory before the flush:
+    /// every policy counted was written to the store before it was put in memory, so
+    /// the flush makes all of them durable. A removal of a policy withdraws the record
+    /// first, and a removal that races with this call keeps it withdrawn, so the
+    /// record never claims more than the store holds.
+    fn record_checkpoint(&self) -> bool {
+        let removals = self.policy_removals.load(Ordering::Acquire);
+        let policies = read(&self.entries)
+            .values()
+            .filter(|s| s.entry.policy.is_some())
+            .count() as u64;
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "cannot flush the cache");
+            return false;
+        }
+        let mut on_record = lock(&self.checkpoint_on_record);
+        if self.policy_removals.load(Ordering::Acquire) == removals {
+            match self.store.set_checkpoint(Some(policies)) {
+                Ok(()) => *on_record = true,
+                Err(e) => tracing::debug!(error = %e, "cannot record the cache checkpoint"),
             }
         }
+        true
+    }
+
+    /// Withdraws the checkpoint before a policy is removed from the store.
+    fn withdraw_checkpoint(&self) {
+        let mut on_record = lock(&self.checkpoint_on_record);
+        self.policy_removals.fetch_add(1, Ordering::AcqRel);
+        if *on_record {
+            if let Err(e) = self.store.set_checkpoint(None) {
+                tracing::debug!(error = %e, "cannot withdraw the cache checkpoint");
+            }
+            *on_record = false;
+        }
+    }
+}
+
+/// How many policies a store lost, given the checkpoint on record and the number it
+/// holds now (a store may hold more: policies learnt after the checkpoint).
+fn lost_policies(recorded: Option<u64>, found: u64) -> Option<u64> {
+    recorded.filter(|&r| r > found).map(|r| r - found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_policies;
+
+    #[test]
+    fn only_a_shortfall_against_a_recorded_checkpoint_is_a_loss() {
+        assert_eq!(lost_policies(None, 0), None);
+        assert_eq!(lost_policies(Some(300), 300), None);
+        assert_eq!(lost_policies(Some(300), 310), None, "learnt since");
+        assert_eq!(lost_policies(Some(300), 245), Some(55));
+        assert_eq!(lost_policies(Some(300), 0), Some(300));
     }
 }

@@ -22,6 +22,10 @@ pub const REOPEN_AFTER: Duration = Duration::from_secs(30);
 pub struct GuardedStore {
     inner: RwLock<Arc<dyn PolicyStore>>,
     healthy: AtomicBool,
+    /// The store has failed at least once since the daemon started: writes may have
+    /// been lost (or the store replaced), so memory no longer proves what it holds,
+    /// and no checkpoint is recorded until the next start.
+    failed_once: AtomicBool,
     /// When the store became unhealthy or was last reopened.
     since: Mutex<Option<Instant>>,
     reopen: Option<Reopen>,
@@ -36,6 +40,7 @@ impl GuardedStore {
         GuardedStore {
             inner: RwLock::new(inner),
             healthy: AtomicBool::new(true),
+            failed_once: AtomicBool::new(false),
             since: Mutex::new(None),
             reopen,
             reopen_after: REOPEN_AFTER,
@@ -66,6 +71,7 @@ impl GuardedStore {
             // One unreadable entry is not a failing store.
             Err(StoreError::Decode { .. }) => {}
             Err(e) => {
+                self.failed_once.store(true, Ordering::Release);
                 self.metrics.store_errors.with_label_values(&[op]).inc();
                 self.set_health(false, Some(e));
             }
@@ -142,6 +148,17 @@ impl PolicyStore for GuardedStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.call("flush", |s| s.flush())
     }
+
+    fn checkpoint(&self) -> Option<u64> {
+        self.call("checkpoint", |s| Ok(s.checkpoint()))
+            .ok()
+            .flatten()
+    }
+
+    fn set_checkpoint(&self, policies: Option<u64>) -> Result<(), StoreError> {
+        let policies = policies.filter(|_| !self.failed_once.load(Ordering::Acquire));
+        self.call("checkpoint", |s| s.set_checkpoint(policies))
+    }
 }
 
 #[cfg(test)]
@@ -215,5 +232,43 @@ mod tests {
         assert!(g.put("a.example", &Entry::default()).is_err());
         assert!(g.put("a.example", &Entry::default()).is_ok(), "reopened");
         assert!(g.is_healthy());
+    }
+
+    /// Records what it is given, to see what the guard passes on.
+    #[derive(Default)]
+    struct Recorder(Mutex<Option<Option<u64>>>);
+
+    impl PolicyStore for Recorder {
+        fn load_all(&self) -> Result<Loaded, StoreError> {
+            Ok((Vec::new(), Vec::new()))
+        }
+        fn get(&self, _: &str) -> Result<Option<Entry>, StoreError> {
+            Err(StoreError::Backend("get fails".into()))
+        }
+        fn put(&self, _: &str, _: &Entry) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn remove(&self, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn set_checkpoint(&self, policies: Option<u64>) -> Result<(), StoreError> {
+            *lock(&self.0) = Some(policies);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn after_a_failure_no_checkpoint_is_recorded() {
+        let rec = Arc::new(Recorder::default());
+        let g = GuardedStore::new(rec.clone(), None, Arc::new(Metrics::new().unwrap()));
+        g.set_checkpoint(Some(7)).unwrap();
+        assert_eq!(*lock(&rec.0), Some(Some(7)));
+        assert!(g.get("a.example").is_err());
+        assert!(g.flush().is_ok(), "healthy again");
+        g.set_checkpoint(Some(7)).unwrap();
+        assert_eq!(*lock(&rec.0), Some(None), "withdrawn instead");
     }
 }

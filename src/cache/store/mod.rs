@@ -60,6 +60,22 @@ pub trait PolicyStore: Send + Sync + 'static {
     fn put(&self, domain: &str, entry: &Entry) -> Result<(), StoreError>;
     fn remove(&self, domain: &str) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// The number of policies the store was last known to hold durably, recorded
+    /// outside the store's data by [`PolicyStore::set_checkpoint`]. A damaged store
+    /// can open without an error and fewer entries (sled drops every record after a
+    /// bad one); comparing what loads with this number is how that is noticed.
+    /// `None`: nothing recorded (a new store, or the record was withdrawn).
+    fn checkpoint(&self) -> Option<u64> {
+        None
+    }
+
+    /// Records (or, with `None`, withdraws) the checkpoint. Callers record only
+    /// counts that a successful flush made durable, and withdraw the record before
+    /// removing a policy, so that a checkpoint never exceeds what the store holds.
+    fn set_checkpoint(&self, _policies: Option<u64>) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A store that cannot be used: every call fails with the reason. It stands in when no

@@ -7,10 +7,14 @@ use crate::cache::entry::Entry;
 
 const FORMAT_KEY: &[u8] = b"\0format";
 const FORMAT: &[u8] = b"mta-stsd-cache-v1";
+/// The checkpoint file, inside the store's directory (so it moves aside with it) but
+/// outside sled's own files (so damage to those cannot take it along).
+const CHECKPOINT_FILE: &str = "mta-stsd-policies";
 
 /// The sled-backed store: one tree, domain -> JSON entry.
 pub struct SledStore {
     db: sled::Db,
+    dir: PathBuf,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -80,7 +84,10 @@ impl SledStore {
             }
             None => return Err(StoreError::Backend("cache has no format marker".into())),
         }
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            dir: path.to_owned(),
+        })
     }
 
     /// Opens the store; if that fails, moves the directory aside and starts empty.
@@ -102,6 +109,20 @@ impl SledStore {
             }
         }
     }
+}
+
+/// The checkpoint recorded in the store directory `dir`. It is written as the count
+/// twice, so that damage to the file itself (a flipped bit turning 20150 into 20350)
+/// reads as no record rather than as lost policies; a garbled or missing file (cut
+/// short by a power loss, say) is no record too.
+pub fn read_checkpoint(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(CHECKPOINT_FILE)).ok()?;
+    let mut words = text.split_ascii_whitespace();
+    let (a, b) = (words.next()?, words.next()?);
+    if a != b || words.next().is_some() {
+        return None;
+    }
+    a.parse().ok()
 }
 
 /// `PATH.broken-TIMESTAMP`, with a counter if that exists already.
@@ -164,6 +185,27 @@ impl PolicyStore for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(backend)?;
         Ok(())
+    }
+
+    fn checkpoint(&self) -> Option<u64> {
+        read_checkpoint(&self.dir)
+    }
+
+    fn set_checkpoint(&self, policies: Option<u64>) -> Result<(), StoreError> {
+        let file = self.dir.join(CHECKPOINT_FILE);
+        let result = match policies {
+            None => match std::fs::remove_file(&file) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+            Some(n) => {
+                // Write then rename: a reader sees the old record or the new one.
+                let tmp = self.dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+                std::fs::write(&tmp, format!("{n} {n}\n"))
+                    .and_then(|()| std::fs::rename(&tmp, &file))
+            }
+        };
+        result.map_err(|e| StoreError::Backend(format!("cannot record the entry count: {e}")))
     }
 }
 
@@ -256,6 +298,29 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().contains("bad.example"));
+    }
+
+    #[test]
+    fn the_checkpoint_outlives_the_handle_and_can_be_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        {
+            let s = SledStore::open(&path).unwrap();
+            assert_eq!(s.checkpoint(), None);
+            s.set_checkpoint(Some(300)).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(s.checkpoint(), Some(300));
+        s.set_checkpoint(None).unwrap();
+        s.set_checkpoint(None).unwrap();
+        assert_eq!(s.checkpoint(), None);
+        std::fs::write(path.join(CHECKPOINT_FILE), "30 30\n").unwrap();
+        assert_eq!(s.checkpoint(), Some(30));
+        for damaged in ["", "30", "30 31\n", "30 30 30\n", "3x 3x\n"] {
+            std::fs::write(path.join(CHECKPOINT_FILE), damaged).unwrap();
+            assert_eq!(s.checkpoint(), None, "{damaged:?}");
+        }
     }
 
     #[test]
