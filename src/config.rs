@@ -167,6 +167,9 @@ pub struct CacheConfig {
     pub refresh_interval: Duration,
     /// Background refreshes run at once.
     pub refresh_concurrency: usize,
+    /// Domains without a policy remembered in memory at most (least recently used
+    /// forgotten first). They are never written to disk and never displace a policy.
+    pub negative_entries: usize,
 }
 
 impl Default for CacheConfig {
@@ -179,6 +182,7 @@ impl Default for CacheConfig {
             retry_after: Duration::from_secs(300),
             refresh_interval: Duration::from_secs(60),
             refresh_concurrency: 8,
+            negative_entries: 100_000,
         }
     }
 }
@@ -370,6 +374,9 @@ impl Config {
         }
         if self.resolver.attempts == 0 {
             return Err(invalid("resolver.attempts", "must be at least 1"));
+        }
+        if self.cache.negative_entries == 0 {
+            return Err(invalid("cache.negative_entries", "must be at least 1"));
         }
         if self.cache.refresh_concurrency == 0 {
             return Err(invalid("cache.refresh_concurrency", "must be at least 1"));

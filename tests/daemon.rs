@@ -392,6 +392,91 @@ async fn negative_answers_are_cached_for_the_negative_ttl() {
     );
 }
 
+/// Domains without a policy are remembered in memory only, at most
+/// `cache.negative_entries` of them (least recently used forgotten first), and never
+/// push a policy out: a flood of lookups for random domains leaves every cached policy
+/// answered and writes nothing to disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_entries_are_bounded_memory_only_and_never_evict_policies() {
+    let w = World::start().await;
+    for i in 0..20 {
+        w.publish(&format!("p{i}.example"), "1", ENFORCE);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "[cache]\nnegative_entries = 100\n").await;
+    let mut conn = d.tcp().await;
+    for i in 0..20 {
+        let reply = ask(&mut conn, "postfix", &format!("p{i}.example")).await;
+        assert_eq!(reply.as_deref(), Some(SECURE));
+    }
+    for i in 0..1000 {
+        let reply = ask(&mut conn, "postfix", &format!("random{i}.example")).await;
+        assert_eq!(reply.as_deref(), Some("NOTFOUND "));
+    }
+    assert_eq!(
+        d.service.len(),
+        20 + 100,
+        "20 policies and the 100 newest negatives"
+    );
+    // The most recent negatives are answered from memory; the oldest were forgotten.
+    let before = w
+        .dns
+        .query_count("_mta-sts.random999.example", RecordType::TXT);
+    ask(&mut conn, "postfix", "random999.example").await;
+    assert_eq!(
+        w.dns
+            .query_count("_mta-sts.random999.example", RecordType::TXT),
+        before
+    );
+    assert!(d.service.cached("random0.example").is_none());
+    for i in 0..20 {
+        let reply = ask(&mut conn, "postfix", &format!("p{i}.example")).await;
+        assert_eq!(reply.as_deref(), Some(SECURE));
+    }
+    drop(conn);
+    d.shutdown().await;
+    // Only the policies were written to disk.
+    use mta_stsd::cache::store::{PolicyStore, SledStore};
+    let store = SledStore::open(&dir.path().join("cache")).unwrap();
+    let (stored, errors) = store.load_all().unwrap();
+    assert!(errors.is_empty());
+    assert_eq!(stored.len(), 20);
+    assert!(stored.iter().all(|(_, e)| e.policy.is_some()));
+}
+
+/// A cache written by an older version holds negative entries on disk: they are
+/// still honoured after the upgrade, from memory, and removed from the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_negative_entries_move_to_memory() {
+    use mta_stsd::cache::entry::Entry;
+    use mta_stsd::cache::store::{PolicyStore, SledStore};
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemClock.now();
+    {
+        let store = SledStore::open(&dir.path().join("cache")).unwrap();
+        let negative = Entry {
+            no_policy_until: Some(now + 600),
+            last_check: now,
+            ..Entry::default()
+        };
+        store.put("old-negative.example", &negative).unwrap();
+        store.flush().unwrap();
+    }
+    let d = start(&w, dir.path(), "").await;
+    d.service.wait_loaded().await;
+    assert_eq!(d.ask("postfix", "old-negative.example").await, "NOTFOUND ");
+    assert_eq!(
+        w.dns
+            .query_count("_mta-sts.old-negative.example", RecordType::TXT),
+        0,
+        "answered from the negative entry"
+    );
+    d.shutdown().await;
+    let store = SledStore::open(&dir.path().join("cache")).unwrap();
+    assert_eq!(store.get("old-negative.example").unwrap(), None);
+}
+
 #[tokio::test]
 async fn deadline_answers_notfound_and_discovery_finishes_into_the_cache() {
     let w = World::start().await;

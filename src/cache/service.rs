@@ -8,13 +8,22 @@
 //!   (single-flight) and bounded by `lookup.deadline`; past the deadline the lookup
 //!   answers `NOTFOUND ` and discovery finishes into the cache.
 //! - The refresher re-fetches policies before they expire.
+//!
+//! Memory holds two sets. Domains with a policy live in `entries` and in the store.
+//! Domains without one ("no policy", or a failure back-off) live only in memory, in a
+//! least-recently-used set of `cache.negative_entries`: anyone who can make the server
+//! send mail to random domains can create them, so they are bounded, cost no disk
+//! writes, need no pruning (an expired one is simply a miss), and can never push a
+//! policy out.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use lru::LruCache;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +108,10 @@ pub struct PolicyService {
     store: Arc<dyn PolicyStore>,
     clock: Arc<dyn Clock>,
     settings: RwLock<Arc<ServiceSettings>>,
+    /// Domains with a policy (expired ones until pruned); mirrored in the store.
     entries: RwLock<HashMap<String, Arc<Slot>>>,
+    /// Domains without a policy, memory only, bounded.
+    negatives: Mutex<LruCache<String, Arc<Slot>>>,
     inflight: Mutex<HashMap<String, Flight>>,
     idle: Notify,
     metrics: Arc<Metrics>,
@@ -132,12 +144,14 @@ impl PolicyService {
         settings: ServiceSettings,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let negative_cap = negative_cap(&settings.cache);
         Arc::new(Self {
             discoverer: RwLock::new(discoverer),
             store,
             clock,
             settings: RwLock::new(Arc::new(settings)),
             entries: RwLock::new(HashMap::new()),
+            negatives: Mutex::new(LruCache::new(negative_cap)),
             inflight: Mutex::new(HashMap::new()),
             idle: Notify::new(),
             metrics,
@@ -154,6 +168,7 @@ impl PolicyService {
 
     /// Applies new settings and a new discoverer (resolver, fetch settings) at once.
     pub fn reconfigure(&self, settings: ServiceSettings, discoverer: Discoverer) {
+        lock(&self.negatives).resize(negative_cap(&settings.cache));
         *write(&self.settings) = Arc::new(settings);
         *write(&self.discoverer) = discoverer;
     }
@@ -168,18 +183,24 @@ impl PolicyService {
 
     /// The in-memory entry, falling back to the store for one not loaded yet.
     fn slot(&self, domain: &str) -> Option<Arc<Slot>> {
-        let found = read(&self.entries).get(domain).cloned();
-        if found.is_some() || self.loaded.load(Ordering::Acquire) {
-            return found;
+        if let Some(found) = read(&self.entries).get(domain).cloned() {
+            return Some(found);
+        }
+        if let Some(found) = lock(&self.negatives).get(domain).cloned() {
+            return Some(found);
+        }
+        if self.loaded.load(Ordering::Acquire) {
+            return None;
         }
         match self.store.get(domain) {
-            Ok(Some(entry)) => Some(
+            Ok(Some(entry)) if entry.policy.is_some() => Some(
                 write(&self.entries)
                     .entry(domain.to_owned())
                     .or_insert_with(|| Slot::new(entry))
                     .clone(),
             ),
-            Ok(None) => None,
+            // A negative entry stored by an older version: `load` drops it.
+            Ok(_) => None,
             Err(e) => {
                 tracing::warn!(domain, error = %e, "unreadable cache entry ignored");
                 None
@@ -209,10 +230,19 @@ impl PolicyService {
                 }
                 let (live, dead): (Vec<_>, Vec<_>) =
                     loaded.into_iter().partition(|(_, e)| e.is_live(now));
+                // Negative entries written by older versions: kept in memory (up to
+                // the cap) and no longer on disk.
+                let (live, negative): (Vec<_>, Vec<_>) =
+                    live.into_iter().partition(|(_, e)| e.policy.is_some());
                 let pruned = dead
                     .iter()
                     .filter(|(domain, _)| self.prune_if_dead(domain, now))
                     .count();
+                for (domain, entry) in negative {
+                    if self.drop_stored_negative(&domain) {
+                        lock(&self.negatives).get_or_insert(domain, || Slot::new(entry));
+                    }
+                }
                 // Insert in chunks so lookups are not held up by one long write lock.
                 for chunk in live.chunks(4096) {
                     let purged = lock(&self.purged_while_loading);
@@ -263,14 +293,31 @@ impl PolicyService {
         true
     }
 
+    /// Removes a negative entry (written by an older version) from the store, unless a
+    /// discovery is running for the domain or has given it a policy meanwhile.
+    fn drop_stored_negative(&self, domain: &str) -> bool {
+        let inflight = lock(&self.inflight);
+        if inflight.contains_key(domain) || read(&self.entries).contains_key(domain) {
+            return false;
+        }
+        if !matches!(self.store.get(domain), Ok(Some(e)) if e.policy.is_none()) {
+            return false;
+        }
+        if let Err(e) = self.store.remove(domain) {
+            tracing::warn!(domain, error = %e, "cannot drop a stored negative entry");
+        }
+        drop(inflight);
+        true
+    }
+
     /// A snapshot of one domain's cache entry.
     pub fn cached(&self, domain: &str) -> Option<Entry> {
         self.slot(domain).map(|s| s.entry.clone())
     }
 
-    /// Number of entries in memory.
+    /// Number of entries in memory (with and without a policy).
     pub fn len(&self) -> usize {
-        read(&self.entries).len()
+        read(&self.entries).len() + lock(&self.negatives).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -282,15 +329,35 @@ impl PolicyService {
         lock(&self.inflight).len()
     }
 
-    fn persist(&self, domain: &str, entry: &Entry) {
+    /// Writes a decided entry to the store: an entry with a policy is stored; one
+    /// without is not, and replaces (removes) a stored policy.
+    fn persist(&self, domain: &str, old: &Entry, entry: &Entry) {
         // A failing store is logged once per change of state by the store's guard.
-        if let Err(e) = self.store.put(domain, entry) {
+        let written = if entry.policy.is_some() {
+            self.store.put(domain, entry)
+        } else if old.policy.is_some() {
+            self.withdraw_checkpoint();
+            self.store.remove(domain)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = written {
             tracing::debug!(domain, error = %e, "cannot persist cache entry");
         }
     }
 
+    /// Puts a decided entry in memory: in `entries` with a policy, else among the
+    /// bounded negatives.
     fn publish(&self, domain: &str, entry: Entry) {
-        write(&self.entries).insert(domain.to_owned(), Slot::new(entry));
+        if entry.policy.is_some() {
+            lock(&self.negatives).pop(domain);
+            write(&self.entries).insert(domain.to_owned(), Slot::new(entry));
+        } else {
+            if read(&self.entries).contains_key(domain) {
+                write(&self.entries).remove(domain);
+            }
+            lock(&self.negatives).put(domain.to_owned(), Slot::new(entry));
+        }
     }
 
     /// Answers one socketmap lookup.
@@ -446,10 +513,7 @@ impl PolicyService {
                 }
             };
         self.report(domain, trigger, &txt, &decision);
-        if old.policy.is_some() && decision.entry.policy.is_none() {
-            self.withdraw_checkpoint();
-        }
-        self.persist(domain, &decision.entry);
+        self.persist(domain, &old, &decision.entry);
         if decision.outcome == Outcome::Fetched {
             // A newly fetched or changed policy must survive a crash (kill -9, power
             // loss) once any lookup has been answered with it, so it is on disk before
@@ -618,6 +682,11 @@ impl PolicyService {
             .iter()
             .map(|(d, s)| (d.clone(), s.entry.clone()))
             .collect();
+        all.extend(
+            lock(&self.negatives)
+                .iter()
+                .map(|(d, s)| (d.clone(), s.entry.clone())),
+        );
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -636,6 +705,7 @@ impl PolicyService {
             tracing::warn!(domain, error = %e, "cannot remove cache entry");
         }
         write(&self.entries).remove(domain);
+        lock(&self.negatives).pop(domain);
         if present {
             tracing::info!(domain, "cache entry purged");
         }
@@ -685,6 +755,10 @@ impl PolicyService {
                 None => {}
             }
         }
+        negative += lock(&self.negatives)
+            .iter()
+            .filter(|(_, s)| s.entry.is_negative(now))
+            .count() as i64;
         let g = &self.metrics.cache_entries;
         g.with_label_values(&["enforce"]).set(enforce);
         g.with_label_values(&["testing"]).set(testing);
@@ -741,6 +815,10 @@ impl PolicyService {
             *on_record = false;
         }
     }
+}
+
+fn negative_cap(cache: &CacheConfig) -> NonZeroUsize {
+    NonZeroUsize::new(cache.negative_entries).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// How many policies a store lost, given the checkpoint on record and the number it
