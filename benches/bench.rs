@@ -236,12 +236,24 @@ fn stop(mut child: Child) {
 // ---------------------------------------------------------------------------
 
 fn spawn_daemon(opts: &Opts, work: &Path, cache: &Path, port: u16, metrics: Option<u16>) -> Child {
+    spawn_daemon_with(opts, work, cache, port, metrics, "")
+}
+
+/// `cache_extra`: more settings for the `[cache]` table.
+fn spawn_daemon_with(
+    opts: &Opts,
+    work: &Path,
+    cache: &Path,
+    port: u16,
+    metrics: Option<u16>,
+    cache_extra: &str,
+) -> Child {
     let cfg = work.join(format!("mta-stsd-{port}.toml"));
     std::fs::write(
         &cfg,
         format!(
             "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[metrics]\nlisten = \"{}\"\n[resolver]\nnameservers = [\"127.0.0.1:53\"]\n\
-             [fetch]\nca_file = \"{}\"\nallow_private_addresses = true\n[cache]\npath = \"{}\"\n[log]\nlevel = \"warn\"\nformat = \"plain\"\n",
+             [fetch]\nca_file = \"{}\"\nallow_private_addresses = true\n[cache]\npath = \"{}\"\n{cache_extra}[log]\nlevel = \"warn\"\nformat = \"plain\"\n",
             metrics.map(|p| format!("127.0.0.1:{p}")).unwrap_or_default(),
             work.join("ca.pem").display(),
             cache.display()
@@ -596,6 +608,192 @@ fn main() {
     }
     stop(echo);
 
+    // 6: flood of random domains without a policy, with a short negative TTL so that
+    // the flood's entries expire while it runs; a probe asks a cached domain every
+    // 5 ms throughout and records its worst latency.
+    let flood_n: usize = std::env::var("BENCH_FLOOD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if opts.smoke { 20_000 } else { 1_000_000 });
+    let flood = {
+        let cache = work.join("flood");
+        let addr: SocketAddr = "127.0.0.1:8464".parse().expect("addr");
+        let extra = match std::env::var("BENCH_NEGATIVE_ENTRIES") {
+            Ok(n) => format!("negative_ttl = \"30s\"\nnegative_entries = {n}\n"),
+            Err(_) => "negative_ttl = \"30s\"\n".to_owned(),
+        };
+        let mut d = spawn_daemon_with(&opts, &work, &cache, 8464, None, &extra);
+        wait_ready(addr, HOT, &mut d);
+        let rss_before = proc_status(d.id(), "VmRSS:");
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probe = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr).expect("probe connect");
+                let mut worst = Duration::ZERO;
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match client.ask(HOT) {
+                        Ok(r) if r.starts_with(b"OK secure") => {}
+                        _ => errors += 1,
+                    }
+                    let e = t.elapsed();
+                    worst = worst.max(e);
+                    lat.push(e.as_nanos() as u64);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (worst, lat, errors)
+            })
+        };
+        let conns = 64;
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let t0 = Instant::now();
+        let pid = d.id();
+        let handles: Vec<_> = (0..conns)
+            .map(|_| {
+                let (next, peak) = (next.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    let mut client = Client::connect(addr).expect("connect");
+                    let mut errors = 0usize;
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= flood_n {
+                            return errors;
+                        }
+                        match client.ask(&format!("r{i:07}x{}.flood.test", i % 9973)) {
+                            Ok(r) if r == b"NOTFOUND " => {}
+                            _ => errors += 1,
+                        }
+                        if i % 10_000 == 0 {
+                            peak.fetch_max(
+                                proc_status(pid, "VmRSS:"),
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        let errors: usize = handles.into_iter().map(|h| h.join().unwrap_or(1)).sum();
+        let elapsed = t0.elapsed();
+        // Let the last entries expire, with the probe still asking.
+        std::thread::sleep(Duration::from_secs(if opts.smoke { 1 } else { 35 }));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (worst, mut lat, probe_errors) = probe.join().expect("probe");
+        lat.sort_unstable();
+        let p99 = Duration::from_nanos(lat.get(lat.len() * 99 / 100).copied().unwrap_or(0));
+        let hwm = proc_status(d.id(), "VmHWM:");
+        let rss_after = proc_status(d.id(), "VmRSS:");
+        stop(d);
+        let disk = du(&cache);
+        eprintln!(
+            "flood: {flood_n} random domains in {elapsed:?} ({:.0}/s), {errors} errors; peak RSS {hwm} kB (sampled {} kB, before {rss_before} kB, after {rss_after} kB), disk {disk} B; cached probe worst {worst:?} p99 {p99:?} ({probe_errors} errors)",
+            flood_n as f64 / elapsed.as_secs_f64(),
+            peak.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        (
+            elapsed,
+            errors,
+            hwm,
+            rss_before,
+            rss_after,
+            disk,
+            worst,
+            p99,
+            probe_errors,
+        )
+    };
+
+    // 7: soak: many connections, a mix of cached policies, cached negatives and new
+    // domains (misses), RSS sampled once a second.
+    let (soak_conns, soak_total) = if opts.smoke {
+        (100, 20_000)
+    } else {
+        (1000, 1_000_000)
+    };
+    let soak = {
+        let cache = work.join("soak");
+        let addr: SocketAddr = "127.0.0.1:8465".parse().expect("addr");
+        let mut d = spawn_daemon(&opts, &work, &cache, 8465, None);
+        wait_ready(addr, HOT, &mut d);
+        let pid = d.id();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    samples.push(proc_status(pid, "VmRSS:"));
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                samples
+            })
+        };
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..soak_conns)
+            .map(|_| {
+                let next = next.clone();
+                std::thread::spawn(move || {
+                    let mut st = Stats::default();
+                    let Ok(mut client) = Client::connect(addr) else {
+                        st.errors += 1;
+                        return st;
+                    };
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= soak_total {
+                            return st;
+                        }
+                        // 80% cached policy, 15% known negatives, 5% new domains.
+                        let (key, want): (String, &[u8]) = match i % 20 {
+                            0 => (format!("soak-miss{i}.bench.test"), b"NOTFOUND "),
+                            1..=3 => (format!("neg{}.bench.test", i % 1000), b"NOTFOUND "),
+                            _ => (HOT.to_owned(), b"OK secure"),
+                        };
+                        let t = Instant::now();
+                        match client.ask(&key) {
+                            Ok(r) if r.starts_with(want) => {
+                                st.latencies_ns.push(t.elapsed().as_nanos() as u64);
+                                st.requests += 1;
+                            }
+                            _ => st.errors += 1,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut total = Stats::default();
+        for h in handles {
+            let st = h.join().unwrap_or_default();
+            total.requests += st.requests;
+            total.errors += st.errors;
+            total.latencies_ns.extend(st.latencies_ns);
+        }
+        total.elapsed = t0.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = sampler.join().unwrap_or_default();
+        stop(d);
+        // Warm-up: the first fifth of the samples.
+        let warm = &samples[samples.len() / 5..];
+        let (lo, hi) = (
+            warm.iter().copied().min().unwrap_or(0),
+            warm.iter().copied().max().unwrap_or(0),
+        );
+        eprintln!(
+            "soak: {} requests over {soak_conns} connections in {:?} ({:.0}/s), {} errors, p99 {}, RSS after warm-up {lo}..{hi} kB",
+            total.requests,
+            total.elapsed,
+            total.rps(),
+            total.errors,
+            fmt_us(total.pct(0.99))
+        );
+        (total, lo, hi)
+    };
+
     // 5: cache scale.
     let mut scale_rows = Vec::new();
     for &n in &scales {
@@ -772,6 +970,32 @@ fn main() {
         "\n## 4. Cold start\n\n{cold_n} distinct domains with policies, 256 connections: {:.2} s in total ({:.0} domains/s), {cold_stats} answered `secure` at once, {fetches} policy fetches ({:.2} per domain), {txt_queries} TXT queries, daemon peak RSS {:.1} MiB.\n",
         cold_time.as_secs_f64(), cold_n as f64 / cold_time.as_secs_f64(), fetches as f64 / cold_n as f64, cold_rss as f64 / 1024.0
     ));
+    {
+        let (elapsed, errors, hwm, before, after, disk, worst, p99, probe_errors) = flood;
+        report.push_str(&format!(
+            "\n## 6. Flood of random domains without a policy\n\n{flood_n} lookups of distinct non-existent domains through 64 connections, `negative_ttl = \"30s\"` (so the flood's entries expire while it runs) and the default `cache.negative_entries` (50,000); a probe asks a cached domain every 5 ms throughout and for 35 s after.\n\n| lookups/s | errors | peak RSS | RSS before / after | cache on disk | cached probe: worst | p99 | probe errors |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n| {:.0} | {errors} | {:.1} MiB | {:.1} / {:.1} MiB | {:.2} MiB | {:.1} ms | {} | {probe_errors} |\n",
+            flood_n as f64 / elapsed.as_secs_f64(),
+            hwm as f64 / 1024.0,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            disk as f64 / 1048576.0,
+            worst.as_secs_f64() * 1000.0,
+            fmt_us(p99),
+        ));
+    }
+    {
+        let (st, lo, hi) = &soak;
+        report.push_str(&format!(
+            "\n## 7. Soak: {soak_conns} connections, {soak_total} requests\n\n80% cached policy, 15% cached negatives, 5% new domains (each a discovery).\n\n| req/s | errors | p50 | p99 | p99.9 | RSS after warm-up (min..max) |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n| {:.0} | {} | {} | {} | {} | {:.1}..{:.1} MiB |\n",
+            st.rps(),
+            st.errors,
+            fmt_us(st.pct(0.5)),
+            fmt_us(st.pct(0.99)),
+            fmt_us(st.pct(0.999)),
+            *lo as f64 / 1024.0,
+            *hi as f64 / 1024.0,
+        ));
+    }
     report.push_str("\n## 5. Cache scale\n\nThe daemon answers from the store at once and loads the whole cache into memory in the background.\n\n| cached policies | on disk | start to first answer | RSS then | fully loaded after | RSS loaded | (fill time) |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (n, disk, first, rss_first, loaded, rss, fill) in &scale_rows {
         report.push_str(&format!(
@@ -800,6 +1024,12 @@ fn main() {
     // Checks that must hold even in a smoke run.
     assert_eq!(cold_stats, cold_n, "every cold domain answered secure");
     assert_eq!(fetches, cold_n, "exactly one fetch per domain");
+    assert_eq!(flood.1, 0, "flood lookups all answered NOTFOUND");
+    assert_eq!(
+        flood.8, 0,
+        "the cached probe was answered throughout the flood"
+    );
+    assert_eq!(soak.0.errors, 0, "soak without errors");
     for (name, m) in &results {
         for (c, s) in m {
             assert_eq!(s.errors, 0, "{name} at {c} connections had errors");

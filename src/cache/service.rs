@@ -84,6 +84,22 @@ impl Slot {
     }
 }
 
+/// What memory holds for a domain: a policy entry with its memoized replies, or a
+/// negative entry (kept lean: there are many, and they render no reply).
+enum Found {
+    Policy(Arc<Slot>),
+    Negative(Arc<Entry>),
+}
+
+impl Found {
+    fn entry(&self) -> &Entry {
+        match self {
+            Found::Policy(slot) => &slot.entry,
+            Found::Negative(entry) => entry,
+        }
+    }
+}
+
 /// Settings the service reads on every operation; replaced as a whole on reload.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
@@ -111,7 +127,7 @@ pub struct PolicyService {
     /// Domains with a policy (expired ones until pruned); mirrored in the store.
     entries: RwLock<HashMap<String, Arc<Slot>>>,
     /// Domains without a policy, memory only, bounded.
-    negatives: Mutex<LruCache<String, Arc<Slot>>>,
+    negatives: Mutex<LruCache<String, Arc<Entry>>>,
     inflight: Mutex<HashMap<String, Flight>>,
     idle: Notify,
     metrics: Arc<Metrics>,
@@ -182,23 +198,23 @@ impl PolicyService {
     }
 
     /// The in-memory entry, falling back to the store for one not loaded yet.
-    fn slot(&self, domain: &str) -> Option<Arc<Slot>> {
-        if let Some(found) = read(&self.entries).get(domain).cloned() {
-            return Some(found);
+    fn found(&self, domain: &str) -> Option<Found> {
+        if let Some(slot) = read(&self.entries).get(domain).cloned() {
+            return Some(Found::Policy(slot));
         }
-        if let Some(found) = lock(&self.negatives).get(domain).cloned() {
-            return Some(found);
+        if let Some(entry) = lock(&self.negatives).get(domain).cloned() {
+            return Some(Found::Negative(entry));
         }
         if self.loaded.load(Ordering::Acquire) {
             return None;
         }
         match self.store.get(domain) {
-            Ok(Some(entry)) if entry.policy.is_some() => Some(
+            Ok(Some(entry)) if entry.policy.is_some() => Some(Found::Policy(
                 write(&self.entries)
                     .entry(domain.to_owned())
                     .or_insert_with(|| Slot::new(entry))
                     .clone(),
-            ),
+            )),
             // A negative entry stored by an older version: `load` drops it.
             Ok(_) => None,
             Err(e) => {
@@ -240,7 +256,7 @@ impl PolicyService {
                     .count();
                 for (domain, entry) in negative {
                     if self.drop_stored_negative(&domain) {
-                        lock(&self.negatives).get_or_insert(domain, || Slot::new(entry));
+                        lock(&self.negatives).get_or_insert(domain, || Arc::new(entry));
                     }
                 }
                 // Insert in chunks so lookups are not held up by one long write lock.
@@ -312,7 +328,7 @@ impl PolicyService {
 
     /// A snapshot of one domain's cache entry.
     pub fn cached(&self, domain: &str) -> Option<Entry> {
-        self.slot(domain).map(|s| s.entry.clone())
+        self.found(domain).map(|f| f.entry().clone())
     }
 
     /// Number of entries in memory (with and without a policy).
@@ -356,7 +372,7 @@ impl PolicyService {
             if read(&self.entries).contains_key(domain) {
                 write(&self.entries).remove(domain);
             }
-            lock(&self.negatives).put(domain.to_owned(), Slot::new(entry));
+            lock(&self.negatives).put(domain.to_owned(), Arc::new(entry));
         }
     }
 
@@ -370,9 +386,9 @@ impl PolicyService {
             }
         };
         let settings = self.settings();
-        let slot = self.slot(&domain);
+        let found = self.found(&domain);
         match rules::on_lookup(
-            slot.as_ref().map(|s| &s.entry),
+            found.as_ref().map(Found::entry),
             self.clock.now(),
             &settings.rules,
         ) {
@@ -380,7 +396,7 @@ impl PolicyService {
                 if recheck {
                     drop(self.flight(&domain, Trigger::Recheck));
                 }
-                if let Some(slot) = slot {
+                if let Some(Found::Policy(slot)) = found {
                     return (self.reply(&domain, &slot, zone), CacheOutcome::Hit);
                 }
             }
@@ -398,8 +414,8 @@ impl PolicyService {
             return (Reply::NotFound, CacheOutcome::Timeout);
         }
         let now = self.clock.now();
-        let reply = match self.slot(&domain) {
-            Some(slot) if slot.entry.valid_policy(now).is_some() => {
+        let reply = match self.found(&domain) {
+            Some(Found::Policy(slot)) if slot.entry.valid_policy(now).is_some() => {
                 self.reply(&domain, &slot, zone)
             }
             _ => Reply::NotFound,
@@ -491,8 +507,8 @@ impl PolicyService {
         let settings = self.settings();
         let discoverer = self.discoverer();
         let old = self
-            .slot(domain)
-            .map(|s| s.entry.clone())
+            .found(domain)
+            .map(|f| f.entry().clone())
             .unwrap_or_default();
         let txt = discoverer.lookup_txt(domain).await;
         let decision =
@@ -685,7 +701,7 @@ impl PolicyService {
         all.extend(
             lock(&self.negatives)
                 .iter()
-                .map(|(d, s)| (d.clone(), s.entry.clone())),
+                .map(|(d, e)| (d.clone(), Entry::clone(e))),
         );
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -693,12 +709,12 @@ impl PolicyService {
 
     /// Removes a domain from the cache (memory and store). Returns whether it was there.
     pub fn purge(&self, domain: &str) -> bool {
-        let slot = self.slot(domain);
-        let present = slot.is_some();
+        let found = self.found(domain);
+        let present = found.is_some();
         if let Some(purged) = lock(&self.purged_while_loading).as_mut() {
             purged.insert(domain.to_owned());
         }
-        if slot.is_some_and(|s| s.entry.policy.is_some()) {
+        if found.is_some_and(|f| f.entry().policy.is_some()) {
             self.withdraw_checkpoint();
         }
         if let Err(e) = self.store.remove(domain) {
@@ -757,7 +773,7 @@ impl PolicyService {
         }
         negative += lock(&self.negatives)
             .iter()
-            .filter(|(_, s)| s.entry.is_negative(now))
+            .filter(|(_, e)| e.is_negative(now))
             .count() as i64;
         let g = &self.metrics.cache_entries;
         g.with_label_values(&["enforce"]).set(enforce);
