@@ -639,7 +639,7 @@ impl PolicyService {
         let rules = settings.rules;
         let now = self.clock.now();
         // One scan of the map: an entry is dead, due, or neither.
-        let (mut dead, mut due) = (Vec::new(), Vec::new());
+        let (mut dead, mut due) = (Vec::<String>::new(), Vec::new());
         for (domain, slot) in read(&self.entries).iter() {
             if !slot.entry.is_live(now) {
                 dead.push(domain.clone());
@@ -647,7 +647,17 @@ impl PolicyService {
                 due.push(domain.clone());
             }
         }
-        let pruned = dead.iter().filter(|d| self.prune_if_dead(d, now)).count();
+        // Pruning reads and deletes in the store: on a blocking thread, so that lookups
+        // on the runtime's workers never wait behind it.
+        let this = self.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            dead.iter().filter(|d| this.prune_if_dead(d, now)).count()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cache prune task failed");
+            0
+        });
         if pruned > 0 {
             tracing::debug!(pruned, "expired cache entries pruned");
         }
