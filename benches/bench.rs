@@ -157,6 +157,11 @@ fn load(addr: SocketAddr, keys: &[String], conns: usize, duration: Duration) -> 
             })
         })
         .collect();
+    join_stats(handles, start)
+}
+
+/// Joins the client threads and adds up what they measured.
+fn join_stats(handles: Vec<std::thread::JoinHandle<Stats>>, start: Instant) -> Stats {
     let mut total = Stats::default();
     for h in handles {
         let st = h.join().unwrap_or_default();
@@ -766,14 +771,7 @@ fn main() {
                 })
             })
             .collect();
-        let mut total = Stats::default();
-        for h in handles {
-            let st = h.join().unwrap_or_default();
-            total.requests += st.requests;
-            total.errors += st.errors;
-            total.latencies_ns.extend(st.latencies_ns);
-        }
-        total.elapsed = t0.elapsed();
+        let total = join_stats(handles, t0);
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let samples = sampler.join().unwrap_or_default();
         stop(d);
