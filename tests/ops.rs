@@ -430,3 +430,67 @@ fn dashboard_and_alerts_use_existing_metrics() {
         assert!(found > 3, "{file}");
     }
 }
+
+/// `mta-stsd warm --from-maillog` discovers the recipient domains of delivered mail
+/// through the admin API, so that the first lookup of each is already a cache hit,
+/// and summarises what it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_from_the_mail_log_fills_the_cache() {
+    let w = World::start().await;
+    w.publish("a.example", "1", ENFORCE);
+    w.publish(
+        "b.example",
+        "1",
+        &mta_stsd_testkit::policy_text("testing", &["mx.b.example"], 86400),
+    );
+    // Announced, but the policy host has no certificate for it: a failed fetch.
+    w.dns.set_txt("_mta-sts.fail.example", &["v=STSv1; id=1;"]);
+    w.point_policy_host("fail.example");
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path()).await;
+    let log = dir.path().join("mail.log");
+    let line = |n: u32, to: &str, status: &str| {
+        format!(
+            "Nov 23 10:00:{n:02} mx postfix/smtp[{n}]: 4F{n}: to=<{to}>, relay=mx[192.0.2.1]:25, delay=1, status={status} (x)\n"
+        )
+    };
+    let mut text = String::new();
+    for (n, to) in [
+        "u@a.example",
+        "v@a.example",
+        "w@A.Example",
+        "u@none.example",
+        "v@none.example",
+        "u@b.example",
+        "u@fail.example",
+    ]
+    .iter()
+    .enumerate()
+    {
+        text.push_str(&line(n as u32, to, "sent"));
+    }
+    text.push_str(&line(50, "u@deferred.example", "deferred"));
+    std::fs::write(&log, text).unwrap();
+
+    let (code, out, err) = cli_async(vec![
+        "warm".into(),
+        "--from-maillog".into(),
+        log.display().to_string(),
+        "--admin".into(),
+        d.http.clone().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("4 domains: 1 enforce, 1 no policy, 1 testing; 1 failed (tls 1)"),
+        "{out}"
+    );
+    assert!(out.contains("a.example: enforce"), "{out}");
+    assert!(
+        d.service.cached("deferred.example").is_none(),
+        "only delivered mail counts"
+    );
+    // The first lookup after warming is a hit: no second fetch.
+    assert_eq!(ask_once(d.tcp, "postfix", "a.example").await, SECURE);
+    assert_eq!(w.https.hits("a.example"), 1);
+}

@@ -15,6 +15,7 @@ mod cache;
 mod logging;
 pub mod query;
 mod serve;
+pub mod warm;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +66,30 @@ enum Command {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
+    /// Discover domains now through the running daemon (admin API), so that the first
+    /// mail to each is already protected (closes the trust-on-first-use gap).
+    ///
+    /// Exit status: 0 done, 1 the admin API failed for some domains, 2 bad usage.
+    Warm {
+        /// File with one domain per line, or - for standard input.
+        input: Option<PathBuf>,
+        /// Take recipient domains of delivered mail from Postfix's log (most
+        /// frequent first), e.g. /var/log/mail.log.
+        #[arg(long, value_name = "PATH")]
+        from_maillog: Option<PathBuf>,
+        /// Only the first N domains (with --from-maillog: the N most frequent).
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+        /// Discoveries at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Admin API base URL (default: from metrics.listen in the config).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Configuration file to read metrics.listen from.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The file to check.
@@ -84,6 +109,26 @@ enum CacheAction {
     Refresh { domain: String },
 }
 
+/// The admin API's base URL: as given, or from `metrics.listen` in the configuration.
+fn admin_url(given: Option<String>, config: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(url) = given {
+        return Ok(url);
+    }
+    let config = Config::load(config)?;
+    let addr = config
+        .metrics
+        .addr()?
+        .context("metrics.listen is off, so there is no admin API to talk to")?;
+    Ok(format!("http://{addr}"))
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Runs one command. Call it from `main` before any thread is started: `serve`
 /// reads systemd's socket-activation variables from the environment and removes them.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -96,11 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             logging::init("warn", LogFormat::Auto);
             let config = Config::load(config.as_deref())?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let report = runtime.block_on(async {
+            let report = current_thread()?.block_on(async {
                 let discoverer = Discoverer::from_config(&config)?;
                 anyhow::Ok(query::query(&discoverer, &domain, &config.zone(&zone)).await)
             })?;
@@ -131,22 +172,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin,
             config,
         } => {
-            let url = match admin {
-                Some(u) => u,
-                None => {
-                    let config = Config::load(config.as_deref())?;
-                    let addr = config
-                        .metrics
-                        .addr()?
-                        .context("metrics.listen is off, so there is no admin API to talk to")?;
-                    format!("http://{addr}")
-                }
+            let url = admin_url(admin, config.as_deref())?;
+            current_thread()?.block_on(cache::command(&url, action, json))
+        }
+        Command::Warm {
+            input,
+            from_maillog,
+            top,
+            concurrency,
+            admin,
+            config,
+        } => {
+            let url = admin_url(admin, config.as_deref())?;
+            let args = warm::WarmArgs {
+                input,
+                from_maillog,
+                top,
+                concurrency,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(cache::command(&url, action, json))
+            current_thread()?.block_on(warm::command(&url, args))
         }
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file))?;

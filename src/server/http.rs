@@ -40,6 +40,9 @@ pub struct EntryView {
     pub last_check: Option<String>,
     pub no_policy_until: Option<String>,
     pub last_error: Option<String>,
+    /// The failure class of `last_error` (`dns`, `tls`, `timeout`, ...).
+    #[serde(default)]
+    pub last_error_class: Option<String>,
     pub last_error_at: Option<String>,
     pub policy_lines: Vec<String>,
 }
@@ -67,6 +70,7 @@ pub fn view(domain: &str, e: &Entry, now: u64) -> EntryView {
         last_error: e
             .last_failure()
             .map(|f| format!("{}: {}", f.class, f.message)),
+        last_error_class: e.last_failure().map(|f| f.class.as_str().to_owned()),
         last_error_at: e.last_failure().map(|f| rfc3339(f.at)),
         policy_lines: p.map(|p| p.policy.lines.clone()).unwrap_or_default(),
     }
