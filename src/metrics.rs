@@ -52,7 +52,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub requests_in_flight: IntGauge,
     pub malformed_requests: IntCounter,
-    /// reason (idle_timeout|read_timeout)
+    /// reason (idle_timeout|read_timeout|evicted)
     pub connections_closed: IntCounterVec,
     /// 1 while the cache store works, 0 while it fails (answers come from memory).
     pub store_healthy: IntGauge,

@@ -1,8 +1,9 @@
 //! The socketmap server: accepts Postfix connections on TCP and unix sockets and
 //! answers each request in order. A connection cap applies back-pressure (further
-//! connections wait in the kernel's accept queue). A malformed request closes only
-//! its own connection, and so does a client that stays silent too long (see
-//! `wait_limit`). On shutdown, accepting stops, idle connections close, and the
+//! connections wait in the kernel's accept queue), and a connection waiting for a
+//! slot makes idle ones close, so silent clients cannot lock Postfix out. A malformed
+//! request closes only its own connection, and so does a client that stays silent
+//! too long (see `wait_limit`). On shutdown, accepting stops, idle connections close, and the
 //! request in progress on each connection is answered first.
 
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -72,10 +73,25 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The connection slots, shared by every listener.
+struct Slots {
+    limit: Arc<Semaphore>,
+    /// Signalled while a new connection waits for a slot: connections idle for
+    /// [`EVICT_IDLE_AFTER`] or longer then close, so that silent connections holding
+    /// every slot cannot keep a real client waiting for the whole idle timeout.
+    pressure: Notify,
+}
+
+/// How long a connection must have been idle to be closed for a waiting one.
+const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Serves until `stop` is cancelled, then drains connections and returns.
 pub async fn run(listeners: Vec<Listener>, ctx: Arc<State>, stop: CancellationToken) {
     let max = ctx.config().server.max_connections;
-    let limit = Arc::new(Semaphore::new(max));
+    let slots = Arc::new(Slots {
+        limit: Arc::new(Semaphore::new(max)),
+        pressure: Notify::new(),
+    });
     let mut accept_tasks = JoinSet::new();
     let mut unix_paths = Vec::new();
     for listener in listeners {
@@ -86,7 +102,7 @@ pub async fn run(listeners: Vec<Listener>, ctx: Arc<State>, stop: CancellationTo
         accept_tasks.spawn(accept_loop(
             listener,
             ctx.clone(),
-            limit.clone(),
+            slots.clone(),
             stop.clone(),
         ));
     }
@@ -102,27 +118,45 @@ pub async fn run(listeners: Vec<Listener>, ctx: Arc<State>, stop: CancellationTo
 async fn accept_loop(
     listener: Listener,
     ctx: Arc<State>,
-    limit: Arc<Semaphore>,
+    slots: Arc<Slots>,
     stop: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
     loop {
-        // Back-pressure: wait for a free slot before accepting.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = stop.cancelled() => break,
-        };
+        // With every slot taken, one more connection is accepted and waits for a slot
+        // (the rest wait in the kernel's queue: back-pressure), while idle connections
+        // are asked to make room.
+        let free = slots.limit.clone().try_acquire_owned().ok();
         let accepted = tokio::select! {
             a = accept(&listener) => a,
             () = stop.cancelled() => break,
         };
+        let permit = match free {
+            Some(p) => p,
+            None => match wait_for_slot(&slots, &stop).await {
+                Some(p) => p,
+                None => break,
+            },
+        };
         match accepted {
             Ok(Conn::Tcp(s)) => {
                 let _ = s.set_nodelay(true);
-                conns.spawn(serve_conn(s, ctx.clone(), stop.clone(), permit));
+                conns.spawn(serve_conn(
+                    s,
+                    ctx.clone(),
+                    slots.clone(),
+                    stop.clone(),
+                    permit,
+                ));
             }
             Ok(Conn::Unix(s)) => {
-                conns.spawn(serve_conn(s, ctx.clone(), stop.clone(), permit));
+                conns.spawn(serve_conn(
+                    s,
+                    ctx.clone(),
+                    slots.clone(),
+                    stop.clone(),
+                    permit,
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: log, pause briefly, keep serving.
@@ -134,6 +168,19 @@ async fn accept_loop(
         while conns.try_join_next().is_some() {}
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// Waits for a free slot, asking idle connections to close once a second meanwhile.
+/// `None` at shutdown.
+async fn wait_for_slot(slots: &Slots, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+    loop {
+        slots.pressure.notify_waiters();
+        tokio::select! {
+            p = slots.limit.clone().acquire_owned() => return p.ok(),
+            () = tokio::time::sleep(EVICT_IDLE_AFTER) => {}
+            () = stop.cancelled() => return None,
+        }
+    }
 }
 
 enum Conn {
@@ -157,6 +204,8 @@ enum Closed {
     Idle,
     /// A request began but did not complete within `server.read_timeout`.
     Slow,
+    /// Idle while a new connection waited for a slot.
+    Evicted,
 }
 
 impl Closed {
@@ -164,23 +213,29 @@ impl Closed {
         match self {
             Closed::Idle => "idle_timeout",
             Closed::Slow => "read_timeout",
+            Closed::Evicted => "evicted",
         }
     }
 }
 
-/// How long to wait for more bytes: the idle timeout while no request has begun,
-/// otherwise what is left of the read timeout counted from the request's first byte.
+/// How long to wait for more bytes: what is left of the idle timeout (counted from the
+/// last reply, or the connection's start) while no request has begun, otherwise what
+/// is left of the read timeout counted from the request's first byte.
 /// Postfix's socketmap client sends a request in one write and closes a connection it
 /// has not used for 10 s, so neither limit costs a real client anything; they stop a
 /// local process from holding every connection slot with silent connections.
 fn wait_limit(
     request_began: Option<Instant>,
+    idle_since: Instant,
     idle: Duration,
     read: Duration,
     now: Instant,
 ) -> (Duration, Closed) {
     match request_began {
-        None => (idle, Closed::Idle),
+        None => (
+            idle.saturating_sub(now.saturating_duration_since(idle_since)),
+            Closed::Idle,
+        ),
         Some(t) => (
             read.saturating_sub(now.saturating_duration_since(t)),
             Closed::Slow,
@@ -191,8 +246,9 @@ fn wait_limit(
 async fn serve_conn<S>(
     mut stream: S,
     ctx: Arc<State>,
+    slots: Arc<Slots>,
     stop: CancellationToken,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -204,24 +260,31 @@ async fn serve_conn<S>(
     let mut codec = NetstringCodec::new(config.server.max_request_size);
     let mut buf = BytesMut::with_capacity(512);
     let mut out = BytesMut::with_capacity(512);
-    // When the first byte of the request now in `buf` arrived.
+    // When the first byte of the request now in `buf` arrived, and when the
+    // connection last became idle.
     let mut request_began: Option<Instant> = None;
+    let mut idle_since = Instant::now();
     loop {
         let payload = match codec.decode(&mut buf) {
             Ok(Some(p)) => p,
             Ok(None) => {
-                let (limit, why) = wait_limit(request_began, idle, read, Instant::now());
+                let (limit, why) =
+                    wait_limit(request_began, idle_since, idle, read, Instant::now());
+                let idle_now = request_began.is_none();
                 let got = tokio::select! {
                     r = tokio::time::timeout(limit, stream.read_buf(&mut buf)) => r,
+                    () = slots.pressure.notified(), if idle_now => {
+                        if idle_since.elapsed() >= EVICT_IDLE_AFTER {
+                            count_closed(&metrics, Closed::Evicted);
+                            return;
+                        }
+                        continue;
+                    }
                     () = stop.cancelled() => return,
                 };
                 match got {
                     Err(_elapsed) => {
-                        metrics
-                            .connections_closed
-                            .with_label_values(&[why.as_str()])
-                            .inc();
-                        tracing::debug!(reason = why.as_str(), "closing a silent connection");
+                        count_closed(&metrics, why);
                         return;
                     }
                     Ok(Ok(0)) => {
@@ -285,7 +348,18 @@ async fn serve_conn<S>(
             tracing::debug!(error = %e, "cannot send reply");
             return;
         }
+        if request_began.is_none() {
+            idle_since = Instant::now();
+        }
     }
+}
+
+fn count_closed(metrics: &crate::metrics::Metrics, why: Closed) {
+    metrics
+        .connections_closed
+        .with_label_values(&[why.as_str()])
+        .inc();
+    tracing::debug!(reason = why.as_str(), "closing a silent connection");
 }
 
 /// Decrements a gauge when dropped.
@@ -305,15 +379,20 @@ mod tests {
     fn idle_connections_get_the_idle_limit_and_begun_requests_what_is_left_of_the_read_limit() {
         let (idle, read) = (Duration::from_secs(30), Duration::from_secs(10));
         let now = Instant::now();
-        assert_eq!(wait_limit(None, idle, read, now), (idle, Closed::Idle));
+        assert_eq!(wait_limit(None, now, idle, read, now), (idle, Closed::Idle));
+        let idle_since = now - Duration::from_secs(20);
+        assert_eq!(
+            wait_limit(None, idle_since, idle, read, now),
+            (Duration::from_secs(10), Closed::Idle)
+        );
         let began = now - Duration::from_secs(4);
         assert_eq!(
-            wait_limit(Some(began), idle, read, now),
+            wait_limit(Some(began), idle_since, idle, read, now),
             (Duration::from_secs(6), Closed::Slow)
         );
         let long_ago = now - Duration::from_secs(60);
         assert_eq!(
-            wait_limit(Some(long_ago), idle, read, now),
+            wait_limit(Some(long_ago), long_ago, idle, read, now),
             (Duration::ZERO, Closed::Slow)
         );
     }
