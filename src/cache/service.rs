@@ -280,20 +280,31 @@ impl PolicyService {
         *lock(&self.purged_while_loading) = None;
     }
 
-    /// Removes `domain` from memory and the store if it says nothing at `now`,
-    /// re-checking under the in-flight lock so that an entry a running discovery is
-    /// about to write, or has just written, is never deleted.
+    /// Removes `domain` from memory and the store if it says nothing at `now`.
     fn prune_if_dead(&self, domain: &str, now: u64) -> bool {
+        self.remove_where(domain, |e| !e.is_live(now))
+    }
+
+    /// Removes a negative entry (written by an older version) from the store, unless a
+    /// discovery is running for the domain or has given it a policy meanwhile.
+    fn drop_stored_negative(&self, domain: &str) -> bool {
+        self.remove_where(domain, |e| e.policy.is_none())
+    }
+
+    /// Removes `domain` from memory and the store if every copy of its entry is
+    /// `removable`, re-checking under the in-flight lock so that an entry a running
+    /// discovery is about to write, or has just written, is never deleted.
+    fn remove_where(&self, domain: &str, removable: impl Fn(&Entry) -> bool) -> bool {
         let inflight = lock(&self.inflight);
         if inflight.contains_key(domain) {
             return false;
         }
         let in_memory = read(&self.entries).get(domain).cloned();
-        if in_memory.as_ref().is_some_and(|s| s.entry.is_live(now)) {
+        if in_memory.as_ref().is_some_and(|s| !removable(&s.entry)) {
             return false;
         }
         let stored = self.store.get(domain);
-        if matches!(&stored, Ok(Some(e)) if e.is_live(now)) {
+        if matches!(&stored, Ok(Some(e)) if !removable(e)) {
             return false;
         }
         if in_memory.is_some_and(|s| s.entry.policy.is_some())
@@ -302,26 +313,9 @@ impl PolicyService {
             self.withdraw_checkpoint();
         }
         if let Err(e) = self.store.remove(domain) {
-            tracing::warn!(domain, error = %e, "cannot prune cache entry");
+            tracing::warn!(domain, error = %e, "cannot remove cache entry");
         }
         write(&self.entries).remove(domain);
-        drop(inflight);
-        true
-    }
-
-    /// Removes a negative entry (written by an older version) from the store, unless a
-    /// discovery is running for the domain or has given it a policy meanwhile.
-    fn drop_stored_negative(&self, domain: &str) -> bool {
-        let inflight = lock(&self.inflight);
-        if inflight.contains_key(domain) || read(&self.entries).contains_key(domain) {
-            return false;
-        }
-        if !matches!(self.store.get(domain), Ok(Some(e)) if e.policy.is_none()) {
-            return false;
-        }
-        if let Err(e) = self.store.remove(domain) {
-            tracing::warn!(domain, error = %e, "cannot drop a stored negative entry");
-        }
         drop(inflight);
         true
     }
@@ -812,10 +806,8 @@ impl PolicyService {
     /// record never claims more than the store holds.
     fn record_checkpoint(&self) -> bool {
         let removals = self.policy_removals.load(Ordering::Acquire);
-        let policies = read(&self.entries)
-            .values()
-            .filter(|s| s.entry.policy.is_some())
-            .count() as u64;
+        // `entries` holds only domains with a policy (negatives live apart).
+        let policies = read(&self.entries).len() as u64;
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "cannot flush the cache");
             return false;
