@@ -13,10 +13,7 @@ pub(super) async fn command(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use crate::server::http::EntryView;
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .no_proxy()
-        .build()?;
+    let client = super::admin_client()?;
     let base = base.trim_end_matches('/');
     let (request, path) = match &action {
         CacheAction::List => (client.get(format!("{base}/api/v1/policies")), None),

@@ -122,6 +122,14 @@ fn admin_url(given: Option<String>, config: Option<&std::path::Path>) -> anyhow:
     Ok(format!("http://{addr}"))
 }
 
+/// The HTTP client for the admin API (loopback only, so never through a proxy).
+fn admin_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .no_proxy()
+        .build()
+}
+
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -167,10 +167,7 @@ pub(super) async fn command(base: &str, args: WarmArgs) -> anyhow::Result<ExitCo
         anyhow::bail!("no domains to warm (give a FILE, - for standard input, or --from-maillog)");
     }
 
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .no_proxy()
-        .build()?;
+    let client = super::admin_client()?;
     let base = Arc::new(base.trim_end_matches('/').to_owned());
     let terminal = std::io::stderr().is_terminal();
     let bar = terminal.then(|| {
