@@ -63,11 +63,23 @@ impl GuardedStore {
         op: &'static str,
         f: impl FnOnce(&dyn PolicyStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.call_with(op, true, f)
+    }
+
+    /// `vouches`: whether success shows the store works again. The checkpoint is a
+    /// small file beside the store's data; writing it proves nothing about the store.
+    fn call_with<T>(
+        &self,
+        op: &'static str,
+        vouches: bool,
+        f: impl FnOnce(&dyn PolicyStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.maybe_reopen();
         let store = read(&self.inner).clone();
         let result = contain(op, || f(&*store));
         match &result {
-            Ok(_) => self.set_health(true, None),
+            Ok(_) if vouches => self.set_health(true, None),
+            Ok(_) => {}
             // One unreadable entry is not a failing store.
             Err(StoreError::Decode { .. }) => {}
             Err(e) => {
@@ -157,7 +169,7 @@ impl PolicyStore for GuardedStore {
 
     fn set_checkpoint(&self, policies: Option<u64>) -> Result<(), StoreError> {
         let policies = policies.filter(|_| !self.failed_once.load(Ordering::Acquire));
-        self.call("checkpoint", |s| s.set_checkpoint(policies))
+        self.call_with("checkpoint", false, |s| s.set_checkpoint(policies))
     }
 }
 
@@ -267,6 +279,11 @@ mod tests {
         g.set_checkpoint(Some(7)).unwrap();
         assert_eq!(*lock(&rec.0), Some(Some(7)));
         assert!(g.get("a.example").is_err());
+        g.set_checkpoint(Some(7)).unwrap();
+        assert!(
+            !g.is_healthy(),
+            "a checkpoint write says nothing of the store"
+        );
         assert!(g.flush().is_ok(), "healthy again");
         g.set_checkpoint(Some(7)).unwrap();
         assert_eq!(*lock(&rec.0), Some(None), "withdrawn instead");
