@@ -34,6 +34,14 @@ pids=()
 cleanup() {
     postfix stop >/dev/null 2>&1 || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Let them exit before removing their files: the daemon flushes its cache and
+    # writes its checkpoint on the way out (it stops within a few seconds).
+    for _ in $(seq 100); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
     if [ "${KEEP:-}" = "" ]; then rm -rf "$W"; else echo "work directory kept: $W"; fi
 }
 trap cleanup EXIT
