@@ -14,6 +14,8 @@
 //! - [`server`]: the socketmap and HTTP (metrics, admin API) listeners, systemd
 //!   integration, the shared state with its reload, and the daemon's assembly and
 //!   shutdown;
+//! - [`doctor`]: the verdicts of `mta-stsd doctor` on a Postfix + mta-stsd setup
+//!   (pure functions of the facts the command gathers);
 //! - [`cli`]: the command-line operations (`serve`, `query`, `cache`, ...), the
 //!   binary's edge.
 
@@ -21,6 +23,7 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 mod locks;
 pub mod metrics;
 pub mod mtasts;

@@ -12,6 +12,7 @@ use crate::config::{Config, LogFormat};
 use crate::mtasts::discovery::Discoverer;
 
 mod cache;
+mod doctor;
 mod logging;
 pub mod query;
 mod serve;
@@ -89,6 +90,25 @@ enum Command {
         /// Configuration file to read metrics.listen from.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Check the whole setup: Postfix's side (read with its own postconf) and the
+    /// running daemon; one line per check, with the fix for each problem.
+    ///
+    /// Exit status: 0 all fine, 1 warnings, 2 a problem that defers or weakens mail.
+    Doctor {
+        /// The daemon's configuration file (default: /etc/mta-stsd/mta-stsd.toml if it
+        /// exists, else built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Postfix's configuration directory.
+        #[arg(long, value_name = "DIR", default_value = "/etc/postfix")]
+        postfix_config: PathBuf,
+        /// The resolver configuration Postfix uses (for DNSSEC's `options trust-ad`).
+        #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+        resolv_conf: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a configuration file and exit.
     CheckConfig {
@@ -199,6 +219,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 concurrency,
             };
             current_thread()?.block_on(warm::command(&url, args))
+        }
+        Command::Doctor {
+            config,
+            postfix_config,
+            resolv_conf,
+            json,
+        } => {
+            let args = doctor::DoctorArgs {
+                config,
+                postfix_config,
+                json,
+                resolv_conf,
+            };
+            current_thread()?.block_on(doctor::command(args))
         }
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file))?;

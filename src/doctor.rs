@@ -1,0 +1,801 @@
+//! The verdicts of `mta-stsd doctor`: facts about the Postfix and mta-stsd setup in,
+//! one [`Check`] per question out. Pure functions (no I/O, no clock): the command in
+//! `cli::doctor` gathers the facts (by running Postfix's own `postconf`, reading
+//! files, probing the daemon) and prints what these functions decide.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::ListenAddr;
+use crate::protocol::answer::ZoneOptions;
+
+/// How bad a finding is. The order matters: the worst level is the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    /// Works, but weaker or more fragile than it should be.
+    Warning,
+    /// Defers mail or weakens its protection.
+    Problem,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Problem => "problem",
+        }
+    }
+
+    /// 0 all fine, 1 warnings, 2 a problem.
+    pub fn exit_code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// A stable name, e.g. `postfix.policy_maps`.
+    pub check: String,
+    pub level: Level,
+    pub message: String,
+    /// What to change; set for warnings and problems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn ok(check: &str, message: impl Into<String>) -> Check {
+        Check {
+            check: check.to_owned(),
+            level: Level::Ok,
+            message: message.into(),
+            fix: None,
+        }
+    }
+    pub fn warning(check: &str, message: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            check: check.to_owned(),
+            level: Level::Warning,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    pub fn problem(check: &str, message: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            check: check.to_owned(),
+            level: Level::Problem,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// The worst level among `checks` (Ok when empty).
+pub fn worst(checks: &[Check]) -> Level {
+    checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok)
+}
+
+/// Where a Postfix `socketmap:` table connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Inet { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Inet { host, port } => write!(f, "inet:{host}:{port}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A `socketmap:` table named in `smtp_tls_policy_maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socketmap {
+    /// The table as written, e.g. `socketmap:inet:127.0.0.1:8461:postfix`.
+    pub table: String,
+    pub endpoint: Endpoint,
+    /// The map name Postfix sends with each request (the daemon's zone).
+    pub name: String,
+}
+
+/// The tables of a Postfix lookup-table list (`smtp_tls_policy_maps`): separated by
+/// commas and/or whitespace (postconf(5)). Returns the socketmap tables, and the
+/// others as written.
+pub fn parse_policy_maps(value: &str) -> (Vec<Socketmap>, Vec<String>) {
+    let mut sockets = Vec::new();
+    let mut others = Vec::new();
+    for table in value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+    {
+        match parse_socketmap(table) {
+            Some(s) => sockets.push(s),
+            None => others.push(table.to_owned()),
+        }
+    }
+    (sockets, others)
+}
+
+/// `socketmap:inet:HOST:PORT:NAME` or `socketmap:unix:PATH:NAME` (socketmap_table(5));
+/// also behind `proxy:`. The name is everything after the last colon, so an IPv6
+/// host in brackets keeps its colons.
+fn parse_socketmap(table: &str) -> Option<Socketmap> {
+    let rest = table.strip_prefix("proxy:").unwrap_or(table);
+    let rest = rest.strip_prefix("socketmap:")?;
+    let (endpoint, name) = rest.rsplit_once(':')?;
+    let endpoint = if let Some(addr) = endpoint.strip_prefix("inet:") {
+        let (host, port) = addr.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Endpoint::Inet {
+            host: host.to_owned(),
+            port: port.parse().ok()?,
+        }
+    } else if let Some(path) = endpoint.strip_prefix("unix:") {
+        Endpoint::Unix(PathBuf::from(path))
+    } else {
+        return None;
+    };
+    Some(Socketmap {
+        table: table.to_owned(),
+        endpoint,
+        name: name.to_owned(),
+    })
+}
+
+/// The daemon listener a Postfix endpoint reaches, if any. A unix path is seen from
+/// inside the smtp client's chroot (`queue_directory`) when the service is chrooted
+/// (master(5)): Postfix connects to the socketmap at lookup time, after chroot.
+pub fn listener_for(
+    endpoint: &Endpoint,
+    chroot: Option<&Path>,
+    listeners: &[ListenAddr],
+) -> Option<ListenAddr> {
+    listeners
+        .iter()
+        .find(|l| match (endpoint, l) {
+            (Endpoint::Inet { host, port }, ListenAddr::Tcp(addr)) => {
+                addr.port() == *port
+                    && (addr.ip().is_unspecified()
+                        || host.parse::<std::net::IpAddr>().ok() == Some(addr.ip())
+                        || (host == "localhost" && addr.ip().is_loopback()))
+            }
+            (Endpoint::Unix(path), ListenAddr::Unix(listen)) => {
+                host_path(path, chroot) == listen.as_path()
+            }
+            _ => false,
+        })
+        .cloned()
+}
+
+/// Where `path`, as written in Postfix's configuration, is on the host for a process
+/// chrooted to `chroot` (if any).
+pub fn host_path(path: &Path, chroot: Option<&Path>) -> PathBuf {
+    match chroot {
+        Some(root) => root.join(path.strip_prefix("/").unwrap_or(path)),
+        None => path.to_owned(),
+    }
+}
+
+/// The checks on `smtp_tls_policy_maps`: does Postfix ask this daemon at all, and does
+/// each socketmap reach one of its listeners?
+pub fn check_policy_maps(
+    value: &str,
+    resolved: &[(Socketmap, Option<ListenAddr>)],
+    listeners: &[ListenAddr],
+) -> Vec<Check> {
+    const NAME: &str = "postfix.policy_maps";
+    let listen = listeners
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if resolved.is_empty() {
+        let example = listeners
+            .iter()
+            .find_map(|l| match l {
+                ListenAddr::Tcp(a) => Some(format!("socketmap:inet:{a}:postfix")),
+                ListenAddr::Unix(_) => None,
+            })
+            .unwrap_or_else(|| "socketmap:inet:127.0.0.1:8461:postfix".into());
+        let shown = if value.trim().is_empty() {
+            "empty".to_owned()
+        } else {
+            format!("{value:?}")
+        };
+        return vec![Check::problem(
+            NAME,
+            format!(
+                "smtp_tls_policy_maps is {shown}: Postfix never asks mta-stsd, so no MTA-STS policy is applied"
+            ),
+            format!("postconf -e 'smtp_tls_policy_maps = {example}' && postfix reload"),
+        )];
+    }
+    resolved
+        .iter()
+        .map(|(s, l)| match l {
+            Some(l) => Check::ok(NAME, format!("{} reaches the daemon's listener {l}", s.table)),
+            None => Check::problem(
+                NAME,
+                format!(
+                    "{} matches none of the daemon's listeners ({listen}): every lookup fails and Postfix defers mail",
+                    s.table
+                ),
+                "point the socketmap at a server.listen address of mta-stsd (for a unix socket in a chrooted smtp, the path inside queue_directory)",
+            ),
+        })
+        .collect()
+}
+
+/// A Postfix map name the daemon has options for: `[zones.NAME]`, else
+/// `[zones.default]`, else built-in defaults (fine when no zone is configured).
+pub fn check_zone(map: &Socketmap, configured: &[String]) -> Check {
+    const NAME: &str = "postfix.zone";
+    if configured.iter().any(|z| z == &map.name) {
+        Check::ok(
+            NAME,
+            format!("map name {:?} has [zones.{}]", map.name, map.name),
+        )
+    } else if configured.iter().any(|z| z == "default") {
+        Check::ok(
+            NAME,
+            format!("map name {:?} uses [zones.default]", map.name),
+        )
+    } else if configured.is_empty() {
+        Check::ok(
+            NAME,
+            format!("map name {:?} uses the built-in zone options", map.name),
+        )
+    } else {
+        Check::warning(
+            NAME,
+            format!(
+                "map name {:?} has no [zones.{}] and there is no [zones.default]: it gets built-in options, not those of [zones.{}]",
+                map.name,
+                map.name,
+                configured.join("], [zones.")
+            ),
+            format!(
+                "use one of the configured names in smtp_tls_policy_maps, or rename [zones.{}]",
+                configured.first().map(String::as_str).unwrap_or("NAME")
+            ),
+        )
+    }
+}
+
+/// File metadata needed to decide whether a user may reach a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A user's identity: the uid and every group id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gids: Vec<u32>,
+}
+
+fn permits(user: &User, a: Access, bits: u32) -> bool {
+    if user.uid == 0 {
+        return true;
+    }
+    let shift = if a.uid == user.uid {
+        6
+    } else if user.gids.contains(&a.gid) {
+        3
+    } else {
+        0
+    };
+    (a.mode >> shift) & bits == bits
+}
+
+/// May `user` connect to the unix socket at `socket`, given the metadata of every
+/// directory on its path (outermost first, ending with the socket's own directory)?
+/// Connecting needs search (x) on each directory and write on the socket (unix(7)).
+pub fn check_socket_access(
+    socket: &Path,
+    dirs: &[(PathBuf, Access)],
+    file: Option<Access>,
+    user: &User,
+) -> Check {
+    const NAME: &str = "postfix.socket_access";
+    let Some(file) = file else {
+        return Check::problem(
+            NAME,
+            format!("{} does not exist: is mta-stsd running?", socket.display()),
+            "start mta-stsd (systemctl start mta-stsd) and check server.listen",
+        );
+    };
+    if let Some((dir, _)) = dirs.iter().find(|(_, a)| !permits(user, *a, 0o1)) {
+        return Check::problem(
+            NAME,
+            format!(
+                "user {} cannot enter {} on the way to {}",
+                user.name,
+                dir.display(),
+                socket.display()
+            ),
+            format!(
+                "chmod o+x {} (or make it group-accessible to {})",
+                dir.display(),
+                user.name
+            ),
+        );
+    }
+    if !permits(user, file, 0o2) {
+        return Check::problem(
+            NAME,
+            format!(
+                "user {} may not connect to {} (mode {:04o})",
+                user.name,
+                socket.display(),
+                file.mode & 0o7777
+            ),
+            "set server.socket_mode = \"0666\" (or a group that includes Postfix's mail_owner)",
+        );
+    }
+    Check::ok(
+        NAME,
+        format!("user {} can connect to {}", user.name, socket.display()),
+    )
+}
+
+/// What a configured trust-anchor source (CAfile or CApath) turned out to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Anchors {
+    /// Not configured (empty parameter).
+    Unset,
+    Missing(PathBuf),
+    Unreadable(PathBuf, String),
+    Loaded {
+        path: PathBuf,
+        /// Certificates in it.
+        certs: usize,
+        /// Of those, how many are roots of the system's public store.
+        public: usize,
+    },
+}
+
+/// Does Postfix's smtp client have trust anchors that verify the Web PKI certificates
+/// MTA-STS relies on (RFC 8461 §4.2)? Without them every `secure` answer defers mail
+/// with "Server certificate not verified".
+pub fn check_trust(
+    ca_file: &Anchors,
+    ca_path: &Anchors,
+    append_default_ca: bool,
+    system_roots: usize,
+) -> Check {
+    const NAME: &str = "postfix.trust_anchors";
+    let mut total = 0;
+    let mut public = 0;
+    let mut shown = Vec::new();
+    for (param, a) in [("smtp_tls_CAfile", ca_file), ("smtp_tls_CApath", ca_path)] {
+        match a {
+            Anchors::Unset => {}
+            Anchors::Missing(p) => {
+                return Check::problem(
+                    NAME,
+                    format!(
+                        "{param} = {} does not exist: the smtp client cannot load it, and Postfix defers every domain that needs a verified certificate",
+                        p.display()
+                    ),
+                    format!(
+                        "postconf -e '{param} = /etc/ssl/certs/ca-certificates.crt' (Debian's ca-certificates) && postfix reload"
+                    ),
+                );
+            }
+            Anchors::Unreadable(p, e) => {
+                return Check::problem(
+                    NAME,
+                    format!("{param} = {} cannot be read: {e}", p.display()),
+                    format!(
+                        "make {} readable, or point {param} at /etc/ssl/certs/ca-certificates.crt",
+                        p.display()
+                    ),
+                );
+            }
+            Anchors::Loaded {
+                path,
+                certs,
+                public: p,
+            } => {
+                total += certs;
+                public += p;
+                shown.push(format!(
+                    "{param} {} ({certs} certificates, {p} public roots)",
+                    path.display()
+                ));
+            }
+        }
+    }
+    if append_default_ca {
+        shown.push("tls_append_default_CA = yes (OpenSSL's default store)".into());
+        return Check::ok(NAME, shown.join("; "));
+    }
+    if total == 0 {
+        return Check::problem(
+            NAME,
+            "Postfix has no trust anchors (smtp_tls_CAfile and smtp_tls_CApath hold no certificate, tls_append_default_CA = no): every enforced MTA-STS domain is deferred with \"Server certificate not verified\"",
+            "postconf -e 'smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt' && postfix reload",
+        );
+    }
+    if public == 0 && system_roots > 0 {
+        return Check::problem(
+            NAME,
+            format!(
+                "{}: none of the system's {system_roots} public root certificates is among them, so no public certificate chain verifies and enforced MTA-STS domains are deferred",
+                shown.join("; ")
+            ),
+            "add the public roots: postconf -e 'smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt' && postfix reload",
+        );
+    }
+    Check::ok(NAME, shown.join("; "))
+}
+
+/// A Postfix version `X.Y.Z` (or `X.Y`, or a snapshot `X.Y-20250101`) as numbers.
+pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+    let s = s.trim();
+    let mut parts = s.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p < 1000)
+        .unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// The zone's attributes against the Postfix version that receives them.
+/// `servername` exists since 3.4, the TLSRPT attributes since 3.10 (older versions
+/// reject the whole answer as "invalid attribute name" and defer the mail), and
+/// since 3.10.5 Postfix enforces the policy's `mx_host_pattern`s itself, exactly as
+/// RFC 8461 §4.1 says (`*.` = one label), which `match=` alone cannot express.
+pub fn check_version(version: &str, map: &str, zone: &ZoneOptions) -> Check {
+    const NAME: &str = "postfix.version";
+    let Some(v) = parse_version(version) else {
+        return Check::warning(
+            NAME,
+            format!("cannot read Postfix's mail_version {version:?}"),
+            "check that postconf -h mail_version prints a version",
+        );
+    };
+    if zone.require_sni && v < (3, 4, 0) {
+        return Check::problem(
+            NAME,
+            format!(
+                "Postfix {version} does not know servername= (3.4 and later), which zone {map:?} sends: Postfix rejects the answer and defers the mail"
+            ),
+            format!("set require_sni = false in [zones.{map}], or upgrade Postfix"),
+        );
+    }
+    if zone.tlsrpt && v < (3, 10, 0) {
+        return Check::problem(
+            NAME,
+            format!(
+                "Postfix {version} rejects the TLSRPT attributes (3.10 and later) that zone {map:?} sends (\"invalid attribute name\"): mail to every enforced domain is deferred"
+            ),
+            format!("set tlsrpt = false in [zones.{map}], or upgrade Postfix to 3.10 or later"),
+        );
+    }
+    if !zone.tlsrpt && v >= (3, 10, 5) {
+        return Check::warning(
+            NAME,
+            format!(
+                "Postfix {version} can enforce the policy's MX patterns exactly as RFC 8461 says, but zone {map:?} has tlsrpt = false, so it only gets match=, which allows a '*.example.net' pattern at any depth"
+            ),
+            format!(
+                "set tlsrpt = true in [zones.{map}] (smtp_tls_enforce_sts_mx_patterns = yes is Postfix's default)"
+            ),
+        );
+    }
+    Check::ok(
+        NAME,
+        format!("Postfix {version} accepts every attribute zone {map:?} sends"),
+    )
+}
+
+/// DANE against this daemon. A policy-table answer overrides Postfix's
+/// `smtp_tls_security_level`, so a `secure` answer for a domain that also publishes
+/// DANE TLSA records replaces Postfix's DANE check with Web PKI (RFC 8461 §2 forbids
+/// letting MTA-STS override DANE). `trust_ad` is whether /etc/resolv.conf has
+/// `options trust-ad` (glibc passes the resolver's AD bit to Postfix only then).
+pub fn check_dane(dns_support_level: &str, security_level: &str, trust_ad: bool) -> Check {
+    const NAME: &str = "postfix.dane";
+    let dnssec = dns_support_level.trim() == "dnssec";
+    let dane = matches!(security_level.trim(), "dane" | "dane-only");
+    match (dnssec, dane) {
+        (true, true) => Check::warning(
+            NAME,
+            "Postfix does DANE (smtp_dns_support_level = dnssec, smtp_tls_security_level = dane), and this version of mta-stsd answers `secure` for every enforced MTA-STS domain, which turns DANE off for domains that publish both",
+            "until mta-stsd defers to DANE, list the DANE domains you care about with 'dane' in a hash: table before the socketmap in smtp_tls_policy_maps",
+        ),
+        (false, true) => Check::problem(
+            NAME,
+            "smtp_tls_security_level = dane, but smtp_dns_support_level is not dnssec: Postfix cannot see DNSSEC and DANE falls back to opportunistic TLS",
+            "postconf -e 'smtp_dns_support_level = dnssec' (with a local validating resolver and options trust-ad)",
+        ),
+        (true, false) if !trust_ad => Check::warning(
+            NAME,
+            "smtp_dns_support_level = dnssec, but /etc/resolv.conf has no 'options trust-ad': glibc hides the resolver's AD bit, so Postfix sees no DNSSEC",
+            "add 'options trust-ad' to /etc/resolv.conf, with a validating resolver on 127.0.0.1",
+        ),
+        _ => Check::ok(
+            NAME,
+            format!(
+                "smtp_dns_support_level = {}, smtp_tls_security_level = {}: no DANE for mta-stsd to override",
+                or_unset(dns_support_level),
+                or_unset(security_level)
+            ),
+        ),
+    }
+}
+
+fn or_unset(s: &str) -> &str {
+    if s.trim().is_empty() {
+        "(unset)"
+    } else {
+        s.trim()
+    }
+}
+
+/// Whether /etc/resolv.conf text sets `options trust-ad` (resolv.conf(5)).
+pub fn resolv_conf_trusts_ad(text: &str) -> bool {
+    text.lines().any(|l| {
+        let mut words = l.split_whitespace();
+        words.next() == Some("options") && words.any(|w| w == "trust-ad")
+    })
+}
+
+/// The smtp-client services of `postconf -M` output (command `smtp`, type `unix`)
+/// and whether each runs chrooted. master(5): `-` in the chroot column means the
+/// built-in default, `n` since Postfix 3.0.
+pub fn smtp_services(master: &str) -> Vec<(String, bool)> {
+    master
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 8 && f[1] == "unix" && f[7] == "smtp")
+                .then(|| (f[0].to_owned(), f[4] == "y"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(s: &str) -> ListenAddr {
+        ListenAddr::Tcp(s.parse().unwrap())
+    }
+
+    #[test]
+    fn policy_map_lists() {
+        let (s, o) = parse_policy_maps(
+            "hash:/etc/postfix/tls_policy, socketmap:inet:127.0.0.1:8461:postfix\n  socketmap:unix:/run/mta-stsd/sock:strict proxy:socketmap:inet:[::1]:8461:postfix",
+        );
+        assert_eq!(o, vec!["hash:/etc/postfix/tls_policy"]);
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            s[0].endpoint,
+            Endpoint::Inet {
+                host: "127.0.0.1".into(),
+                port: 8461
+            }
+        );
+        assert_eq!(s[0].name, "postfix");
+        assert_eq!(s[1].endpoint, Endpoint::Unix("/run/mta-stsd/sock".into()));
+        assert_eq!(s[1].name, "strict");
+        assert_eq!(
+            s[2].endpoint,
+            Endpoint::Inet {
+                host: "::1".into(),
+                port: 8461
+            }
+        );
+        assert!(parse_policy_maps("socketmap:tcp:x:1:y").0.is_empty());
+        assert!(parse_policy_maps("socketmap:inet:h:port:y").0.is_empty());
+    }
+
+    #[test]
+    fn endpoints_meet_listeners() {
+        let listeners = [
+            tcp("127.0.0.1:8461"),
+            tcp("0.0.0.0:9000"),
+            ListenAddr::Unix("/var/spool/postfix/mta-sts/sock".into()),
+        ];
+        let inet = |h: &str, p| Endpoint::Inet {
+            host: h.into(),
+            port: p,
+        };
+        assert!(listener_for(&inet("127.0.0.1", 8461), None, &listeners).is_some());
+        assert!(listener_for(&inet("localhost", 8461), None, &listeners).is_some());
+        assert!(listener_for(&inet("127.0.0.2", 8461), None, &listeners).is_none());
+        assert!(listener_for(&inet("192.0.2.1", 9000), None, &listeners).is_some());
+        let unix = Endpoint::Unix("/mta-sts/sock".into());
+        let spool = Path::new("/var/spool/postfix");
+        assert!(listener_for(&unix, Some(spool), &listeners).is_some());
+        assert!(listener_for(&unix, None, &listeners).is_none());
+        let outside = Endpoint::Unix("/var/spool/postfix/mta-sts/sock".into());
+        assert!(listener_for(&outside, None, &listeners).is_some());
+        assert!(
+            listener_for(&outside, Some(spool), &listeners).is_none(),
+            "inside the chroot that path is /var/spool/postfix/var/spool/postfix/..."
+        );
+    }
+
+    #[test]
+    fn no_socketmap_is_a_problem_with_a_fix() {
+        let c = check_policy_maps("", &[], &[tcp("127.0.0.1:8461")]);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].level, Level::Problem);
+        assert!(
+            c[0].fix
+                .as_deref()
+                .unwrap()
+                .contains("socketmap:inet:127.0.0.1:8461:postfix")
+        );
+    }
+
+    #[test]
+    fn zones() {
+        let m = parse_policy_maps("socketmap:inet:127.0.0.1:8461:postfx").0;
+        assert_eq!(check_zone(&m[0], &[]).level, Level::Ok);
+        assert_eq!(check_zone(&m[0], &["default".into()]).level, Level::Ok);
+        assert_eq!(check_zone(&m[0], &["postfx".into()]).level, Level::Ok);
+        let c = check_zone(&m[0], &["postfix".into()]);
+        assert_eq!(c.level, Level::Warning);
+        assert!(c.message.contains("[zones.postfix]"), "{}", c.message);
+    }
+
+    #[test]
+    fn socket_permissions() {
+        let postfix = User {
+            name: "postfix".into(),
+            uid: 107,
+            gids: vec![113],
+        };
+        let root_dir = |mode| Access {
+            mode,
+            uid: 0,
+            gid: 0,
+        };
+        let sock = Path::new("/run/m/sock");
+        let dirs = |m| {
+            vec![
+                (PathBuf::from("/run"), root_dir(0o755)),
+                ("/run/m".into(), root_dir(m)),
+            ]
+        };
+        let file = |mode, gid| Access { mode, uid: 0, gid };
+        assert_eq!(
+            check_socket_access(sock, &dirs(0o755), Some(file(0o666, 0)), &postfix).level,
+            Level::Ok
+        );
+        assert_eq!(
+            check_socket_access(sock, &dirs(0o700), Some(file(0o666, 0)), &postfix).level,
+            Level::Problem
+        );
+        assert_eq!(
+            check_socket_access(sock, &dirs(0o755), Some(file(0o660, 0)), &postfix).level,
+            Level::Problem
+        );
+        assert_eq!(
+            check_socket_access(sock, &dirs(0o755), Some(file(0o660, 113)), &postfix).level,
+            Level::Ok
+        );
+        assert_eq!(
+            check_socket_access(sock, &dirs(0o755), None, &postfix).level,
+            Level::Problem
+        );
+    }
+
+    #[test]
+    fn trust_anchor_verdicts() {
+        let loaded = |certs, public| Anchors::Loaded {
+            path: "/etc/ssl/certs/ca-certificates.crt".into(),
+            certs,
+            public,
+        };
+        assert_eq!(
+            check_trust(&loaded(140, 140), &Anchors::Unset, false, 140).level,
+            Level::Ok
+        );
+        assert_eq!(
+            check_trust(&Anchors::Missing("/x".into()), &Anchors::Unset, true, 140).level,
+            Level::Problem
+        );
+        assert_eq!(
+            check_trust(&Anchors::Unset, &Anchors::Unset, false, 140).level,
+            Level::Problem
+        );
+        assert_eq!(
+            check_trust(&Anchors::Unset, &Anchors::Unset, true, 140).level,
+            Level::Ok
+        );
+        // Only a private CA: no public chain can verify.
+        assert_eq!(
+            check_trust(&loaded(1, 0), &Anchors::Unset, false, 140).level,
+            Level::Problem
+        );
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("3.7.11"), Some((3, 7, 11)));
+        assert_eq!(parse_version("3.10"), Some((3, 10, 0)));
+        assert_eq!(parse_version("3.11-20251010"), Some((3, 11, 0)));
+        assert_eq!(parse_version("x"), None);
+        let zone = |sni, tlsrpt| ZoneOptions {
+            require_sni: sni,
+            tlsrpt,
+            ..ZoneOptions::default()
+        };
+        assert_eq!(
+            check_version("3.3.2", "postfix", &zone(true, false)).level,
+            Level::Problem
+        );
+        assert_eq!(
+            check_version("3.3.2", "postfix", &zone(false, false)).level,
+            Level::Ok
+        );
+        assert_eq!(
+            check_version("3.7.11", "postfix", &zone(true, true)).level,
+            Level::Problem
+        );
+        assert_eq!(
+            check_version("3.10.3", "postfix", &zone(true, true)).level,
+            Level::Ok
+        );
+        assert_eq!(
+            check_version("3.10.3", "postfix", &zone(true, false)).level,
+            Level::Ok
+        );
+        assert_eq!(
+            check_version("3.10.13", "postfix", &zone(true, false)).level,
+            Level::Warning
+        );
+        assert_eq!(
+            check_version("3.10.13", "postfix", &zone(true, true)).level,
+            Level::Ok
+        );
+    }
+
+    #[test]
+    fn dane() {
+        assert_eq!(check_dane("dnssec", "dane", true).level, Level::Warning);
+        assert_eq!(check_dane("enabled", "dane", true).level, Level::Problem);
+        assert_eq!(check_dane("dnssec", "may", false).level, Level::Warning);
+        assert_eq!(check_dane("dnssec", "may", true).level, Level::Ok);
+        assert_eq!(check_dane("", "may", false).level, Level::Ok);
+        assert!(resolv_conf_trusts_ad(
+            "nameserver 127.0.0.1\noptions edns0 trust-ad\n"
+        ));
+        assert!(!resolv_conf_trusts_ad(
+            "nameserver 127.0.0.1\n# options trust-ad\n"
+        ));
+    }
+
+    #[test]
+    fn master_cf_services() {
+        let m = "smtp       inet  n       -       y       -       -       smtpd\n\
+                 smtp       unix  -       -       y       -       -       smtp\n\
+                 relay      unix  -       -       n       -       -       smtp -o syslog_name=postfix/relay\n\
+                 pickup     unix  n       -       y       60      1       pickup\n";
+        assert_eq!(
+            smtp_services(m),
+            vec![("smtp".to_owned(), true), ("relay".to_owned(), false)]
+        );
+    }
+}

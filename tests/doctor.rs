@@ -1,0 +1,531 @@
+//! `mta-stsd doctor` against real Postfix configurations: fixture directories read
+//! with Postfix's own `postconf -c DIR`, and a real daemon (in this process) to probe.
+//! Each fixture is one way a real setup goes wrong; each asserts the verdict and the
+//! exit status.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::InProcess;
+use mta_stsd::clock::SystemClock;
+use mta_stsd::config::Config;
+use mta_stsd_testkit::World;
+
+/// Debian's public roots, as a Postfix CAfile.
+const PUBLIC_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn postfix_installed() -> bool {
+    let found = Command::new("postconf")
+        .arg("-d")
+        .arg("mail_version")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Postfix (apt-get install postfix)"
+        );
+        eprintln!("skipped: Postfix (postconf) is not installed");
+    }
+    found
+}
+
+fn installed_version() -> (u32, u32) {
+    let out = Command::new("postconf")
+        .args(["-dh", "mail_version"])
+        .output()
+        .unwrap();
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut p = v.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+    (p.next().unwrap_or(0), p.next().unwrap_or(0))
+}
+
+/// A Postfix configuration directory: Debian's master.cf (smtp chrooted, as shipped),
+/// and a main.cf with `extra` appended.
+fn postfix_dir(root: &Path, extra: &str) -> PathBuf {
+    let dir = root.join("postfix");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy("/usr/share/postfix/master.cf.dist", dir.join("master.cf")).unwrap();
+    std::fs::write(
+        dir.join("main.cf"),
+        format!(
+            "compatibility_level = 3.6\nqueue_directory = {}\n{extra}\n",
+            root.join("spool").display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// A world directory the `postfix` user can traverse (tempdirs are 0700).
+fn world_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("spool"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
+/// The daemon with `listen` (plus a TCP listener), metrics on, cache in `root`.
+async fn daemon(w: &World, root: &Path, listen: &[String], zones: &str) -> InProcess {
+    let mut all = vec!["\"127.0.0.1:0\"".to_owned()];
+    all.extend(listen.iter().map(|l| format!("{l:?}")));
+    let text = format!(
+        "[server]\nlisten = [{}]\n[metrics]\nlisten = \"127.0.0.1:0\"\n{zones}\n",
+        all.join(", ")
+    );
+    let mut config = Config::from_toml(&text, "t").unwrap();
+    config.cache.path = Some(root.join("cache"));
+    InProcess::start(w, config, Arc::new(SystemClock)).await
+}
+
+/// The configuration file doctor reads: the running daemon's real addresses.
+fn daemon_config(root: &Path, d: &InProcess, unix: Option<&Path>, zones: &str) -> PathBuf {
+    let mut listen = vec![format!("\"{}\"", d.tcp)];
+    if let Some(p) = unix {
+        listen.push(format!("\"unix:{}\"", p.display()));
+    }
+    let metrics = d.http.as_deref().unwrap().trim_start_matches("http://");
+    let path = root.join("mta-stsd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [{}]\n[metrics]\nlisten = \"{metrics}\"\n[cache]\npath = \"{}\"\n{zones}\n",
+            listen.join(", "),
+            root.join("cache").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+struct Report {
+    code: Option<i32>,
+    text: String,
+    checks: Vec<serde_json::Value>,
+}
+
+impl Report {
+    fn level(&self, check: &str) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| c["check"] == check)
+            .map(|c| c["level"].as_str().unwrap().to_owned())
+            .collect()
+    }
+    fn message(&self, check: &str) -> String {
+        self.checks
+            .iter()
+            .filter(|c| c["check"] == check)
+            .map(|c| c["message"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+async fn doctor(config: &Path, postfix: &Path, resolv: &Path) -> Report {
+    let args: Vec<String> = vec![
+        "doctor".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--postfix-config".into(),
+        postfix.display().to_string(),
+        "--resolv-conf".into(),
+        resolv.display().to_string(),
+    ];
+    tokio::task::spawn_blocking(move || {
+        let run = |json: bool| {
+            let mut a = args.clone();
+            if json {
+                a.push("--json".into());
+            }
+            Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+                .args(&a)
+                .output()
+                .unwrap()
+        };
+        let text = run(false);
+        let json = run(true);
+        assert_eq!(text.status.code(), json.status.code());
+        Report {
+            code: json.status.code(),
+            text: String::from_utf8_lossy(&text.stdout).into_owned(),
+            checks: serde_json::from_slice(&json.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&json.stdout))),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn resolv(root: &Path) -> PathBuf {
+    let p = root.join("resolv.conf");
+    std::fs::write(&p, "nameserver 127.0.0.1\n").unwrap();
+    p
+}
+
+/// The zone options that fit the installed Postfix (TLSRPT attributes from 3.10).
+fn fitting_zone() -> String {
+    format!(
+        "[zones.postfix]\ntlsrpt = {}\n",
+        installed_version() >= (3, 10)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_setup_over_tcp_and_a_chrooted_unix_socket() {
+    if !postfix_installed() {
+        return;
+    }
+    let w = World::start().await;
+    let root = world_dir();
+    let r = root.path();
+    // Debian's smtp is chrooted to queue_directory: Postfix's "/mta-stsd.sock" is
+    // queue_directory/mta-stsd.sock on the host.
+    let sock = r.join("spool/mta-stsd.sock");
+    let zones = fitting_zone();
+    let d = daemon(&w, r, &[format!("unix:{}", sock.display())], &zones).await;
+    let config = daemon_config(r, &d, Some(&sock), &zones);
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "smtp_tls_policy_maps = socketmap:inet:{}:postfix, socketmap:unix:/mta-stsd.sock:postfix\nsmtp_tls_CAfile = {PUBLIC_ROOTS}\nsmtp_tls_security_level = may",
+            d.tcp
+        ),
+    );
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    assert_eq!(report.code, Some(0), "{}", report.text);
+    // TCP, then the unix socket for each of Debian's smtp-client services.
+    assert_eq!(
+        report.level("postfix.policy_maps"),
+        ["ok", "ok", "ok"],
+        "{}",
+        report.text
+    );
+    assert!(
+        report.message("postfix.policy_maps").contains("chrooted"),
+        "{}",
+        report.text
+    );
+    assert_eq!(report.level("postfix.socket_access"), ["ok"]);
+    assert_eq!(report.level("postfix.trust_anchors"), ["ok"]);
+    assert!(
+        report
+            .message("postfix.trust_anchors")
+            .contains("public roots")
+    );
+    assert_eq!(
+        report.level("mta-stsd.probe"),
+        ["ok", "ok"],
+        "{}",
+        report.text
+    );
+    assert_eq!(report.level("mta-stsd.metrics"), ["ok"]);
+    assert_eq!(report.level("mta-stsd.cache_dir"), ["ok"]);
+    assert!(report.text.contains("doctor: ok "), "{}", report.text);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_ca_file_is_a_problem() {
+    if !postfix_installed() {
+        return;
+    }
+    let w = World::start().await;
+    let root = world_dir();
+    let r = root.path();
+    let zones = fitting_zone();
+    let d = daemon(&w, r, &[], &zones).await;
+    let config = daemon_config(r, &d, None, &zones);
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "smtp_tls_policy_maps = socketmap:inet:{}:postfix\nsmtp_tls_CAfile = /etc/ssl/no-such-file.pem",
+            d.tcp
+        ),
+    );
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    assert_eq!(report.code, Some(2), "{}", report.text);
+    assert_eq!(report.level("postfix.trust_anchors"), ["problem"]);
+    assert!(report.text.contains("does not exist"), "{}", report.text);
+    assert!(
+        report
+            .text
+            .contains("fix: postconf -e 'smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt'")
+    );
+
+    // A CA file with only a private CA: nothing public verifies either.
+    let private = r.join("private-ca.pem");
+    std::fs::write(&private, w.ca.cert_pem()).unwrap();
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "smtp_tls_policy_maps = socketmap:inet:{}:postfix\nsmtp_tls_CAfile = {}",
+            d.tcp,
+            private.display()
+        ),
+    );
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    assert_eq!(
+        report.level("postfix.trust_anchors"),
+        ["problem"],
+        "{}",
+        report.text
+    );
+    assert!(
+        report
+            .message("postfix.trust_anchors")
+            .contains("none of the system's")
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_outside_the_chroot_is_a_problem() {
+    if !postfix_installed() {
+        return;
+    }
+    let w = World::start().await;
+    let root = world_dir();
+    let r = root.path();
+    let sock = r.join("mta-stsd.sock");
+    let zones = fitting_zone();
+    let d = daemon(&w, r, &[format!("unix:{}", sock.display())], &zones).await;
+    let config = daemon_config(r, &d, Some(&sock), &zones);
+    // The host path, written as is: inside smtp's chroot it means something else.
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "smtp_tls_policy_maps = socketmap:unix:{}:postfix\nsmtp_tls_CAfile = {PUBLIC_ROOTS}",
+            sock.display()
+        ),
+    );
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    assert_eq!(report.code, Some(2), "{}", report.text);
+    // One problem for each smtp-client service (smtp, relay).
+    assert_eq!(
+        report.level("postfix.policy_maps"),
+        ["problem", "problem"],
+        "{}",
+        report.text
+    );
+    assert!(
+        report
+            .message("postfix.policy_maps")
+            .contains("chrooted to")
+    );
+
+    // The same socket with smtp not chrooted works, unless the postfix user cannot
+    // reach it: a 0700 directory on the way.
+    let master = pf.join("master.cf");
+    let text = std::fs::read_to_string(&master).unwrap();
+    let unchrooted = text
+        .replace(
+            "smtp      unix  -       -       y       -       -       smtp",
+            "smtp      unix  -       -       n       -       -       smtp",
+        )
+        .replace(
+            "relay     unix  -       -       y       -       -       smtp",
+            "relay     unix  -       -       n       -       -       smtp",
+        );
+    assert_ne!(text, unchrooted, "Debian's master.cf changed its smtp line");
+    std::fs::write(&master, unchrooted).unwrap();
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    assert_eq!(report.code, Some(0), "{}", report.text);
+    assert_eq!(
+        report.level("postfix.socket_access"),
+        ["ok"],
+        "{}",
+        report.text
+    );
+    std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    if installed_user_is_not_root() {
+        assert_eq!(
+            report.level("postfix.socket_access"),
+            ["problem"],
+            "{}",
+            report.text
+        );
+        assert!(
+            report
+                .message("postfix.socket_access")
+                .contains("cannot enter")
+        );
+    }
+    std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.shutdown().await;
+}
+
+/// Postfix's mail_owner is an ordinary user (always, unless someone made it root).
+fn installed_user_is_not_root() -> bool {
+    Command::new("id")
+        .args(["-u", "postfix"])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() != "0")
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlsrpt_for_postfix_3_7_and_a_wrong_zone_name() {
+    if !postfix_installed() {
+        return;
+    }
+    let w = World::start().await;
+    let root = world_dir();
+    let r = root.path();
+    let zones = "[zones.postfix]\ntlsrpt = true\n";
+    let d = daemon(&w, r, &[], zones).await;
+    let config = daemon_config(r, &d, None, zones);
+    // postconf reports what main.cf says: this is how Postfix 3.7 looks to doctor.
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "mail_version = 3.7.11\nsmtp_tls_policy_maps = socketmap:inet:{}:postfix\nsmtp_tls_CAfile = {PUBLIC_ROOTS}",
+            d.tcp
+        ),
+    );
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    assert_eq!(report.code, Some(2), "{}", report.text);
+    assert_eq!(report.level("postfix.version"), ["problem"]);
+    assert!(
+        report
+            .text
+            .contains("set tlsrpt = false in [zones.postfix]"),
+        "{}",
+        report.text
+    );
+
+    // Postfix 3.10.13 without the attributes: it could enforce the MX patterns.
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "mail_version = 3.10.13\nsmtp_tls_policy_maps = socketmap:inet:{}:postfix\nsmtp_tls_CAfile = {PUBLIC_ROOTS}",
+            d.tcp
+        ),
+    );
+    let plain = r.join("plain.toml");
+    std::fs::write(
+        &plain,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("tlsrpt = true", "tlsrpt = false"),
+    )
+    .unwrap();
+    let report = doctor(&plain, &pf, &resolv(r)).await;
+    assert_eq!(report.code, Some(1), "{}", report.text);
+    assert_eq!(report.level("postfix.version"), ["warning"]);
+
+    // A typo in the map name: the daemon answers it with built-in options.
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "mail_version = 3.10.13\nsmtp_tls_policy_maps = socketmap:inet:{}:postfx\nsmtp_tls_CAfile = {PUBLIC_ROOTS}",
+            d.tcp
+        ),
+    );
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    assert_eq!(report.level("postfix.zone"), ["warning"], "{}", report.text);
+    assert!(report.message("postfix.zone").contains("\"postfx\""));
+    assert_eq!(
+        report.level("mta-stsd.probe"),
+        ["ok"],
+        "the daemon answers any map name"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_down_and_dane_override() {
+    if !postfix_installed() {
+        return;
+    }
+    let w = World::start().await;
+    let root = world_dir();
+    let r = root.path();
+    let zones = fitting_zone();
+    let d = daemon(&w, r, &[], &zones).await;
+    let config = daemon_config(r, &d, None, &zones);
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "smtp_tls_policy_maps = socketmap:inet:{}:postfix\nsmtp_tls_CAfile = {PUBLIC_ROOTS}\nsmtp_dns_support_level = dnssec\nsmtp_tls_security_level = dane",
+            d.tcp
+        ),
+    );
+    let trusting = r.join("resolv-trust-ad.conf");
+    std::fs::write(&trusting, "nameserver 127.0.0.1\noptions trust-ad\n").unwrap();
+    let report = doctor(&config, &pf, &trusting).await;
+    assert_eq!(report.code, Some(1), "{}", report.text);
+    assert_eq!(report.level("postfix.dane"), ["warning"]);
+    assert!(report.message("postfix.dane").contains("turns DANE off"));
+
+    d.shutdown().await;
+    let report = doctor(&config, &pf, &trusting).await;
+    assert_eq!(report.code, Some(2), "{}", report.text);
+    assert_eq!(
+        report.level("mta-stsd.probe"),
+        ["problem"],
+        "{}",
+        report.text
+    );
+    assert!(report.text.contains("systemctl start mta-stsd"));
+    assert_eq!(report.level("mta-stsd.metrics"), ["warning"]);
+}
+
+#[test]
+fn postfix_not_asking_the_daemon_and_a_broken_config() {
+    if !postfix_installed() {
+        return;
+    }
+    let root = world_dir();
+    let r = root.path();
+    let pf = postfix_dir(r, "smtp_tls_policy_maps = hash:/etc/postfix/tls_policy");
+    let config = r.join("bad.toml");
+    std::fs::write(&config, "[server]\nlisten = [\"nowhere\"]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .arg("--postfix-config")
+        .arg(&pf)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.starts_with("problem  mta-stsd.config"), "{text}");
+    assert!(text.contains("server.listen"), "{text}");
+
+    std::fs::write(
+        &config,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[metrics]\nlisten = \"\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        .args(["doctor", "--json", "--config"])
+        .arg(&config)
+        .arg("--postfix-config")
+        .arg(&pf)
+        .output()
+        .unwrap();
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let maps = checks
+        .iter()
+        .find(|c| c["check"] == "postfix.policy_maps")
+        .unwrap();
+    assert_eq!(maps["level"], "problem");
+    assert!(
+        maps["fix"]
+            .as_str()
+            .unwrap()
+            .contains("socketmap:inet:127.0.0.1:1:postfix"),
+        "{maps}"
+    );
+}
