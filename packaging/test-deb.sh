@@ -47,6 +47,20 @@ rc=$?
 set -e
 [ "$rc" = 1 ] && [ -z "$out" ] || fail "postmap got rc=$rc '$out' (want NOTFOUND)"
 mta-stsd cache list --config /etc/mta-stsd/mta-stsd.toml | grep -q "0 entries" || fail "cache list"
+# doctor with the packaged configuration (its default) and a Postfix set up as the
+# README says: nothing to report.
+cp /usr/share/postfix/master.cf.dist "$confdir/master.cf"
+cat >> "$confdir/main.cf" <<'CF'
+smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
+smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt
+smtp_tls_security_level = may
+CF
+set +e
+report=$(mta-stsd doctor --postfix-config "$confdir")
+rc=$?
+set -e
+echo "$report"
+[ "$rc" = 0 ] || fail "doctor exit $rc on a good setup"
 kill -TERM "$pid"
 wait "$pid" || fail "daemon did not exit 0 on SIGTERM"
 test -d /var/lib/mta-stsd/cache || fail "no cache written"

@@ -156,6 +156,7 @@ fn parse_socketmap(table: &str) -> Option<Socketmap> {
 pub fn listener_for(
     endpoint: &Endpoint,
     chroot: Option<&Path>,
+    queue: &Path,
     listeners: &[ListenAddr],
 ) -> Option<ListenAddr> {
     listeners
@@ -168,7 +169,7 @@ pub fn listener_for(
                         || (host == "localhost" && addr.ip().is_loopback()))
             }
             (Endpoint::Unix(path), ListenAddr::Unix(listen)) => {
-                host_path(path, chroot) == listen.as_path()
+                host_path(path, chroot, queue) == listen.as_path()
             }
             _ => false,
         })
@@ -176,8 +177,12 @@ pub fn listener_for(
 }
 
 /// Where `path`, as written in Postfix's configuration, is on the host for a process
-/// chrooted to `chroot` (if any).
-pub fn host_path(path: &Path, chroot: Option<&Path>) -> PathBuf {
+/// chrooted to `chroot` (if any). Postfix's daemons run in `queue_directory`
+/// (chrooted or not), so a relative path such as `private/mta-sts` is relative to it.
+pub fn host_path(path: &Path, chroot: Option<&Path>, queue: &Path) -> PathBuf {
+    if path.is_relative() {
+        return queue.join(path);
+    }
     match chroot {
         Some(root) => root.join(path.strip_prefix("/").unwrap_or(path)),
         None => path.to_owned(),
@@ -619,20 +624,25 @@ mod tests {
             host: h.into(),
             port: p,
         };
-        assert!(listener_for(&inet("127.0.0.1", 8461), None, &listeners).is_some());
-        assert!(listener_for(&inet("localhost", 8461), None, &listeners).is_some());
-        assert!(listener_for(&inet("127.0.0.2", 8461), None, &listeners).is_none());
-        assert!(listener_for(&inet("192.0.2.1", 9000), None, &listeners).is_some());
-        let unix = Endpoint::Unix("/mta-sts/sock".into());
         let spool = Path::new("/var/spool/postfix");
-        assert!(listener_for(&unix, Some(spool), &listeners).is_some());
-        assert!(listener_for(&unix, None, &listeners).is_none());
+        let find = |e: &Endpoint, chroot: Option<&Path>| listener_for(e, chroot, spool, &listeners);
+        assert!(find(&inet("127.0.0.1", 8461), None).is_some());
+        assert!(find(&inet("localhost", 8461), None).is_some());
+        assert!(find(&inet("127.0.0.2", 8461), None).is_none());
+        assert!(find(&inet("192.0.2.1", 9000), None).is_some());
+        let unix = Endpoint::Unix("/mta-sts/sock".into());
+        assert!(find(&unix, Some(spool)).is_some());
+        assert!(find(&unix, None).is_none());
         let outside = Endpoint::Unix("/var/spool/postfix/mta-sts/sock".into());
-        assert!(listener_for(&outside, None, &listeners).is_some());
+        assert!(find(&outside, None).is_some());
         assert!(
-            listener_for(&outside, Some(spool), &listeners).is_none(),
+            find(&outside, Some(spool)).is_none(),
             "inside the chroot that path is /var/spool/postfix/var/spool/postfix/..."
         );
+        // Relative to queue_directory, chrooted or not.
+        let relative = Endpoint::Unix("mta-sts/sock".into());
+        assert!(find(&relative, Some(spool)).is_some());
+        assert!(find(&relative, None).is_some());
     }
 
     #[test]

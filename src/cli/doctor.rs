@@ -159,13 +159,13 @@ fn postfix_checks(
     for s in &sockets {
         match &s.endpoint {
             doctor::Endpoint::Inet { .. } => {
-                let l = doctor::listener_for(&s.endpoint, None, listeners);
+                let l = doctor::listener_for(&s.endpoint, None, &queue, listeners);
                 resolved.push((s.clone(), l));
             }
             doctor::Endpoint::Unix(_) => {
                 for (service, chrooted) in &services {
                     let root = chrooted.then_some(queue.as_path());
-                    let l = doctor::listener_for(&s.endpoint, root, listeners);
+                    let l = doctor::listener_for(&s.endpoint, root, &queue, listeners);
                     let mut shown = s.clone();
                     shown.table = format!(
                         "{} (service {service}{})",
@@ -227,10 +227,11 @@ fn postfix_checks(
     // CAfile is loaded when the smtp client starts, before it enters its chroot;
     // CApath is searched at verification time, inside the chroot.
     let any_chroot = services.iter().any(|(_, c)| *c);
-    let ca_file = anchors(&param(dir, "smtp_tls_CAfile"), None);
+    let ca_file = anchors(&param(dir, "smtp_tls_CAfile"), None, &queue);
     let ca_path = anchors(
         &param(dir, "smtp_tls_CApath"),
         any_chroot.then_some(queue.as_path()),
+        &queue,
     );
     let append = param(dir, "tls_append_default_CA").eq_ignore_ascii_case("yes");
     let system = system_roots();
@@ -311,11 +312,11 @@ fn path_access(path: &Path) -> (Vec<(PathBuf, Access)>, Option<Access>) {
 /// Reads the certificates of a CAfile (one PEM file) or CApath (a directory of PEM
 /// files), as Postfix's smtp client would see it. Returns the verdict skeleton and
 /// the certificates (DER, without duplicates).
-fn anchors(value: &str, chroot: Option<&Path>) -> (Anchors, Vec<Vec<u8>>) {
+fn anchors(value: &str, chroot: Option<&Path>, queue: &Path) -> (Anchors, Vec<Vec<u8>>) {
     if value.trim().is_empty() {
         return (Anchors::Unset, Vec::new());
     }
-    let path = doctor::host_path(Path::new(value.trim()), chroot);
+    let path = doctor::host_path(Path::new(value.trim()), chroot, queue);
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -2,12 +2,14 @@
 # End-to-end delivery test: real Postfix sends through real mta-stsd to receiving SMTP
 # servers, inside a private network and mount namespace (nothing outside is touched).
 #
-#   sudo tests/e2e/postfix-delivery.sh [--tlsrpt] [BIN_DIR]
+#   sudo tests/e2e/postfix-delivery.sh [--tlsrpt] [--root DIR] [BIN_DIR]
 #
 # BIN_DIR holds mta-stsd and mta-sts-testworld (default target/debug; build them with
 # `cargo build --workspace --bins`). Needs root and Debian's postfix. --tlsrpt turns on
-# the TLSRPT attributes (Postfix >= 3.10). Prints one line per case and exits non-zero
-# if any case fails. The world: a DNS server on 127.0.0.1:53 and the policy server on
+# the TLSRPT attributes (Postfix >= 3.10). --root DIR runs the Postfix installed in the
+# Debian root DIR (e.g. `debootstrap trixie DIR` for Postfix 3.10.13) under chroot,
+# inside the same namespaces; the world and mta-stsd stay outside. Prints one line per
+# case and exits non-zero if any case fails. The world: a DNS server on 127.0.0.1:53 and the policy server on
 # 127.0.0.1:443 (mta-sts-testworld, test CA made at start), SMTP receivers on
 # 127.0.0.2:25 (STARTTLS, certificate chosen by SNI), 127.0.0.3:25 (no STARTTLS) and
 # 127.0.0.4:25 (STARTTLS, untrusted certificate when no SNI is sent),
@@ -15,24 +17,43 @@
 set -euo pipefail
 
 TLSRPT=false
-if [ "${1:-}" = "--tlsrpt" ]; then TLSRPT=true; shift; fi
+ROOT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tlsrpt) TLSRPT=true; shift ;;
+        --root) ROOT=$(realpath "$2"); shift 2 ;;
+        *) break ;;
+    esac
+done
 BIN=$(realpath "${1:-target/debug}")
 
 if [ "$(id -u)" != 0 ]; then echo "postfix-delivery: needs root" >&2; exit 2; fi
 if [ -z "${MTA_STS_E2E_NETNS:-}" ]; then
     exec env MTA_STS_E2E_NETNS=1 unshare --net --mount --propagation private "$0" \
-        $($TLSRPT && echo --tlsrpt) "$BIN"
+        $($TLSRPT && echo --tlsrpt) ${ROOT:+--root "$ROOT"} "$BIN"
 fi
+
+# Postfix's commands: the host's, or those of the Debian root under chroot.
+pf() { if [ -n "$ROOT" ]; then chroot "$ROOT" "$@"; else "$@"; fi; }
 
 ip link set lo up
 W=$(mktemp -d /tmp/mta-sts-e2e.XXXXXX)
 chmod 755 "$W"
 echo "nameserver 127.0.0.1" > "$W/resolv.conf"
 mount --bind "$W/resolv.conf" /etc/resolv.conf
+if [ -n "$ROOT" ]; then
+    # The root sees the work directory at the same path, this resolv.conf, and the
+    # kernel's /proc and /dev. These mounts live in this mount namespace only.
+    mkdir -p "$ROOT$W"
+    mount --bind "$W" "$ROOT$W"
+    mount --bind "$W/resolv.conf" "$ROOT/etc/resolv.conf"
+    mount -t proc proc "$ROOT/proc"
+    mount --rbind /dev "$ROOT/dev"
+fi
 
 pids=()
 cleanup() {
-    postfix stop >/dev/null 2>&1 || true
+    pf postfix stop >/dev/null 2>&1 || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     # Let them exit before removing their files: the daemon flushes its cache and
     # writes its checkpoint on the way out (it stops within a few seconds).
@@ -61,6 +82,7 @@ world() {
 world smtp 127.0.0.2 tls
 world smtp 127.0.0.3 plain
 world smtp 127.0.0.4 tls untrusted
+world smtp 127.0.0.5 tls
 #        domain          id mode     mx host               receiver
 world policy good.test    1 enforce  mx.good.test;    world mx good.test mx.good.test 127.0.0.2;       world cert mx.good.test valid
 world policy badcert.test 1 enforce  mx.badcert.test; world mx badcert.test mx.badcert.test 127.0.0.2; world cert mx.badcert.test wrong-name
@@ -68,6 +90,15 @@ world policy notls.test   1 enforce  mx.notls.test;   world mx notls.test mx.not
 world policy testing.test 1 testing  mx.testing.test; world mx testing.test mx.testing.test 127.0.0.4; world cert mx.testing.test untrusted
                                                       world mx plain.test mx.plain.test 127.0.0.4
 world policy cached.test  1 enforce  mx.cached.test;  world mx cached.test mx.cached.test 127.0.0.2;   world cert mx.cached.test valid
+# MX patterns (RFC 8461 section 4.1: "*." is exactly one label).
+world policy pattern.test  1 enforce '*.pattern.test';  world mx pattern.test mx1.pattern.test 127.0.0.2
+world cert mx1.pattern.test valid
+world policy deep.test     1 enforce '*.deep.test';     world mx deep.test a.b.deep.test 127.0.0.2
+world cert a.b.deep.test valid
+# The preferred MX is outside the policy (and has a valid certificate for its name).
+world policy stranger.test 1 enforce '*.stranger.test'
+world mx stranger.test mx.elsewhere.test 127.0.0.5 mx2.stranger.test 127.0.0.2
+world cert mx.elsewhere.test valid; world cert mx2.stranger.test valid
 
 # --- mta-stsd ---------------------------------------------------------------------
 cat > "$W/mta-stsd.toml" <<CFG
@@ -101,9 +132,9 @@ done
 
 # --- Postfix, the sender ----------------------------------------------------------
 mkdir -p "$W/etc" "$W/spool" "$W/data"
-cp -a /etc/postfix/. "$W/etc/"
-cp /usr/share/postfix/master.cf.dist "$W/etc/master.cf"
-chown postfix "$W/data"
+cp -a "$ROOT/etc/postfix/." "$W/etc/"
+cp "$ROOT/usr/share/postfix/master.cf.dist" "$W/etc/master.cf"
+pf chown postfix "$W/data"
 cat > "$W/etc/main.cf" <<CFG
 compatibility_level = 3.6
 queue_directory = $W/spool
@@ -127,18 +158,18 @@ delay_warning_time = 0
 bounce_queue_lifetime = 1d
 maximal_queue_lifetime = 1d
 CFG
-mount --bind "$W/etc" /etc/postfix
-postconf -F '*/*/chroot = n'
-postconf -M postlog/unix-dgram="postlog unix-dgram n - n - 1 postlogd"
-postfix check
-postfix start >/dev/null 2>&1
-postconf -h mail_version > "$W/postfix-version"
+mount --bind "$W/etc" "$ROOT/etc/postfix"
+pf postconf -F '*/*/chroot = n'
+pf postconf -M postlog/unix-dgram="postlog unix-dgram n - n - 1 postlogd"
+pf postfix check >/dev/null
+pf postfix start >/dev/null 2>&1
+pf postconf -h mail_version > "$W/postfix-version"
 echo "Postfix $(cat "$W/postfix-version"), mta-stsd $("$BIN/mta-stsd" --version | cut -d' ' -f2), tlsrpt=$TLSRPT"
 
 # --- the cases --------------------------------------------------------------------
 failures=0
 send() {  # send RCPT
-    printf 'Subject: mta-sts e2e to %s\n\nhello\n' "$1" | sendmail -f sender@sender.test "$1"
+    printf 'Subject: mta-sts e2e to %s\n\nhello\n' "$1" | pf sendmail -f sender@sender.test "$1"
 }
 # Waits for Postfix's verdict on RCPT (sent, deferred, bounced) and prints it.
 verdict() {
@@ -164,7 +195,7 @@ expect() {  # expect CASE RCPT VERDICT RECEIVED LOGPATTERN [n]
     [ "$rx" = "$want_rx" ] || res="$res received=$rx"
     # The pattern must be on this message's status line, or name this case's MX host.
     if [ -n "$pattern" ] && ! grep -F "to=<$rcpt>" "$W/maillog" | sed -n "${n}p" | grep -qE "$pattern" \
-        && ! { [[ "$pattern" == *"established to mx."* ]] && grep -qE "$pattern" "$W/maillog"; }; then
+        && ! { [[ "$pattern" == *"connection established to "* ]] && grep -qE "$pattern" "$W/maillog"; }; then
         res="$res no log line /$pattern/"
     fi
     check "$name" "$want, $want_rx received" "$res"
@@ -193,6 +224,41 @@ grep -q '"state": "enforce"' "$W/cached.json" && grep -q '"last_error": "' "$W/c
     || check "policy server down" "cached policy kept, fetch error recorded" "$(cat "$W/cached.json")"
 send user2@cached.test; expect "policy server down: still enforced from cache" user2@cached.test deferred 0 "server certificate verification failed|Server certificate not verified"
 
+# MX patterns. Postfix >= 3.10.5 with the TLSRPT attributes enforces the policy's
+# mx_host_pattern values itself (smtp_tls_enforce_sts_mx_patterns = yes, its default):
+# it connects only to MX hosts that match, with "*." standing for exactly one label.
+# Older versions, or no attributes, get only match=.deep.test, which allows any depth.
+version=$(cat "$W/postfix-version")
+if $TLSRPT && [ "$(printf '%s\n' 3.10.5 "$version" | sort -V | head -n1)" = 3.10.5 ]; then
+    logged() {  # logged NAME DESCRIPTION PATTERN: PATTERN is in the mail log
+        if grep -qF "$3" "$W/maillog"; then check "$1" "$2" ok; else check "$1" "$2" "no log line: $3"; fi
+    }
+    send user@pattern.test
+    expect "MX pattern *.pattern.test, MX mx1.pattern.test" user@pattern.test sent 1 "Verified TLS connection established to mx1.pattern.test"
+    send user@deep.test
+    expect "MX pattern *.deep.test, MX a.b.deep.test (two labels)" user@deep.test deferred 0 ""
+    logged "MX pattern *.deep.test, MX a.b.deep.test (two labels)" "Postfix logs the mismatch" \
+        "MX name 'a.b.deep.test' does not match STS MX pattern"
+    send user@stranger.test
+    expect "MX outside the policy is not used" user@stranger.test sent 1 "Verified TLS connection established to mx2.stranger.test"
+    logged "MX outside the policy is not used" "Postfix logs the mismatch" \
+        "MX name 'mx.elsewhere.test' does not match STS MX pattern"
+    if grep -q "connection established to mx.elsewhere.test" "$W/maillog"; then
+        check "MX outside the policy is not used" "no TLS connection to mx.elsewhere.test" "connected"
+    else
+        check "MX outside the policy is not used" "no TLS connection to mx.elsewhere.test" ok
+    fi
+    got=$(pf postmap -q deep.test socketmap:inet:127.0.0.1:8461:postfix || true)
+    case "$got" in
+        *"match=.deep.test "*"mx_host_pattern=*.deep.test "*"{ policy_string = mx: *.deep.test }"*)
+            check "MX patterns reach Postfix verbatim" "mx_host_pattern=*.deep.test" ok ;;
+        *) check "MX patterns reach Postfix verbatim" "mx_host_pattern=*.deep.test" "got: $got" ;;
+    esac
+else
+    send user@deep.test
+    expect "match=.deep.test (no MX patterns in Postfix $version): a.b.deep.test accepted" user@deep.test sent 1 "Verified TLS connection established to a.b.deep.test"
+fi
+
 # Postfix must accept every answer the daemon gave.
 if grep -qiE "invalid attribute|malformed|table .*lookup error|socketmap.*(error|unexpected)" "$W/maillog"; then
     check "Postfix accepted every answer" "no policy-map errors in the log" "$(grep -iE 'invalid attribute|malformed|lookup error' "$W/maillog" | head -3)"
@@ -200,7 +266,7 @@ else
     check "Postfix accepted every answer" "no policy-map errors in the log" ok
 fi
 if $TLSRPT; then
-    got=$(postmap -q good.test socketmap:inet:127.0.0.1:8461:postfix || true)
+    got=$(pf postmap -q good.test socketmap:inet:127.0.0.1:8461:postfix || true)
     want="secure match=mx.good.test servername=hostname policy_type=sts policy_domain=good.test mx_host_pattern=mx.good.test { policy_string = version: STSv1 } { policy_string = mode: enforce } { policy_string = mx: mx.good.test } { policy_string = max_age: 86400 }"
     [ "$got" = "$want" ] && check "TLSRPT attributes" "exact answer via postmap -q" ok \
         || check "TLSRPT attributes" "exact answer via postmap -q" "got: $got"

@@ -8,7 +8,8 @@
 //!   policy DOMAIN ID MODE MX[,MX...]   TXT id, mta-sts.DOMAIN -> 127.0.0.1, policy file
 //!   txt DOMAIN ID                      change the TXT id
 //!   down DOMAIN                        the policy server stops serving DOMAIN
-//!   mx DOMAIN HOST IP                  MX DOMAIN -> HOST, A HOST -> IP
+//!   mx DOMAIN HOST IP [HOST IP]...     MX DOMAIN -> HOSTs (preference 10, 20, ...
+//!                                      in the order given), A HOST -> IP
 //!   cert HOST valid|wrong-name|expired|untrusted   receiver certificate for HOST (SNI)
 //!   smtp IP tls|plain [KIND]           an SMTP receiver on IP:25, with or without
 //!                                      STARTTLS; KIND is the certificate for clients
@@ -80,14 +81,23 @@ async fn main() {
                 https.remove(domain);
                 Ok(())
             }
-            ["mx", domain, host, ip] => match ip.parse::<Ipv4Addr>() {
-                Ok(ip) => {
-                    dns.set_mx(domain, &[(10, host)]);
-                    dns.set_a(host, ip);
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-            },
+            ["mx", domain, hosts @ ..] if !hosts.is_empty() && hosts.len() % 2 == 0 => {
+                let pairs: Result<Vec<(&str, Ipv4Addr)>, String> = hosts
+                    .chunks(2)
+                    .map(|p| Ok((p[0], p[1].parse::<Ipv4Addr>().map_err(|e| e.to_string())?)))
+                    .collect();
+                pairs.map(|pairs| {
+                    let prefs: Vec<(u16, &str)> = pairs
+                        .iter()
+                        .zip((10u16..).step_by(10))
+                        .map(|((h, _), pref)| (pref, *h))
+                        .collect();
+                    dns.set_mx(domain, &prefs);
+                    for (h, ip) in pairs {
+                        dns.set_a(h, ip);
+                    }
+                })
+            }
             ["cert", host, kind] => match cert_kind(kind) {
                 Some(k) => {
                     certs.set(host, k);
