@@ -44,8 +44,60 @@ pub struct Config {
     pub cache: CacheConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub dane: DaneConfig,
     /// Options per socketmap name; `default` applies to names not listed.
     pub zones: BTreeMap<String, ZoneOptions>,
+}
+
+/// Whether DANE takes precedence over MTA-STS (RFC 8461 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DaneMode {
+    Off,
+    On,
+    /// On when the local Postfix validates DNSSEC (`smtp_dns_support_level =
+    /// dnssec`): DANE answers to a Postfix without DNSSEC would never deliver
+    /// (`dane-only`) or protect nothing (`dane`).
+    #[default]
+    Auto,
+}
+
+/// Who validates DNSSEC for DANE lookups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DaneValidation {
+    /// The daemon validates the chain itself from the trust anchor.
+    #[default]
+    Internal,
+    /// Trust the AD bit of a validating resolver on loopback (not available yet).
+    Resolver,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaneConfig {
+    pub mode: DaneMode,
+    pub validation: DaneValidation,
+    /// DNSKEY records of the root (zone-file format); default: the built-in IANA root
+    /// keys (KSK-2017 and KSK-2024).
+    pub trust_anchor: Option<PathBuf>,
+    /// Postfix's configuration directory, read by `mode = "auto"` (default: Postfix's
+    /// own default, /etc/postfix).
+    pub postfix_config: Option<PathBuf>,
+    /// DANE verdicts remembered in memory at most (least recently used forgotten).
+    pub cache_entries: usize,
+}
+
+impl Default for DaneConfig {
+    fn default() -> Self {
+        Self {
+            mode: DaneMode::Auto,
+            validation: DaneValidation::Internal,
+            trust_anchor: None,
+            postfix_config: None,
+            cache_entries: 50_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -383,6 +435,32 @@ impl Config {
         }
         if self.cache.refresh_concurrency == 0 {
             return Err(invalid("cache.refresh_concurrency", "must be at least 1"));
+        }
+        if self.dane.cache_entries == 0 {
+            return Err(invalid("dane.cache_entries", "must be at least 1"));
+        }
+        if self.dane.validation == DaneValidation::Resolver {
+            return Err(invalid(
+                "dane.validation",
+                "\"resolver\" is not available yet; use \"internal\" (the daemon validates DNSSEC itself)",
+            ));
+        }
+        if let Some(anchor) = &self.dane.trust_anchor {
+            let text = std::fs::read_to_string(anchor).map_err(|e| {
+                invalid(
+                    "dane.trust_anchor",
+                    format!("cannot read {}: {e}", anchor.display()),
+                )
+            })?;
+            text.parse::<hickory_resolver::proto::dnssec::TrustAnchors>()
+                .ok()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "dane.trust_anchor",
+                        format!("{} holds no DNSKEY record", anchor.display()),
+                    )
+                })?;
         }
         if let Some(ca) = self.fetch.ca_file.as_ref().filter(|ca| !ca.is_file()) {
             return Err(invalid(

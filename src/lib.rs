@@ -9,6 +9,8 @@
 //!   renderer of replies (pure, no I/O);
 //! - [`mtasts`]: next-hop key normalisation, the TXT record and policy file parsers
 //!   (pure), and discovery over DNS and HTTPS;
+//! - [`dane`]: DANE precedence (RFC 8461 §2, RFC 7672): the verdict rules (pure), the
+//!   validating DNSSEC lookups, and the service that remembers verdicts;
 //! - [`cache`]: a domain's cache entry, the cache rules as pure functions, the
 //!   policy service that applies them around discovery, and the persistent store;
 //! - [`server`]: the socketmap and HTTP (metrics, admin API) listeners, systemd
@@ -23,6 +25,7 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dane;
 pub mod doctor;
 mod locks;
 pub mod metrics;

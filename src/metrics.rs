@@ -27,6 +27,9 @@ pub const STORE_HEALTHY: &str = "mta_stsd_store_healthy";
 pub const STORE_ERRORS_TOTAL: &str = "mta_stsd_store_errors_total";
 pub const CACHE_MOVED_ASIDE_TOTAL: &str = "mta_stsd_cache_moved_aside_total";
 pub const CACHE_POLICIES_LOST_TOTAL: &str = "mta_stsd_cache_policies_lost_total";
+pub const DANE_VERDICTS_TOTAL: &str = "mta_stsd_dane_verdicts_total";
+pub const DNSSEC_BOGUS_TOTAL: &str = "mta_stsd_dnssec_bogus_total";
+pub const DANE_ENABLED: &str = "mta_stsd_dane_enabled";
 
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +65,12 @@ pub struct Metrics {
     pub cache_moved_aside: IntCounter,
     /// Policies missing from the cache at start compared with its last checkpoint.
     pub cache_policies_lost: IntCounter,
+    /// verdict (dane_only|dane|no_dane|temp), cache (hit|miss|timeout)
+    pub dane_verdicts: IntCounterVec,
+    /// rrset (mx|address|tlsa)
+    pub dnssec_bogus: IntCounterVec,
+    /// 1 while DANE precedence is on by default and DNSSEC validation works.
+    pub dane_enabled: IntGauge,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -166,6 +175,20 @@ impl Metrics {
                 CACHE_POLICIES_LOST_TOTAL,
                 "Policies missing from the cache at start compared with its last checkpoint (a damaged cache that opened without error).",
             )?,
+            dane_verdicts: counter_vec(
+                DANE_VERDICTS_TOTAL,
+                "DANE verdicts used for lookups, by verdict and whether it was remembered.",
+                &["verdict", "cache"],
+            )?,
+            dnssec_bogus: counter_vec(
+                DNSSEC_BOGUS_TOTAL,
+                "DNSSEC validation failures (bogus RRsets) met by DANE lookups.",
+                &["rrset"],
+            )?,
+            dane_enabled: IntGauge::new(
+                DANE_ENABLED,
+                "1 while DANE takes precedence by default ([dane] mode) and DNSSEC validation works; 0 otherwise.",
+            )?,
         };
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -189,6 +212,9 @@ impl Metrics {
             Box::new(m.store_errors.clone()),
             Box::new(m.cache_moved_aside.clone()),
             Box::new(m.cache_policies_lost.clone()),
+            Box::new(m.dane_verdicts.clone()),
+            Box::new(m.dnssec_bogus.clone()),
+            Box::new(m.dane_enabled.clone()),
             Box::new(build),
         ];
         for c in collectors {

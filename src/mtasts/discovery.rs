@@ -210,8 +210,12 @@ impl fmt::Debug for Discoverer {
     }
 }
 
-/// Builds the hickory resolver from `[resolver]`.
-pub fn build_resolver(cfg: &ResolverConfig) -> Result<TokioResolver, SetupError> {
+/// Builds the hickory resolver from `[resolver]`; with `anchors`, it validates
+/// DNSSEC itself (for DANE) and marks every record's proof.
+pub fn build_resolver(
+    cfg: &ResolverConfig,
+    anchors: Option<std::sync::Arc<hickory_resolver::proto::dnssec::TrustAnchors>>,
+) -> Result<TokioResolver, SetupError> {
     let provider = TokioRuntimeProvider::default();
     let mut builder = if cfg.nameservers.is_empty() {
         TokioResolver::builder(provider).map_err(|e| SetupError::Resolver(e.to_string()))?
@@ -234,6 +238,9 @@ pub fn build_resolver(cfg: &ResolverConfig) -> Result<TokioResolver, SetupError>
     opts.attempts = cfg.attempts;
     // We always ask fully-qualified names; never append search domains.
     opts.ndots = 0;
+    if let Some(anchors) = anchors {
+        builder = builder.with_trust_anchor(anchors);
+    }
     builder
         .build()
         .map_err(|e| SetupError::Resolver(e.to_string()))
@@ -245,7 +252,7 @@ impl Discoverer {
     }
 
     pub fn new(opts: DiscoveryOptions) -> Result<Self, SetupError> {
-        let resolver = build_resolver(&opts.resolver)?;
+        let resolver = build_resolver(&opts.resolver, None)?;
         let tls = tls_config(&opts)?;
         let guarded = GuardedResolver {
             resolver: resolver.clone(),

@@ -26,6 +26,16 @@ pub struct ZoneOptions {
     pub require_sni: bool,
     /// Add TLSRPT attributes (Postfix >= 3.10 only).
     pub tlsrpt: bool,
+    /// DANE precedence for this zone: on, off, or (unset) the `[dane] mode`.
+    pub dane: Option<DaneSwitch>,
+}
+
+/// A zone's `dane = "on" | "off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaneSwitch {
+    On,
+    Off,
 }
 
 impl Default for ZoneOptions {
@@ -34,6 +44,7 @@ impl Default for ZoneOptions {
             strict_testing: false,
             require_sni: true,
             tlsrpt: false,
+            dane: None,
         }
     }
 }
@@ -58,14 +69,22 @@ pub enum Reply {
     Secure(Arc<str>),
     /// `NOTFOUND `: no policy applies; Postfix uses its default TLS level.
     NotFound,
+    /// `OK dane`: Postfix's opportunistic DANE decides per MX host (postconf(5)).
+    Dane,
+    /// `OK dane-only`: mandatory DANE, every MX host must match its TLSA records.
+    DaneOnly,
+    /// `TEMP reason`: Postfix defers the delivery (socketmap_table(5)).
+    Temp(Arc<str>),
 }
 
 impl Reply {
     /// The netstring payload.
     pub fn wire(&self) -> &str {
         match self {
-            Reply::Secure(wire) => wire,
+            Reply::Secure(wire) | Reply::Temp(wire) => wire,
             Reply::NotFound => "NOTFOUND ",
+            Reply::Dane => "OK dane",
+            Reply::DaneOnly => "OK dane-only",
         }
     }
 
@@ -74,7 +93,27 @@ impl Reply {
         match self {
             Reply::Secure(_) => "secure",
             Reply::NotFound => "notfound",
+            Reply::Dane => "dane",
+            Reply::DaneOnly => "dane_only",
+            Reply::Temp(_) => "temp",
         }
+    }
+
+    /// `TEMP reason`, with the reason reduced to printable ASCII (it ends up in
+    /// Postfix's log and in the deferral notice).
+    pub fn temp(reason: &str) -> Reply {
+        let clean: String = reason
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .take(200)
+            .collect();
+        Reply::Temp(Arc::from(format!("TEMP {clean}")))
     }
 }
 
@@ -314,6 +353,8 @@ mod tests {
                 strict_testing: bits & 1 != 0,
                 require_sni: bits & 2 != 0,
                 tlsrpt: bits & 4 != 0,
+                // Not part of the variant: DANE answers are not memoized renderings.
+                dane: None,
             };
             assert!(z.variant() < ZONE_VARIANTS);
             assert!(seen.insert(z.variant()));

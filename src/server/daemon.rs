@@ -21,6 +21,7 @@ use crate::cache::store::guard::Reopen;
 use crate::cache::store::{GuardedStore, PolicyStore, SledStore, StoreError, Unavailable};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::dane::service::{DaneService, DaneSettings};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
 use crate::server::socketmap::{self, Listener};
@@ -132,6 +133,11 @@ impl Daemon {
                 Arc::new(GuardedStore::new(store, Some(reopen), metrics.clone()))
             }
         };
+        let dane = DaneService::new(
+            DaneSettings::resolve(&config.dane, &opts.resolver)?,
+            clock.clone(),
+            metrics.clone(),
+        );
         let discoverer = Discoverer::new(opts)?;
         let settings = ServiceSettings::new(config.cache.clone(), config.lookup.clone());
         let service = PolicyService::new(discoverer, store, clock, settings, metrics);
@@ -164,7 +170,7 @@ impl Daemon {
             };
         tracing::info!(cache = %path.display(), "mta-stsd ready");
         Ok(Daemon {
-            state: State::new(service, config, parts.config_path, parts.log),
+            state: State::new(service, dane, config, parts.config_path, parts.log),
             listeners,
             metrics_listener,
         })

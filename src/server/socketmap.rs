@@ -324,7 +324,7 @@ async fn serve_conn<S>(
         // The zone options are read per request, so a reload applies at once.
         let current = ctx.config();
         let zone = current.zone(&request.map);
-        let (reply, outcome) = ctx.service.lookup(&request.key, &zone).await;
+        let (reply, outcome) = ctx.answer(&request.key, &zone).await;
         metrics.requests_in_flight.dec();
         let zone_label = if current.zones.contains_key(&request.map) {
             request.map.as_str()

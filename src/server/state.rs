@@ -10,10 +10,13 @@ use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
 
-use crate::cache::service::{PolicyService, ServiceSettings};
+use crate::cache::service::{CacheOutcome, PolicyService, ServiceSettings};
 use crate::config::{Config, ConfigError};
+use crate::dane::service::{DaneService, DaneSettings, final_reply};
 use crate::locks::{read, write};
 use crate::mtasts::discovery::{Discoverer, SetupError};
+use crate::mtasts::domain::normalize_key;
+use crate::protocol::answer::{Reply, ZoneOptions};
 
 #[derive(Debug, Error)]
 pub enum ReloadError {
@@ -40,6 +43,7 @@ pub type LogReloader = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 /// The state every listener shares.
 pub struct State {
     pub service: Arc<PolicyService>,
+    pub dane: Arc<DaneService>,
     config: RwLock<Arc<Config>>,
     /// The configuration file, if the daemon was started with one.
     path: Option<PathBuf>,
@@ -49,12 +53,14 @@ pub struct State {
 impl State {
     pub fn new(
         service: Arc<PolicyService>,
+        dane: Arc<DaneService>,
         config: Config,
         path: Option<PathBuf>,
         log: Option<LogReloader>,
     ) -> Arc<Self> {
         Arc::new(Self {
             service,
+            dane,
             config: RwLock::new(Arc::new(config)),
             path,
             log,
@@ -69,21 +75,42 @@ impl State {
         self.path.as_deref()
     }
 
+    /// Answers one socketmap lookup: the MTA-STS answer, unless DANE takes precedence
+    /// for the domain (RFC 8461 §2). Both run at once; each has its own cache.
+    pub async fn answer(&self, key: &str, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
+        if !self.dane.enabled_for(zone) {
+            return self.service.lookup(key, zone).await;
+        }
+        let Ok(domain) = normalize_key(key) else {
+            // No domain (an address literal, ...): the policy service says why.
+            return self.service.lookup(key, zone).await;
+        };
+        let deadline = self.config().lookup.deadline;
+        let (dane, (reply, outcome)) = tokio::join!(
+            self.dane.verdict(&domain, deadline),
+            self.service.lookup(key, zone)
+        );
+        (final_reply(&dane.verdict, reply), outcome)
+    }
+
     /// Re-reads the configuration file and applies it; on any error the running
-    /// configuration stays as it was.
+    /// configuration stays as it was. Re-reads Postfix's DNSSEC setting for
+    /// `[dane] mode = "auto"`.
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
         let config = Config::load(Some(path))?;
         let discoverer = Discoverer::from_config(&config)?;
-        self.apply(config, discoverer)
+        let dane = DaneSettings::resolve(&config.dane, &config.resolver)?;
+        self.apply(config, discoverer, dane)
     }
 
-    /// Applies a configuration with its discoverer (tests build the discoverer with
-    /// their own trust anchors and ports).
+    /// Applies a configuration with its discoverer and DANE settings (tests build
+    /// them with their own trust anchors and ports).
     pub fn apply(
         &self,
         config: Config,
         discoverer: Discoverer,
+        dane: DaneSettings,
     ) -> Result<ReloadReport, ReloadError> {
         if let Some(log) = &self.log {
             log(&config.log.level).map_err(ReloadError::LogLevel)?;
@@ -95,6 +122,7 @@ impl State {
             ServiceSettings::new(config.cache.clone(), config.lookup.clone()),
             discoverer,
         );
+        self.dane.reconfigure(dane);
         *write(&self.config) = Arc::new(config);
         Ok(report)
     }

@@ -9,7 +9,7 @@ mod https;
 pub mod smtp;
 
 pub use ca::{CertKind, TestCa};
-pub use dns::{DnsFault, TestDns};
+pub use dns::{DnsFault, SigFault, TestDns};
 pub use hickory_proto::rr::RecordType;
 pub use https::{HttpResponse, TestHttps};
 
@@ -24,8 +24,16 @@ pub struct World {
 
 impl World {
     pub async fn start() -> World {
+        Self::start_with(TestDns::start().await).await
+    }
+
+    /// A world whose DNS root zone is signed (DNSSEC); its key is the trust anchor.
+    pub async fn start_signed() -> World {
+        Self::start_with(TestDns::start_signed().await).await
+    }
+
+    async fn start_with(dns: TestDns) -> World {
         let ca = TestCa::new();
-        let dns = TestDns::start().await;
         let https = TestHttps::start(ca.clone()).await;
         World { ca, dns, https }
     }

@@ -51,6 +51,7 @@ pub struct InProcess {
     /// `http://IP:PORT` of the metrics/admin listener, if configured.
     pub http: Option<String>,
     pub service: Arc<PolicyService>,
+    pub dane: Arc<mta_stsd::dane::service::DaneService>,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Stopped>,
 }
@@ -64,6 +65,7 @@ impl InProcess {
         let tcp = daemon.tcp_addrs()[0];
         let http = daemon.metrics_addr().map(|a| format!("http://{a}"));
         let service = daemon.state.service.clone();
+        let dane = daemon.state.dane.clone();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(daemon.run(async {
             let _ = rx.await;
@@ -72,6 +74,7 @@ impl InProcess {
             tcp,
             http,
             service,
+            dane,
             stop: Some(stop),
             task,
         }

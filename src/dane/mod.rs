@@ -1,0 +1,12 @@
+//! DANE precedence (RFC 8461 §2, RFC 7672): a domain whose MX hosts publish DNSSEC-
+//! secure TLSA records is handed to Postfix's own DANE code (`dane`, `dane-only`)
+//! instead of being answered with its MTA-STS policy, and a bogus MX RRset defers.
+//!
+//! - [`rules`]: the verdict from DNSSEC facts (pure);
+//! - [`lookup`]: the validating DNS lookups that gather the facts;
+//! - [`service`]: remembered verdicts, single-flight, refresh-ahead, the self-check,
+//!   and the final reply.
+
+pub mod lookup;
+pub mod rules;
+pub mod service;

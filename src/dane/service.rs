@@ -1,0 +1,456 @@
+//! The DANE side of a lookup: remembers each domain's verdict for its TTL, runs one
+//! set of DNSSEC lookups per domain at a time (single-flight), refreshes a verdict in
+//! the background when a lookup finds it near its end (so hits stay answered from
+//! memory), and checks that DNSSEC validation works at all.
+//!
+//! Why the self-check: validation needs DNS servers that pass DNSSEC records through.
+//! Behind one that strips them, every signed answer is bogus, and every domain would
+//! be deferred. When the root's DNSKEY RRset does not validate, DANE precedence is
+//! suspended with one ERROR line (MTA-STS answers continue) and checked again a minute
+//! later.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use hickory_resolver::proto::dnssec::TrustAnchors;
+use lru::LruCache;
+use serde::Serialize;
+
+use super::lookup::{DaneLookup, Found};
+use super::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
+use crate::clock::Clock;
+use crate::config::{DaneConfig, DaneMode, ResolverConfig};
+use crate::locks::{lock, read, write};
+use crate::metrics::Metrics;
+use crate::mtasts::discovery::SetupError;
+use crate::protocol::answer::{DaneSwitch, Reply, ZoneOptions};
+
+/// A remembered verdict and the facts it rests on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cached {
+    pub verdict: Verdict,
+    pub mx: MxFacts,
+    /// Unix seconds.
+    pub checked_at: u64,
+    pub expires_at: u64,
+}
+
+/// The final reply: a DANE verdict takes precedence over the MTA-STS answer (RFC 8461
+/// §2); without DANE the MTA-STS answer stands. DANE answers carry no MTA-STS TLSRPT
+/// attributes: Postfix reports DANE results itself.
+pub fn final_reply(verdict: &Verdict, mta_sts: Reply) -> Reply {
+    match verdict {
+        Verdict::DaneOnly => Reply::DaneOnly,
+        Verdict::Dane => Reply::Dane,
+        Verdict::Temp { reason } => Reply::temp(reason),
+        Verdict::NoDane => mta_sts,
+    }
+}
+
+/// `mode = "auto"`: on exactly when Postfix's `smtp_dns_support_level` is `dnssec`.
+pub fn auto_mode(smtp_dns_support_level: &str) -> bool {
+    smtp_dns_support_level.trim() == "dnssec"
+}
+
+/// Asks Postfix's own `postconf` for `smtp_dns_support_level`.
+pub fn postfix_dns_support_level(config_dir: Option<&Path>) -> Result<String, String> {
+    let mut cmd = std::process::Command::new("postconf");
+    if let Some(dir) = config_dir {
+        cmd.arg("-c").arg(dir);
+    }
+    let out = cmd
+        .args(["-h", "smtp_dns_support_level"])
+        .output()
+        .map_err(|e| format!("cannot run postconf: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "postconf failed: {}",
+            err.lines().last().unwrap_or("").trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// What the service needs from the configuration, resolved once per start or reload.
+#[derive(Debug, Clone)]
+pub struct DaneSettings {
+    /// DANE precedence for zones that do not say otherwise.
+    pub on: bool,
+    /// Why `on` is what it is (logged, shown by `query`).
+    pub reason: String,
+    pub lookup: Option<DaneLookup>,
+    pub cache_entries: usize,
+}
+
+impl DaneSettings {
+    /// Resolves `[dane]`: the mode (running `postconf` for `auto`), the trust anchor
+    /// and the validating resolver over `resolver`'s servers.
+    pub fn resolve(dane: &DaneConfig, resolver: &ResolverConfig) -> Result<Self, SetupError> {
+        let (on, reason) = match dane.mode {
+            DaneMode::On => (true, "dane.mode = \"on\"".to_owned()),
+            DaneMode::Off => (false, "dane.mode = \"off\"".to_owned()),
+            DaneMode::Auto => match postfix_dns_support_level(dane.postfix_config.as_deref()) {
+                Ok(level) if auto_mode(&level) => (
+                    true,
+                    "Postfix validates DNSSEC (smtp_dns_support_level = dnssec)".to_owned(),
+                ),
+                Ok(level) => (
+                    false,
+                    format!(
+                        "Postfix does not validate DNSSEC (smtp_dns_support_level = {})",
+                        if level.is_empty() { "(unset)" } else { &level }
+                    ),
+                ),
+                Err(e) => (false, format!("cannot ask Postfix ({e})")),
+            },
+        };
+        let anchors = match &dane.trust_anchor {
+            Some(path) => TrustAnchors::from_file(path).map_err(|e| {
+                SetupError::Resolver(format!("dane.trust_anchor {}: {e}", path.display()))
+            })?,
+            None => TrustAnchors::default(),
+        };
+        Ok(Self {
+            on,
+            reason,
+            lookup: Some(DaneLookup::new(resolver, Arc::new(anchors))?),
+            cache_entries: dane.cache_entries,
+        })
+    }
+
+    /// DANE off, no resolver (for tests and tools that do not need it).
+    pub fn off() -> Self {
+        Self {
+            on: false,
+            reason: "off".into(),
+            lookup: None,
+            cache_entries: 1,
+        }
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Arc<Cached>>>;
+
+const HEALTH_UNKNOWN: u8 = 0;
+const HEALTH_OK: u8 = 1;
+const HEALTH_BROKEN: u8 = 2;
+/// How long a failed self-check suspends DANE precedence before the next check.
+const RECHECK_AFTER: u64 = 60;
+
+pub struct DaneService {
+    settings: RwLock<Arc<DaneSettings>>,
+    verdicts: Mutex<LruCache<String, Arc<Cached>>>,
+    inflight: Mutex<HashMap<String, Flight>>,
+    health: AtomicU8,
+    health_checked_at: AtomicU64,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl DaneService {
+    pub fn new(settings: DaneSettings, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let cap = NonZeroUsize::new(settings.cache_entries).unwrap_or(NonZeroUsize::MIN);
+        tracing::info!(on = settings.on, reason = %settings.reason, "DANE precedence");
+        let this = Arc::new(Self {
+            settings: RwLock::new(Arc::new(settings)),
+            verdicts: Mutex::new(LruCache::new(cap)),
+            inflight: Mutex::new(HashMap::new()),
+            health: AtomicU8::new(HEALTH_UNKNOWN),
+            health_checked_at: AtomicU64::new(0),
+            clock,
+            metrics,
+        });
+        this.update_gauge();
+        this
+    }
+
+    /// Applies new settings (reload); remembered verdicts stay (their facts do not
+    /// depend on the settings), and the self-check runs again.
+    pub fn reconfigure(&self, settings: DaneSettings) {
+        tracing::info!(on = settings.on, reason = %settings.reason, "DANE precedence");
+        if let Some(cap) = NonZeroUsize::new(settings.cache_entries) {
+            lock(&self.verdicts).resize(cap);
+        }
+        *write(&self.settings) = Arc::new(settings);
+        self.health.store(HEALTH_UNKNOWN, Ordering::Release);
+        self.update_gauge();
+    }
+
+    fn settings(&self) -> Arc<DaneSettings> {
+        read(&self.settings).clone()
+    }
+
+    /// Whether DANE precedence applies to lookups in `zone` now: wanted by the zone or
+    /// the mode, and DNSSEC validation not found broken by the self-check (which this
+    /// starts when due).
+    pub fn enabled_for(self: &Arc<Self>, zone: &ZoneOptions) -> bool {
+        let settings = self.settings();
+        let wanted = match zone.dane {
+            Some(DaneSwitch::On) => true,
+            Some(DaneSwitch::Off) => false,
+            None => settings.on,
+        };
+        if !wanted || settings.lookup.is_none() {
+            return false;
+        }
+        self.check_health();
+        self.health.load(Ordering::Acquire) != HEALTH_BROKEN
+    }
+
+    fn update_gauge(&self) {
+        let on = self.settings().on && self.health.load(Ordering::Acquire) != HEALTH_BROKEN;
+        self.metrics.dane_enabled.set(i64::from(on));
+    }
+
+    /// Starts the self-check when none has run since start, reload or the pause.
+    fn check_health(self: &Arc<Self>) {
+        let state = self.health.load(Ordering::Acquire);
+        let since = self
+            .clock
+            .now()
+            .saturating_sub(self.health_checked_at.load(Ordering::Acquire));
+        let due = state == HEALTH_UNKNOWN || (state == HEALTH_BROKEN && since >= RECHECK_AFTER);
+        if !due {
+            return;
+        }
+        let Some(lookup) = self.settings().lookup.clone() else {
+            return;
+        };
+        // Claim the check so concurrent lookups do not start more.
+        self.health_checked_at
+            .store(self.clock.now(), Ordering::Release);
+        if state == HEALTH_UNKNOWN {
+            self.health.store(HEALTH_OK, Ordering::Release);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.run_health_check(&lookup).await;
+        });
+    }
+
+    /// Runs the self-check now and applies its result (also a test hook).
+    pub async fn check_validation_now(&self) -> Security {
+        match self.settings().lookup.clone() {
+            Some(lookup) => self.run_health_check(&lookup).await,
+            None => Security::Indeterminate,
+        }
+    }
+
+    async fn run_health_check(&self, lookup: &DaneLookup) -> Security {
+        let security = lookup.root_security().await;
+        self.health_checked_at
+            .store(self.clock.now(), Ordering::Release);
+        if security == Security::Secure {
+            if self.health.swap(HEALTH_OK, Ordering::AcqRel) == HEALTH_BROKEN {
+                tracing::info!("DNSSEC validation works again; DANE precedence resumed");
+            }
+        } else {
+            self.health.store(HEALTH_BROKEN, Ordering::Release);
+            tracing::error!(
+                root_dnskey = security.as_str(),
+                "DNSSEC validation does not work (the root's DNSKEY RRset is not secure: do resolver.nameservers pass DNSSEC records through? is dane.trust_anchor right?); DANE precedence suspended, MTA-STS answers continue"
+            );
+        }
+        self.update_gauge();
+        security
+    }
+
+    /// The verdict for `domain` (normalised): remembered, or looked up now. A lookup
+    /// that does not finish within `deadline` defers (`Temp`): DANE cannot be ruled
+    /// out, and the lookup goes on into the cache for the retry.
+    pub async fn verdict(self: &Arc<Self>, domain: &str, deadline: Duration) -> Arc<Cached> {
+        let now = self.clock.now();
+        let remembered = lock(&self.verdicts).get(domain).cloned();
+        if let Some(c) = remembered.filter(|c| now < c.expires_at) {
+            // Refresh ahead in the last quarter of the TTL.
+            let ttl = c.expires_at.saturating_sub(c.checked_at);
+            if now >= c.expires_at.saturating_sub(ttl / 4) {
+                drop(self.flight(domain));
+            }
+            self.metrics
+                .dane_verdicts
+                .with_label_values(&[c.verdict.as_str(), "hit"])
+                .inc();
+            return c;
+        }
+        let flight = self.flight(domain);
+        match tokio::time::timeout(deadline, flight).await {
+            Ok(c) => {
+                self.metrics
+                    .dane_verdicts
+                    .with_label_values(&[c.verdict.as_str(), "miss"])
+                    .inc();
+                c
+            }
+            Err(_) => {
+                tracing::warn!(
+                    domain,
+                    ?deadline,
+                    "DANE lookups did not finish before the lookup deadline; deferring"
+                );
+                self.metrics
+                    .dane_verdicts
+                    .with_label_values(&["temp", "timeout"])
+                    .inc();
+                Arc::new(Cached {
+                    verdict: Verdict::Temp {
+                        reason: "DANE lookups still running".into(),
+                    },
+                    mx: MxFacts::Failed,
+                    checked_at: now,
+                    expires_at: now,
+                })
+            }
+        }
+    }
+
+    /// The remembered verdict, if any (expired ones included).
+    pub fn cached(&self, domain: &str) -> Option<Arc<Cached>> {
+        lock(&self.verdicts).peek(domain).cloned()
+    }
+
+    /// Forgets a domain's verdict.
+    pub fn purge(&self, domain: &str) -> bool {
+        lock(&self.verdicts).pop(domain).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.verdicts).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn flight(self: &Arc<Self>, domain: &str) -> Flight {
+        let mut inflight = lock(&self.inflight);
+        if let Some(f) = inflight.get(domain) {
+            return f.clone();
+        }
+        let this = self.clone();
+        let owned = domain.to_owned();
+        let task = tokio::spawn(async move {
+            let cached = this.run(&owned).await;
+            lock(&this.inflight).remove(&owned);
+            cached
+        });
+        let fallback_domain = domain.to_owned();
+        let clock = self.clock.clone();
+        let flight: Flight = async move {
+            match task.await {
+                Ok(c) => c,
+                // The lookup task panicked or was cancelled: defer, remember nothing.
+                Err(_) => {
+                    tracing::error!(domain = %fallback_domain, "DANE lookup task failed");
+                    let now = clock.now();
+                    Arc::new(Cached {
+                        verdict: Verdict::Temp {
+                            reason: "DANE lookup failed".into(),
+                        },
+                        mx: MxFacts::Failed,
+                        checked_at: now,
+                        expires_at: now,
+                    })
+                }
+            }
+        }
+        .boxed()
+        .shared();
+        inflight.insert(domain.to_owned(), flight.clone());
+        flight
+    }
+
+    async fn run(&self, domain: &str) -> Arc<Cached> {
+        let now = self.clock.now();
+        let Some(lookup) = self.settings().lookup.clone() else {
+            return Arc::new(Cached {
+                verdict: Verdict::NoDane,
+                mx: MxFacts::NoDomain,
+                checked_at: now,
+                expires_at: now,
+            });
+        };
+        let Found { mx, min_ttl } = lookup.facts(domain).await;
+        let verdict = rules::verdict(&mx);
+        let ttl = rules::verdict_ttl(&mx, min_ttl);
+        let bogus = bogus_rrsets(&mx);
+        for rrset in &bogus {
+            self.metrics.dnssec_bogus.with_label_values(&[rrset]).inc();
+        }
+        if !bogus.is_empty() {
+            // Remembered for at most 60 s, so this is once per domain per TTL.
+            tracing::warn!(domain, rrsets = ?bogus, verdict = verdict.as_str(), "DNSSEC validation failed (bogus)");
+        }
+        let cached = Arc::new(Cached {
+            verdict,
+            mx,
+            checked_at: now,
+            expires_at: now.saturating_add(ttl),
+        });
+        lock(&self.verdicts).put(domain.to_owned(), cached.clone());
+        cached
+    }
+}
+
+/// Which RRsets of the facts were bogus (for the metric and the log line).
+fn bogus_rrsets(mx: &MxFacts) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    match mx {
+        MxFacts::Bogus => out.push("mx"),
+        MxFacts::Hosts { hosts, .. } => {
+            for h in hosts {
+                if h.address == Security::Bogus {
+                    out.push("address");
+                }
+                if h.tlsa == TlsaFacts::Bogus {
+                    out.push("tlsa");
+                }
+            }
+        }
+        MxFacts::NoDomain | MxFacts::Failed => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dane_verdicts_replace_the_mta_sts_answer() {
+        let sts = Reply::Secure(Arc::from("OK secure match=mx.example"));
+        assert_eq!(
+            final_reply(&Verdict::DaneOnly, sts.clone()),
+            Reply::DaneOnly
+        );
+        assert_eq!(final_reply(&Verdict::Dane, sts.clone()), Reply::Dane);
+        assert_eq!(final_reply(&Verdict::NoDane, sts.clone()), sts);
+        assert_eq!(
+            final_reply(
+                &Verdict::Temp {
+                    reason: "bogus\nMX".into()
+                },
+                sts
+            )
+            .wire(),
+            "TEMP bogus?MX"
+        );
+        assert_eq!(Reply::DaneOnly.wire(), "OK dane-only");
+        assert_eq!(Reply::Dane.wire(), "OK dane");
+    }
+
+    #[test]
+    fn auto_follows_postfix() {
+        assert!(auto_mode("dnssec\n"));
+        assert!(!auto_mode("enabled"));
+        assert!(!auto_mode(""));
+        assert!(!auto_mode("disabled"));
+    }
+}
