@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::ListenAddr;
+use crate::config::{DaneMode, ListenAddr};
 use crate::protocol::answer::ZoneOptions;
 
 /// How bad a finding is. The order matters: the worst level is the exit status.
@@ -511,37 +511,62 @@ pub fn check_version(version: &str, map: &str, zone: &ZoneOptions) -> Check {
     )
 }
 
-/// DANE against this daemon. A policy-table answer overrides Postfix's
-/// `smtp_tls_security_level`, so a `secure` answer for a domain that also publishes
-/// DANE TLSA records replaces Postfix's DANE check with Web PKI (RFC 8461 §2 forbids
-/// letting MTA-STS override DANE). `trust_ad` is whether /etc/resolv.conf has
-/// `options trust-ad` (glibc passes the resolver's AD bit to Postfix only then).
-pub fn check_dane(dns_support_level: &str, security_level: &str, trust_ad: bool) -> Check {
+/// DANE against this daemon's `[dane] mode`. A policy-table answer overrides
+/// Postfix's `smtp_tls_security_level`: a `secure` answer for a domain that also
+/// publishes DANE TLSA records would replace Postfix's DANE check with Web PKI (RFC
+/// 8461 §2 forbids letting MTA-STS override DANE), and DANE answers to a Postfix that
+/// does not validate DNSSEC never deliver (`dane-only`) or protect nothing (`dane`).
+/// `trust_ad` is whether /etc/resolv.conf has `options trust-ad` (glibc passes the
+/// resolver's AD bit to Postfix only then).
+pub fn check_dane(
+    dns_support_level: &str,
+    security_level: &str,
+    trust_ad: bool,
+    mode: DaneMode,
+) -> Check {
     const NAME: &str = "postfix.dane";
     let dnssec = dns_support_level.trim() == "dnssec";
     let dane = matches!(security_level.trim(), "dane" | "dane-only");
-    match (dnssec, dane) {
-        (true, true) => Check::warning(
-            NAME,
-            "Postfix does DANE (smtp_dns_support_level = dnssec, smtp_tls_security_level = dane), and this version of mta-stsd answers `secure` for every enforced MTA-STS domain, which turns DANE off for domains that publish both",
-            "until mta-stsd defers to DANE, list the DANE domains you care about with 'dane' in a hash: table before the socketmap in smtp_tls_policy_maps",
-        ),
-        (false, true) => Check::problem(
+    if dane && !dnssec {
+        return Check::problem(
             NAME,
             "smtp_tls_security_level = dane, but smtp_dns_support_level is not dnssec: Postfix cannot see DNSSEC and DANE falls back to opportunistic TLS",
             "postconf -e 'smtp_dns_support_level = dnssec' (with a local validating resolver and options trust-ad)",
+        );
+    }
+    match (dnssec, mode) {
+        (false, DaneMode::On) => Check::problem(
+            NAME,
+            "[dane] mode = \"on\", but Postfix does not validate DNSSEC (smtp_dns_support_level is not dnssec): mail to domains answered dane-only is never delivered",
+            "set [dane] mode = \"auto\" (it follows Postfix), or turn on DNSSEC in Postfix",
         ),
-        (true, false) if !trust_ad => Check::warning(
+        (true, DaneMode::Off) => Check::warning(
+            NAME,
+            "Postfix validates DNSSEC, but [dane] mode = \"off\": mta-stsd's secure answers override Postfix's DANE for domains that publish both",
+            "set [dane] mode = \"auto\"",
+        ),
+        (true, _) if !trust_ad => Check::warning(
             NAME,
             "smtp_dns_support_level = dnssec, but /etc/resolv.conf has no 'options trust-ad': glibc hides the resolver's AD bit, so Postfix sees no DNSSEC",
             "add 'options trust-ad' to /etc/resolv.conf, with a validating resolver on 127.0.0.1",
         ),
-        _ => Check::ok(
+        (true, _) => Check::ok(
             NAME,
             format!(
-                "smtp_dns_support_level = {}, smtp_tls_security_level = {}: no DANE for mta-stsd to override",
-                or_unset(dns_support_level),
+                "Postfix validates DNSSEC (smtp_tls_security_level = {}) and DANE takes precedence over MTA-STS",
                 or_unset(security_level)
+            ),
+        ),
+        (false, _) => Check::ok(
+            NAME,
+            format!(
+                "smtp_dns_support_level = {}: no DNSSEC in Postfix, so mta-stsd gives MTA-STS answers only (dane.mode = {})",
+                or_unset(dns_support_level),
+                match mode {
+                    DaneMode::Off => "off",
+                    DaneMode::On => "on",
+                    DaneMode::Auto => "auto",
+                }
             ),
         ),
     }
@@ -784,11 +809,25 @@ mod tests {
 
     #[test]
     fn dane() {
-        assert_eq!(check_dane("dnssec", "dane", true).level, Level::Warning);
-        assert_eq!(check_dane("enabled", "dane", true).level, Level::Problem);
-        assert_eq!(check_dane("dnssec", "may", false).level, Level::Warning);
-        assert_eq!(check_dane("dnssec", "may", true).level, Level::Ok);
-        assert_eq!(check_dane("", "may", false).level, Level::Ok);
+        use DaneMode::{Auto, Off, On};
+        assert_eq!(check_dane("dnssec", "dane", true, Auto).level, Level::Ok);
+        assert_eq!(check_dane("dnssec", "dane", true, On).level, Level::Ok);
+        assert_eq!(
+            check_dane("dnssec", "dane", true, Off).level,
+            Level::Warning
+        );
+        assert_eq!(
+            check_dane("enabled", "dane", true, Auto).level,
+            Level::Problem
+        );
+        assert_eq!(check_dane("enabled", "may", true, On).level, Level::Problem);
+        assert_eq!(
+            check_dane("dnssec", "may", false, Auto).level,
+            Level::Warning
+        );
+        assert_eq!(check_dane("dnssec", "may", true, Auto).level, Level::Ok);
+        assert_eq!(check_dane("", "may", false, Auto).level, Level::Ok);
+        assert_eq!(check_dane("", "may", false, Off).level, Level::Ok);
         assert!(resolv_conf_trusts_ad(
             "nameserver 127.0.0.1\noptions edns0 trust-ad\n"
         ));

@@ -416,3 +416,79 @@ async fn broken_validation_suspends_dane_instead_of_deferring_everything() {
     assert!(metrics(&d).await.contains("mta_stsd_dane_enabled 0"));
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_explains_the_dane_verdict_and_gives_the_daemons_reply() {
+    use mta_stsd::cli::query::{DaneQuery, query};
+    use mta_stsd::protocol::answer::ZoneOptions;
+    let w = World::start_signed().await;
+    publish_both(&w);
+    w.dns.set_mx("bogus.test", &[(10, "mx.bogus.test")]);
+    w.dns.set_a("mx.bogus.test", IP);
+    w.dns
+        .set_sig_fault("bogus.test", RecordType::MX, Some(SigFault::Expired));
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&w, dir.path(), "mode = \"on\"", "").await;
+    let lookup = validating(&w.dns);
+    let discoverer = common::discoverer(&w);
+    for domain in ["dane.test", "sts.test", "bogus.test"] {
+        let dane = DaneQuery {
+            enabled: true,
+            reason: "dane.mode = \"on\"".into(),
+            lookup: Some(&lookup),
+        };
+        let report = query(&discoverer, domain, &ZoneOptions::default(), Some(dane)).await;
+        let served = ask_once(d.tcp, "postfix", domain).await;
+        assert_eq!(report.reply, served, "{domain}: {}", report.to_text());
+        let text = report.to_text();
+        match domain {
+            "dane.test" => {
+                assert!(text.contains("verdict:    dane-only"), "{text}");
+                assert!(
+                    text.contains(
+                        "host:     mx.dane.test (addresses secure); TLSA: 3 1 1 (usable)"
+                    ),
+                    "{text}"
+                );
+                // The MTA-STS part is still shown, after DANE.
+                assert!(text.find("verdict:").unwrap() < text.find("policy:").unwrap());
+            }
+            "bogus.test" => assert!(text.contains("MX:         BOGUS"), "{text}"),
+            _ => assert!(
+                text.contains("no DANE: the MTA-STS answer below stands"),
+                "{text}"
+            ),
+        }
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_show_includes_the_dane_verdict() {
+    let w = World::start_signed().await;
+    publish_both(&w);
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&w, dir.path(), "mode = \"on\"", "").await;
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "dane.test").await,
+        "OK dane-only"
+    );
+    let admin = d.http.clone().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+            .args(["cache", "show", "dane.test", "--admin", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("state:       enforce"), "{text}");
+    assert!(text.contains("DANE:        dane_only"), "{text}");
+    assert!(
+        text.contains("host:      mx.dane.test (addresses secure"),
+        "{text}"
+    );
+    d.shutdown().await;
+}

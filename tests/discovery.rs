@@ -12,7 +12,7 @@ use mta_stsd::protocol::answer::ZoneOptions;
 use mta_stsd_testkit::{CertKind, DnsFault, HttpResponse, World, policy_text};
 
 async fn report(world: &World, key: &str) -> QueryReport {
-    query(&discoverer(world), key, &ZoneOptions::default()).await
+    query(&discoverer(world), key, &ZoneOptions::default(), None).await
 }
 
 fn fetch_err(r: &QueryReport) -> (&'static str, String) {
@@ -56,7 +56,7 @@ async fn testing_and_none_modes_answer_notfound() {
         strict_testing: true,
         ..Default::default()
     };
-    let r = query(&discoverer(&w), "testing.example", &strict).await;
+    let r = query(&discoverer(&w), "testing.example", &strict, None).await;
     assert_eq!(
         r.reply,
         "OK secure match=mx.testing.example servername=hostname"
@@ -182,7 +182,7 @@ async fn servfail_and_timeout_are_lookup_failures_not_no_policy() {
         d.lookup_txt("broken.example").await,
         TxtLookup::Failed { .. }
     ));
-    let r = query(&d, "broken.example", &ZoneOptions::default()).await;
+    let r = query(&d, "broken.example", &ZoneOptions::default(), None).await;
     assert_eq!(r.outcome, Outcome::Error);
     w.dns
         .set_fault("_mta-sts.broken.example", Some(DnsFault::Drop));
@@ -466,7 +466,7 @@ async fn query_and_daemon_give_byte_identical_replies() {
     let d = common::InProcess::start(&w, config.clone(), Arc::new(SystemClock)).await;
     for zone in ["rpt", "old", "postfix"] {
         for domain in ["plain.example", "hostile.example", "oversize.example"] {
-            let live = query(&discoverer(&w), domain, &config.zone(zone))
+            let live = query(&discoverer(&w), domain, &config.zone(zone), None)
                 .await
                 .reply;
             let served = common::ask_once(d.tcp, zone, domain).await;

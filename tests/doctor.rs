@@ -463,10 +463,28 @@ async fn daemon_down_and_dane_override() {
     );
     let trusting = r.join("resolv-trust-ad.conf");
     std::fs::write(&trusting, "nameserver 127.0.0.1\noptions trust-ad\n").unwrap();
+    // DANE in Postfix, and the daemon's default mode (auto) follows it.
     let report = doctor(&config, &pf, &trusting).await;
+    assert_eq!(report.code, Some(0), "{}", report.text);
+    assert_eq!(report.level("postfix.dane"), ["ok"]);
+    // With DANE precedence turned off, MTA-STS answers would override it.
+    let off = r.join("off.toml");
+    std::fs::write(
+        &off,
+        format!(
+            "{}\n[dane]\nmode = \"off\"\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let report = doctor(&off, &pf, &trusting).await;
     assert_eq!(report.code, Some(1), "{}", report.text);
     assert_eq!(report.level("postfix.dane"), ["warning"]);
-    assert!(report.message("postfix.dane").contains("turns DANE off"));
+    assert!(
+        report
+            .message("postfix.dane")
+            .contains("override Postfix's DANE")
+    );
 
     d.shutdown().await;
     let report = doctor(&config, &pf, &trusting).await;

@@ -111,6 +111,26 @@ pub(super) async fn command(
                     println!("    {l}");
                 }
             }
+            if let Some(d) = &e.dane {
+                println!(
+                    "DANE:        {} (checked {}, until {})",
+                    d.verdict, d.checked, d.expires
+                );
+                if let crate::dane::rules::MxFacts::Hosts {
+                    security, hosts, ..
+                } = &d.facts
+                {
+                    println!("  MX:        {}", security.as_str());
+                    for h in hosts {
+                        println!(
+                            "  host:      {} (addresses {}; TLSA {})",
+                            h.name,
+                            h.address.as_str(),
+                            serde_json::to_string(&h.tlsa).unwrap_or_default()
+                        );
+                    }
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

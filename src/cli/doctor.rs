@@ -259,6 +259,7 @@ fn postfix_checks(
         &param(dir, "smtp_dns_support_level"),
         &param(dir, "smtp_tls_security_level"),
         trust_ad,
+        config.dane.mode,
     ));
     used
 }

@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
+use crate::dane::service::DaneSettings;
 use crate::mtasts::discovery::Discoverer;
+use crate::protocol::answer::DaneSwitch;
 
 mod cache;
 mod doctor;
@@ -171,7 +173,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(config.as_deref())?;
             let report = current_thread()?.block_on(async {
                 let discoverer = Discoverer::from_config(&config)?;
-                anyhow::Ok(query::query(&discoverer, &domain, &config.zone(&zone)).await)
+                let zone = config.zone(&zone);
+                let dane = DaneSettings::resolve(&config.dane, &config.resolver)?;
+                let enabled = match zone.dane {
+                    Some(DaneSwitch::On) => true,
+                    Some(DaneSwitch::Off) => false,
+                    None => dane.on,
+                };
+                let dane_query = query::DaneQuery {
+                    enabled,
+                    reason: match zone.dane {
+                        Some(_) => "set for this zone".to_owned(),
+                        None => dane.reason.clone(),
+                    },
+                    lookup: dane.lookup.as_ref(),
+                };
+                anyhow::Ok(query::query(&discoverer, &domain, &zone, Some(dane_query)).await)
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -5,10 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::dane::lookup::DaneLookup;
+use crate::dane::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
+use crate::dane::service::final_reply;
 use crate::mtasts::discovery::{Discoverer, FetchError, TxtLookup};
 use crate::mtasts::domain::normalize_key;
 use crate::mtasts::policy::Policy;
-use crate::protocol::answer::{ZoneOptions, render};
+use crate::protocol::answer::{Reply, ZoneOptions, render};
 
 /// How a query ended; also the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +41,25 @@ pub struct FetchFailure {
     pub message: String,
 }
 
+/// The DANE part of a query (RFC 7672), looked at before MTA-STS.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaneReport {
+    /// Whether DANE takes precedence for this zone, and why.
+    pub enabled: bool,
+    pub reason: String,
+    /// The root DNSKEY's DNSSEC status (the self-check), when DANE is enabled.
+    pub validation: Option<Security>,
+    pub mx: Option<MxFacts>,
+    pub verdict: Option<Verdict>,
+}
+
+/// What `query` needs to look at DANE: whether it applies, why, and the resolver.
+pub struct DaneQuery<'a> {
+    pub enabled: bool,
+    pub reason: String,
+    pub lookup: Option<&'a DaneLookup>,
+}
+
 /// Everything `query` found out.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryReport {
@@ -45,6 +67,7 @@ pub struct QueryReport {
     pub domain: Option<String>,
     /// Why the key was not looked up at all (IP literal, parent domain, invalid).
     pub skipped: Option<String>,
+    pub dane: Option<DaneReport>,
     pub txt: Option<TxtLookup>,
     pub policy_url: Option<String>,
     pub policy: Option<Policy>,
@@ -56,12 +79,51 @@ pub struct QueryReport {
     pub outcome: Outcome,
 }
 
-/// Runs one live discovery for a next-hop key.
-pub async fn query(discoverer: &Discoverer, key: &str, zone: &ZoneOptions) -> QueryReport {
+/// Runs one live discovery for a next-hop key: DANE first (when it applies), then
+/// MTA-STS; the reply is what the daemon would answer.
+pub async fn query(
+    discoverer: &Discoverer,
+    key: &str,
+    zone: &ZoneOptions,
+    dane: Option<DaneQuery<'_>>,
+) -> QueryReport {
+    let mut report = mta_sts(discoverer, key, zone).await;
+    let (Some(dane), Some(domain)) = (dane, report.domain.clone()) else {
+        return report;
+    };
+    let mut part = DaneReport {
+        enabled: dane.enabled,
+        reason: dane.reason,
+        validation: None,
+        mx: None,
+        verdict: None,
+    };
+    if let (true, Some(lookup)) = (dane.enabled, dane.lookup) {
+        let validation = lookup.root_security().await;
+        part.validation = Some(validation);
+        // As the daemon: no DANE precedence while validation does not work.
+        if validation == Security::Secure {
+            let found = lookup.facts(&domain).await;
+            let verdict = rules::verdict(&found.mx);
+            let mta_sts = match report.reply.as_str() {
+                "NOTFOUND " => Reply::NotFound,
+                other => Reply::Secure(other.into()),
+            };
+            report.reply = final_reply(&verdict, mta_sts).wire().to_owned();
+            part.mx = Some(found.mx);
+            part.verdict = Some(verdict);
+        }
+    }
+    report.dane = Some(part);
+    report
+}
+
+async fn mta_sts(discoverer: &Discoverer, key: &str, zone: &ZoneOptions) -> QueryReport {
     let mut report = QueryReport {
         key: key.to_owned(),
         domain: None,
         skipped: None,
+        dane: None,
         txt: None,
         policy_url: None,
         policy: None,
@@ -105,6 +167,89 @@ pub async fn query(discoverer: &Discoverer, key: &str, zone: &ZoneOptions) -> Qu
     report
 }
 
+fn dane_text(out: &mut String, dane: &DaneReport) {
+    let _ = writeln!(
+        out,
+        "DANE:       {} ({})",
+        if dane.enabled { "on" } else { "off" },
+        dane.reason
+    );
+    match dane.validation {
+        Some(Security::Secure) | None => {}
+        Some(other) => {
+            let _ = writeln!(
+                out,
+                "DNSSEC:     the root's DNSKEY RRset is {}: validation does not work here, DANE is suspended",
+                other.as_str()
+            );
+        }
+    }
+    match &dane.mx {
+        Some(MxFacts::Hosts {
+            security,
+            implicit,
+            hosts,
+        }) => {
+            let _ = writeln!(
+                out,
+                "MX:         {}{}",
+                security.as_str(),
+                if *implicit {
+                    " (no MX: the domain itself)"
+                } else {
+                    ""
+                }
+            );
+            for h in hosts {
+                let tlsa = match &h.tlsa {
+                    TlsaFacts::NotApplicable => "not looked up (addresses not secure)".to_owned(),
+                    TlsaFacts::None => "none".to_owned(),
+                    TlsaFacts::Bogus => "BOGUS".to_owned(),
+                    TlsaFacts::Failed => "lookup failed".to_owned(),
+                    TlsaFacts::Records { records } => records
+                        .iter()
+                        .map(|t| {
+                            format!(
+                                "{} {} {} ({})",
+                                t.usage,
+                                t.selector,
+                                t.matching,
+                                if t.usable() { "usable" } else { "unusable" }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                let _ = writeln!(
+                    out,
+                    "  host:     {} (addresses {}); TLSA: {tlsa}",
+                    h.name,
+                    h.address.as_str()
+                );
+            }
+        }
+        Some(MxFacts::NoDomain) => {
+            let _ = writeln!(out, "MX:         none (no such domain, or a null MX)");
+        }
+        Some(MxFacts::Bogus) => {
+            let _ = writeln!(out, "MX:         BOGUS (DNSSEC validation failed)");
+        }
+        Some(MxFacts::Failed) => {
+            let _ = writeln!(out, "MX:         lookup failed");
+        }
+        None => {}
+    }
+    if let Some(v) = &dane.verdict {
+        let said = match v {
+            Verdict::DaneOnly => "dane-only: every MX host has usable TLSA records; MTA-STS is not used".to_owned(),
+            Verdict::Dane => "dane: some MX hosts have TLSA records; Postfix's DANE decides per host, MTA-STS is not used".to_owned(),
+            Verdict::NoDane => "no DANE: the MTA-STS answer below stands".to_owned(),
+            Verdict::Temp { reason } => format!("defer: {reason}"),
+        };
+        let _ = writeln!(out, "verdict:    {said}");
+    }
+}
+
 fn failure(e: &FetchError) -> FetchFailure {
     FetchFailure {
         class: e.class().as_str(),
@@ -124,6 +269,9 @@ impl QueryReport {
         }
         if let Some(d) = &self.domain {
             let _ = writeln!(out, "domain:     {d}");
+        }
+        if let Some(dane) = &self.dane {
+            dane_text(&mut out, dane);
         }
         match &self.txt {
             Some(TxtLookup::Found { record }) => {

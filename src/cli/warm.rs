@@ -281,6 +281,7 @@ Nov 23 10:00:07 mx postfix/qmgr[9]: 4F7: from=<f@example.com>, size=1, nrcpt=1 (
             last_error_class: class.map(str::to_owned),
             last_error_at: None,
             policy_lines: vec![],
+            dane: None,
         };
         let mut s = Summary::default();
         s.add(&Ok(view("enforce", Some("1"), None)));

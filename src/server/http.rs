@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::entry::Entry;
 use crate::clock::rfc3339;
+use crate::dane::rules::MxFacts;
+use crate::dane::service::Cached;
 use crate::mtasts::domain::normalize_host;
 use crate::server::state::State;
 
@@ -45,6 +47,28 @@ pub struct EntryView {
     pub last_error_class: Option<String>,
     pub last_error_at: Option<String>,
     pub policy_lines: Vec<String>,
+    /// The remembered DANE verdict, when DANE precedence looked at the domain.
+    #[serde(default)]
+    pub dane: Option<DaneView>,
+}
+
+/// A remembered DANE verdict as the admin API shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DaneView {
+    /// `dane_only`, `dane`, `no_dane` or `temp`.
+    pub verdict: String,
+    pub facts: MxFacts,
+    pub checked: String,
+    pub expires: String,
+}
+
+fn dane_view(c: &Cached) -> DaneView {
+    DaneView {
+        verdict: c.verdict.as_str().to_owned(),
+        facts: c.mx.clone(),
+        checked: rfc3339(c.checked_at),
+        expires: rfc3339(c.expires_at),
+    }
 }
 
 pub fn view(domain: &str, e: &Entry, now: u64) -> EntryView {
@@ -73,6 +97,7 @@ pub fn view(domain: &str, e: &Entry, now: u64) -> EntryView {
         last_error_class: e.last_failure().map(|f| f.class.as_str().to_owned()),
         last_error_at: e.last_failure().map(|f| rfc3339(f.at)),
         policy_lines: p.map(|p| p.policy.lines.clone()).unwrap_or_default(),
+        dane: None,
     }
 }
 
@@ -140,20 +165,29 @@ async fn handle(
             };
             match (method, tail) {
                 (Method::GET, []) => match service.cached(&domain) {
-                    Some(e) => json(StatusCode::OK, &view(&domain, &e, now)),
+                    Some(e) => {
+                        let mut v = view(&domain, &e, now);
+                        v.dane = ctx.dane.cached(&domain).map(|c| dane_view(&c));
+                        json(StatusCode::OK, &v)
+                    }
                     None => error(StatusCode::NOT_FOUND, "not in the cache"),
                 },
                 (Method::DELETE, []) => {
-                    if service.purge(&domain) {
+                    let dane = ctx.dane.purge(&domain);
+                    if service.purge(&domain) || dane {
                         json(StatusCode::OK, &serde_json::json!({ "purged": domain }))
                     } else {
                         error(StatusCode::NOT_FOUND, "not in the cache")
                     }
                 }
-                (Method::POST, ["refresh"]) => match service.refresh_now(&domain).await {
-                    Some(e) => json(StatusCode::OK, &view(&domain, &e, service.now())),
-                    None => error(StatusCode::NOT_FOUND, "no entry after discovery"),
-                },
+                (Method::POST, ["refresh"]) => {
+                    // The DANE verdict is looked up again on the next lookup.
+                    ctx.dane.purge(&domain);
+                    match service.refresh_now(&domain).await {
+                        Some(e) => json(StatusCode::OK, &view(&domain, &e, service.now())),
+                        None => error(StatusCode::NOT_FOUND, "no entry after discovery"),
+                    }
+                }
                 _ => error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method or path"),
             }
         }
