@@ -69,7 +69,7 @@ pub enum DaneValidation {
     /// The daemon validates the chain itself from the trust anchor.
     #[default]
     Internal,
-    /// Trust the AD bit of a validating resolver on loopback (not available yet).
+    /// Trust the AD bit of a validating resolver on loopback (`resolver.nameservers`).
     Resolver,
 }
 
@@ -440,10 +440,26 @@ impl Config {
             return Err(invalid("dane.cache_entries", "must be at least 1"));
         }
         if self.dane.validation == DaneValidation::Resolver {
-            return Err(invalid(
-                "dane.validation",
-                "\"resolver\" is not available yet; use \"internal\" (the daemon validates DNSSEC itself)",
-            ));
+            // An AD bit proves something only if nothing could alter it on the way.
+            if self.resolver.nameservers.is_empty() {
+                return Err(invalid(
+                    "dane.validation",
+                    "\"resolver\" needs resolver.nameservers to name the local validating resolver (e.g. [\"127.0.0.1:53\"])",
+                ));
+            }
+            if let Some(far) = self
+                .resolver
+                .nameservers
+                .iter()
+                .find(|a| !a.ip().is_loopback())
+            {
+                return Err(invalid(
+                    "dane.validation",
+                    format!(
+                        "\"resolver\" trusts the AD bit, which proves nothing from {far}: every resolver.nameservers entry must be on loopback"
+                    ),
+                ));
+            }
         }
         if let Some(anchor) = &self.dane.trust_anchor {
             let text = std::fs::read_to_string(anchor).map_err(|e| {

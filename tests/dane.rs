@@ -492,3 +492,117 @@ async fn cache_show_includes_the_dane_verdict() {
     );
     d.shutdown().await;
 }
+
+// --- validation = "resolver": a real validating resolver (unbound) in front --------
+
+fn unbound_for(w: &World) -> Option<mta_stsd_testkit::Unbound> {
+    if !mta_stsd_testkit::Unbound::installed() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install unbound (apt-get install unbound)"
+        );
+        eprintln!("skipped: unbound is not installed");
+        return None;
+    }
+    Some(mta_stsd_testkit::Unbound::start(
+        w.dns.addr(),
+        &w.dns.trust_anchor().expect("signed world"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validating_resolver_s_ad_bit_in_resolver_mode() {
+    let w = World::start_signed().await;
+    publish_both(&w);
+    w.dns.set_mx("bogus.test", &[(10, "mx.bogus.test")]);
+    w.dns.set_a("mx.bogus.test", IP);
+    w.dns
+        .set_sig_fault("bogus.test", RecordType::MX, Some(SigFault::BadSignature));
+    domain(
+        &w.dns,
+        "half.test",
+        &[("mx1.half.test", true), ("mx2.half.test", false)],
+    );
+    let Some(unbound) = unbound_for(&w) else {
+        return;
+    };
+    // The lookups alone, through unbound.
+    let l = DaneLookup::trusting_ad(&ResolverConfig {
+        nameservers: vec![unbound.addr()],
+        timeout: Duration::from_secs(2),
+        attempts: 1,
+    });
+    assert_eq!(
+        l.root_security().await,
+        Security::Secure,
+        "{}",
+        unbound.log()
+    );
+    let (v, mx) = verdict(&l, "dane.test").await;
+    assert_eq!(v, Verdict::DaneOnly, "{mx:?}\n{}", unbound.log());
+    let (v, _) = verdict(&l, "half.test").await;
+    assert_eq!(v, Verdict::Dane);
+    let (v, _) = verdict(&l, "sts.test").await;
+    assert_eq!(v, Verdict::NoDane);
+    let (v, mx) = verdict(&l, "bogus.test").await;
+    assert!(matches!(v, Verdict::Temp { .. }), "{v:?} {mx:?}");
+
+    // The daemon, configured as an operator would: resolver.nameservers = unbound.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::from_toml(
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"\"\n\
+             [resolver]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n\
+             [dane]\nmode = \"on\"\nvalidation = \"resolver\"\n",
+            unbound.addr()
+        ),
+        "t",
+    )
+    .unwrap();
+    config.cache.path = Some(dir.path().join("cache"));
+    // The daemon's MTA-STS discovery goes through the same resolver.
+    let mut opts = common::options(&w);
+    opts.resolver = config.resolver.clone();
+    let daemon = mta_stsd::server::daemon::Daemon::build(config, opts, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let tcp = daemon.tcp_addrs()[0];
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(daemon.run(async {
+        let _ = rx.await;
+    }));
+    assert_eq!(ask_once(tcp, "postfix", "dane.test").await, "OK dane-only");
+    assert_eq!(
+        ask_once(tcp, "postfix", "sts.test").await,
+        "OK secure match=mx.sts.test servername=hostname"
+    );
+    assert!(
+        ask_once(tcp, "postfix", "bogus.test")
+            .await
+            .starts_with("TEMP ")
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+#[test]
+fn resolver_mode_refuses_a_resolver_across_the_network() {
+    let err = Config::from_toml(
+        "[resolver]\nnameservers = [\"192.0.2.53:53\"]\n[dane]\nvalidation = \"resolver\"\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("loopback"), "{err}");
+    let err = Config::from_toml("[dane]\nvalidation = \"resolver\"\n", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("resolver.nameservers"), "{err}");
+    assert!(
+        Config::from_toml(
+            "[resolver]\nnameservers = [\"127.0.0.1:53\"]\n[dane]\nvalidation = \"resolver\"\n",
+            "t"
+        )
+        .is_ok()
+    );
+}

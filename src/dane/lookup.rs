@@ -10,8 +10,10 @@ use futures::future::join_all;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 
+use super::ad_client::AdClient;
 use super::rules::{HostFacts, MxFacts, Security, Tlsa, TlsaFacts};
 use crate::config::ResolverConfig;
 use crate::mtasts::discovery::{SetupError, build_resolver};
@@ -27,10 +29,17 @@ pub struct Found {
     pub min_ttl: Option<u32>,
 }
 
+/// Who validates: the daemon itself, or a validating resolver on loopback.
+#[derive(Clone)]
+enum Backend {
+    Internal(Box<TokioResolver>),
+    Resolver(AdClient),
+}
+
 /// A validating resolver for DANE lookups.
 #[derive(Clone)]
 pub struct DaneLookup {
-    resolver: TokioResolver,
+    backend: Backend,
 }
 
 impl std::fmt::Debug for DaneLookup {
@@ -75,17 +84,77 @@ impl DaneLookup {
     /// A resolver over `[resolver]`'s servers that validates from `anchors`.
     pub fn new(cfg: &ResolverConfig, anchors: Arc<TrustAnchors>) -> Result<Self, SetupError> {
         Ok(Self {
-            resolver: build_resolver(cfg, Some(anchors))?,
+            backend: Backend::Internal(Box::new(build_resolver(cfg, Some(anchors))?)),
         })
     }
 
+    /// Lookups through the validating resolvers `cfg.nameservers` (loopback), trusting
+    /// their AD bit.
+    pub fn trusting_ad(cfg: &ResolverConfig) -> Self {
+        Self {
+            backend: Backend::Resolver(AdClient::new(
+                cfg.nameservers.clone(),
+                cfg.timeout,
+                cfg.attempts,
+            )),
+        }
+    }
+
     async fn lookup(&self, name: &str, rtype: RecordType) -> Answer {
+        match &self.backend {
+            Backend::Internal(resolver) => Self::validate(resolver, name, rtype).await,
+            Backend::Resolver(client) => Self::ask_resolver(client, name, rtype).await,
+        }
+    }
+
+    async fn ask_resolver(client: &AdClient, name: &str, rtype: RecordType) -> Answer {
         let fqdn = if name == "." {
             ".".to_owned()
         } else {
             format!("{}.", name.trim_end_matches('.'))
         };
-        match self.resolver.lookup(fqdn.as_str(), rtype).await {
+        match client.query(&fqdn, rtype).await {
+            Ok(a) if a.rcode == ResponseCode::NoError => {
+                let records: Vec<Record> = a
+                    .answers
+                    .into_iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .collect();
+                if records.is_empty() {
+                    return Answer::NoData;
+                }
+                let ttl = records.iter().map(|r| r.ttl).min();
+                Answer::Records {
+                    security: if a.authentic {
+                        Security::Secure
+                    } else {
+                        Security::Insecure
+                    },
+                    records,
+                    ttl,
+                }
+            }
+            Ok(a) if a.rcode == ResponseCode::NXDomain => Answer::NoDomain,
+            // A validating resolver's SERVFAIL may be bogus data or a failure: either
+            // way nothing may be concluded from it.
+            Ok(a) => {
+                tracing::debug!(name, ?rtype, rcode = %a.rcode, "DANE lookup failed");
+                Answer::Failed
+            }
+            Err(e) => {
+                tracing::debug!(name, ?rtype, error = %e, "DANE lookup failed");
+                Answer::Failed
+            }
+        }
+    }
+
+    async fn validate(resolver: &TokioResolver, name: &str, rtype: RecordType) -> Answer {
+        let fqdn = if name == "." {
+            ".".to_owned()
+        } else {
+            format!("{}.", name.trim_end_matches('.'))
+        };
+        match resolver.lookup(fqdn.as_str(), rtype).await {
             Ok(lookup) => {
                 let records: Vec<Record> = lookup
                     .answers()

@@ -3,10 +3,12 @@
 //! instead of being answered with its MTA-STS policy, and a bogus MX RRset defers.
 //!
 //! - [`rules`]: the verdict from DNSSEC facts (pure);
-//! - [`lookup`]: the validating DNS lookups that gather the facts;
+//! - [`lookup`]: the validating DNS lookups that gather the facts, validated by the
+//!   daemon itself or, through [`ad_client`], by a resolver on loopback;
 //! - [`service`]: remembered verdicts, single-flight, refresh-ahead, the self-check,
 //!   and the final reply.
 
+pub mod ad_client;
 pub mod lookup;
 pub mod rules;
 pub mod service;

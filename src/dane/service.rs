@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::lookup::{DaneLookup, Found};
 use super::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
 use crate::clock::Clock;
-use crate::config::{DaneConfig, DaneMode, ResolverConfig};
+use crate::config::{DaneConfig, DaneMode, DaneValidation, ResolverConfig};
 use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::SetupError;
@@ -111,16 +111,22 @@ impl DaneSettings {
                 Err(e) => (false, format!("cannot ask Postfix ({e})")),
             },
         };
-        let anchors = match &dane.trust_anchor {
-            Some(path) => TrustAnchors::from_file(path).map_err(|e| {
-                SetupError::Resolver(format!("dane.trust_anchor {}: {e}", path.display()))
-            })?,
-            None => TrustAnchors::default(),
+        let lookup = match dane.validation {
+            DaneValidation::Resolver => DaneLookup::trusting_ad(resolver),
+            DaneValidation::Internal => {
+                let anchors = match &dane.trust_anchor {
+                    Some(path) => TrustAnchors::from_file(path).map_err(|e| {
+                        SetupError::Resolver(format!("dane.trust_anchor {}: {e}", path.display()))
+                    })?,
+                    None => TrustAnchors::default(),
+                };
+                DaneLookup::new(resolver, Arc::new(anchors))?
+            }
         };
         Ok(Self {
             on,
             reason,
-            lookup: Some(DaneLookup::new(resolver, Arc::new(anchors))?),
+            lookup: Some(lookup),
             cache_entries: dane.cache_entries,
         })
     }

@@ -7,11 +7,13 @@ mod ca;
 mod dns;
 mod https;
 pub mod smtp;
+mod unbound;
 
 pub use ca::{CertKind, TestCa};
 pub use dns::{DnsFault, SigFault, TestDns};
 pub use hickory_proto::rr::RecordType;
 pub use https::{HttpResponse, TestHttps};
+pub use unbound::Unbound;
 
 use std::net::{IpAddr, Ipv4Addr};
 
