@@ -606,3 +606,48 @@ fn resolver_mode_refuses_a_resolver_across_the_network() {
         .is_ok()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_verdict_survives_a_restart() {
+    let w = World::start_signed().await;
+    publish_both(&w);
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&w, dir.path(), "mode = \"on\"", "").await;
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "dane.test").await,
+        "OK dane-only"
+    );
+    d.shutdown().await;
+    let mx_queries = w.dns.query_count("dane.test", RecordType::MX);
+    let tlsa_queries = w.dns.query_count("_25._tcp.mx.dane.test", RecordType::TLSA);
+
+    let d = daemon(&w, dir.path(), "mode = \"on\"", "").await;
+    assert_eq!(
+        d.dane.cached("dane.test").map(|c| c.verdict.clone()),
+        Some(Verdict::DaneOnly)
+    );
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "dane.test").await,
+        "OK dane-only"
+    );
+    assert_eq!(w.dns.query_count("dane.test", RecordType::MX), mx_queries);
+    assert_eq!(
+        w.dns.query_count("_25._tcp.mx.dane.test", RecordType::TLSA),
+        tlsa_queries
+    );
+    d.shutdown().await;
+
+    // A damaged file costs only fresh lookups.
+    std::fs::write(
+        dir.path().join("cache").join("dane-verdicts.json"),
+        b"{not json",
+    )
+    .unwrap();
+    let d = daemon(&w, dir.path(), "mode = \"on\"", "").await;
+    assert!(d.dane.cached("dane.test").is_none());
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "dane.test").await,
+        "OK dane-only"
+    );
+    d.shutdown().await;
+}

@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::path::Path;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use hickory_resolver::proto::dnssec::TrustAnchors;
 use lru::LruCache;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::lookup::{DaneLookup, Found};
 use super::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
@@ -32,7 +32,7 @@ use crate::mtasts::discovery::SetupError;
 use crate::protocol::answer::{DaneSwitch, Reply, ZoneOptions};
 
 /// A remembered verdict and the facts it rests on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cached {
     pub verdict: Verdict,
     pub mx: MxFacts,
@@ -158,6 +158,10 @@ pub struct DaneService {
     health_checked_at: AtomicU64,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// Where remembered verdicts are saved, so that they survive a restart.
+    snapshot: Mutex<Option<PathBuf>>,
+    /// A verdict was remembered since the last save.
+    dirty: AtomicBool,
 }
 
 impl DaneService {
@@ -172,6 +176,8 @@ impl DaneService {
             health_checked_at: AtomicU64::new(0),
             clock,
             metrics,
+            snapshot: Mutex::new(None),
+            dirty: AtomicBool::new(false),
         });
         this.update_gauge();
         this
@@ -401,7 +407,68 @@ impl DaneService {
             expires_at: now.saturating_add(ttl),
         });
         lock(&self.verdicts).put(domain.to_owned(), cached.clone());
+        self.dirty.store(true, Ordering::Release);
         cached
+    }
+
+    /// Reads the verdicts saved at `path` (the live ones) and saves there from now on.
+    /// A missing or unreadable file only costs fresh lookups: logged, never fatal.
+    pub fn restore(&self, path: PathBuf) -> usize {
+        let now = self.clock.now();
+        let mut restored = 0;
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<(String, Cached)>>(&bytes) {
+                Ok(saved) => {
+                    let mut verdicts = lock(&self.verdicts);
+                    for (domain, c) in saved.into_iter().filter(|(_, c)| c.expires_at > now) {
+                        verdicts.put(domain, Arc::new(c));
+                        restored += 1;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "saved DANE verdicts unreadable; looking them up again");
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read saved DANE verdicts");
+            }
+        }
+        *lock(&self.snapshot) = Some(path);
+        restored
+    }
+
+    /// Saves the live verdicts (not deferrals) if any changed since the last save:
+    /// written to a temporary file, synced, then renamed over the old one, so a crash
+    /// leaves the old file or the new one. Blocking: call it off the async threads.
+    pub fn save(&self) -> Result<bool, std::io::Error> {
+        let Some(path) = lock(&self.snapshot).clone() else {
+            return Ok(false);
+        };
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        let live: Vec<(String, Cached)> = lock(&self.verdicts)
+            .iter()
+            .filter(|(_, c)| c.expires_at > now && !matches!(c.verdict, Verdict::Temp { .. }))
+            .map(|(d, c)| (d.clone(), (**c).clone()))
+            .collect();
+        let result = (|| {
+            let bytes = serde_json::to_vec(&live).map_err(std::io::Error::other)?;
+            let tmp = path.with_extension("tmp");
+            {
+                let mut f = std::fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            // Try again at the next save.
+            self.dirty.store(true, Ordering::Release);
+        }
+        result.map(|()| true)
     }
 }
 

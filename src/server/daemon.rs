@@ -45,6 +45,27 @@ pub struct Parts {
     pub store: Option<Arc<dyn PolicyStore>>,
 }
 
+/// Remembered DANE verdicts, saved beside the policies in the cache directory.
+pub const DANE_VERDICTS_FILE: &str = "dane-verdicts.json";
+
+/// Saves DANE verdicts every `every` until `stop`, off the async threads.
+async fn save_dane_verdicts(
+    dane: Arc<crate::dane::service::DaneService>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let d = dane.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || d.save()).await {
+            tracing::warn!(error = %e, "cannot save DANE verdicts");
+        }
+    }
+}
+
 /// Opens the sled cache at `path`; one that cannot be opened (an error, or a panic
 /// inside sled on a damaged file) is moved aside to `PATH.broken-TIMESTAMP`, counted,
 /// logged in one line, and replaced by an empty one.
@@ -138,6 +159,10 @@ impl Daemon {
             clock.clone(),
             metrics.clone(),
         );
+        let restored = dane.restore(path.join(DANE_VERDICTS_FILE));
+        if restored > 0 {
+            tracing::info!(verdicts = restored, "DANE verdicts restored");
+        }
         let discoverer = Discoverer::new(opts)?;
         let settings = ServiceSettings::new(config.cache.clone(), config.lookup.clone());
         let service = PolicyService::new(discoverer, store, clock, settings, metrics);
@@ -198,6 +223,12 @@ impl Daemon {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Stopped {
         let stop = CancellationToken::new();
         let service = self.state.service.clone();
+        let dane = self.state.dane.clone();
+        let dane_saver = tokio::spawn(save_dane_verdicts(
+            dane.clone(),
+            self.state.config().cache.refresh_interval,
+            stop.clone(),
+        ));
         // Serve at once; bring the rest of the cache into memory meanwhile.
         let loader = {
             let service = service.clone();
@@ -247,6 +278,13 @@ impl Daemon {
             tracing::info!("shutdown while the cache was still loading");
         }
         let flushed = service.flush();
+        dane_saver.abort();
+        if let Err(e) = tokio::task::spawn_blocking(move || dane.save())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        {
+            tracing::warn!(error = %e, "cannot save DANE verdicts");
+        }
         let elapsed = started.elapsed();
         tracing::info!(?elapsed, settled, flushed, "stopped");
         Stopped {
