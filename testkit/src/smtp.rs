@@ -51,6 +51,16 @@ impl SmtpCerts {
         }
     }
 
+    /// The SHA-256 digest of the certificate served for `host` (for a DANE-EE TLSA
+    /// record `3 0 1`, RFC 6698 §2.1), if one is set.
+    pub fn sha256(&self, host: &str) -> Option<[u8; 32]> {
+        let map = self.map.lock().ok()?;
+        let key = map.get(&host.to_ascii_lowercase())?;
+        let leaf = key.cert.first()?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+        digest.as_ref().try_into().ok()
+    }
+
     /// Serves a certificate of `kind` to clients asking for `host`.
     pub fn set(&self, host: &str, kind: CertKind) {
         let host = host.to_ascii_lowercase();

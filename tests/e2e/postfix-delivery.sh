@@ -9,7 +9,10 @@
 # the TLSRPT attributes (Postfix >= 3.10). --root DIR runs the Postfix installed in the
 # Debian root DIR (e.g. `debootstrap trixie DIR` for Postfix 3.10.13) under chroot,
 # inside the same namespaces; the world and mta-stsd stay outside. Prints one line per
-# case and exits non-zero if any case fails. The world: a DNS server on 127.0.0.1:53 and the policy server on
+# case and exits non-zero if any case fails. With Debian's unbound installed, the root
+# zone is signed, unbound (127.0.0.53) validates for Postfix (smtp_dns_support_level =
+# dnssec, options trust-ad) and the DANE cases run: DANE must take precedence over an
+# enforced MTA-STS policy. The world: a DNS server on 127.0.0.1:53 and the policy server on
 # 127.0.0.1:443 (mta-sts-testworld, test CA made at start), SMTP receivers on
 # 127.0.0.2:25 (STARTTLS, certificate chosen by SNI), 127.0.0.3:25 (no STARTTLS) and
 # 127.0.0.4:25 (STARTTLS, untrusted certificate when no SNI is sent),
@@ -39,7 +42,14 @@ pf() { if [ -n "$ROOT" ]; then chroot "$ROOT" "$@"; else "$@"; fi; }
 ip link set lo up
 W=$(mktemp -d /tmp/mta-sts-e2e.XXXXXX)
 chmod 755 "$W"
-echo "nameserver 127.0.0.1" > "$W/resolv.conf"
+DANE=false
+command -v unbound >/dev/null && DANE=true
+if $DANE; then
+    # Postfix asks the validating resolver and trusts its AD bit (glibc: trust-ad).
+    printf 'nameserver 127.0.0.53\noptions trust-ad\n' > "$W/resolv.conf"
+else
+    echo "nameserver 127.0.0.1" > "$W/resolv.conf"
+fi
 mount --bind "$W/resolv.conf" /etc/resolv.conf
 if [ -n "$ROOT" ]; then
     # The root sees the work directory at the same path, this resolv.conf, and the
@@ -69,7 +79,9 @@ trap cleanup EXIT
 
 # --- the world: DNS, policy server, receivers ------------------------------------
 mkdir -p "$W/received"
-coproc WORLD { "$BIN/mta-sts-testworld" --ca "$W/ca.pem" --mail-dir "$W/received" 2>"$W/world.log"; }
+signed=()
+$DANE && signed=(--signed "$W/root.key")
+coproc WORLD { "$BIN/mta-sts-testworld" --ca "$W/ca.pem" --mail-dir "$W/received" "${signed[@]}" 2>"$W/world.log"; }
 pids+=("$WORLD_PID")
 read -r line <&"${WORLD[0]}"
 [ "$line" = ready ] || { echo "testworld did not start: $line"; cat "$W/world.log"; exit 1; }
@@ -99,6 +111,51 @@ world cert a.b.deep.test valid
 world policy stranger.test 1 enforce '*.stranger.test'
 world mx stranger.test mx.elsewhere.test 127.0.0.5 mx2.stranger.test 127.0.0.2
 world cert mx.elsewhere.test valid; world cert mx2.stranger.test valid
+if $DANE; then
+    # Both an enforced MTA-STS policy (the certificate is valid for its names) and
+    # DANE TLSA records: the TLSA record decides. (1) does not match the certificate,
+    # (2) does.
+    world policy danefail.test 1 enforce mx.danefail.test; world mx danefail.test mx.danefail.test 127.0.0.2
+    world cert mx.danefail.test valid; world tlsa mx.danefail.test mismatch
+    world policy daneok.test   1 enforce mx.daneok.test;   world mx daneok.test mx.daneok.test 127.0.0.2
+    world cert mx.daneok.test valid;   world tlsa mx.daneok.test match
+
+    # unbound validates for Postfix, forwarding to the world's signed DNS.
+    cat > "$W/unbound.conf" <<UB
+server:
+    interface: 127.0.0.53
+    port: 53
+    do-ip6: no
+    interface-automatic: no
+    do-not-query-localhost: no
+    access-control: 127.0.0.0/8 allow
+    username: ""
+    chroot: ""
+    directory: "$W"
+    pidfile: "$W/unbound.pid"
+    use-syslog: no
+    logfile: "$W/unbound.log"
+    verbosity: 1
+    val-log-level: 2
+    module-config: "validator iterator"
+    trust-anchor-file: "$W/root.key"
+    cache-max-ttl: 0
+    cache-max-negative-ttl: 0
+    local-zone: "test." nodefault
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@53
+UB
+    unbound -d -c "$W/unbound.conf" &
+    pids+=($!)
+    for _ in $(seq 1 100); do
+        dig +short +time=1 @127.0.0.53 . SOA >/dev/null 2>&1 && break
+        (exec 3<>/dev/tcp/127.0.0.53/53) 2>/dev/null && break
+        sleep 0.1
+    done
+fi
 
 # --- mta-stsd ---------------------------------------------------------------------
 cat > "$W/mta-stsd.toml" <<CFG
@@ -120,15 +177,15 @@ grace = "1s"
 [log]
 level = "info,mta_stsd=debug"
 format = "plain"
+[dane]
+# auto: on exactly when this Postfix validates DNSSEC (read with its own postconf).
+mode = "auto"
+postfix_config = "$W/etc"
+trust_anchor = "$W/root.key"
 [zones.default]
 tlsrpt = $TLSRPT
 CFG
-"$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
-pids+=($!)
-for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/8461) 2>/dev/null && break
-    sleep 0.1
-done
+$DANE || sed -i '/^trust_anchor = /d' "$W/mta-stsd.toml"
 
 # --- Postfix, the sender ----------------------------------------------------------
 mkdir -p "$W/etc" "$W/spool" "$W/data"
@@ -148,7 +205,7 @@ inet_protocols = ipv4
 maillog_file = $W/maillog
 maillog_file_prefixes = /tmp
 smtp_host_lookup = dns
-smtp_dns_support_level = enabled
+smtp_dns_support_level = $($DANE && echo dnssec || echo enabled)
 smtp_tls_security_level = may
 smtp_tls_CAfile = $W/ca.pem
 smtp_tls_loglevel = 1
@@ -164,7 +221,14 @@ pf postconf -M postlog/unix-dgram="postlog unix-dgram n - n - 1 postlogd"
 pf postfix check >/dev/null
 pf postfix start >/dev/null 2>&1
 pf postconf -h mail_version > "$W/postfix-version"
-echo "Postfix $(cat "$W/postfix-version"), mta-stsd $("$BIN/mta-stsd" --version | cut -d' ' -f2), tlsrpt=$TLSRPT"
+# mta-stsd starts after Postfix's configuration exists: dane.mode = "auto" reads it.
+"$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
+pids+=($!)
+for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/8461) 2>/dev/null && break
+    sleep 0.1
+done
+echo "Postfix $(cat "$W/postfix-version"), mta-stsd $("$BIN/mta-stsd" --version | cut -d' ' -f2), tlsrpt=$TLSRPT, dane=$DANE"
 
 # --- the cases --------------------------------------------------------------------
 failures=0
@@ -201,6 +265,10 @@ expect() {  # expect CASE RCPT VERDICT RECEIVED LOGPATTERN [n]
     check "$name" "$want, $want_rx received" "$res"
 }
 
+logged() {  # logged NAME DESCRIPTION PATTERN: PATTERN is in the mail log
+    if grep -qF "$3" "$W/maillog"; then check "$1" "$2" ok; else check "$1" "$2" "no log line: $3"; fi
+}
+
 send user@good.test;    expect "enforce, valid certificate" user@good.test sent 1 "Verified TLS connection established to mx.good.test"
 send user@badcert.test; expect "enforce, certificate for another name" user@badcert.test deferred 0 "server certificate verification failed|Server certificate not verified"
 send user@notls.test;   expect "enforce, receiver without STARTTLS" user@notls.test deferred 0 "TLS is required, but was not offered"
@@ -230,9 +298,6 @@ send user2@cached.test; expect "policy server down: still enforced from cache" u
 # Older versions, or no attributes, get only match=.deep.test, which allows any depth.
 version=$(cat "$W/postfix-version")
 if $TLSRPT && [ "$(printf '%s\n' 3.10.5 "$version" | sort -V | head -n1)" = 3.10.5 ]; then
-    logged() {  # logged NAME DESCRIPTION PATTERN: PATTERN is in the mail log
-        if grep -qF "$3" "$W/maillog"; then check "$1" "$2" ok; else check "$1" "$2" "no log line: $3"; fi
-    }
     send user@pattern.test
     expect "MX pattern *.pattern.test, MX mx1.pattern.test" user@pattern.test sent 1 "Verified TLS connection established to mx1.pattern.test"
     send user@deep.test
@@ -257,6 +322,26 @@ if $TLSRPT && [ "$(printf '%s\n' 3.10.5 "$version" | sort -V | head -n1)" = 3.10
 else
     send user@deep.test
     expect "match=.deep.test (no MX patterns in Postfix $version): a.b.deep.test accepted" user@deep.test sent 1 "Verified TLS connection established to a.b.deep.test"
+fi
+
+if $DANE; then
+    # auto picked DANE precedence from Postfix's own smtp_dns_support_level.
+    if grep -q 'DANE precedence on=true' "$W/mta-stsd.log"; then
+        check "dane.mode = auto" "on, read from Postfix (dnssec)" ok
+    else
+        check "dane.mode = auto" "on, read from Postfix (dnssec)" "$(grep 'DANE precedence' "$W/mta-stsd.log")"
+    fi
+    got=$(pf postmap -q daneok.test socketmap:inet:127.0.0.1:8461:postfix || true)
+    [ "$got" = "dane-only" ] && check "DANE and MTA-STS both published" "answer dane-only" ok \
+        || check "DANE and MTA-STS both published" "answer dane-only" "got: $got"
+    send user@danefail.test
+    expect "DANE: TLSA does not match a Web-PKI-valid certificate" user@danefail.test deferred 0 ""
+    logged "DANE: TLSA does not match a Web-PKI-valid certificate" "Postfix's DANE judged it" \
+        "mx.danefail.test[127.0.0.2]:25: num=65:no matching DANE TLSA records"
+    send user@daneok.test
+    expect "DANE: TLSA matches" user@daneok.test sent 1 "Verified TLS connection established to mx.daneok.test"
+else
+    echo "skip DANE cases: unbound is not installed"
 fi
 
 # Postfix must accept every answer the daemon gave.

@@ -1,7 +1,10 @@
 //! A test world for delivery tests, meant to run inside a network namespace (it binds
 //! 127.0.0.1:53 and :443 and port 25 on the addresses it is told).
 //!
-//!     mta-sts-testworld --ca OUT.pem --mail-dir DIR < commands
+//!     mta-sts-testworld --ca OUT.pem --mail-dir DIR [--signed ANCHOR.key] < commands
+//!
+//! With `--signed`, the root zone is signed (DNSSEC) with a key made at start, whose
+//! DNSKEY is written to ANCHOR.key (the trust anchor for validators).
 //!
 //! Commands, one per line, on standard input (each answered with "ok" or "error: ..."
 //! on standard output; "ready" is printed first):
@@ -11,6 +14,8 @@
 //!   mx DOMAIN HOST IP [HOST IP]...     MX DOMAIN -> HOSTs (preference 10, 20, ...
 //!                                      in the order given), A HOST -> IP
 //!   cert HOST valid|wrong-name|expired|untrusted   receiver certificate for HOST (SNI)
+//!   tlsa HOST match|mismatch           TLSA 3 0 1 at _25._tcp.HOST: the SHA-256 of
+//!                                      HOST's receiver certificate, or another digest
 //!   smtp IP tls|plain [KIND]           an SMTP receiver on IP:25, with or without
 //!                                      STARTTLS; KIND is the certificate for clients
 //!                                      that send no SNI (default: valid)
@@ -47,7 +52,15 @@ async fn main() {
     std::fs::create_dir_all(&mail_dir).expect("mail dir");
     let ca = TestCa::new();
     std::fs::write(&ca_out, ca.cert_pem()).expect("write CA");
-    let dns = TestDns::start_on(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 53)))).await;
+    let anchor_out = arg("--signed").map(PathBuf::from);
+    let dns = TestDns::start_with(
+        Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 53))),
+        anchor_out.is_some(),
+    )
+    .await;
+    if let (Some(path), Some(anchor)) = (&anchor_out, dns.trust_anchor()) {
+        std::fs::write(path, anchor).expect("write trust anchor");
+    }
     let https_listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 443))
         .await
         .expect("bind 443");
@@ -104,6 +117,19 @@ async fn main() {
                     Ok(())
                 }
                 None => Err(format!("unknown certificate kind {kind:?}")),
+            },
+            ["tlsa", host, which] => match (certs.sha256(host), *which) {
+                (Some(digest), "match") => {
+                    dns.set_tlsa(&format!("_25._tcp.{host}"), &[(3, 0, 1, &digest)]);
+                    Ok(())
+                }
+                (Some(mut digest), "mismatch") => {
+                    digest[0] ^= 0xff;
+                    dns.set_tlsa(&format!("_25._tcp.{host}"), &[(3, 0, 1, &digest)]);
+                    Ok(())
+                }
+                (None, _) => Err(format!("no certificate set for {host} (cert first)")),
+                _ => Err("tlsa HOST match|mismatch".into()),
             },
             ["smtp", ip, mode, rest @ ..] => match (ip.parse::<Ipv4Addr>(), *mode) {
                 (Ok(ip), "tls" | "plain") => match tokio::net::TcpListener::bind((ip, 25)).await {
