@@ -607,5 +607,8 @@ mod tests {
         assert_eq!(c.lookup.deadline, d.lookup.deadline);
         assert_eq!(c.cache.negative_ttl, d.cache.negative_ttl);
         assert_eq!(c.zone("postfix"), d.zone("postfix"));
+        assert_eq!(c.dane.mode, d.dane.mode);
+        assert_eq!(c.dane.validation, d.dane.validation);
+        assert_eq!(c.dane.cache_entries, d.dane.cache_entries);
     }
 }

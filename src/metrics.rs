@@ -30,6 +30,7 @@ pub const CACHE_POLICIES_LOST_TOTAL: &str = "mta_stsd_cache_policies_lost_total"
 pub const DANE_VERDICTS_TOTAL: &str = "mta_stsd_dane_verdicts_total";
 pub const DNSSEC_BOGUS_TOTAL: &str = "mta_stsd_dnssec_bogus_total";
 pub const DANE_ENABLED: &str = "mta_stsd_dane_enabled";
+pub const DNSSEC_VALIDATION_FAILING: &str = "mta_stsd_dnssec_validation_failing";
 
 pub struct Metrics {
     registry: Registry,
@@ -71,6 +72,8 @@ pub struct Metrics {
     pub dnssec_bogus: IntCounterVec,
     /// 1 while DANE precedence is on by default and DNSSEC validation works.
     pub dane_enabled: IntGauge,
+    /// 1 while the DNSSEC self-check fails (DANE precedence suspended).
+    pub dnssec_validation_failing: IntGauge,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -189,6 +192,10 @@ impl Metrics {
                 DANE_ENABLED,
                 "1 while DANE takes precedence by default ([dane] mode) and DNSSEC validation works; 0 otherwise.",
             )?,
+            dnssec_validation_failing: IntGauge::new(
+                DNSSEC_VALIDATION_FAILING,
+                "1 while the DNSSEC self-check (the root's DNSKEY RRset) fails and DANE precedence is suspended.",
+            )?,
         };
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -215,6 +222,7 @@ impl Metrics {
             Box::new(m.dane_verdicts.clone()),
             Box::new(m.dnssec_bogus.clone()),
             Box::new(m.dane_enabled.clone()),
+            Box::new(m.dnssec_validation_failing.clone()),
             Box::new(build),
         ];
         for c in collectors {

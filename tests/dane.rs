@@ -413,7 +413,9 @@ async fn broken_validation_suspends_dane_instead_of_deferring_everything() {
         ask_once(d.tcp, "postfix", "dane.test").await,
         "OK secure match=.dane.test servername=hostname"
     );
-    assert!(metrics(&d).await.contains("mta_stsd_dane_enabled 0"));
+    let m = metrics(&d).await;
+    assert!(m.contains("mta_stsd_dane_enabled 0"), "{m}");
+    assert!(m.contains("mta_stsd_dnssec_validation_failing 1"), "{m}");
     d.shutdown().await;
 }
 

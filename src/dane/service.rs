@@ -217,8 +217,13 @@ impl DaneService {
     }
 
     fn update_gauge(&self) {
-        let on = self.settings().on && self.health.load(Ordering::Acquire) != HEALTH_BROKEN;
-        self.metrics.dane_enabled.set(i64::from(on));
+        let broken = self.health.load(Ordering::Acquire) == HEALTH_BROKEN;
+        self.metrics
+            .dane_enabled
+            .set(i64::from(self.settings().on && !broken));
+        self.metrics
+            .dnssec_validation_failing
+            .set(i64::from(broken));
     }
 
     /// Starts the self-check when none has run since start, reload or the pause.
