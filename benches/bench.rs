@@ -567,6 +567,17 @@ fn main() {
     });
     eprintln!("in-process cached lookup: {in_process_ns:.0} ns");
 
+    // 8: DANE precedence, in process: the cost of a cold DANE verdict (MX, A, AAAA and
+    // TLSA per host, validated from a signed root), and a cached answer with DANE on
+    // against the same answer with DANE off.
+    // BENCH_DANE=N overrides the number of domains (e.g. full size in a smoke run).
+    let dane_n = std::env::var("BENCH_DANE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if opts.smoke { 50 } else { 1000 });
+    let dane = rt.block_on(dane_workload(&work, &ca, dane_n));
+    eprintln!("DANE: {dane:?}");
+
     // 4: cold start, 256 connections over distinct domains.
     let cold: Vec<String> = (0..cold_n).map(|i| format!("cold{i}.bench.test")).collect();
     let t0 = Instant::now();
@@ -926,6 +937,17 @@ fn main() {
     report.push_str(&format!(
         "## 0. The daemon's own cost per cached lookup\n\n`PolicyService::lookup` on a cache hit, in process (key normalisation, cache lookup, memoized reply): **{in_process_ns:.0} ns** per lookup. Everything else in the numbers below is the loopback round trip, the kernel and the codec.\n\n"
     ));
+    report.push_str(&format!(
+        "## 8. DANE precedence (in process)\n\nA signed root zone (Ed25519) on a loopback test DNS server; {} domains, each with 2 MX hosts, A records and a usable TLSA record per host. Validation is the daemon's own (`validation = \"internal\"`).\n\n| cold verdict, one at a time: p50 | p99 | mean | DNS queries per verdict | cold verdicts, all at once | cached answer, DANE off | cached answer, DANE on |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n| {} | {} | {} | {:.1} | {:.0} /s | {:.0} ns | {:.0} ns |\n\n",
+        dane.domains,
+        fmt_us(dane.cold_p50),
+        fmt_us(dane.cold_p99),
+        fmt_us(dane.cold_mean),
+        dane.queries_per_verdict,
+        dane.parallel_per_sec,
+        dane.hit_off_ns,
+        dane.hit_on_ns,
+    ));
     report.push_str(&format!("## 1. Cached lookups, one connection, sequential\n\nMedian of {rounds} rounds interleaved across the servers.\n\n"));
     report.push_str("| server | req/s | p50 | p99 | p99.9 | vs floor (latency p50) |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
     let floor_p50 = results
@@ -1048,6 +1070,150 @@ fn main() {
         for (c, s) in m {
             assert_eq!(s.errors, 0, "{name} at {c} connections had errors");
         }
+    }
+}
+
+#[derive(Debug)]
+struct DaneFigures {
+    domains: usize,
+    cold_p50: Duration,
+    cold_p99: Duration,
+    cold_mean: Duration,
+    queries_per_verdict: f64,
+    parallel_per_sec: f64,
+    hit_off_ns: f64,
+    hit_on_ns: f64,
+}
+
+async fn dane_workload(work: &Path, ca: &TestCa, n: usize) -> DaneFigures {
+    use mta_stsd::cache::service::{PolicyService, ServiceSettings};
+    use mta_stsd::config::{
+        CacheConfig, Config, DaneConfig, DaneMode, FetchConfig, LookupConfig, ResolverConfig,
+    };
+    use mta_stsd::dane::rules::Verdict;
+    use mta_stsd::dane::service::{DaneService, DaneSettings};
+    use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
+    use mta_stsd::protocol::answer::ZoneOptions;
+    use mta_stsd::server::state::State;
+
+    let signed = TestDns::start_signed().await;
+    let digest = [9u8; 32];
+    signed.batch(|d| {
+        for i in 0..n {
+            let domain = format!("d{i}.dane.bench.test");
+            let hosts = [format!("mx1.{domain}"), format!("mx2.{domain}")];
+            d.set_mx(&domain, &[(10, &hosts[0]), (20, &hosts[1])]);
+            for h in &hosts {
+                d.set_a(h, Ipv4Addr::new(192, 0, 2, 1));
+                d.set_tlsa(&format!("_25._tcp.{h}"), &[(3, 1, 1, &digest)]);
+            }
+        }
+    });
+    let anchor = work.join("dane-root.key");
+    std::fs::write(&anchor, signed.trust_anchor().expect("anchor")).expect("anchor file");
+    let dane_resolver = ResolverConfig {
+        nameservers: vec![signed.addr()],
+        ..Default::default()
+    };
+    let dane_config = |mode| DaneConfig {
+        mode,
+        trust_anchor: Some(anchor.clone()),
+        ..Default::default()
+    };
+    let clock = Arc::new(mta_stsd::clock::SystemClock);
+    let metrics = Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics"));
+    let dane = DaneService::new(
+        DaneSettings::resolve(&dane_config(DaneMode::On), &dane_resolver).expect("dane"),
+        clock.clone(),
+        metrics.clone(),
+    );
+    let deadline = Duration::from_secs(10);
+
+    // Cold, one at a time.
+    let before = signed.total_queries();
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let c = dane
+            .verdict(&format!("d{i}.dane.bench.test"), deadline)
+            .await;
+        times.push(t.elapsed());
+        assert_eq!(c.verdict, Verdict::DaneOnly, "{c:?}");
+    }
+    let queries = (signed.total_queries() - before) as f64 / n as f64;
+    times.sort();
+    let mean = times.iter().sum::<Duration>() / n as u32;
+    let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+
+    // Cold, all at once (a fresh service, so nothing is remembered).
+    let fresh = DaneService::new(
+        DaneSettings::resolve(&dane_config(DaneMode::On), &dane_resolver).expect("dane"),
+        clock.clone(),
+        metrics.clone(),
+    );
+    let t = Instant::now();
+    let all = futures::future::join_all((0..n).map(|i| {
+        let fresh = fresh.clone();
+        async move {
+            fresh
+                .verdict(&format!("d{i}.dane.bench.test"), deadline)
+                .await
+        }
+    }))
+    .await;
+    let parallel = n as f64 / t.elapsed().as_secs_f64();
+    assert!(all.iter().all(|c| c.verdict == Verdict::DaneOnly));
+
+    // Cached answers through the daemon's one answer path, DANE off and on.
+    let discoverer = Discoverer::new(DiscoveryOptions {
+        resolver: ResolverConfig {
+            nameservers: vec!["127.0.0.1:53".parse().expect("addr")],
+            ..Default::default()
+        },
+        fetch: FetchConfig {
+            allow_private_addresses: true,
+            ..Default::default()
+        },
+        system_roots: false,
+        extra_roots: vec![ca.cert_der()],
+        https_port: None,
+    })
+    .expect("discoverer");
+    let store = Arc::new(SledStore::open(&work.join("inproc-dane")).expect("store"));
+    let service = PolicyService::new(
+        discoverer,
+        store,
+        clock.clone(),
+        ServiceSettings::new(CacheConfig::default(), LookupConfig::default()),
+        metrics.clone(),
+    );
+    let zone = ZoneOptions::default();
+    let rounds = if n >= 1000 { 2_000_000 } else { 100_000 };
+    let mut per_call = Vec::new();
+    for mode in [DaneMode::Off, DaneMode::On] {
+        let dane = DaneService::new(
+            DaneSettings::resolve(&dane_config(mode), &dane_resolver).expect("dane"),
+            clock.clone(),
+            metrics.clone(),
+        );
+        let state = State::new(service.clone(), dane, Config::default(), None, None);
+        let (a, _) = state.answer(HOT, &zone).await;
+        assert!(a.wire().starts_with("OK secure"), "{}", a.wire());
+        let t = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(state.answer(HOT, &zone).await);
+        }
+        per_call.push(t.elapsed().as_nanos() as f64 / rounds as f64);
+    }
+    DaneFigures {
+        domains: n,
+        cold_p50: p(0.5),
+        cold_p99: p(0.99),
+        cold_mean: mean,
+        queries_per_verdict: queries,
+        parallel_per_sec: parallel,
+        hit_off_ns: per_call[0],
+        hit_on_ns: per_call[1],
     }
 }
 

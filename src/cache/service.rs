@@ -372,13 +372,22 @@ impl PolicyService {
 
     /// Answers one socketmap lookup.
     pub async fn lookup(self: &Arc<Self>, key: &str, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
-        let domain = match normalize_key(key) {
-            Ok(d) => d,
+        match normalize_key(key) {
+            Ok(domain) => self.lookup_domain(domain, zone).await,
             Err(skip) => {
                 tracing::debug!(key, reason = %skip, "no lookup");
-                return (Reply::NotFound, CacheOutcome::Skipped);
+                (Reply::NotFound, CacheOutcome::Skipped)
             }
-        };
+        }
+    }
+
+    /// Answers a lookup for a domain already normalised by
+    /// [`crate::mtasts::domain::normalize_key`].
+    pub async fn lookup_domain(
+        self: &Arc<Self>,
+        domain: String,
+        zone: &ZoneOptions,
+    ) -> (Reply, CacheOutcome) {
         let settings = self.settings();
         let found = self.found(&domain);
         match rules::on_lookup(

@@ -162,6 +162,17 @@ pub struct DaneService {
     snapshot: Mutex<Option<PathBuf>>,
     /// A verdict was remembered since the last save.
     dirty: AtomicBool,
+    /// `dane_verdicts{cache="hit"}` per verdict, resolved once: hits are the hot path.
+    hit_counters: [prometheus::IntCounter; 4],
+}
+
+fn verdict_index(v: &Verdict) -> usize {
+    match v {
+        Verdict::DaneOnly => 0,
+        Verdict::Dane => 1,
+        Verdict::NoDane => 2,
+        Verdict::Temp { .. } => 3,
+    }
 }
 
 impl DaneService {
@@ -175,9 +186,11 @@ impl DaneService {
             health: AtomicU8::new(HEALTH_UNKNOWN),
             health_checked_at: AtomicU64::new(0),
             clock,
-            metrics,
             snapshot: Mutex::new(None),
             dirty: AtomicBool::new(false),
+            hit_counters: ["dane_only", "dane", "no_dane", "temp"]
+                .map(|v| metrics.dane_verdicts.with_label_values(&[v, "hit"])),
+            metrics,
         });
         this.update_gauge();
         this
@@ -229,6 +242,9 @@ impl DaneService {
     /// Starts the self-check when none has run since start, reload or the pause.
     fn check_health(self: &Arc<Self>) {
         let state = self.health.load(Ordering::Acquire);
+        if state == HEALTH_OK {
+            return;
+        }
         let since = self
             .clock
             .now()
@@ -291,10 +307,7 @@ impl DaneService {
             if now >= c.expires_at.saturating_sub(ttl / 4) {
                 drop(self.flight(domain));
             }
-            self.metrics
-                .dane_verdicts
-                .with_label_values(&[c.verdict.as_str(), "hit"])
-                .inc();
+            self.hit_counters[verdict_index(&c.verdict)].inc();
             return c;
         }
         let flight = self.flight(domain);

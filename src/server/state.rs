@@ -88,7 +88,7 @@ impl State {
         let deadline = self.config().lookup.deadline;
         let (dane, (reply, outcome)) = tokio::join!(
             self.dane.verdict(&domain, deadline),
-            self.service.lookup(key, zone)
+            self.service.lookup_domain(domain.clone(), zone)
         );
         (final_reply(&dane.verdict, reply), outcome)
     }
