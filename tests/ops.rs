@@ -494,3 +494,91 @@ async fn warm_from_the_mail_log_fills_the_cache() {
     assert_eq!(ask_once(d.tcp, "postfix", "a.example").await, SECURE);
     assert_eq!(w.https.hits("a.example"), 1);
 }
+
+/// A cache file in postfix-mta-sts-resolver's sqlite format (its schema, its JSON).
+fn python_cache(path: &Path, rows: &[(&str, u64, &str, &str)]) {
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.execute_batch(
+        "create table if not exists sts_policy_cache (domain text, ts integer, pol_id text, pol_body text);
+         create unique index if not exists sts_policy_domain on sts_policy_cache (domain);",
+    )
+    .unwrap();
+    for (domain, ts, id, body) in rows {
+        db.execute(
+            "insert into sts_policy_cache (domain, ts, pol_id, pol_body) values (?1, ?2, ?3, ?4)",
+            rusqlite::params![domain, *ts as i64, id, body],
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_from_the_python_resolvers_sqlite_cache() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let file = dir.path().join("python-cache.db");
+    let enforce = r#"{"version": "STSv1", "mode": "enforce", "mx": ["mx1.example.com", "*.example.net"], "max_age": "604800"}"#;
+    python_cache(
+        &file,
+        &[
+            ("imported.example", now - 3600, "20260101", enforce),
+            // Fetched 8 days ago with a 7-day max_age: says nothing any more.
+            ("stale.example", now - 8 * 86400, "1", enforce),
+            // Python's parser accepts this; RFC 8461 (and mta-stsd) do not.
+            (
+                "lax.example",
+                now,
+                "1",
+                r#"{"version": "STSv1", "mode": "enforce", "mx": [], "max_age": "86400"}"#,
+            ),
+        ],
+    );
+    let url = d.http.clone().unwrap();
+    let run = |file: &Path| {
+        cli_async(vec![
+            "import".into(),
+            "--from".into(),
+            format!("sqlite:{}", file.display()),
+            "--admin".into(),
+            url.clone(),
+        ])
+    };
+    let (code, out, err) = run(&file).await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains(
+            "3 policies read: 1 imported, 0 already cached (same or newer), 1 expired, 1 invalid"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("lax.example: not imported"), "{out}");
+
+    // Answered from the cache, with the original id and fetch time, and no network:
+    // nothing is published in this world.
+    assert_eq!(ask_once(d.tcp, "postfix", "imported.example").await, SECURE);
+    let e = d.service.cached("imported.example").unwrap();
+    let p = e.policy.unwrap();
+    assert_eq!((p.id.as_str(), p.fetched_at), ("20260101", now - 3600));
+    assert_eq!(w.https.hits("imported.example"), 0);
+    assert!(d.service.cached("stale.example").is_none());
+
+    // Idempotent.
+    let (code, out, _) = run(&file).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("0 imported, 1 already cached"), "{out}");
+
+    // Not a cache file: a clear error, exit 2.
+    std::fs::write(dir.path().join("junk.db"), b"not sqlite").unwrap();
+    let (code, _, err) = run(&dir.path().join("junk.db")).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("postfix-mta-sts-resolver") || err.contains("not a database"),
+        "{err}"
+    );
+    d.shutdown().await;
+}

@@ -377,6 +377,51 @@ pub fn after_fetch(
     }
 }
 
+/// What to do with a policy learned elsewhere (another resolver's cache), fetched at
+/// `fetched_at` under TXT id `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Import {
+    /// Its max_age has run out: it says nothing any more (RFC 8461 §3.2).
+    Expired,
+    /// The cache holds a policy fetched at the same time or later: importing the same
+    /// file twice changes nothing, and an older copy never replaces a newer one.
+    KeepNewer,
+    /// Take it, as if fetched then: its age counts from `fetched_at`, so the refresher
+    /// and the TXT re-check treat it like any other cached policy.
+    Replace(Box<Entry>),
+}
+
+pub fn on_import(
+    old: Option<&Entry>,
+    policy: Policy,
+    id: &str,
+    fetched_at: u64,
+    now: u64,
+) -> Import {
+    let expires_at = fetched_at.saturating_add(policy.max_age);
+    if expires_at <= now {
+        return Import::Expired;
+    }
+    if old
+        .and_then(|e| e.policy.as_ref())
+        .is_some_and(|p| p.fetched_at >= fetched_at)
+    {
+        return Import::KeepNewer;
+    }
+    Import::Replace(Box::new(Entry {
+        policy: Some(CachedPolicy {
+            policy,
+            id: id.to_owned(),
+            fetched_at,
+            expires_at,
+        }),
+        no_policy_until: None,
+        last_check: fetched_at.min(now),
+        failure: None,
+        txt_failure: None,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,5 +843,40 @@ mod tests {
         assert_eq!(manual_trigger(Some(&e), T0), Trigger::Refresh);
         assert_eq!(manual_trigger(Some(&e), T0 + 86_400), Trigger::Miss);
         assert_eq!(manual_trigger(None, T0), Trigger::Miss);
+    }
+
+    #[test]
+    fn imports_keep_the_newer_policy_and_drop_expired_ones() {
+        let policy = crate::mtasts::policy::parse_policy(
+            b"version: STSv1\nmode: enforce\nmx: mx.example\nmax_age: 1000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            on_import(None, policy.clone(), "1", 100, 1100),
+            Import::Expired
+        );
+        let Import::Replace(e) = on_import(None, policy.clone(), "1", 500, 1000) else {
+            panic!("a live policy is taken")
+        };
+        let p = e.policy.clone().unwrap();
+        assert_eq!(
+            (p.fetched_at, p.expires_at, p.id.as_str()),
+            (500, 1500, "1")
+        );
+        assert_eq!(e.last_check, 500);
+        // Importing it again, or an older copy, changes nothing.
+        assert_eq!(
+            on_import(Some(&e), policy.clone(), "1", 500, 1000),
+            Import::KeepNewer
+        );
+        assert_eq!(
+            on_import(Some(&e), policy.clone(), "0", 400, 1000),
+            Import::KeepNewer
+        );
+        // A newer one replaces it.
+        assert!(matches!(
+            on_import(Some(&e), policy, "2", 600, 1000),
+            Import::Replace(_)
+        ));
     }
 }

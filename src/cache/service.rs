@@ -741,6 +741,28 @@ impl PolicyService {
         present
     }
 
+    /// Puts a policy learned elsewhere into the cache (`mta-stsd import`): taken as if
+    /// fetched at `fetched_at` under `id` unless it has expired or the cache already
+    /// has one fetched at the same time or later. Written and flushed before it is
+    /// used, like a fetched policy.
+    pub async fn import_policy(
+        &self,
+        domain: &str,
+        id: &str,
+        fetched_at: u64,
+        policy: crate::mtasts::policy::Policy,
+    ) -> rules::Import {
+        let old = self.found(domain).map(|f| f.entry().clone());
+        let decision = rules::on_import(old.as_ref(), policy, id, fetched_at, self.clock.now());
+        if let rules::Import::Replace(entry) = &decision {
+            self.persist(domain, &old.unwrap_or_default(), entry);
+            self.make_durable().await;
+            self.publish(domain, (**entry).clone());
+            tracing::info!(domain, id, fetched_at, "policy imported");
+        }
+        decision
+    }
+
     /// Runs a discovery for `domain` now (fetching whatever the TXT id says when a
     /// policy is cached) and returns the resulting entry.
     pub async fn refresh_now(self: &Arc<Self>, domain: &str) -> Option<Entry> {

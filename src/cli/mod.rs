@@ -15,6 +15,7 @@ use crate::protocol::answer::DaneSwitch;
 
 mod cache;
 mod doctor;
+mod import;
 mod logging;
 pub mod query;
 mod serve;
@@ -111,6 +112,22 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Import the policies postfix-mta-sts-resolver learned (its sqlite cache) into
+    /// the running daemon's cache, keeping fetch time and id; expired ones are
+    /// skipped and newer cached ones kept, so running it twice is harmless.
+    ///
+    /// Exit status: 0 done, 1 the admin API failed for some domains, 2 bad usage.
+    Import {
+        /// sqlite:PATH of postfix-mta-sts-resolver's cache (cache type sqlite).
+        #[arg(long = "from", value_name = "SOURCE")]
+        from: import::Source,
+        /// Admin API base URL (default: from metrics.listen in the config).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Configuration file to read metrics.listen from.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Validate a configuration file and exit.
     CheckConfig {
@@ -250,6 +267,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 resolv_conf,
             };
             current_thread()?.block_on(doctor::command(args))
+        }
+        Command::Import {
+            from,
+            admin,
+            config,
+        } => {
+            let url = admin_url(admin, config.as_deref())?;
+            current_thread()?.block_on(import::command(&url, from))
         }
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file))?;

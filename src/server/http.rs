@@ -5,6 +5,8 @@
 //! - `GET  /api/v1/policies/DOMAIN`             one entry
 //! - `DELETE /api/v1/policies/DOMAIN`           purge one entry
 //! - `POST /api/v1/policies/DOMAIN/refresh`     discover now, return the entry
+//! - `PUT  /api/v1/policies/DOMAIN`             import a policy learned elsewhere:
+//!   `{"id": "...", "fetched_at": UNIX_SECONDS, "policy": "version: STSv1\n..."}`
 //!
 //! The admin API answers only peers on loopback, whatever `metrics.listen` is.
 
@@ -101,6 +103,91 @@ pub fn view(domain: &str, e: &Entry, now: u64) -> EntryView {
     }
 }
 
+/// The body of an import (`PUT /api/v1/policies/DOMAIN`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ImportRequest {
+    /// The TXT record id the policy was fetched under.
+    pub id: String,
+    /// When it was fetched (seconds since the Unix epoch).
+    pub fetched_at: u64,
+    /// The policy file's text.
+    pub policy: String,
+}
+
+/// The answer to an import.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ImportResponse {
+    pub domain: String,
+    /// `imported`, `kept_newer` (the cache has one fetched at the same time or
+    /// later) or `expired`.
+    pub result: String,
+}
+
+/// Imports are small; anything larger is not a policy (RFC 8461 §3.3: 64 KiB at most).
+const MAX_IMPORT_BODY: usize = 128 * 1024;
+
+async fn import(
+    req: Request<Incoming>,
+    domain: &str,
+    service: &crate::cache::service::PolicyService,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_IMPORT_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let request: ImportRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("not an import request: {e}"),
+            );
+        }
+    };
+    // RFC 8461 §3.1: id = 1*32(ALPHA / DIGIT).
+    let id_ok = (1..=32).contains(&request.id.len())
+        && request.id.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !id_ok {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "id must be 1 to 32 letters or digits",
+        );
+    }
+    let policy = match crate::mtasts::policy::parse_policy(request.policy.as_bytes()) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("invalid policy: {e}"),
+            );
+        }
+    };
+    let result = match service
+        .import_policy(domain, &request.id, request.fetched_at, policy)
+        .await
+    {
+        crate::cache::rules::Import::Replace(_) => "imported",
+        crate::cache::rules::Import::KeepNewer => "kept_newer",
+        crate::cache::rules::Import::Expired => "expired",
+    };
+    json(
+        StatusCode::OK,
+        &ImportResponse {
+            domain: domain.to_owned(),
+            result: result.to_owned(),
+        },
+    )
+}
+
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -180,6 +267,7 @@ async fn handle(
                         error(StatusCode::NOT_FOUND, "not in the cache")
                     }
                 }
+                (Method::PUT, []) => import(req, &domain, service).await,
                 (Method::POST, ["refresh"]) => {
                     // The DANE verdict is looked up again on the next lookup.
                     ctx.dane.purge(&domain);

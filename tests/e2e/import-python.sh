@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Migration end to end: the real postfix-mta-sts-resolver (1.5.1, from PyPI) learns
+# policies from a test world into its sqlite cache; `mta-stsd import` brings them into
+# a fresh mta-stsd; then every policy is answered from mta-stsd's cache with the
+# policy server down and no discovery at all. Runs in private namespaces.
+#
+#   sudo tests/e2e/import-python.sh VENV [BIN_DIR]
+#
+# VENV: a virtualenv with postfix-mta-sts-resolver[sqlite]==1.5.1 installed. BIN_DIR
+# holds mta-stsd and mta-sts-testworld (default target/debug). Needs root, Postfix's
+# postmap (as the socketmap client) and python3.
+set -euo pipefail
+
+VENV=$(realpath "$1")
+BIN=$(realpath "${2:-target/debug}")
+if [ "$(id -u)" != 0 ]; then echo "import-python: needs root" >&2; exit 2; fi
+if [ -z "${MTA_STS_E2E_NETNS:-}" ]; then
+    exec env MTA_STS_E2E_NETNS=1 unshare --net --mount --propagation private "$0" "$VENV" "$BIN"
+fi
+
+ip link set lo up
+W=$(mktemp -d /tmp/mta-sts-import.XXXXXX)
+echo "nameserver 127.0.0.1" > "$W/resolv.conf"
+mount --bind "$W/resolv.conf" /etc/resolv.conf
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for _ in $(seq 100); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    if [ "${KEEP:-}" = "" ]; then rm -rf "$W"; else echo "work directory kept: $W"; fi
+}
+trap cleanup EXIT
+
+coproc WORLD { "$BIN/mta-sts-testworld" --ca "$W/ca.pem" --mail-dir "$W/received" 2>"$W/world.log"; }
+pids+=("$WORLD_PID")
+read -r line <&"${WORLD[0]}"
+[ "$line" = ready ] || { echo "testworld did not start: $line"; exit 1; }
+world() {
+    echo "$*" >&"${WORLD[1]}"
+    local reply
+    read -r reply <&"${WORLD[0]}"
+    [ "$reply" = ok ] || { echo "testworld: $* -> $reply" >&2; exit 1; }
+}
+domains=(one.test two.test three.test)
+world policy one.test   11 enforce mx.one.test
+world policy two.test   22 enforce '*.two.test'
+world policy three.test 33 testing mx.three.test
+
+failures=0
+check() {
+    if [ "$3" = ok ]; then echo "ok   $1: $2"; else echo "FAIL $1: $2 ($3)"; failures=$((failures + 1)); fi
+}
+printf 'compatibility_level = 3.6\n' > "$W/main.cf"
+ask() {  # ask PORT DOMAIN: the socketmap answer, via Postfix's own client
+    postmap -c "$W" -q "$2" "socketmap:inet:127.0.0.1:$1:postfix" || true
+}
+
+# --- postfix-mta-sts-resolver learns the policies ---------------------------------
+cat > "$W/mta-sts-daemon.yml" <<CFG
+host: 127.0.0.1
+port: 8462
+shutdown_timeout: 1
+cache:
+  type: sqlite
+  options:
+    filename: "$W/python-cache.db"
+default_zone:
+  strict_testing: false
+  timeout: 4
+CFG
+SSL_CERT_FILE="$W/ca.pem" "$VENV/bin/mta-sts-daemon" -c "$W/mta-sts-daemon.yml" -v warn 2>"$W/python.log" &
+python_pid=$!
+pids+=("$python_pid")
+for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/8462) 2>/dev/null && break
+    sleep 0.1
+done
+got=$(ask 8462 one.test)
+[ "$got" = "secure match=mx.one.test servername=hostname" ] \
+    && check "postfix-mta-sts-resolver" "answers from the test world" ok \
+    || check "postfix-mta-sts-resolver" "answers from the test world" "got: $got ($(tail -3 "$W/python.log"))"
+ask 8462 two.test >/dev/null; ask 8462 three.test >/dev/null
+kill "$python_pid"; wait "$python_pid" 2>/dev/null || true
+rows=$("$VENV/bin/python" -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from sts_policy_cache').fetchone()[0])" "$W/python-cache.db")
+[ "$rows" = 3 ] && check "its sqlite cache" "3 policies" ok || check "its sqlite cache" "3 policies" "$rows rows"
+
+# --- the policy server goes away; mta-stsd starts empty and imports ---------------
+for d in "${domains[@]}"; do world down "$d"; done
+cat > "$W/mta-stsd.toml" <<CFG
+[server]
+listen = ["127.0.0.1:8461"]
+[metrics]
+listen = "127.0.0.1:9461"
+[resolver]
+nameservers = ["127.0.0.1:53"]
+[fetch]
+ca_file = "$W/ca.pem"
+allow_private_addresses = true
+[cache]
+path = "$W/mta-stsd-cache"
+CFG
+"$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
+pids+=($!)
+for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/9461) 2>/dev/null && break
+    sleep 0.1
+done
+out=$("$BIN/mta-stsd" import --from "sqlite:$W/python-cache.db" --config "$W/mta-stsd.toml")
+[[ "$out" == *"3 policies read: 3 imported"* ]] && check "mta-stsd import" "3 imported" ok \
+    || check "mta-stsd import" "3 imported" "$out"
+out=$("$BIN/mta-stsd" import --from "sqlite:$W/python-cache.db" --config "$W/mta-stsd.toml")
+[[ "$out" == *"0 imported, 3 already cached"* ]] && check "mta-stsd import again" "nothing changes" ok \
+    || check "mta-stsd import again" "nothing changes" "$out"
+
+# --- answered from the cache: the same answers, no discovery ----------------------
+got=$(ask 8461 one.test)
+[ "$got" = "secure match=mx.one.test servername=hostname" ] && check "one.test" "enforced from the imported policy" ok \
+    || check "one.test" "enforced from the imported policy" "got: $got"
+got=$(ask 8461 two.test)
+[ "$got" = "secure match=.two.test servername=hostname" ] && check "two.test" "enforced from the imported policy" ok \
+    || check "two.test" "enforced from the imported policy" "got: $got"
+got=$(ask 8461 three.test)
+[ -z "$got" ] && check "three.test" "testing mode: NOTFOUND" ok || check "three.test" "testing mode: NOTFOUND" "got: $got"
+"$BIN/mta-stsd" cache show one.test --config "$W/mta-stsd.toml" > "$W/show.txt"
+grep -q "^id:          11$" "$W/show.txt" && check "cache show" "the original TXT id" ok \
+    || check "cache show" "the original TXT id" "$(cat "$W/show.txt")"
+metrics=$(exec 3<>/dev/tcp/127.0.0.1/9461; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3)
+if grep -q '^mta_stsd_discoveries_total' <<<"$metrics"; then
+    check "no network" "no discovery ran" "$(grep '^mta_stsd_discoveries_total' <<<"$metrics")"
+else
+    check "no network" "no discovery ran" ok
+fi
+
+echo
+if [ "$failures" -gt 0 ]; then
+    echo "--- mta-stsd log (tail)"; tail -n 30 "$W/mta-stsd.log"
+    echo "import-python: $failures case(s) failed"
+    exit 1
+fi
+echo "import-python: all cases passed"
