@@ -527,33 +527,7 @@ fn main() {
 
     // 0: the daemon's own cost per cached lookup, in process (no sockets).
     let in_process_ns = rt.block_on(async {
-        use mta_stsd::cache::service::{PolicyService, ServiceSettings};
-        use mta_stsd::config::{CacheConfig, FetchConfig, LookupConfig, ResolverConfig};
-        use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
-        let discoverer = Discoverer::new(DiscoveryOptions {
-            resolver: ResolverConfig {
-                nameservers: vec!["127.0.0.1:53".parse().expect("addr")],
-                ..Default::default()
-            },
-            fetch: FetchConfig {
-                allow_private_addresses: true,
-                ..Default::default()
-            },
-            system_roots: false,
-            extra_roots: vec![ca.cert_der()],
-            https_port: None,
-        })
-        .expect("discoverer");
-        let store = Arc::new(SledStore::open(&work.join("inproc")).expect("store"));
-        let settings = ServiceSettings::new(CacheConfig::default(), LookupConfig::default());
-        let metrics = Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics"));
-        let service = PolicyService::new(
-            discoverer,
-            store,
-            Arc::new(mta_stsd::clock::SystemClock),
-            settings,
-            metrics,
-        );
+        let service = inproc_service(&work.join("inproc"), &ca);
         let zone = mta_stsd::protocol::answer::ZoneOptions::default();
         let (a, _) = service.lookup(HOT, &zone).await;
         assert!(a.wire().starts_with("OK secure"), "{}", a.wire());
@@ -1073,6 +1047,36 @@ fn main() {
     }
 }
 
+/// A policy service in this process, with its store at `path`, discovering from the
+/// benchmark's world (DNS on 127.0.0.1:53, policies signed by `ca`).
+fn inproc_service(path: &Path, ca: &TestCa) -> Arc<mta_stsd::cache::service::PolicyService> {
+    use mta_stsd::cache::service::{PolicyService, ServiceSettings};
+    use mta_stsd::config::{CacheConfig, FetchConfig, LookupConfig, ResolverConfig};
+    use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
+    let discoverer = Discoverer::new(DiscoveryOptions {
+        resolver: ResolverConfig {
+            nameservers: vec!["127.0.0.1:53".parse().expect("addr")],
+            ..Default::default()
+        },
+        fetch: FetchConfig {
+            allow_private_addresses: true,
+            ..Default::default()
+        },
+        system_roots: false,
+        extra_roots: vec![ca.cert_der()],
+        https_port: None,
+    })
+    .expect("discoverer");
+    let store = Arc::new(SledStore::open(path).expect("store"));
+    PolicyService::new(
+        discoverer,
+        store,
+        Arc::new(mta_stsd::clock::SystemClock),
+        ServiceSettings::new(CacheConfig::default(), LookupConfig::default()),
+        Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics")),
+    )
+}
+
 #[derive(Debug)]
 struct DaneFigures {
     domains: usize,
@@ -1086,13 +1090,9 @@ struct DaneFigures {
 }
 
 async fn dane_workload(work: &Path, ca: &TestCa, n: usize) -> DaneFigures {
-    use mta_stsd::cache::service::{PolicyService, ServiceSettings};
-    use mta_stsd::config::{
-        CacheConfig, Config, DaneConfig, DaneMode, FetchConfig, LookupConfig, ResolverConfig,
-    };
+    use mta_stsd::config::{Config, DaneConfig, DaneMode, ResolverConfig};
     use mta_stsd::dane::rules::Verdict;
     use mta_stsd::dane::service::{DaneService, DaneSettings};
-    use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
     use mta_stsd::protocol::answer::ZoneOptions;
     use mta_stsd::server::state::State;
 
@@ -1165,28 +1165,7 @@ async fn dane_workload(work: &Path, ca: &TestCa, n: usize) -> DaneFigures {
     assert!(all.iter().all(|c| c.verdict == Verdict::DaneOnly));
 
     // Cached answers through the daemon's one answer path, DANE off and on.
-    let discoverer = Discoverer::new(DiscoveryOptions {
-        resolver: ResolverConfig {
-            nameservers: vec!["127.0.0.1:53".parse().expect("addr")],
-            ..Default::default()
-        },
-        fetch: FetchConfig {
-            allow_private_addresses: true,
-            ..Default::default()
-        },
-        system_roots: false,
-        extra_roots: vec![ca.cert_der()],
-        https_port: None,
-    })
-    .expect("discoverer");
-    let store = Arc::new(SledStore::open(&work.join("inproc-dane")).expect("store"));
-    let service = PolicyService::new(
-        discoverer,
-        store,
-        clock.clone(),
-        ServiceSettings::new(CacheConfig::default(), LookupConfig::default()),
-        metrics.clone(),
-    );
+    let service = inproc_service(&work.join("inproc-dane"), ca);
     let zone = ZoneOptions::default();
     let rounds = if n >= 1000 { 2_000_000 } else { 100_000 };
     let mut per_call = Vec::new();
