@@ -653,3 +653,104 @@ async fn a_remembered_verdict_survives_a_restart() {
     );
     d.shutdown().await;
 }
+
+/// `auto` follows Postfix: read at start, read again on SIGHUP (the real binary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_is_read_again_on_sighup() {
+    use std::io::BufRead;
+    if std::process::Command::new("postconf")
+        .arg("-d")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "CI must install Postfix");
+        eprintln!("skipped: Postfix (postconf) is not installed");
+        return;
+    }
+    let w = World::start_signed().await;
+    // TLSA records, no MTA-STS policy: NOTFOUND without DANE, dane-only with it.
+    domain(&w.dns, "only.test", &[("mx.only.test", true)]);
+    let dir = tempfile::tempdir().unwrap();
+    let pf = dir.path().join("postfix");
+    std::fs::create_dir_all(&pf).unwrap();
+    let main_cf = pf.join("main.cf");
+    std::fs::write(&main_cf, "compatibility_level = 3.6\n").unwrap();
+    let anchor = dir.path().join("root.key");
+    std::fs::write(&anchor, w.dns.trust_anchor().unwrap()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("mta-stsd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[metrics]\nlisten = \"\"\n\
+             [cache]\npath = \"{}\"\n[resolver]\nnameservers = [\"{}\"]\n\
+             [dane]\nmode = \"auto\"\npostfix_config = \"{}\"\ntrust_anchor = \"{}\"\n\
+             [log]\nformat = \"plain\"\n",
+            dir.path().join("cache").display(),
+            w.dns.addr(),
+            pf.display(),
+            anchor.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The daemon's log lines are the signals: listening, and each DANE decision.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut wait_for = async |needle: &str| -> String {
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = rx.recv().await {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!("the daemon's log ended before {needle:?}");
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+    };
+    let decided = wait_for("DANE precedence").await;
+    assert!(decided.contains("on=false"), "{decided}");
+    wait_for("listening").await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(ask_once(addr, "postfix", "only.test").await, "NOTFOUND ");
+
+    std::fs::write(
+        &main_cf,
+        "compatibility_level = 3.6\nsmtp_dns_support_level = dnssec\n",
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let decided = wait_for("DANE precedence").await;
+    assert!(decided.contains("on=true"), "{decided}");
+    assert!(
+        decided.contains("smtp_dns_support_level = dnssec"),
+        "{decided}"
+    );
+    assert_eq!(ask_once(addr, "postfix", "only.test").await, "OK dane-only");
+
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+}

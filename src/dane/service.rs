@@ -199,13 +199,15 @@ impl DaneService {
     /// Applies new settings (reload); remembered verdicts stay (their facts do not
     /// depend on the settings), and the self-check runs again.
     pub fn reconfigure(&self, settings: DaneSettings) {
-        tracing::info!(on = settings.on, reason = %settings.reason, "DANE precedence");
         if let Some(cap) = NonZeroUsize::new(settings.cache_entries) {
             lock(&self.verdicts).resize(cap);
         }
+        let (on, reason) = (settings.on, settings.reason.clone());
         *write(&self.settings) = Arc::new(settings);
         self.health.store(HEALTH_UNKNOWN, Ordering::Release);
         self.update_gauge();
+        // Logged once in force, so the line can be taken as the signal that it is.
+        tracing::info!(on, reason = %reason, "DANE precedence");
     }
 
     fn settings(&self) -> Arc<DaneSettings> {
