@@ -795,6 +795,11 @@ fn main() {
 
     // 5: cache scale.
     let mut scale_rows = Vec::new();
+    // BENCH_SCALES=N,N,... overrides the cache sizes (e.g. a large one in a smoke run).
+    let scales: Vec<usize> = std::env::var("BENCH_SCALES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or(scales);
     for &n in &scales {
         let dir = work.join(format!("scale-{n}"));
         let t_fill = Instant::now();

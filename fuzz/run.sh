@@ -41,10 +41,22 @@ for t in "${targets[@]}"; do
             fi ;;
     esac
     echo "== fuzz $t for ${seconds}s ($(ls "$corpus" | wc -l) corpus inputs)"
+    log=$(mktemp)
+    set +e
     "${fuzz[@]}" run "$t" "$corpus" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
-        -print_final_stats=1 2>&1 | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done|==|SUMMARY|thread|.*panicked)' || true
+        -print_final_stats=1 > "$log" 2>&1
+    status=$?
+    set -e
+    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done|==|SUMMARY|thread|.*panicked)' "$log" || true
     if [ -n "$(ls artifacts/"$t" 2>/dev/null)" ]; then
         echo "fuzz $t: crash, see fuzz/artifacts/$t/" >&2
         exit 1
     fi
+    # A target that does not build, or a missing cargo-fuzz, is a failure too.
+    if [ "$status" != 0 ]; then
+        tail -n 20 "$log" >&2
+        echo "fuzz $t: failed (exit $status)" >&2
+        exit 1
+    fi
+    rm -f "$log"
 done

@@ -1,9 +1,18 @@
-//! The sled-backed store: one tree, domain -> JSON entry, with a format marker.
+//! The sled-backed store: one tree, domain -> entry, with a format marker.
+//!
+//! Entries are stored in a compact, versioned binary form (a version byte, then
+//! postcard). Version 1 keeps a policy as its lines only, and parses them again when
+//! it is read, so the stored form does not depend on how the parsed policy is laid
+//! out in memory. Entries written by earlier versions are JSON (they start with `{`):
+//! they are still read, and rewritten in the binary form when the cache is loaded.
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use super::{Loaded, PolicyStore, StoreError};
-use crate::cache::entry::Entry;
+use crate::cache::entry::{CachedPolicy, Entry, Failure, FailureClass};
+use crate::mtasts::policy::parse_policy;
 
 const FORMAT_KEY: &[u8] = b"\0format";
 const FORMAT: &[u8] = b"mta-stsd-cache-v1";
@@ -11,7 +20,7 @@ const FORMAT: &[u8] = b"mta-stsd-cache-v1";
 /// outside sled's own files (so damage to those cannot take it along).
 const CHECKPOINT_FILE: &str = "mta-stsd-policies";
 
-/// The sled-backed store: one tree, domain -> JSON entry.
+/// The sled-backed store: one tree, domain -> entry.
 pub struct SledStore {
     db: sled::Db,
     dir: PathBuf,
@@ -21,18 +30,114 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// The first byte of an entry in the current binary form.
+const ENTRY_V1: u8 = 1;
+
+/// A policy as stored: its lines (the file without blank lines), parsed again on read.
+#[derive(Serialize, Deserialize)]
+struct StoredPolicyV1 {
+    lines: Vec<String>,
+    id: String,
+    fetched_at: u64,
+    expires_at: u64,
+}
+
+/// A failure as stored; the class by its stable label, so that a label this version
+/// does not know reads as `other`.
+#[derive(Serialize, Deserialize)]
+struct StoredFailureV1 {
+    at: u64,
+    id: Option<String>,
+    class: String,
+    message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEntryV1 {
+    policy: Option<StoredPolicyV1>,
+    no_policy_until: Option<u64>,
+    last_check: u64,
+    failure: Option<StoredFailureV1>,
+    txt_failure: Option<StoredFailureV1>,
+}
+
+fn store_failure(f: &Failure) -> StoredFailureV1 {
+    StoredFailureV1 {
+        at: f.at,
+        id: f.id.clone(),
+        class: f.class.as_str().to_owned(),
+        message: f.message.clone(),
+    }
+}
+
+fn load_failure(f: StoredFailureV1) -> Failure {
+    Failure {
+        at: f.at,
+        id: f.id,
+        class: serde_json::from_value(serde_json::Value::String(f.class))
+            .unwrap_or(FailureClass::Other),
+        message: f.message,
+    }
+}
+
 /// Reads one stored entry. The bytes come from disk, so anything may be in them: a
 /// damaged entry is an error for that domain only (and is fuzzed: `fuzz/`).
 pub fn decode_entry(domain: &str, bytes: &[u8]) -> Result<Entry, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+    let decode_error = |message: String| StoreError::Decode {
         domain: domain.to_owned(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    match bytes.split_first() {
+        // Written by a version before the binary form.
+        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| decode_error(e.to_string())),
+        Some((&ENTRY_V1, rest)) => {
+            let stored: StoredEntryV1 =
+                postcard::from_bytes(rest).map_err(|e| decode_error(e.to_string()))?;
+            let policy = match stored.policy {
+                None => None,
+                Some(p) => {
+                    let mut text = p.lines.join("\n");
+                    text.push('\n');
+                    let policy = parse_policy(text.as_bytes())
+                        .map_err(|e| decode_error(format!("stored policy: {e}")))?;
+                    Some(CachedPolicy {
+                        policy,
+                        id: p.id,
+                        fetched_at: p.fetched_at,
+                        expires_at: p.expires_at,
+                    })
+                }
+            };
+            Ok(Entry {
+                policy,
+                no_policy_until: stored.no_policy_until,
+                last_check: stored.last_check,
+                failure: stored.failure.map(load_failure),
+                txt_failure: stored.txt_failure.map(load_failure),
+            })
+        }
+        Some((other, _)) => Err(decode_error(format!("unknown entry format {other}"))),
+        None => Err(decode_error("empty entry".into())),
+    }
 }
 
-/// The stored form of an entry.
+/// The stored form of an entry (the current binary form).
 pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(entry).map_err(backend)
+    let stored = StoredEntryV1 {
+        policy: entry.policy.as_ref().map(|p| StoredPolicyV1 {
+            lines: p.policy.lines.clone(),
+            id: p.id.clone(),
+            fetched_at: p.fetched_at,
+            expires_at: p.expires_at,
+        }),
+        no_policy_until: entry.no_policy_until,
+        last_check: entry.last_check,
+        failure: entry.failure.as_ref().map(store_failure),
+        txt_failure: entry.txt_failure.as_ref().map(store_failure),
+    };
+    let mut out = vec![ENTRY_V1];
+    postcard::to_io(&stored, &mut out).map_err(backend)?;
+    Ok(out)
 }
 
 impl SledStore {
@@ -148,6 +253,7 @@ fn aside_path(path: &Path) -> PathBuf {
 
 impl PolicyStore for SledStore {
     fn load_all(&self) -> Result<Loaded, StoreError> {
+        let mut migrated = 0usize;
         let mut entries = Vec::new();
         let mut errors = Vec::new();
         for item in self.db.iter() {
@@ -157,9 +263,34 @@ impl PolicyStore for SledStore {
             }
             let domain = String::from_utf8_lossy(&k).into_owned();
             match decode_entry(&domain, &v) {
-                Ok(entry) => entries.push((domain, entry)),
+                Ok(entry) => {
+                    if v.first() == Some(&b'{') {
+                        // Migrate an entry written by an earlier version, unless a
+                        // lookup has written a newer one meanwhile.
+                        // Only when the new form reads back: a policy whose lines an
+                        // older, more lenient parser accepted stays JSON rather than
+                        // being lost.
+                        if let Some(bytes) = encode_entry(&entry)
+                            .ok()
+                            .filter(|b| decode_entry(&domain, b).is_ok())
+                        {
+                            let _ = self
+                                .db
+                                .compare_and_swap(&k, Some(&v), Some(bytes))
+                                .map_err(backend)?;
+                            migrated += 1;
+                        }
+                    }
+                    entries.push((domain, entry))
+                }
                 Err(e) => errors.push(e),
             }
+        }
+        if migrated > 0 {
+            tracing::info!(
+                entries = migrated,
+                "cache entries rewritten in the compact format"
+            );
         }
         Ok((entries, errors))
     }
@@ -212,8 +343,6 @@ impl PolicyStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::CachedPolicy;
-    use crate::mtasts::policy::parse_policy;
 
     fn entry() -> Entry {
         let policy =
@@ -230,6 +359,84 @@ mod tests {
             last_check: 1000,
             ..Entry::default()
         }
+    }
+
+    fn with_failures() -> Entry {
+        let failure = |class| Failure {
+            at: 1050,
+            id: Some("2".into()),
+            class,
+            message: "boom".into(),
+        };
+        Entry {
+            failure: Some(failure(FailureClass::Tls)),
+            txt_failure: Some(failure(FailureClass::Txt)),
+            ..entry()
+        }
+    }
+
+    #[test]
+    fn entries_are_stored_compact_and_read_back() {
+        for e in [
+            entry(),
+            with_failures(),
+            Entry {
+                no_policy_until: Some(5),
+                last_check: 4,
+                ..Entry::default()
+            },
+        ] {
+            let bytes = encode_entry(&e).unwrap();
+            assert_eq!(bytes[0], ENTRY_V1);
+            assert_eq!(decode_entry("example.com", &bytes).unwrap(), e);
+            let json = serde_json::to_vec(&e).unwrap();
+            assert!(
+                bytes.len() * 2 < json.len(),
+                "{} bytes against {} in JSON",
+                bytes.len(),
+                json.len()
+            );
+        }
+        assert!(decode_entry("example.com", &[9, 1, 2]).is_err());
+        assert!(decode_entry("example.com", &[]).is_err());
+    }
+
+    #[test]
+    fn json_entries_of_earlier_versions_are_read_and_migrated_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(&dir.path().join("cache")).unwrap();
+        // Exactly what earlier versions wrote: the entry as JSON.
+        let json = |e: &Entry| serde_json::to_vec(e).unwrap();
+        s.db.insert("a.example", json(&entry())).unwrap();
+        s.db.insert("b.example", json(&with_failures())).unwrap();
+        // A failure class this version does not know reads as `other`.
+        let newer = String::from_utf8(json(&with_failures()))
+            .unwrap()
+            .replace("\"tls\"", "\"quantum\"");
+        s.db.insert("c.example", newer.as_bytes()).unwrap();
+        // Lines today's parser would not accept: still read from JSON, and kept in
+        // JSON rather than rewritten into a form that would not read back.
+        let lax = String::from_utf8(json(&entry()))
+            .unwrap()
+            .replace("\"mode: enforce\"", "\"mode: strict\"");
+        s.db.insert("d.example", lax.as_bytes()).unwrap();
+
+        let (all, errors) = s.load_all().unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(all.len(), 4);
+        let get = |d: &str| s.get(d).unwrap().unwrap();
+        assert_eq!(get("a.example"), entry());
+        assert_eq!(get("b.example"), with_failures());
+        assert_eq!(get("c.example").failure.unwrap().class, FailureClass::Other);
+        assert_eq!(
+            get("d.example").policy.unwrap().policy.mode,
+            crate::mtasts::policy::Mode::Enforce
+        );
+        let raw = |d: &str| s.db.get(d).unwrap().unwrap()[0];
+        assert_eq!(raw("a.example"), ENTRY_V1);
+        assert_eq!(raw("b.example"), ENTRY_V1);
+        assert_eq!(raw("c.example"), ENTRY_V1);
+        assert_eq!(raw("d.example"), b'{');
     }
 
     #[test]
