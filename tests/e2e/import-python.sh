@@ -22,38 +22,15 @@ ip link set lo up
 W=$(mktemp -d /tmp/mta-sts-import.XXXXXX)
 echo "nameserver 127.0.0.1" > "$W/resolv.conf"
 mount --bind "$W/resolv.conf" /etc/resolv.conf
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for _ in $(seq 100); do
-        alive=0
-        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-    if [ "${KEEP:-}" = "" ]; then rm -rf "$W"; else echo "work directory kept: $W"; fi
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh"
+trap stop_all EXIT
 
-coproc WORLD { "$BIN/mta-sts-testworld" --ca "$W/ca.pem" --mail-dir "$W/received" 2>"$W/world.log"; }
-pids+=("$WORLD_PID")
-read -r line <&"${WORLD[0]}"
-[ "$line" = ready ] || { echo "testworld did not start: $line"; exit 1; }
-world() {
-    echo "$*" >&"${WORLD[1]}"
-    local reply
-    read -r reply <&"${WORLD[0]}"
-    [ "$reply" = ok ] || { echo "testworld: $* -> $reply" >&2; exit 1; }
-}
+start_world "$BIN"
 domains=(one.test two.test three.test)
 world policy one.test   11 enforce mx.one.test
 world policy two.test   22 enforce '*.two.test'
 world policy three.test 33 testing mx.three.test
 
-failures=0
-check() {
-    if [ "$3" = ok ]; then echo "ok   $1: $2"; else echo "FAIL $1: $2 ($3)"; failures=$((failures + 1)); fi
-}
 printf 'compatibility_level = 3.6\n' > "$W/main.cf"
 ask() {  # ask PORT DOMAIN: the socketmap answer, via Postfix's own client
     postmap -c "$W" -q "$2" "socketmap:inet:127.0.0.1:$1:postfix" || true
@@ -75,10 +52,7 @@ CFG
 SSL_CERT_FILE="$W/ca.pem" "$VENV/bin/mta-sts-daemon" -c "$W/mta-sts-daemon.yml" -v warn 2>"$W/python.log" &
 python_pid=$!
 pids+=("$python_pid")
-for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/8462) 2>/dev/null && break
-    sleep 0.1
-done
+wait_tcp 127.0.0.1 8462 || { echo "mta-sts-daemon did not start"; cat "$W/python.log"; exit 1; }
 got=$(ask 8462 one.test)
 [ "$got" = "secure match=mx.one.test servername=hostname" ] \
     && check "postfix-mta-sts-resolver" "answers from the test world" ok \
@@ -105,10 +79,7 @@ path = "$W/mta-stsd-cache"
 CFG
 "$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
 pids+=($!)
-for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/9461) 2>/dev/null && break
-    sleep 0.1
-done
+wait_tcp 127.0.0.1 9461 || { echo "mta-stsd did not start"; cat "$W/mta-stsd.log"; exit 1; }
 out=$("$BIN/mta-stsd" import --from "sqlite:$W/python-cache.db" --config "$W/mta-stsd.toml")
 [[ "$out" == *"3 policies read: 3 imported"* ]] && check "mta-stsd import" "3 imported" ok \
     || check "mta-stsd import" "3 imported" "$out"

@@ -61,36 +61,14 @@ if [ -n "$ROOT" ]; then
     mount --rbind /dev "$ROOT/dev"
 fi
 
-pids=()
-cleanup() {
-    pf postfix stop >/dev/null 2>&1 || true
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    # Let them exit before removing their files: the daemon flushes its cache and
-    # writes its checkpoint on the way out (it stops within a few seconds).
-    for _ in $(seq 100); do
-        alive=0
-        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-    if [ "${KEEP:-}" = "" ]; then rm -rf "$W"; else echo "work directory kept: $W"; fi
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh"
+before_stop() { pf postfix stop >/dev/null 2>&1 || true; }
+trap stop_all EXIT
 
 # --- the world: DNS, policy server, receivers ------------------------------------
-mkdir -p "$W/received"
 signed=()
 $DANE && signed=(--signed "$W/root.key")
-coproc WORLD { "$BIN/mta-sts-testworld" --ca "$W/ca.pem" --mail-dir "$W/received" "${signed[@]}" 2>"$W/world.log"; }
-pids+=("$WORLD_PID")
-read -r line <&"${WORLD[0]}"
-[ "$line" = ready ] || { echo "testworld did not start: $line"; cat "$W/world.log"; exit 1; }
-world() {
-    echo "$*" >&"${WORLD[1]}"
-    local reply
-    read -r reply <&"${WORLD[0]}"
-    [ "$reply" = ok ] || { echo "testworld: $* -> $reply" >&2; exit 1; }
-}
+start_world "$BIN" "${signed[@]}"
 world smtp 127.0.0.2 tls
 world smtp 127.0.0.3 plain
 world smtp 127.0.0.4 tls untrusted
@@ -150,11 +128,7 @@ forward-zone:
 UB
     unbound -d -c "$W/unbound.conf" &
     pids+=($!)
-    for _ in $(seq 1 100); do
-        dig +short +time=1 @127.0.0.53 . SOA >/dev/null 2>&1 && break
-        (exec 3<>/dev/tcp/127.0.0.53/53) 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_tcp 127.0.0.53 53 || { echo "unbound did not start"; cat "$W/unbound.log"; exit 1; }
 fi
 
 # --- mta-stsd ---------------------------------------------------------------------
@@ -224,14 +198,10 @@ pf postconf -h mail_version > "$W/postfix-version"
 # mta-stsd starts after Postfix's configuration exists: dane.mode = "auto" reads it.
 "$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
 pids+=($!)
-for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/8461) 2>/dev/null && break
-    sleep 0.1
-done
+wait_tcp 127.0.0.1 8461 || { echo "mta-stsd did not start"; cat "$W/mta-stsd.log"; exit 1; }
 echo "Postfix $(cat "$W/postfix-version"), mta-stsd $("$BIN/mta-stsd" --version | cut -d' ' -f2), tlsrpt=$TLSRPT, dane=$DANE"
 
 # --- the cases --------------------------------------------------------------------
-failures=0
 send() {  # send RCPT
     printf 'Subject: mta-sts e2e to %s\n\nhello\n' "$1" | pf sendmail -f sender@sender.test "$1"
 }
@@ -246,9 +216,6 @@ verdict() {
     echo "${v:-none}"
 }
 received() { ls "$W/received" | grep -c "^$1\." || true; }
-check() {  # check NAME CONDITION-DESCRIPTION RESULT
-    if [ "$3" = ok ]; then echo "ok   $1: $2"; else echo "FAIL $1: $2 ($3)"; failures=$((failures + 1)); fi
-}
 expect() {  # expect CASE RCPT VERDICT RECEIVED LOGPATTERN [n]
     local name=$1 rcpt=$2 want=$3 want_rx=$4 pattern=$5 n=${6:-1}
     local got rx

@@ -1,0 +1,57 @@
+# Shared by the end-to-end scripts (sourced, not run): the test world's command
+# channel, the case verdict lines, and stopping what a script started.
+#
+# A script sets W (its work directory) and appends the PIDs it starts to `pids`.
+
+pids=()
+failures=0
+
+# Stops every process in `pids` and waits for them to exit before their files are
+# removed (the daemon flushes its cache and writes its checkpoint on the way out).
+# KEEP=1 keeps the work directory. `before_stop` runs first, if a script defines it.
+stop_all() {
+    if declare -F before_stop >/dev/null; then before_stop; fi
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for _ in $(seq 100); do
+        local alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    if [ "${KEEP:-}" = "" ]; then rm -rf "$W"; else echo "work directory kept: $W"; fi
+}
+
+# start_world BIN_DIR [ARGS...]: mta-sts-testworld, with its CA in $W/ca.pem and
+# received mail in $W/received.
+start_world() {
+    local bin=$1
+    shift
+    mkdir -p "$W/received"
+    coproc WORLD { "$bin/mta-sts-testworld" --ca "$W/ca.pem" --mail-dir "$W/received" "$@" 2>"$W/world.log"; }
+    pids+=("$WORLD_PID")
+    local line
+    read -r line <&"${WORLD[0]}"
+    [ "$line" = ready ] || { echo "testworld did not start: $line"; cat "$W/world.log"; exit 1; }
+}
+
+# world COMMAND...: one command to the test world (see mta-sts-testworld).
+world() {
+    echo "$*" >&"${WORLD[1]}"
+    local reply
+    read -r reply <&"${WORLD[0]}"
+    [ "$reply" = ok ] || { echo "testworld: $* -> $reply" >&2; exit 1; }
+}
+
+# check NAME DESCRIPTION RESULT: one verdict line; RESULT "ok" or what went wrong.
+check() {
+    if [ "$3" = ok ]; then echo "ok   $1: $2"; else echo "FAIL $1: $2 ($3)"; failures=$((failures + 1)); fi
+}
+
+# wait_tcp HOST PORT: until something listens there (at most 10 s).
+wait_tcp() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
