@@ -3,8 +3,8 @@
 //!
 //! The modules, from the bottom up (each imports only from those above it in this
 //! list, never from those below):
-//! - [`clock`], [`config`], [`metrics`]: wall-clock time, the TOML configuration,
-//!   and the Prometheus registry;
+//! - [`clock`], [`config`], [`metrics`], [`postfix`]: wall-clock time, the TOML
+//!   configuration, the Prometheus registry, and Postfix's own `postconf`;
 //! - [`protocol`]: the socketmap netstring codec and request parser, and the one
 //!   renderer of replies (pure, no I/O);
 //! - [`mtasts`]: next-hop key normalisation, the TXT record and policy file parsers
@@ -30,5 +30,6 @@ pub mod doctor;
 mod locks;
 pub mod metrics;
 pub mod mtasts;
+pub mod postfix;
 pub mod protocol;
 pub mod server;

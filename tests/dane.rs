@@ -437,7 +437,7 @@ async fn query_explains_the_dane_verdict_and_gives_the_daemons_reply() {
         let dane = DaneQuery {
             enabled: true,
             reason: "dane.mode = \"on\"".into(),
-            lookup: Some(&lookup),
+            lookup: &lookup,
         };
         let report = query(&discoverer, domain, &ZoneOptions::default(), Some(dane)).await;
         let served = ask_once(d.tcp, "postfix", domain).await;

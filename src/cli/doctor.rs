@@ -99,17 +99,7 @@ async fn run_checks(args: &DoctorArgs) -> Vec<Check> {
 
 /// Runs Postfix's own `postconf -c DIR ARGS...`.
 fn postconf(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new("postconf")
-        .arg("-c")
-        .arg(dir)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run postconf: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("failed").trim().to_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    crate::postfix::postconf(Some(dir), args)
 }
 
 fn param(dir: &Path, name: &str) -> String {
@@ -227,24 +217,15 @@ fn postfix_checks(
     // CAfile is loaded when the smtp client starts, before it enters its chroot;
     // CApath is searched at verification time, inside the chroot.
     let any_chroot = services.iter().any(|(_, c)| *c);
-    let ca_file = anchors(&param(dir, "smtp_tls_CAfile"), None, &queue);
+    let system = system_roots();
+    let ca_file = anchors(&param(dir, "smtp_tls_CAfile"), None, &queue, &system);
     let ca_path = anchors(
         &param(dir, "smtp_tls_CApath"),
         any_chroot.then_some(queue.as_path()),
         &queue,
+        &system,
     );
     let append = param(dir, "tls_append_default_CA").eq_ignore_ascii_case("yes");
-    let system = system_roots();
-    let count_public = |a: Anchors, certs: &[Vec<u8>]| match a {
-        Anchors::Loaded { path, .. } => Anchors::Loaded {
-            path,
-            certs: certs.len(),
-            public: certs.iter().filter(|c| system.contains(*c)).count(),
-        },
-        other => other,
-    };
-    let ca_file = count_public(ca_file.0, &ca_file.1);
-    let ca_path = count_public(ca_path.0, &ca_path.1);
     checks.push(doctor::check_trust(
         &ca_file,
         &ca_path,
@@ -311,24 +292,24 @@ fn path_access(path: &Path) -> (Vec<(PathBuf, Access)>, Option<Access>) {
 }
 
 /// Reads the certificates of a CAfile (one PEM file) or CApath (a directory of PEM
-/// files), as Postfix's smtp client would see it. Returns the verdict skeleton and
-/// the certificates (DER, without duplicates).
-fn anchors(value: &str, chroot: Option<&Path>, queue: &Path) -> (Anchors, Vec<Vec<u8>>) {
+/// files), as Postfix's smtp client would see it, and counts how many of them are
+/// among the system's public roots (`system`).
+fn anchors(value: &str, chroot: Option<&Path>, queue: &Path, system: &HashSet<Vec<u8>>) -> Anchors {
     if value.trim().is_empty() {
-        return (Anchors::Unset, Vec::new());
+        return Anchors::Unset;
     }
     let path = doctor::host_path(Path::new(value.trim()), chroot, queue);
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return (Anchors::Missing(path), Vec::new());
+            return Anchors::Missing(path);
         }
-        Err(e) => return (Anchors::Unreadable(path, e.to_string()), Vec::new()),
+        Err(e) => return Anchors::Unreadable(path, e.to_string()),
     };
     let files: Vec<PathBuf> = if meta.is_dir() {
         match std::fs::read_dir(&path) {
             Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
-            Err(e) => return (Anchors::Unreadable(path, e.to_string()), Vec::new()),
+            Err(e) => return Anchors::Unreadable(path, e.to_string()),
         }
     } else {
         vec![path.clone()]
@@ -345,14 +326,11 @@ fn anchors(value: &str, chroot: Option<&Path>, queue: &Path) -> (Anchors, Vec<Ve
             }
         }
     }
-    (
-        Anchors::Loaded {
-            path,
-            certs: 0,
-            public: 0,
-        },
-        certs,
-    )
+    Anchors::Loaded {
+        path,
+        public: certs.iter().filter(|c| system.contains(*c)).count(),
+        certs: certs.len(),
+    }
 }
 
 /// The system's public root certificates (Debian: /etc/ssl/certs).

@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, LogFormat};
 use crate::dane::service::DaneSettings;
 use crate::mtasts::discovery::Discoverer;
-use crate::protocol::answer::DaneSwitch;
 
 mod cache;
 mod doctor;
@@ -192,18 +191,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let discoverer = Discoverer::from_config(&config)?;
                 let zone = config.zone(&zone);
                 let dane = DaneSettings::resolve(&config.dane, &config.resolver)?;
-                let enabled = match zone.dane {
-                    Some(DaneSwitch::On) => true,
-                    Some(DaneSwitch::Off) => false,
-                    None => dane.on,
-                };
                 let dane_query = query::DaneQuery {
-                    enabled,
+                    enabled: dane.wanted_for(&zone),
                     reason: match zone.dane {
                         Some(_) => "set for this zone".to_owned(),
                         None => dane.reason.clone(),
                     },
-                    lookup: dane.lookup.as_ref(),
+                    lookup: &dane.lookup,
                 };
                 anyhow::Ok(query::query(&discoverer, &domain, &zone, Some(dane_query)).await)
             })?;

@@ -7,11 +7,11 @@ use serde::Serialize;
 
 use crate::dane::lookup::DaneLookup;
 use crate::dane::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
-use crate::dane::service::final_reply;
+use crate::dane::service::dane_reply;
 use crate::mtasts::discovery::{Discoverer, FetchError, TxtLookup};
 use crate::mtasts::domain::normalize_key;
 use crate::mtasts::policy::Policy;
-use crate::protocol::answer::{Reply, ZoneOptions, render};
+use crate::protocol::answer::{ZoneOptions, render};
 
 /// How a query ended; also the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -57,7 +57,7 @@ pub struct DaneReport {
 pub struct DaneQuery<'a> {
     pub enabled: bool,
     pub reason: String,
-    pub lookup: Option<&'a DaneLookup>,
+    pub lookup: &'a DaneLookup,
 }
 
 /// Everything `query` found out.
@@ -98,18 +98,18 @@ pub async fn query(
         mx: None,
         verdict: None,
     };
-    if let (true, Some(lookup)) = (dane.enabled, dane.lookup) {
+    if dane.enabled {
+        let lookup = dane.lookup;
         let validation = lookup.root_security().await;
         part.validation = Some(validation);
         // As the daemon: no DANE precedence while validation does not work.
         if validation == Security::Secure {
             let found = lookup.facts(&domain).await;
             let verdict = rules::verdict(&found.mx);
-            let mta_sts = match report.reply.as_str() {
-                "NOTFOUND " => Reply::NotFound,
-                other => Reply::Secure(other.into()),
-            };
-            report.reply = final_reply(&verdict, mta_sts).wire().to_owned();
+            // The same precedence as the daemon's answer path (`final_reply`).
+            if let Some(reply) = dane_reply(&verdict) {
+                report.reply = reply.wire().to_owned();
+            }
             part.mx = Some(found.mx);
             part.verdict = Some(verdict);
         }

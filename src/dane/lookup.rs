@@ -63,6 +63,15 @@ enum Answer {
     Failed,
 }
 
+/// `name` fully qualified (the root stays `.`): lookups never append search domains.
+fn fqdn(name: &str) -> String {
+    if name == "." {
+        ".".to_owned()
+    } else {
+        format!("{}.", name.trim_end_matches('.'))
+    }
+}
+
 fn security_of(records: &[Record]) -> Security {
     let mut all_secure = true;
     for r in records {
@@ -108,12 +117,7 @@ impl DaneLookup {
     }
 
     async fn ask_resolver(client: &AdClient, name: &str, rtype: RecordType) -> Answer {
-        let fqdn = if name == "." {
-            ".".to_owned()
-        } else {
-            format!("{}.", name.trim_end_matches('.'))
-        };
-        match client.query(&fqdn, rtype).await {
+        match client.query(&fqdn(name), rtype).await {
             Ok(a) if a.rcode == ResponseCode::NoError => {
                 let records: Vec<Record> = a
                     .answers
@@ -149,12 +153,7 @@ impl DaneLookup {
     }
 
     async fn validate(resolver: &TokioResolver, name: &str, rtype: RecordType) -> Answer {
-        let fqdn = if name == "." {
-            ".".to_owned()
-        } else {
-            format!("{}.", name.trim_end_matches('.'))
-        };
-        match resolver.lookup(fqdn.as_str(), rtype).await {
+        match resolver.lookup(fqdn(name).as_str(), rtype).await {
             Ok(lookup) => {
                 let records: Vec<Record> = lookup
                     .answers()

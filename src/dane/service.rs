@@ -41,15 +41,35 @@ pub struct Cached {
     pub expires_at: u64,
 }
 
+impl Cached {
+    /// A deferral decided without a verdict (the lookups did not finish, or failed):
+    /// used for this lookup only, never remembered.
+    fn deferral(reason: &str, now: u64) -> Arc<Cached> {
+        Arc::new(Cached {
+            verdict: Verdict::Temp {
+                reason: reason.to_owned(),
+            },
+            mx: MxFacts::Failed,
+            checked_at: now,
+            expires_at: now,
+        })
+    }
+}
+
 /// The final reply: a DANE verdict takes precedence over the MTA-STS answer (RFC 8461
 /// §2); without DANE the MTA-STS answer stands. DANE answers carry no MTA-STS TLSRPT
 /// attributes: Postfix reports DANE results itself.
 pub fn final_reply(verdict: &Verdict, mta_sts: Reply) -> Reply {
+    dane_reply(verdict).unwrap_or(mta_sts)
+}
+
+/// The reply a verdict calls for, if it replaces the MTA-STS answer.
+pub fn dane_reply(verdict: &Verdict) -> Option<Reply> {
     match verdict {
-        Verdict::DaneOnly => Reply::DaneOnly,
-        Verdict::Dane => Reply::Dane,
-        Verdict::Temp { reason } => Reply::temp(reason),
-        Verdict::NoDane => mta_sts,
+        Verdict::DaneOnly => Some(Reply::DaneOnly),
+        Verdict::Dane => Some(Reply::Dane),
+        Verdict::Temp { reason } => Some(Reply::temp(reason)),
+        Verdict::NoDane => None,
     }
 }
 
@@ -60,22 +80,8 @@ pub fn auto_mode(smtp_dns_support_level: &str) -> bool {
 
 /// Asks Postfix's own `postconf` for `smtp_dns_support_level`.
 pub fn postfix_dns_support_level(config_dir: Option<&Path>) -> Result<String, String> {
-    let mut cmd = std::process::Command::new("postconf");
-    if let Some(dir) = config_dir {
-        cmd.arg("-c").arg(dir);
-    }
-    let out = cmd
-        .args(["-h", "smtp_dns_support_level"])
-        .output()
-        .map_err(|e| format!("cannot run postconf: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "postconf failed: {}",
-            err.lines().last().unwrap_or("").trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    crate::postfix::postconf(config_dir, &["-h", "smtp_dns_support_level"])
+        .map(|level| level.trim().to_owned())
 }
 
 /// What the service needs from the configuration, resolved once per start or reload.
@@ -85,7 +91,7 @@ pub struct DaneSettings {
     pub on: bool,
     /// Why `on` is what it is (logged, shown by `query`).
     pub reason: String,
-    pub lookup: Option<DaneLookup>,
+    pub lookup: DaneLookup,
     pub cache_entries: usize,
 }
 
@@ -126,18 +132,18 @@ impl DaneSettings {
         Ok(Self {
             on,
             reason,
-            lookup: Some(lookup),
+            lookup,
             cache_entries: dane.cache_entries,
         })
     }
 
-    /// DANE off, no resolver (for tests and tools that do not need it).
-    pub fn off() -> Self {
-        Self {
-            on: false,
-            reason: "off".into(),
-            lookup: None,
-            cache_entries: 1,
+    /// Whether DANE precedence is wanted for lookups in `zone`: its own `dane`
+    /// setting, else the mode.
+    pub fn wanted_for(&self, zone: &ZoneOptions) -> bool {
+        match zone.dane {
+            Some(DaneSwitch::On) => true,
+            Some(DaneSwitch::Off) => false,
+            None => self.on,
         }
     }
 }
@@ -218,13 +224,7 @@ impl DaneService {
     /// the mode, and DNSSEC validation not found broken by the self-check (which this
     /// starts when due).
     pub fn enabled_for(self: &Arc<Self>, zone: &ZoneOptions) -> bool {
-        let settings = self.settings();
-        let wanted = match zone.dane {
-            Some(DaneSwitch::On) => true,
-            Some(DaneSwitch::Off) => false,
-            None => settings.on,
-        };
-        if !wanted || settings.lookup.is_none() {
+        if !self.settings().wanted_for(zone) {
             return false;
         }
         self.check_health();
@@ -255,9 +255,7 @@ impl DaneService {
         if !due {
             return;
         }
-        let Some(lookup) = self.settings().lookup.clone() else {
-            return;
-        };
+        let lookup = self.settings().lookup.clone();
         // Claim the check so concurrent lookups do not start more.
         self.health_checked_at
             .store(self.clock.now(), Ordering::Release);
@@ -272,10 +270,8 @@ impl DaneService {
 
     /// Runs the self-check now and applies its result (also a test hook).
     pub async fn check_validation_now(&self) -> Security {
-        match self.settings().lookup.clone() {
-            Some(lookup) => self.run_health_check(&lookup).await,
-            None => Security::Indeterminate,
-        }
+        let lookup = self.settings().lookup.clone();
+        self.run_health_check(&lookup).await
     }
 
     async fn run_health_check(&self, lookup: &DaneLookup) -> Security {
@@ -331,14 +327,7 @@ impl DaneService {
                     .dane_verdicts
                     .with_label_values(&["temp", "timeout"])
                     .inc();
-                Arc::new(Cached {
-                    verdict: Verdict::Temp {
-                        reason: "DANE lookups still running".into(),
-                    },
-                    mx: MxFacts::Failed,
-                    checked_at: now,
-                    expires_at: now,
-                })
+                Cached::deferral("DANE lookups still running", now)
             }
         }
     }
@@ -381,15 +370,7 @@ impl DaneService {
                 // The lookup task panicked or was cancelled: defer, remember nothing.
                 Err(_) => {
                     tracing::error!(domain = %fallback_domain, "DANE lookup task failed");
-                    let now = clock.now();
-                    Arc::new(Cached {
-                        verdict: Verdict::Temp {
-                            reason: "DANE lookup failed".into(),
-                        },
-                        mx: MxFacts::Failed,
-                        checked_at: now,
-                        expires_at: now,
-                    })
+                    Cached::deferral("DANE lookup failed", clock.now())
                 }
             }
         }
@@ -401,14 +382,7 @@ impl DaneService {
 
     async fn run(&self, domain: &str) -> Arc<Cached> {
         let now = self.clock.now();
-        let Some(lookup) = self.settings().lookup.clone() else {
-            return Arc::new(Cached {
-                verdict: Verdict::NoDane,
-                mx: MxFacts::NoDomain,
-                checked_at: now,
-                expires_at: now,
-            });
-        };
+        let lookup = self.settings().lookup.clone();
         let Found { mx, min_ttl } = lookup.facts(domain).await;
         let verdict = rules::verdict(&mx);
         let ttl = rules::verdict_ttl(&mx, min_ttl);
