@@ -49,11 +49,7 @@ pub struct Parts {
 pub const DANE_VERDICTS_FILE: &str = "dane-verdicts.json";
 
 /// Saves DANE verdicts every `every` until `stop`, off the async threads.
-async fn save_dane_verdicts(
-    dane: Arc<crate::dane::service::DaneService>,
-    every: Duration,
-    stop: CancellationToken,
-) {
+async fn save_dane_verdicts(dane: Arc<DaneService>, every: Duration, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
