@@ -273,7 +273,12 @@ impl PolicyService {
                 }
                 tracing::info!(entries = live.len(), pruned, "cache loaded");
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the cache; starting empty"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the cache; starting empty");
+                if let Some(lost) = lost_policies(recorded, 0) {
+                    self.metrics.cache_policies_lost.inc_by(lost);
+                }
+            }
         }
         self.loaded.store(true, Ordering::Release);
         self.loaded_signal.notify_waiters();

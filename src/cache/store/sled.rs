@@ -257,7 +257,16 @@ impl PolicyStore for SledStore {
         let mut entries = Vec::new();
         let mut errors = Vec::new();
         for item in self.db.iter() {
-            let (k, v) = item.map_err(backend)?;
+            // A damaged page ends the walk, but what was read before it is kept: the
+            // caller reports the shortfall against the checkpoint, and the rest is
+            // discovered again on its next lookup.
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    errors.push(backend(e));
+                    break;
+                }
+            };
             if k.as_ref() == FORMAT_KEY {
                 continue;
             }
