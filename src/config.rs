@@ -225,6 +225,51 @@ pub struct CacheConfig {
     /// `negative_ttl` (166 new ones a second at 5 minutes) in about 20 MiB; one
     /// forgotten early costs only a repeated DNS query.
     pub negative_entries: usize,
+    /// Where policies are kept: `sled` (this machine only) or `redis` (shared by a
+    /// fleet; the local sled cache stays as this daemon's own copy).
+    pub backend: CacheBackend,
+    /// The shared cache, with `backend = "redis"`.
+    pub redis: RedisConfig,
+}
+
+/// Where the policy cache lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    #[default]
+    Sled,
+    Redis,
+}
+
+/// The Redis (or Valkey) server shared by a fleet of daemons.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS), or
+    /// `redis+unix:///path/to/socket[?db=N]`.
+    pub url: String,
+    /// Prefix of every key and of the invalidation channel, so that several fleets
+    /// (or other applications) can share one server.
+    pub prefix: String,
+    /// The longest a lookup waits for one Redis operation; past it the daemon goes on
+    /// without Redis (answers from memory, discovers itself).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long one daemon may hold a domain's fetch lock. Others wait for its result
+    /// at most this long before fetching themselves.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: "mta-stsd:".into(),
+            timeout: Duration::from_millis(250),
+            lock_ttl: Duration::from_secs(15),
+        }
+    }
 }
 
 impl Default for CacheConfig {
@@ -238,6 +283,8 @@ impl Default for CacheConfig {
             refresh_interval: Duration::from_secs(60),
             refresh_concurrency: 8,
             negative_entries: 50_000,
+            backend: CacheBackend::Sled,
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -387,6 +434,14 @@ impl Config {
                 format!("{:?} is not a log level or filter", self.log.level),
             ));
         }
+        if self.cache.backend == CacheBackend::Redis {
+            // Checked here so that a typo stops the start (or the reload) with a clear
+            // line, instead of surfacing as "Redis unreachable" forever.
+            if let Err(e) = redis::Client::open(self.cache.redis.url.as_str()) {
+                // Not the URL itself: it may hold a password.
+                return Err(invalid("cache.redis.url", e.to_string()));
+            }
+        }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
@@ -404,6 +459,8 @@ impl Config {
             ("cache.refresh_after", self.cache.refresh_after),
             ("cache.refresh_interval", self.cache.refresh_interval),
             ("server.read_timeout", self.server.read_timeout),
+            ("cache.redis.timeout", self.cache.redis.timeout),
+            ("cache.redis.lock_ttl", self.cache.redis.lock_ttl),
         ] {
             if d.is_zero() {
                 return Err(invalid(setting, "must be longer than 0s"));

@@ -31,6 +31,8 @@ pub const DANE_VERDICTS_TOTAL: &str = "mta_stsd_dane_verdicts_total";
 pub const DNSSEC_BOGUS_TOTAL: &str = "mta_stsd_dnssec_bogus_total";
 pub const DANE_ENABLED: &str = "mta_stsd_dane_enabled";
 pub const DNSSEC_VALIDATION_FAILING: &str = "mta_stsd_dnssec_validation_failing";
+pub const REDIS_HEALTHY: &str = "mta_stsd_redis_healthy";
+pub const REDIS_ADOPTED_TOTAL: &str = "mta_stsd_redis_policies_adopted_total";
 
 pub struct Metrics {
     registry: Registry,
@@ -60,7 +62,7 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// 1 while the cache store works, 0 while it fails (answers come from memory).
     pub store_healthy: IntGauge,
-    /// op (load|get|put|remove|flush|checkpoint)
+    /// op (load|get|put|remove|flush|checkpoint; redis_get|redis_put|redis_lock|redis_remove|redis_subscribe)
     pub store_errors: IntCounterVec,
     /// Caches that could not be opened and were moved aside.
     pub cache_moved_aside: IntCounter,
@@ -74,6 +76,10 @@ pub struct Metrics {
     pub dane_enabled: IntGauge,
     /// 1 while the DNSSEC self-check fails (DANE precedence suspended).
     pub dnssec_validation_failing: IntGauge,
+    /// With `cache.backend = "redis"`: 1 while Redis answers, 0 while it does not.
+    pub redis_healthy: IntGauge,
+    /// Policies taken from the fleet's shared cache instead of being fetched.
+    pub redis_adopted: IntCounter,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -196,6 +202,14 @@ impl Metrics {
                 DNSSEC_VALIDATION_FAILING,
                 "1 while the DNSSEC self-check (the root's DNSKEY RRset) fails and DANE precedence is suspended.",
             )?,
+            redis_healthy: IntGauge::new(
+                REDIS_HEALTHY,
+                "With cache.backend = redis: 1 while the shared cache answers, 0 while the daemon works without it.",
+            )?,
+            redis_adopted: IntCounter::new(
+                REDIS_ADOPTED_TOTAL,
+                "Policies taken from the fleet's shared cache (Redis) instead of being fetched.",
+            )?,
         };
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -223,6 +237,8 @@ impl Metrics {
             Box::new(m.dnssec_bogus.clone()),
             Box::new(m.dane_enabled.clone()),
             Box::new(m.dnssec_validation_failing.clone()),
+            Box::new(m.redis_healthy.clone()),
+            Box::new(m.redis_adopted.clone()),
             Box::new(build),
         ];
         for c in collectors {

@@ -111,6 +111,32 @@ pub fn manual_trigger(entry: Option<&Entry>, now: u64) -> Trigger {
     }
 }
 
+/// Whether a policy another daemon of the fleet stored (`shared`) settles a discovery
+/// this daemon was about to run for `trigger`, so that it takes that policy instead of
+/// fetching. A miss takes any valid policy at least as recent as its own; a refresh
+/// only a strictly newer one that is not itself due. A re-check of the TXT id is this
+/// daemon's own (it is cheap, and is what notices a new id).
+pub fn fleet_settles(
+    domain: &str,
+    own: &Entry,
+    shared: &Entry,
+    trigger: Trigger,
+    now: u64,
+    rules: &Rules,
+) -> bool {
+    let Some(theirs) = shared.valid_policy(now) else {
+        return false;
+    };
+    let ours = own.policy.as_ref().map(|p| p.fetched_at);
+    match trigger {
+        Trigger::Miss => ours.is_none_or(|t| theirs.fetched_at >= t),
+        Trigger::Refresh => {
+            ours.is_none_or(|t| theirs.fetched_at > t) && !is_due(domain, shared, now, rules)
+        }
+        Trigger::Recheck => false,
+    }
+}
+
 /// When the refresher should re-fetch this entry's policy, if it has a valid one:
 /// `refresh_after` (or half the max_age, if shorter) after the fetch, minus a
 /// per-domain spread so that policies fetched together do not all fall due together;
@@ -438,6 +464,48 @@ mod tests {
     fn policy(mode: &str, mx: &str, max_age: u64) -> Policy {
         let body = format!("version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: {max_age}\n");
         parse_policy(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_fleets_policy_settles_a_miss_and_only_a_newer_one_a_refresh() {
+        let now = T0 + 50_000;
+        let theirs = cached("enforce", "2", T0 + 40_000);
+        let none = Entry::default();
+        let settles = |own: &Entry, shared: &Entry, t| {
+            fleet_settles("a.example", own, shared, t, now, &RULES)
+        };
+        assert!(settles(&none, &theirs, Trigger::Miss));
+        assert!(!settles(&none, &none, Trigger::Miss), "nothing shared");
+        let expired = cached("enforce", "0", T0 - 100_000);
+        assert!(
+            !settles(&none, &expired, Trigger::Miss),
+            "an expired policy"
+        );
+        assert!(
+            settles(&theirs, &theirs, Trigger::Miss),
+            "as recent as ours"
+        );
+        let ours_newer = cached("enforce", "3", T0 + 45_000);
+        assert!(
+            !settles(&ours_newer, &theirs, Trigger::Miss),
+            "older than ours"
+        );
+        let ours_old = cached("enforce", "1", T0);
+        assert!(
+            settles(&ours_old, &theirs, Trigger::Refresh),
+            "newer, not due"
+        );
+        assert!(!settles(&theirs, &theirs, Trigger::Refresh), "not newer");
+        let theirs_due = cached("enforce", "2", T0 + 1_000);
+        assert!(is_due("a.example", &theirs_due, now, &RULES));
+        assert!(
+            !settles(&ours_old, &theirs_due, Trigger::Refresh),
+            "itself due"
+        );
+        assert!(
+            !settles(&none, &theirs, Trigger::Recheck),
+            "re-checks are ours"
+        );
     }
 
     fn cached(mode: &str, id: &str, fetched_at: u64) -> Entry {

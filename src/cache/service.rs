@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::entry::Entry;
 use super::rules::{self, Decision, LookupRule, Outcome, Rules, Step, Transition, Trigger};
+use super::shared::{self, SharedCache};
 use super::store::PolicyStore;
 use crate::clock::Clock;
 use crate::config::{CacheConfig, LookupConfig};
@@ -147,6 +148,16 @@ pub struct PolicyService {
     /// see [`PolicyService::record_checkpoint`].
     policy_removals: AtomicU64,
     checkpoint_on_record: Mutex<bool>,
+    /// The cache shared with the rest of the fleet (`cache.backend = "redis"`).
+    shared: OnceLock<Arc<SharedCache>>,
+}
+
+/// What the fleet's shared cache did for a discovery about to run.
+enum FleetStep {
+    /// It had the answer; it is now in memory and the local store.
+    Settled,
+    /// Discover here, holding the fetch lock if one was taken.
+    Discover { lock: Option<String> },
 }
 
 impl PolicyService {
@@ -179,7 +190,18 @@ impl PolicyService {
             durable: tokio::sync::Mutex::new(0),
             policy_removals: AtomicU64::new(0),
             checkpoint_on_record: Mutex::new(true),
+            shared: OnceLock::new(),
         })
+    }
+
+    /// Joins a fleet: policies are shared through `shared` from now on.
+    pub fn share_with(&self, shared: Arc<SharedCache>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// The fleet's shared cache, if this daemon is part of one.
+    pub fn shared(&self) -> Option<&Arc<SharedCache>> {
+        self.shared.get()
     }
 
     /// Applies new settings and a new discoverer (resolver, fetch settings) at once.
@@ -402,7 +424,7 @@ impl PolicyService {
         ) {
             LookupRule::Hit { recheck } => {
                 if recheck {
-                    drop(self.flight(&domain, Trigger::Recheck));
+                    drop(self.flight(&domain, Trigger::Recheck, true));
                 }
                 if let Some(Found::Policy(slot)) = found {
                     return (self.reply(&domain, &slot, zone), CacheOutcome::Hit);
@@ -412,7 +434,7 @@ impl PolicyService {
             LookupRule::Miss => {}
         }
         let deadline = settings.lookup.deadline;
-        let flight = self.flight(&domain, Trigger::Miss);
+        let flight = self.flight(&domain, Trigger::Miss, true);
         if tokio::time::timeout(deadline, flight).await.is_err() {
             tracing::warn!(
                 domain,
@@ -452,8 +474,9 @@ impl PolicyService {
     }
 
     /// Starts (or joins) the discovery for `domain`; it runs as its own task, so it
-    /// finishes even when nobody waits for it any more.
-    fn flight(self: &Arc<Self>, domain: &str, trigger: Trigger) -> Flight {
+    /// finishes even when nobody waits for it any more. `consult`: whether the fleet's
+    /// shared cache may settle it (see [`rules::fleet_settles`]).
+    fn flight(self: &Arc<Self>, domain: &str, trigger: Trigger, consult: bool) -> Flight {
         let mut inflight = lock(&self.inflight);
         if let Some(f) = inflight.get(domain) {
             return f.clone();
@@ -462,7 +485,7 @@ impl PolicyService {
         let owned = domain.to_owned();
         let task = tokio::spawn(async move {
             tokio::select! {
-                () = this.discover(&owned, trigger) => {}
+                () = this.discover(&owned, trigger, consult) => {}
                 () = this.abort.cancelled() => {
                     tracing::debug!(domain = %owned, "discovery abandoned at shutdown");
                 }
@@ -511,13 +534,20 @@ impl PolicyService {
 
     /// One discovery step for `domain`: the lookups the rules ask for, then the
     /// rules' decision applied, logged and counted.
-    async fn discover(&self, domain: &str, trigger: Trigger) {
+    async fn discover(&self, domain: &str, trigger: Trigger, consult: bool) {
         let settings = self.settings();
         let discoverer = self.discoverer();
         let old = self
             .found(domain)
             .map(|f| f.entry().clone())
             .unwrap_or_default();
+        let mut fetch_lock = None;
+        if let Some(shared) = self.shared().filter(|_| consult) {
+            match self.consult_fleet(shared, domain, &old, trigger).await {
+                FleetStep::Settled => return,
+                FleetStep::Discover { lock } => fetch_lock = lock,
+            }
+        }
         let txt = discoverer.lookup_txt(domain).await;
         let decision =
             match rules::after_txt(&old, trigger, &txt, self.clock.now(), &settings.rules) {
@@ -537,7 +567,13 @@ impl PolicyService {
                 }
             };
         self.report(domain, trigger, &txt, &decision);
-        self.persist(domain, &old, &decision.entry);
+        let mut entry = decision.entry;
+        if decision.outcome == Outcome::Fetched
+            && let Some(shared) = self.shared()
+        {
+            entry = self.share(shared, domain, entry).await;
+        }
+        self.persist(domain, &old, &entry);
         if decision.outcome == Outcome::Fetched {
             // A newly fetched or changed policy must survive a crash (kill -9, power
             // loss) once any lookup has been answered with it, so it is on disk before
@@ -545,7 +581,145 @@ impl PolicyService {
             // unchanged re-checks are left to the store's periodic flush.
             self.make_durable().await;
         }
-        self.publish(domain, decision.entry);
+        self.publish(domain, entry);
+        if let (Some(shared), Some(token)) = (self.shared(), fetch_lock) {
+            shared.unlock(domain, &token).await;
+        }
+    }
+
+    /// Before discovering `domain`: takes the fleet's policy if it settles the
+    /// discovery; otherwise takes the domain's fetch lock, or waits (up to the lock's
+    /// lifetime) while another daemon holds it and takes that daemon's result. Redis
+    /// failing at any point means discovering here, as a daemon on its own would.
+    async fn consult_fleet(
+        &self,
+        shared: &Arc<SharedCache>,
+        domain: &str,
+        own: &Entry,
+        trigger: Trigger,
+    ) -> FleetStep {
+        let settles = |theirs: &Entry| {
+            let rules = self.settings().rules;
+            rules::fleet_settles(domain, own, theirs, trigger, self.clock.now(), &rules)
+        };
+        match shared.get(domain).await {
+            Ok(Some(theirs)) if settles(&theirs) => {
+                self.adopt(domain, theirs);
+                return FleetStep::Settled;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(domain, error = %e, "shared cache not consulted");
+                return FleetStep::Discover { lock: None };
+            }
+        }
+        let give_up = std::time::Instant::now() + shared.lock_ttl();
+        loop {
+            let lock = shared.try_lock(domain).await;
+            if let Ok(shared::Lock::Busy) = lock {
+                // Another daemon is fetching: its result is announced when written.
+                shared.wait_update(FLEET_POLL).await;
+            }
+            // Read again in both cases: a daemon may have written and released the
+            // lock between the first read and the lock.
+            if let Ok(Some(theirs)) = shared.get(domain).await
+                && settles(&theirs)
+            {
+                if let Ok(shared::Lock::Held(token)) = &lock {
+                    shared.unlock(domain, token).await;
+                }
+                self.adopt(domain, theirs);
+                return FleetStep::Settled;
+            }
+            match lock {
+                Ok(shared::Lock::Held(token)) => return FleetStep::Discover { lock: Some(token) },
+                Ok(shared::Lock::Busy) if std::time::Instant::now() < give_up => {}
+                Ok(shared::Lock::Busy) => {
+                    tracing::info!(
+                        domain,
+                        "another daemon's fetch did not finish in time; fetching here"
+                    );
+                    return FleetStep::Discover { lock: None };
+                }
+                Err(_) => return FleetStep::Discover { lock: None },
+            }
+        }
+    }
+
+    /// Writes a fetched policy to the fleet's shared cache. If the fleet already has
+    /// one fetched later (another daemon's fetch finished first with a newer id), that
+    /// one is kept everywhere and taken here instead: an older fetch never wins.
+    async fn share(&self, shared: &SharedCache, domain: &str, entry: Entry) -> Entry {
+        match shared.put(domain, &entry).await {
+            Ok(false) => match shared.get(domain).await {
+                Ok(Some(theirs)) if newer(&theirs, &entry) => {
+                    tracing::info!(
+                        domain,
+                        "the fleet has a newer policy than this fetch; keeping that one"
+                    );
+                    self.metrics.redis_adopted.inc();
+                    theirs
+                }
+                _ => entry,
+            },
+            Ok(true) => entry,
+            Err(e) => {
+                tracing::debug!(domain, error = %e, "policy not shared");
+                entry
+            }
+        }
+    }
+
+    /// Takes a policy from the fleet's shared cache: into the local store (this
+    /// daemon's own copy, which outlives a Redis outage) and memory.
+    fn adopt(&self, domain: &str, entry: Entry) {
+        let old = self
+            .found(domain)
+            .map(|f| f.entry().clone())
+            .unwrap_or_default();
+        if entry.policy.is_none() || newer(&old, &entry) {
+            return;
+        }
+        self.persist(domain, &old, &entry);
+        tracing::debug!(domain, "policy taken from the shared cache");
+        self.metrics.redis_adopted.inc();
+        self.publish(domain, entry);
+    }
+
+    /// Applies an announcement from another daemon of the fleet.
+    pub async fn apply_fleet_event(&self, event: shared::Event) {
+        match event {
+            shared::Event::Purged(domain) => {
+                self.purge(&domain);
+            }
+            shared::Event::Updated(domain) => {
+                // Only a copy held in memory can be stale now; a domain not held here
+                // is read from the shared cache on its next miss.
+                let Some(held) = read(&self.entries).get(&domain).map(|s| s.entry.clone()) else {
+                    return;
+                };
+                let Some(shared) = self.shared() else { return };
+                if let Ok(Some(theirs)) = shared.get(&domain).await
+                    && newer(&theirs, &held)
+                {
+                    self.adopt(&domain, theirs);
+                }
+            }
+        }
+    }
+
+    /// Purges `domain` here and from the fleet's shared cache, which tells every other
+    /// daemon to purge it too. Returns whether it was cached anywhere.
+    pub async fn purge_everywhere(&self, domain: &str) -> bool {
+        let here = self.purge(domain);
+        let there = match self.shared() {
+            Some(shared) => shared.remove(domain).await.unwrap_or_else(|e| {
+                tracing::warn!(domain, error = %e, "purged here only: the shared cache is unreachable");
+                false
+            }),
+            None => false,
+        };
+        here || there
     }
 
     /// Flushes the store so that every write made before this call is durable. The
@@ -677,7 +851,7 @@ impl PolicyService {
                 p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 () = stop.cancelled() => break,
             };
-            let flight = self.flight(domain, Trigger::Refresh);
+            let flight = self.flight(domain, Trigger::Refresh, true);
             started += 1;
             tasks.spawn(async move {
                 flight.await;
@@ -760,6 +934,12 @@ impl PolicyService {
         let old = self.found(domain).map(|f| f.entry().clone());
         let decision = rules::on_import(old.as_ref(), policy, id, fetched_at, self.clock.now());
         if let rules::Import::Replace(entry) = &decision {
+            if let Some(shared) = self.shared() {
+                // Imported into one daemon, known to the whole fleet.
+                if let Err(e) = shared.put(domain, entry).await {
+                    tracing::debug!(domain, error = %e, "imported policy not shared");
+                }
+            }
             self.persist(domain, &old.unwrap_or_default(), entry);
             self.make_durable().await;
             self.publish(domain, (**entry).clone());
@@ -773,7 +953,8 @@ impl PolicyService {
     pub async fn refresh_now(self: &Arc<Self>, domain: &str) -> Option<Entry> {
         let entry = self.cached(domain);
         let trigger = rules::manual_trigger(entry.as_ref(), self.clock.now());
-        self.flight(domain, trigger).await;
+        // An operator asked for this daemon to look now: not settled by the fleet.
+        self.flight(domain, trigger, false).await;
         self.cached(domain)
     }
 
@@ -868,6 +1049,19 @@ impl PolicyService {
             }
             *on_record = false;
         }
+    }
+}
+
+/// How long a daemon waiting on another's fetch goes between reads of the shared
+/// cache when no announcement wakes it.
+const FLEET_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether `a` holds a policy fetched later than `b`'s.
+fn newer(a: &Entry, b: &Entry) -> bool {
+    match (&a.policy, &b.policy) {
+        (Some(a), Some(b)) => a.fetched_at > b.fetched_at,
+        (Some(_), None) => true,
+        _ => false,
     }
 }
 

@@ -17,10 +17,11 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::service::{PolicyService, ServiceSettings};
+use crate::cache::shared::SharedCache;
 use crate::cache::store::guard::Reopen;
 use crate::cache::store::{GuardedStore, PolicyStore, SledStore, StoreError, Unavailable};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{CacheBackend, Config};
 use crate::dane::service::{DaneService, DaneSettings};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
@@ -97,6 +98,8 @@ pub enum DaemonError {
     Setup(#[from] SetupError),
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
+    #[error("cannot set up the shared cache: {0}")]
+    Shared(#[from] crate::cache::shared::SharedError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -161,7 +164,12 @@ impl Daemon {
         }
         let discoverer = Discoverer::new(opts)?;
         let settings = ServiceSettings::new(config.cache.clone(), config.lookup.clone());
-        let service = PolicyService::new(discoverer, store, clock, settings, metrics);
+        let service = PolicyService::new(discoverer, store, clock, settings, metrics.clone());
+        if config.cache.backend == CacheBackend::Redis {
+            // Connects lazily: the daemon starts and serves with Redis down.
+            service.share_with(SharedCache::new(&config.cache.redis, metrics)?);
+            tracing::info!(prefix = %config.cache.redis.prefix, "policies shared with the fleet through Redis");
+        }
         let mode = config.socket_mode()?;
         let listeners = match parts.activated {
             Some(l) => l,
@@ -231,6 +239,16 @@ impl Daemon {
             tokio::task::spawn_blocking(move || service.load())
         };
         let mut refresher = tokio::spawn(service.clone().run_refresher(stop.clone()));
+        let mut fleet = service.shared().cloned().map(|shared| {
+            let service = service.clone();
+            tokio::spawn(shared.run_subscriber(
+                move |event| {
+                    let service = service.clone();
+                    async move { service.apply_fleet_event(event).await }
+                },
+                stop.clone(),
+            ))
+        });
         let mut http = self.metrics_listener.map(|l| {
             tokio::spawn(crate::server::http::run(
                 l,
@@ -247,6 +265,9 @@ impl Daemon {
             let _ = (&mut refresher).await;
             if let Some(h) = http.as_mut() {
                 let _ = h.await;
+            }
+            if let Some(f) = fleet.as_mut() {
+                let _ = f.await;
             }
             service.settle().await;
         };

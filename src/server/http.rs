@@ -261,7 +261,7 @@ async fn handle(
                 },
                 (Method::DELETE, []) => {
                     let dane = ctx.dane.purge(&domain);
-                    if service.purge(&domain) || dane {
+                    if service.purge_everywhere(&domain).await || dane {
                         json(StatusCode::OK, &serde_json::json!({ "purged": domain }))
                     } else {
                         error(StatusCode::NOT_FOUND, "not in the cache")

@@ -150,6 +150,8 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         "cache.path",
         old.cache.resolved_path() != new.cache.resolved_path(),
     );
+    check("cache.backend", old.cache.backend != new.cache.backend);
+    check("cache.redis", old.cache.redis != new.cache.redis);
     changed
 }
 

@@ -6,6 +6,7 @@
 mod ca;
 mod dns;
 mod https;
+mod redis;
 pub mod smtp;
 mod unbound;
 
@@ -13,6 +14,7 @@ pub use ca::{CertKind, TestCa};
 pub use dns::{DnsFault, SigFault, TestDns};
 pub use hickory_proto::rr::RecordType;
 pub use https::{HttpResponse, TestHttps};
+pub use redis::{RedisServer, free_port};
 pub use unbound::Unbound;
 
 use std::net::{IpAddr, Ipv4Addr};
