@@ -1,12 +1,17 @@
-//! `mta-stsd import --from sqlite:PATH`: brings the policies that
-//! postfix-mta-sts-resolver learned (its sqlite cache) into the running daemon's cache
-//! through the admin API, so that switching resolvers does not reopen the
-//! trust-on-first-use gap for the domains the old one knew.
+//! `mta-stsd import --from sqlite:PATH | redis://...`: brings the policies that
+//! postfix-mta-sts-resolver learned (its sqlite or Redis cache) into the running
+//! daemon's cache through the admin API, so that switching resolvers does not reopen
+//! the trust-on-first-use gap for the domains the old one knew.
 //!
 //! postfix-mta-sts-resolver's sqlite cache is one table, `sts_policy_cache(domain,
 //! ts, pol_id, pol_body)`: `ts` is the fetch time (Unix seconds), `pol_id` the TXT id,
 //! and `pol_body` the policy as its parser left it, a JSON object with `version`,
-//! `mode`, `max_age` and an `mx` list. Each row is turned back into policy text and
+//! `mode`, `max_age` and an `mx` list. Its Redis cache holds one sorted set per domain
+//! (the key is the domain; `_metadata` is its own bookkeeping): the member with the
+//! highest score is the current entry, the score its fetch time, and the member 16
+//! random bytes followed by the JSON array `[pol_id, pol_body]`.
+//!
+//! Each entry is turned back into policy text and
 //! parsed by mta-stsd's own (strict) parser, so nothing enters the cache that a fetch
 //! would not have accepted. The daemon keeps the fetch time and id, skips expired
 //! policies and keeps any newer policy it already has, so importing twice is harmless.
@@ -24,6 +29,9 @@ use crate::server::http::{ImportRequest, ImportResponse};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Sqlite(PathBuf),
+    /// A `redis://`, `rediss://` or `unix://` URL, as the other resolver's
+    /// configuration names it.
+    Redis(String),
 }
 
 impl std::str::FromStr for Source {
@@ -31,10 +39,15 @@ impl std::str::FromStr for Source {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.strip_prefix("sqlite:") {
             Some(path) if !path.is_empty() => Ok(Source::Sqlite(PathBuf::from(path))),
-            _ if s.starts_with("redis://") || s.starts_with("rediss://") => Err(
-                "importing from postfix-mta-sts-resolver's Redis cache is not supported yet; use its sqlite cache".into(),
-            ),
-            _ => Err(format!("{s:?}: expected sqlite:PATH")),
+            _ if ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|p| s.starts_with(p)) =>
+            {
+                Ok(Source::Redis(s.to_owned()))
+            }
+            _ => Err(format!(
+                "{s:?}: expected sqlite:PATH or redis://HOST[:PORT][/DB]"
+            )),
         }
     }
 }
@@ -109,6 +122,86 @@ pub fn read_sqlite(path: &Path) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// One entry of the other resolver's Redis cache: `member` is 16 random bytes and the
+/// JSON array `[pol_id, pol_body]`, `score` the fetch time.
+pub fn redis_row(domain: &str, member: &[u8], score: f64) -> Result<Row, String> {
+    let json = member
+        .get(16..)
+        .ok_or("entry shorter than its 16-byte prefix")?;
+    let (id, body): (String, serde_json::Value) =
+        serde_json::from_slice(json).map_err(|e| format!("not a [pol_id, pol_body] entry: {e}"))?;
+    Ok(Row {
+        domain: domain.to_owned(),
+        // Seconds, stored as a float score; a negative or absurd one reads as 0
+        // (expired, skipped by the daemon).
+        fetched_at: if score.is_finite() && score > 0.0 {
+            score as u64
+        } else {
+            0
+        },
+        id,
+        body: body.to_string(),
+    })
+}
+
+/// Reads every domain's current entry from postfix-mta-sts-resolver's Redis cache
+/// (read-only: SCAN, TYPE and ZREVRANGE). Keys that are not its entries are skipped;
+/// entries it cannot have written are returned as invalid.
+pub async fn read_redis(url: &str) -> anyhow::Result<(Vec<Row>, Vec<(String, String)>)> {
+    let client = redis::Client::open(url).context("not a Redis URL")?;
+    let mut conn = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .context("Redis did not answer within 10 s")?
+    .context("cannot connect to Redis")?;
+    let (mut rows, mut invalid) = (Vec::new(), Vec::new());
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .context("SCAN failed")?;
+        for key in keys {
+            let Ok(domain) = String::from_utf8(key) else {
+                continue;
+            };
+            if domain == "_metadata" {
+                continue;
+            }
+            let kind: String = redis::cmd("TYPE")
+                .arg(&domain)
+                .query_async(&mut conn)
+                .await?;
+            if kind != "zset" {
+                continue;
+            }
+            let top: Vec<(Vec<u8>, f64)> = redis::cmd("ZREVRANGE")
+                .arg(&domain)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await?;
+            if let Some((member, score)) = top.first() {
+                match redis_row(&domain, member, *score) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => invalid.push((domain, e)),
+                }
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    Ok((rows, invalid))
+}
+
 /// Counts of what happened, for the summary line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -141,17 +234,20 @@ impl std::fmt::Display for Summary {
 }
 
 pub async fn command(url: &str, source: Source) -> anyhow::Result<ExitCode> {
-    let rows = match &source {
+    let (rows, unreadable) = match &source {
         Source::Sqlite(path) => {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || read_sqlite(&path))
+            let rows = tokio::task::spawn_blocking(move || read_sqlite(&path))
                 .await
-                .context("the sqlite reader failed")??
+                .context("the sqlite reader failed")??;
+            (rows, Vec::new())
         }
+        Source::Redis(url) => read_redis(url).await?,
     };
     let client = super::admin_client()?;
     let mut summary = Summary {
-        rows: rows.len(),
+        rows: rows.len() + unreadable.len(),
+        invalid: unreadable,
         ..Summary::default()
     };
     for row in rows {
@@ -229,17 +325,42 @@ mod tests {
     }
 
     #[test]
+    fn redis_entries_are_read_as_the_python_resolver_packs_them() {
+        // pack_entry(): uuid4().bytes + json.dumps((pol_id, pol_body))
+        let mut member = vec![0xA5u8; 16];
+        member.extend_from_slice(
+            br#"["20240101", {"version": "STSv1", "mode": "enforce", "max_age": "86400", "mx": ["mx.one.test"]}]"#,
+        );
+        let row = redis_row("one.test", &member, 1_700_000_000.25).unwrap();
+        assert_eq!(
+            (row.id.as_str(), row.fetched_at),
+            ("20240101", 1_700_000_000)
+        );
+        assert_eq!(
+            policy_text(&row.body).unwrap(),
+            "version: STSv1\nmode: enforce\nmx: mx.one.test\nmax_age: 86400\n"
+        );
+        assert!(redis_row("x.test", b"short", 1.0).is_err());
+        let mut not_a_pair = vec![0u8; 16];
+        not_a_pair.extend_from_slice(b"{}");
+        assert!(redis_row("x.test", &not_a_pair, 1.0).is_err());
+        assert_eq!(redis_row("x.test", &member, -5.0).unwrap().fetched_at, 0);
+    }
+
+    #[test]
     fn sources() {
         assert_eq!(
             "sqlite:/var/lib/mta-sts/cache.db".parse::<Source>(),
             Ok(Source::Sqlite("/var/lib/mta-sts/cache.db".into()))
         );
-        assert!(
-            "redis://127.0.0.1/0"
-                .parse::<Source>()
-                .unwrap_err()
-                .contains("not supported yet")
+        assert_eq!(
+            "redis://127.0.0.1/0".parse::<Source>(),
+            Ok(Source::Redis("redis://127.0.0.1/0".into()))
         );
+        assert!(matches!(
+            "unix:///run/redis/redis.sock".parse::<Source>(),
+            Ok(Source::Redis(_))
+        ));
         assert!("cache.db".parse::<Source>().is_err());
     }
 }

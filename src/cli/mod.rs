@@ -112,13 +112,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Import the policies postfix-mta-sts-resolver learned (its sqlite cache) into
+    /// Import the policies postfix-mta-sts-resolver learned (its sqlite or Redis cache) into
     /// the running daemon's cache, keeping fetch time and id; expired ones are
     /// skipped and newer cached ones kept, so running it twice is harmless.
     ///
     /// Exit status: 0 done, 1 the admin API failed for some domains, 2 bad usage.
     Import {
-        /// sqlite:PATH of postfix-mta-sts-resolver's cache (cache type sqlite).
+        /// postfix-mta-sts-resolver's cache: sqlite:PATH (cache type sqlite) or its
+        /// Redis URL, redis://HOST[:PORT][/DB] or unix:///PATH (cache type redis).
         #[arg(long = "from", value_name = "SOURCE")]
         from: import::Source,
         /// Admin API base URL (default: from metrics.listen in the config).

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Migration end to end: the real postfix-mta-sts-resolver (1.5.1, from PyPI) learns
-# policies from a test world into its sqlite cache; `mta-stsd import` brings them into
-# a fresh mta-stsd; then every policy is answered from mta-stsd's cache with the
-# policy server down and no discovery at all. Runs in private namespaces.
+# policies from a test world into its sqlite cache, and again into its Redis cache;
+# `mta-stsd import` brings each into a fresh mta-stsd; then every policy is answered
+# from mta-stsd's cache with the policy server down and no discovery at all. Runs in
+# private namespaces.
 #
 #   sudo tests/e2e/import-python.sh VENV [BIN_DIR]
 #
-# VENV: a virtualenv with postfix-mta-sts-resolver[sqlite]==1.5.1 installed. BIN_DIR
-# holds mta-stsd and mta-sts-testworld (default target/debug). Needs root, Postfix's
-# postmap (as the socketmap client) and python3.
+# VENV: a virtualenv with postfix-mta-sts-resolver[sqlite,redis]==1.5.1 installed.
+# BIN_DIR holds mta-stsd and mta-sts-testworld (default target/debug). Needs root,
+# Postfix's postmap (as the socketmap client), python3 and redis-server.
 set -euo pipefail
 
 VENV=$(realpath "$1")
@@ -62,6 +63,24 @@ kill "$python_pid"; wait "$python_pid" 2>/dev/null || true
 rows=$("$VENV/bin/python" -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from sts_policy_cache').fetchone()[0])" "$W/python-cache.db")
 [ "$rows" = 3 ] && check "its sqlite cache" "3 policies" ok || check "its sqlite cache" "3 policies" "$rows rows"
 
+# --- and once more with its Redis cache --------------------------------------------
+redis-server --bind 127.0.0.1 --port 6390 --save "" --appendonly no --dir "$W" \
+    --logfile "$W/redis.log" &
+pids+=($!)
+wait_tcp 127.0.0.1 6390 || { echo "redis-server did not start"; cat "$W/redis.log"; exit 1; }
+sed -e 's/^port: 8462/port: 8463/' -e 's/type: sqlite/type: redis/' \
+    -e "s|filename: .*|url: \"redis://127.0.0.1:6390/0\"|" \
+    "$W/mta-sts-daemon.yml" > "$W/mta-sts-daemon-redis.yml"
+SSL_CERT_FILE="$W/ca.pem" "$VENV/bin/mta-sts-daemon" -c "$W/mta-sts-daemon-redis.yml" -v warn 2>"$W/python-redis.log" &
+python_pid=$!
+pids+=("$python_pid")
+wait_tcp 127.0.0.1 8463 || { echo "mta-sts-daemon (redis) did not start"; cat "$W/python-redis.log"; exit 1; }
+for d in "${domains[@]}"; do ask 8463 "$d" >/dev/null; done
+kill "$python_pid"; wait "$python_pid" 2>/dev/null || true
+zsets=$(for d in "${domains[@]}"; do redis-cli -p 6390 zcard "$d"; done | paste -sd' ')
+[ "$zsets" = "1 1 1" ] && check "its Redis cache" "3 policies" ok \
+    || check "its Redis cache" "3 policies" "zcard: $zsets ($(tail -3 "$W/python-redis.log"))"
+
 # --- the policy server goes away; mta-stsd starts empty and imports ---------------
 for d in "${domains[@]}"; do world down "$d"; done
 cat > "$W/mta-stsd.toml" <<CFG
@@ -87,6 +106,19 @@ out=$("$BIN/mta-stsd" import --from "sqlite:$W/python-cache.db" --config "$W/mta
 [[ "$out" == *"0 imported, 3 already cached"* ]] && check "mta-stsd import again" "nothing changes" ok \
     || check "mta-stsd import again" "nothing changes" "$out"
 
+# --- a second mta-stsd, imported from the Redis cache -------------------------------
+sed -e 's/8461/8464/' -e 's/9461/9464/' -e 's|mta-stsd-cache|mta-stsd-cache-redis|' \
+    "$W/mta-stsd.toml" > "$W/mta-stsd-redis.toml"
+"$BIN/mta-stsd" serve --config "$W/mta-stsd-redis.toml" 2>"$W/mta-stsd-redis.log" &
+pids+=($!)
+wait_tcp 127.0.0.1 9464 || { echo "mta-stsd (second) did not start"; cat "$W/mta-stsd-redis.log"; exit 1; }
+out=$("$BIN/mta-stsd" import --from "redis://127.0.0.1:6390/0" --config "$W/mta-stsd-redis.toml")
+[[ "$out" == *"3 policies read: 3 imported"* ]] && check "mta-stsd import from Redis" "3 imported" ok \
+    || check "mta-stsd import from Redis" "3 imported" "$out"
+out=$("$BIN/mta-stsd" import --from "redis://127.0.0.1:6390/0" --config "$W/mta-stsd-redis.toml")
+[[ "$out" == *"0 imported, 3 already cached"* ]] && check "mta-stsd import from Redis again" "nothing changes" ok \
+    || check "mta-stsd import from Redis again" "nothing changes" "$out"
+
 # --- answered from the cache: the same answers, no discovery ----------------------
 got=$(ask 8461 one.test)
 [ "$got" = "secure match=mx.one.test servername=hostname" ] && check "one.test" "enforced from the imported policy" ok \
@@ -96,15 +128,24 @@ got=$(ask 8461 two.test)
     || check "two.test" "enforced from the imported policy" "got: $got"
 got=$(ask 8461 three.test)
 [ -z "$got" ] && check "three.test" "testing mode: NOTFOUND" ok || check "three.test" "testing mode: NOTFOUND" "got: $got"
+got=$(ask 8464 one.test)/$(ask 8464 two.test)/$(ask 8464 three.test)
+want="secure match=mx.one.test servername=hostname/secure match=.two.test servername=hostname/"
+[ "$got" = "$want" ] && check "imported from Redis" "the same three answers" ok \
+    || check "imported from Redis" "the same three answers" "got: $got"
+"$BIN/mta-stsd" cache show one.test --config "$W/mta-stsd-redis.toml" > "$W/show-redis.txt"
+grep -q "^id:          11$" "$W/show-redis.txt" && check "cache show (Redis import)" "the original TXT id" ok \
+    || check "cache show (Redis import)" "the original TXT id" "$(cat "$W/show-redis.txt")"
 "$BIN/mta-stsd" cache show one.test --config "$W/mta-stsd.toml" > "$W/show.txt"
 grep -q "^id:          11$" "$W/show.txt" && check "cache show" "the original TXT id" ok \
     || check "cache show" "the original TXT id" "$(cat "$W/show.txt")"
-metrics=$(exec 3<>/dev/tcp/127.0.0.1/9461; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3)
-if grep -q '^mta_stsd_discoveries_total' <<<"$metrics"; then
-    check "no network" "no discovery ran" "$(grep '^mta_stsd_discoveries_total' <<<"$metrics")"
-else
-    check "no network" "no discovery ran" ok
-fi
+for mport in 9461 9464; do
+    metrics=$(exec 3<>/dev/tcp/127.0.0.1/$mport; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3)
+    if grep -q '^mta_stsd_discoveries_total' <<<"$metrics"; then
+        check "no network (:$mport)" "no discovery ran" "$(grep '^mta_stsd_discoveries_total' <<<"$metrics")"
+    else
+        check "no network (:$mport)" "no discovery ran" ok
+    fi
+done
 
 echo
 if [ "$failures" -gt 0 ]; then
