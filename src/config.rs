@@ -225,6 +225,10 @@ pub struct CacheConfig {
     /// `negative_ttl` (166 new ones a second at 5 minutes) in about 20 MiB; one
     /// forgotten early costs only a repeated DNS query.
     pub negative_entries: usize,
+    /// Domains with a policy held in memory at most (the least recently used are
+    /// dropped first; they stay in the store and are read back on their next lookup).
+    /// Memory then stays bounded whatever the number of cached policies.
+    pub memory_entries: usize,
     /// Where policies are kept: `sled` (this machine only) or `redis` (shared by a
     /// fleet; the local sled cache stays as this daemon's own copy).
     pub backend: CacheBackend,
@@ -283,6 +287,7 @@ impl Default for CacheConfig {
             refresh_interval: Duration::from_secs(60),
             refresh_concurrency: 8,
             negative_entries: 50_000,
+            memory_entries: 20_000,
             backend: CacheBackend::Sled,
             redis: RedisConfig::default(),
         }
@@ -441,6 +446,9 @@ impl Config {
                 // Not the URL itself: it may hold a password.
                 return Err(invalid("cache.redis.url", e.to_string()));
             }
+        }
+        if self.cache.memory_entries == 0 {
+            return Err(invalid("cache.memory_entries", "must be at least 1"));
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));

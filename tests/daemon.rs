@@ -392,6 +392,45 @@ async fn negative_answers_are_cached_for_the_negative_ttl() {
     );
 }
 
+/// Memory holds at most `cache.memory_entries` policies: past that the least recently
+/// used are dropped from memory, stay in the store, and are read back from it on their
+/// next lookup, with no DNS or HTTPS. The refresher and the gauges still see them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_holds_a_bounded_hot_set_and_reads_the_rest_from_the_store() {
+    let w = World::start().await;
+    for i in 0..60 {
+        w.publish(&format!("hot{i}.example"), "1", ENFORCE);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "[cache]\nmemory_entries = 10\n").await;
+    let mut conn = d.tcp().await;
+    for i in 0..60 {
+        let reply = ask(&mut conn, "postfix", &format!("hot{i}.example")).await;
+        assert_eq!(reply.as_deref(), Some(SECURE));
+        assert!(
+            d.service.len() <= 10,
+            "hot set {} after {i}",
+            d.service.len()
+        );
+    }
+    let queries = w.dns.total_queries();
+    // Every policy is still answered, the dropped ones from the store.
+    for i in (0..60).rev() {
+        let reply = ask(&mut conn, "postfix", &format!("hot{i}.example")).await;
+        assert_eq!(reply.as_deref(), Some(SECURE));
+        assert!(d.service.len() <= 10);
+    }
+    assert_eq!(w.dns.total_queries(), queries, "no DNS");
+    let fetches: usize = (0..60)
+        .map(|i| w.https.hits(&format!("hot{i}.example")))
+        .sum();
+    assert_eq!(fetches, 60, "each fetched once");
+    // The store holds them all: the walk that the refresher and gauges use counts 60.
+    d.service.refresh_due().await;
+    assert_eq!(d.service.policies(), 60);
+    assert_eq!(d.service.snapshot().len(), 60);
+}
+
 /// Domains without a policy are remembered in memory only, at most
 /// `cache.negative_entries` of them (least recently used forgotten first), and never
 /// push a policy out: a flood of lookups for random domains leaves every cached policy
@@ -436,9 +475,9 @@ async fn negative_entries_are_bounded_memory_only_and_never_evict_policies() {
     drop(conn);
     d.shutdown().await;
     // Only the policies were written to disk.
-    use mta_stsd::cache::store::{PolicyStore, SledStore};
+    use mta_stsd::cache::store::{SledStore, read_all};
     let store = SledStore::open(&dir.path().join("cache")).unwrap();
-    let (stored, errors) = store.load_all().unwrap();
+    let (stored, errors) = read_all(&store).unwrap();
     assert!(errors.is_empty());
     assert_eq!(stored.len(), 20);
     assert!(stored.iter().all(|(_, e)| e.policy.is_some()));

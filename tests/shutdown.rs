@@ -109,7 +109,7 @@ async fn shutdown_is_bounded_with_thousands_of_hanging_refreshes() {
 
     // Nothing cached was lost.
     let store = SledStore::open(&path).unwrap();
-    let (entries, errors) = store.load_all().unwrap();
+    let (entries, errors) = mta_stsd::cache::store::read_all(&store).unwrap();
     assert!(errors.is_empty());
     let valid = entries
         .iter()

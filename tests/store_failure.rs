@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use mta_stsd::cache::entry::Entry;
-use mta_stsd::cache::store::{Loaded, PolicyStore, SledStore, StoreError};
+use mta_stsd::cache::store::{PolicyStore, SledStore, StoreError, Visit};
 use mta_stsd::clock::SystemClock;
 use mta_stsd::config::Config;
 use mta_stsd::server::daemon::{Daemon, Parts};
@@ -32,9 +32,9 @@ impl Switched {
 }
 
 impl PolicyStore for Switched {
-    fn load_all(&self) -> Result<Loaded, StoreError> {
+    fn scan(&self, visit: &mut Visit<'_>) -> Result<(), StoreError> {
         self.check()?;
-        self.inner.load_all()
+        self.inner.scan(visit)
     }
     fn get(&self, d: &str) -> Result<Option<Entry>, StoreError> {
         self.check()?;

@@ -9,14 +9,18 @@
 //!   answers `NOTFOUND ` and discovery finishes into the cache.
 //! - The refresher re-fetches policies before they expire.
 //!
-//! Memory holds two sets. Domains with a policy live in `entries` and in the store.
-//! Domains without one ("no policy", or a failure back-off) live only in memory, in a
+//! The store is the source of truth for policies; memory holds two bounded sets.
+//! Domains with a policy that lookups used recently live in `entries`, at most
+//! `cache.memory_entries` of them: one dropped from memory is read back from the store
+//! on its next lookup, so memory does not grow with the number of cached policies. The
+//! refresher, the gauges and the checkpoint walk the store, not memory. Domains
+//! without a policy ("no policy", or a failure back-off) live only in memory, in a
 //! least-recently-used set of `cache.negative_entries`: anyone who can make the server
 //! send mail to random domains can create them, so they are bounded, cost no disk
 //! writes, need no pruning (an expired one is simply a miss), and can never push a
 //! policy out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -74,6 +78,9 @@ type Flight = Shared<BoxFuture<'static, ()>>;
 struct Slot {
     entry: Entry,
     replies: ReplyMemo,
+    /// Used since the last eviction sweep (second chance: see
+    /// [`PolicyService::evict`]).
+    used: AtomicBool,
 }
 
 impl Slot {
@@ -81,8 +88,39 @@ impl Slot {
         Arc::new(Slot {
             entry,
             replies: ReplyMemo::default(),
+            used: AtomicBool::new(true),
         })
     }
+
+    fn touch(&self) {
+        // Read first: hits on a hot slot then share its cache line instead of
+        // writing it from every core.
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What one walk of the store found: the counts behind the gauges and the
+/// checkpoint, and the domains the refresher has work for.
+#[derive(Debug, Default)]
+struct Survey {
+    /// Stored policies (valid or not yet pruned).
+    policies: u64,
+    /// Valid policies by mode: enforce, testing, none.
+    modes: [i64; 3],
+    oldest: u64,
+    expiring: i64,
+    failing: i64,
+    /// Entries that no longer say anything: pruned.
+    dead: Vec<String>,
+    /// Policies due for a refresh.
+    due: Vec<String>,
+    /// "No policy" entries stored by an older version: moved to memory.
+    negatives: Vec<(String, Entry)>,
+    unreadable: usize,
+    /// The walk ended early (a damaged store).
+    incomplete: Option<String>,
 }
 
 /// What memory holds for a domain: a policy entry with its memoized replies, or a
@@ -125,19 +163,17 @@ pub struct PolicyService {
     store: Arc<dyn PolicyStore>,
     clock: Arc<dyn Clock>,
     settings: RwLock<Arc<ServiceSettings>>,
-    /// Domains with a policy (expired ones until pruned); mirrored in the store.
+    /// Domains with a policy that lookups used recently (at most
+    /// `cache.memory_entries`); every one is also in the store.
     entries: RwLock<HashMap<String, Arc<Slot>>>,
     /// Domains without a policy, memory only, bounded.
     negatives: Mutex<LruCache<String, Arc<Entry>>>,
     inflight: Mutex<HashMap<String, Flight>>,
     idle: Notify,
     metrics: Arc<Metrics>,
-    /// Set once `load` has brought the whole store into memory.
+    /// Set once `load` has walked the store (loss check, pruning, gauges).
     loaded: AtomicBool,
     loaded_signal: Notify,
-    /// Domains purged while `load` runs, so that it does not bring them back from its
-    /// snapshot; dropped when the load ends.
-    purged_while_loading: Mutex<Option<HashSet<String>>>,
     /// Cancelled at shutdown, once in-flight discoveries have had their time.
     abort: CancellationToken,
     /// Policy writes so far, and (under the lock) how many of them a flush has made
@@ -148,6 +184,8 @@ pub struct PolicyService {
     /// see [`PolicyService::record_checkpoint`].
     policy_removals: AtomicU64,
     checkpoint_on_record: Mutex<bool>,
+    /// Policies in the store at its last walk.
+    surveyed_policies: AtomicU64,
     /// The cache shared with the rest of the fleet (`cache.backend = "redis"`).
     shared: OnceLock<Arc<SharedCache>>,
 }
@@ -184,12 +222,12 @@ impl PolicyService {
             metrics,
             loaded: AtomicBool::new(false),
             loaded_signal: Notify::new(),
-            purged_while_loading: Mutex::new(Some(HashSet::new())),
             abort: CancellationToken::new(),
             policy_writes: AtomicU64::new(0),
             durable: tokio::sync::Mutex::new(0),
             policy_removals: AtomicU64::new(0),
             checkpoint_on_record: Mutex::new(true),
+            surveyed_policies: AtomicU64::new(0),
             shared: OnceLock::new(),
         })
     }
@@ -219,92 +257,164 @@ impl PolicyService {
         read(&self.settings).clone()
     }
 
-    /// The in-memory entry, falling back to the store for one not loaded yet.
+    /// The entry in memory, else the one in the store (a policy read from the store
+    /// joins the hot set).
     fn found(&self, domain: &str) -> Option<Found> {
         if let Some(slot) = read(&self.entries).get(domain).cloned() {
+            slot.touch();
             return Some(Found::Policy(slot));
         }
         if let Some(entry) = lock(&self.negatives).get(domain).cloned() {
             return Some(Found::Negative(entry));
         }
-        if self.loaded.load(Ordering::Acquire) {
-            return None;
-        }
         match self.store.get(domain) {
-            Ok(Some(entry)) if entry.policy.is_some() => Some(Found::Policy(
-                write(&self.entries)
+            Ok(Some(entry)) if entry.policy.is_some() => {
+                let slot = write(&self.entries)
                     .entry(domain.to_owned())
                     .or_insert_with(|| Slot::new(entry))
-                    .clone(),
-            )),
-            // A negative entry stored by an older version: `load` drops it.
+                    .clone();
+                self.evict();
+                Some(Found::Policy(slot))
+            }
+            // A negative entry stored by an older version: `load` moves it to memory.
             Ok(_) => None,
             Err(e) => {
-                tracing::warn!(domain, error = %e, "unreadable cache entry ignored");
+                tracing::debug!(domain, error = %e, "unreadable cache entry ignored");
                 None
             }
         }
     }
 
-    /// Loads every live entry from the store into memory and prunes expired ones
-    /// from it. Entries that lookups already brought in (or updated) are kept.
+    /// Keeps the hot set within `cache.memory_entries`. When it is over, one sweep
+    /// drops slots not used since the previous sweep (and clears the mark on the
+    /// others) until a tenth of the room is free, so sweeps are rare and lookups only
+    /// ever set a flag. Nothing is dropped while the store fails: memory is then the
+    /// only copy of what was learnt meanwhile.
+    fn evict(&self) {
+        let cap = self.settings().cache.memory_entries.max(1);
+        if read(&self.entries).len() <= cap || !self.store.healthy() {
+            return;
+        }
+        let mut entries = write(&self.entries);
+        let target = cap - cap / 10;
+        let mut excess = entries.len().saturating_sub(target);
+        entries.retain(|_, slot| {
+            if excess == 0 || slot.used.swap(false, Ordering::Relaxed) {
+                true
+            } else {
+                excess -= 1;
+                false
+            }
+        });
+        // Everything was used since the last sweep: drop arbitrary ones.
+        entries.retain(|_, _| {
+            if excess == 0 {
+                true
+            } else {
+                excess -= 1;
+                false
+            }
+        });
+    }
+
+    /// Walks the store once (blocking: call it on a blocking thread).
+    fn survey(&self, now: u64, rules: &Rules) -> Survey {
+        let mut s = Survey::default();
+        let walked = self.store.scan(&mut |domain, entry| {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    s.unreadable += 1;
+                    tracing::warn!(error = %e, "dropping unreadable cache entry");
+                    return;
+                }
+            };
+            if entry.policy.is_some() {
+                s.policies += 1;
+            }
+            if !entry.is_live(now) {
+                s.dead.push(domain);
+                return;
+            }
+            let Some(p) = entry.valid_policy(now) else {
+                s.negatives.push((domain, entry));
+                return;
+            };
+            s.modes[match p.policy.mode {
+                Mode::Enforce => 0,
+                Mode::Testing => 1,
+                Mode::None => 2,
+            }] += 1;
+            s.oldest = s.oldest.max(now.saturating_sub(p.fetched_at));
+            if p.expires_at <= now + 86_400 {
+                s.expiring += 1;
+            }
+            if entry.last_failure().is_some() && p.policy.mode != Mode::None {
+                s.failing += 1;
+            }
+            if rules::is_due(&domain, &entry, now, rules) {
+                s.due.push(domain);
+            }
+        });
+        if let Err(e) = walked {
+            s.incomplete = Some(e.to_string());
+        }
+        s
+    }
+
+    /// Sets the gauges that describe the store from a survey.
+    fn apply_survey(&self, s: &Survey) {
+        let g = &self.metrics.cache_entries;
+        for (mode, n) in ["enforce", "testing", "none"].iter().zip(s.modes) {
+            g.with_label_values(&[mode]).set(n);
+        }
+        self.metrics
+            .oldest_policy_age
+            .set(i64::try_from(s.oldest).unwrap_or(i64::MAX));
+        self.metrics.expiring_soon.set(s.expiring);
+        self.metrics.failing.set(s.failing);
+        self.surveyed_policies.store(s.policies, Ordering::Release);
+    }
+
+    /// Walks the store at start: reports policies lost since the last checkpoint,
+    /// prunes dead entries, moves old stored negatives to memory and sets the gauges.
+    /// Lookups are answered meanwhile (from the store, one domain at a time).
     pub fn load(&self) {
         let now = self.clock.now();
         let recorded = self.store.checkpoint();
-        match self.store.load_all() {
-            Ok((loaded, errors)) => {
-                for e in &errors {
-                    tracing::warn!(error = %e, "dropping unreadable cache entry");
-                }
-                let found = loaded.iter().filter(|(_, e)| e.policy.is_some()).count();
-                if let Some(lost) = lost_policies(recorded, found as u64) {
-                    self.metrics.cache_policies_lost.inc_by(lost);
-                    tracing::warn!(
-                        lost,
-                        recorded = recorded.unwrap_or_default(),
-                        found,
-                        "the cache holds fewer policies than it did at its last checkpoint (damaged cache file?); the lost domains are discovered again on their next lookup"
-                    );
-                }
-                let (live, dead): (Vec<_>, Vec<_>) =
-                    loaded.into_iter().partition(|(_, e)| e.is_live(now));
-                // Negative entries written by older versions: kept in memory (up to
-                // the cap) and no longer on disk.
-                let (live, negative): (Vec<_>, Vec<_>) =
-                    live.into_iter().partition(|(_, e)| e.policy.is_some());
-                let pruned = dead
-                    .iter()
-                    .filter(|(domain, _)| self.prune_if_dead(domain, now))
-                    .count();
-                for (domain, entry) in negative {
-                    if self.drop_stored_negative(&domain) {
-                        lock(&self.negatives).get_or_insert(domain, || Arc::new(entry));
-                    }
-                }
-                // Insert in chunks so lookups are not held up by one long write lock.
-                for chunk in live.chunks(4096) {
-                    let purged = lock(&self.purged_while_loading);
-                    let mut m = write(&self.entries);
-                    for (domain, entry) in chunk {
-                        if purged.as_ref().is_some_and(|p| p.contains(domain)) {
-                            continue;
-                        }
-                        m.entry(domain.clone())
-                            .or_insert_with(|| Slot::new(entry.clone()));
-                    }
-                }
-                tracing::info!(entries = live.len(), pruned, "cache loaded");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the cache; starting empty");
-                if let Some(lost) = lost_policies(recorded, 0) {
-                    self.metrics.cache_policies_lost.inc_by(lost);
-                }
+        let survey = self.survey(now, &self.settings().rules);
+        if let Some(e) = &survey.incomplete {
+            tracing::error!(error = %e, "the cache could not be read to the end; the rest is discovered again on its next lookup");
+        }
+        if let Some(lost) = lost_policies(recorded, survey.policies) {
+            self.metrics.cache_policies_lost.inc_by(lost);
+            tracing::warn!(
+                lost,
+                recorded = recorded.unwrap_or_default(),
+                found = survey.policies,
+                "the cache holds fewer policies than it did at its last checkpoint (damaged cache file?); the lost domains are discovered again on their next lookup"
+            );
+        }
+        let pruned = survey
+            .dead
+            .iter()
+            .filter(|domain| self.prune_if_dead(domain, now))
+            .count();
+        // Negative entries written by older versions: kept in memory (up to the cap)
+        // and no longer on disk.
+        for (domain, entry) in &survey.negatives {
+            if self.drop_stored_negative(domain) {
+                lock(&self.negatives).get_or_insert(domain.clone(), || Arc::new(entry.clone()));
             }
         }
+        self.apply_survey(&survey);
+        tracing::info!(
+            policies = survey.policies.saturating_sub(pruned as u64),
+            pruned,
+            "cache checked"
+        );
         self.loaded.store(true, Ordering::Release);
         self.loaded_signal.notify_waiters();
-        *lock(&self.purged_while_loading) = None;
     }
 
     /// Removes `domain` from memory and the store if it says nothing at `now`.
@@ -352,6 +462,11 @@ impl PolicyService {
         self.found(domain).map(|f| f.entry().clone())
     }
 
+    /// Policies in the store at its last walk (at start, then every refresher pass).
+    pub fn policies(&self) -> u64 {
+        self.surveyed_policies.load(Ordering::Acquire)
+    }
+
     /// Number of entries in memory (with and without a policy).
     pub fn len(&self) -> usize {
         read(&self.entries).len() + lock(&self.negatives).len()
@@ -378,8 +493,22 @@ impl PolicyService {
         } else {
             Ok(())
         };
-        if let Err(e) = written {
-            tracing::debug!(domain, error = %e, "cannot persist cache entry");
+        match written {
+            Ok(()) => self.count_modes(old, entry),
+            Err(e) => tracing::debug!(domain, error = %e, "cannot persist cache entry"),
+        }
+    }
+
+    /// Moves the per-mode entry gauges from `old` to `new` at once; each walk of the
+    /// store sets them exactly again.
+    fn count_modes(&self, old: &Entry, new: &Entry) {
+        let now = self.clock.now();
+        let g = &self.metrics.cache_entries;
+        if let Some(p) = old.valid_policy(now) {
+            g.with_label_values(&[p.policy.mode.as_str()]).dec();
+        }
+        if let Some(p) = new.valid_policy(now) {
+            g.with_label_values(&[p.policy.mode.as_str()]).inc();
         }
     }
 
@@ -389,6 +518,7 @@ impl PolicyService {
         if entry.policy.is_some() {
             lock(&self.negatives).pop(domain);
             write(&self.entries).insert(domain.to_owned(), Slot::new(entry));
+            self.evict();
         } else {
             if read(&self.entries).contains_key(domain) {
                 write(&self.entries).remove(domain);
@@ -693,11 +823,13 @@ impl PolicyService {
                 self.purge(&domain);
             }
             shared::Event::Updated(domain) => {
-                // Only a copy held in memory can be stale now; a domain not held here
-                // is read from the shared cache on its next miss.
-                let Some(held) = read(&self.entries).get(&domain).map(|s| s.entry.clone()) else {
+                // Only a copy held here (in memory or the local store) can be stale
+                // now; a domain not held here is read from the shared cache on its
+                // next miss.
+                let Some(Found::Policy(held)) = self.found(&domain) else {
                     return;
                 };
+                let held = held.entry.clone();
                 let Some(shared) = self.shared() else { return };
                 if let Ok(Some(theirs)) = shared.get(&domain).await
                     && newer(&theirs, &held)
@@ -820,25 +952,24 @@ impl PolicyService {
         let settings = self.settings();
         let rules = settings.rules;
         let now = self.clock.now();
-        // One scan of the map: an entry is dead, due, or neither.
-        let (mut dead, mut due) = (Vec::<String>::new(), Vec::new());
-        for (domain, slot) in read(&self.entries).iter() {
-            if !slot.entry.is_live(now) {
-                dead.push(domain.clone());
-            } else if rules::is_due(domain, &slot.entry, now, &rules) {
-                due.push(domain.clone());
-            }
-        }
-        // Pruning reads and deletes in the store: on a blocking thread, so that lookups
-        // on the runtime's workers never wait behind it.
+        // One walk of the store finds the dead and the due, and counts for the gauges.
+        // Walking and pruning read and delete in the store: on a blocking thread, so
+        // that lookups on the runtime's workers never wait behind them.
         let this = self.clone();
-        let pruned = tokio::task::spawn_blocking(move || {
-            dead.iter().filter(|d| this.prune_if_dead(d, now)).count()
+        let walked = tokio::task::spawn_blocking(move || {
+            let survey = this.survey(now, &rules);
+            this.apply_survey(&survey);
+            let pruned = survey
+                .dead
+                .iter()
+                .filter(|d| this.prune_if_dead(d, now))
+                .count();
+            (survey.due, pruned)
         })
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cache prune task failed");
-            0
+        .await;
+        let (due, pruned) = walked.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cache walk task failed");
+            (Vec::new(), 0)
         });
         if pruned > 0 {
             tracing::debug!(pruned, "expired cache entries pruned");
@@ -884,17 +1015,25 @@ impl PolicyService {
         }
     }
 
-    /// A snapshot of every entry, sorted by domain.
+    /// A snapshot of every entry, sorted by domain: the store's policies (newer copies
+    /// in memory win) and memory's negative entries. Walks the store: blocking.
     pub fn snapshot(&self) -> Vec<(String, Entry)> {
-        let mut all: Vec<(String, Entry)> = read(&self.entries)
-            .iter()
-            .map(|(d, s)| (d.clone(), s.entry.clone()))
-            .collect();
-        all.extend(
-            lock(&self.negatives)
-                .iter()
-                .map(|(d, e)| (d.clone(), Entry::clone(e))),
-        );
+        let mut all: HashMap<String, Entry> = HashMap::new();
+        let walked = self.store.scan(&mut |domain, entry| {
+            if let Ok(e) = entry {
+                all.insert(domain, e);
+            }
+        });
+        if let Err(e) = walked {
+            tracing::warn!(error = %e, "the cache listing is incomplete");
+        }
+        for (d, slot) in read(&self.entries).iter() {
+            all.insert(d.clone(), slot.entry.clone());
+        }
+        for (d, e) in lock(&self.negatives).iter() {
+            all.insert(d.clone(), Entry::clone(e));
+        }
+        let mut all: Vec<(String, Entry)> = all.into_iter().collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -903,11 +1042,9 @@ impl PolicyService {
     pub fn purge(&self, domain: &str) -> bool {
         let found = self.found(domain);
         let present = found.is_some();
-        if let Some(purged) = lock(&self.purged_while_loading).as_mut() {
-            purged.insert(domain.to_owned());
-        }
-        if found.is_some_and(|f| f.entry().policy.is_some()) {
+        if let Some(Found::Policy(slot)) = &found {
             self.withdraw_checkpoint();
+            self.count_modes(&slot.entry, &Entry::default());
         }
         if let Err(e) = self.store.remove(domain) {
             tracing::warn!(domain, error = %e, "cannot remove cache entry");
@@ -966,46 +1103,19 @@ impl PolicyService {
         &self.metrics
     }
 
-    /// Recomputes the cache gauges (called when metrics are scraped).
+    /// Recomputes the gauges memory can answer (called when metrics are scraped); the
+    /// ones about stored policies are set by each walk of the store (at start, then
+    /// every `cache.refresh_interval`).
     pub fn update_gauges(&self) {
         let now = self.clock.now();
-        let (mut enforce, mut testing, mut none, mut negative) = (0i64, 0i64, 0i64, 0i64);
-        let (mut oldest, mut expiring, mut failing) = (0u64, 0i64, 0i64);
-        for slot in read(&self.entries).values() {
-            let entry = &slot.entry;
-            match entry.valid_policy(now) {
-                Some(p) => {
-                    match p.policy.mode {
-                        Mode::Enforce => enforce += 1,
-                        Mode::Testing => testing += 1,
-                        Mode::None => none += 1,
-                    }
-                    oldest = oldest.max(now.saturating_sub(p.fetched_at));
-                    if p.expires_at <= now + 86_400 {
-                        expiring += 1;
-                    }
-                    if entry.last_failure().is_some() && p.policy.mode != Mode::None {
-                        failing += 1;
-                    }
-                }
-                None if entry.is_negative(now) => negative += 1,
-                None => {}
-            }
-        }
-        negative += lock(&self.negatives)
+        let negative = lock(&self.negatives)
             .iter()
             .filter(|(_, e)| e.is_negative(now))
-            .count() as i64;
-        let g = &self.metrics.cache_entries;
-        g.with_label_values(&["enforce"]).set(enforce);
-        g.with_label_values(&["testing"]).set(testing);
-        g.with_label_values(&["none"]).set(none);
-        g.with_label_values(&["negative"]).set(negative);
+            .count();
         self.metrics
-            .oldest_policy_age
-            .set(i64::try_from(oldest).unwrap_or(i64::MAX));
-        self.metrics.expiring_soon.set(expiring);
-        self.metrics.failing.set(failing);
+            .cache_entries
+            .with_label_values(&["negative"])
+            .set(i64::try_from(negative).unwrap_or(i64::MAX));
     }
 
     /// Writes everything to disk and records the checkpoint (blocking: call it from a
@@ -1016,18 +1126,24 @@ impl PolicyService {
 
     /// Flushes the store and records how many policies it now holds durably, so that
     /// the next start can tell if a damaged store lost some (see
-    /// [`PolicyStore::checkpoint`]). The count is taken from memory before the flush:
-    /// every policy counted was written to the store before it was put in memory, so
-    /// the flush makes all of them durable. A removal of a policy withdraws the record
-    /// first, and a removal that races with this call keeps it withdrawn, so the
-    /// record never claims more than the store holds.
+    /// [`PolicyStore::checkpoint`]). The count is taken by walking the store before
+    /// the flush, so the flush makes every policy counted durable. A removal of a
+    /// policy withdraws the record first, and a removal that races with this call keeps
+    /// it withdrawn, so the record never claims more than the store holds.
     fn record_checkpoint(&self) -> bool {
         let removals = self.policy_removals.load(Ordering::Acquire);
-        // `entries` holds only domains with a policy (negatives live apart).
-        let policies = read(&self.entries).len() as u64;
+        let mut policies = 0u64;
+        let walked = self.store.scan(&mut |_, entry| {
+            if entry.is_ok_and(|e| e.policy.is_some()) {
+                policies += 1;
+            }
+        });
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "cannot flush the cache");
             return false;
+        }
+        if walked.is_err() {
+            return true;
         }
         let mut on_record = lock(&self.checkpoint_on_record);
         if self.policy_removals.load(Ordering::Acquire) == removals {

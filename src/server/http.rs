@@ -239,11 +239,12 @@ async fn handle(
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match (req.method().clone(), parts.as_slice()) {
         (Method::GET, []) => {
-            let all: Vec<EntryView> = service
-                .snapshot()
-                .iter()
-                .map(|(d, e)| view(d, e, now))
-                .collect();
+            // Walks the whole store: not on a worker that answers lookups.
+            let walker = service.clone();
+            let Ok(snapshot) = tokio::task::spawn_blocking(move || walker.snapshot()).await else {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "cache listing failed");
+            };
+            let all: Vec<EntryView> = snapshot.iter().map(|(d, e)| view(d, e, now)).collect();
             json(StatusCode::OK, &all)
         }
         (method, [domain, tail @ ..]) => {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Loaded, PolicyStore, StoreError, Unavailable, contain};
+use super::{PolicyStore, StoreError, Unavailable, Visit, contain};
 use crate::cache::entry::Entry;
 use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
@@ -141,8 +141,12 @@ impl GuardedStore {
 }
 
 impl PolicyStore for GuardedStore {
-    fn load_all(&self) -> Result<Loaded, StoreError> {
-        self.call("load", |s| s.load_all())
+    fn scan(&self, visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        self.call("load", |s| s.scan(visit))
+    }
+
+    fn healthy(&self) -> bool {
+        self.is_healthy()
     }
 
     fn get(&self, domain: &str) -> Result<Option<Entry>, StoreError> {
@@ -193,8 +197,8 @@ mod tests {
     }
 
     impl PolicyStore for Flaky {
-        fn load_all(&self) -> Result<Loaded, StoreError> {
-            self.go().map(|()| (Vec::new(), Vec::new()))
+        fn scan(&self, _: &mut Visit<'_>) -> Result<(), StoreError> {
+            self.go()
         }
         fn get(&self, _: &str) -> Result<Option<Entry>, StoreError> {
             self.go().map(|()| None)
@@ -251,8 +255,8 @@ mod tests {
     struct Recorder(Mutex<Option<Option<u64>>>);
 
     impl PolicyStore for Recorder {
-        fn load_all(&self) -> Result<Loaded, StoreError> {
-            Ok((Vec::new(), Vec::new()))
+        fn scan(&self, _: &mut Visit<'_>) -> Result<(), StoreError> {
+            Ok(())
         }
         fn get(&self, _: &str) -> Result<Option<Entry>, StoreError> {
             Err(StoreError::Backend("get fails".into()))

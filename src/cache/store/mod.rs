@@ -49,17 +49,40 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
+/// What [`PolicyStore::scan`] hands over for each stored domain: its entry, or why it
+/// cannot be read.
+pub type Visit<'a> = dyn FnMut(String, Result<Entry, StoreError>) + 'a;
+
 /// Entries read from a store, and the ones that could not be read.
 pub type Loaded = (Vec<(String, Entry)>, Vec<StoreError>);
 
+/// Every entry of `store` at once (for tools, tests and small stores; the daemon
+/// walks the store with [`PolicyStore::scan`]).
+pub fn read_all(store: &dyn PolicyStore) -> Result<Loaded, StoreError> {
+    let (mut entries, mut errors) = (Vec::new(), Vec::new());
+    store.scan(&mut |domain, entry| match entry {
+        Ok(e) => entries.push((domain, e)),
+        Err(e) => errors.push(e),
+    })?;
+    Ok((entries, errors))
+}
+
 pub trait PolicyStore: Send + Sync + 'static {
-    /// Every entry; unreadable ones are reported, not fatal.
-    fn load_all(&self) -> Result<Loaded, StoreError>;
+    /// Visits every entry, one at a time (a store may hold far more than memory should).
+    /// An unreadable entry is visited as an error; an error returned means the walk
+    /// ended early (what was visited before it stands).
+    fn scan(&self, visit: &mut Visit<'_>) -> Result<(), StoreError>;
     /// One entry, if stored.
     fn get(&self, domain: &str) -> Result<Option<Entry>, StoreError>;
     fn put(&self, domain: &str, entry: &Entry) -> Result<(), StoreError>;
     fn remove(&self, domain: &str) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Whether the store currently works: while it does not, memory is the only copy
+    /// of new policies and must not drop them.
+    fn healthy(&self) -> bool {
+        true
+    }
 
     /// The number of policies the store was last known to hold durably, recorded
     /// outside the store's data by [`PolicyStore::set_checkpoint`]. A damaged store
@@ -90,8 +113,12 @@ impl Unavailable {
 }
 
 impl PolicyStore for Unavailable {
-    fn load_all(&self) -> Result<Loaded, StoreError> {
+    fn scan(&self, _: &mut Visit<'_>) -> Result<(), StoreError> {
         Err(self.err())
+    }
+
+    fn healthy(&self) -> bool {
+        false
     }
 
     fn get(&self, _: &str) -> Result<Option<Entry>, StoreError> {

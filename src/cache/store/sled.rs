@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Loaded, PolicyStore, StoreError};
+use super::{PolicyStore, StoreError, Visit};
 use crate::cache::entry::{CachedPolicy, Entry, Failure, FailureClass};
 use crate::mtasts::policy::parse_policy;
 
@@ -252,18 +252,17 @@ fn aside_path(path: &Path) -> PathBuf {
 }
 
 impl PolicyStore for SledStore {
-    fn load_all(&self) -> Result<Loaded, StoreError> {
+    fn scan(&self, visit: &mut Visit<'_>) -> Result<(), StoreError> {
         let mut migrated = 0usize;
-        let mut entries = Vec::new();
-        let mut errors = Vec::new();
+        let mut ended = Ok(());
         for item in self.db.iter() {
-            // A damaged page ends the walk, but what was read before it is kept: the
+            // A damaged page ends the walk, but what was visited before it stands: the
             // caller reports the shortfall against the checkpoint, and the rest is
             // discovered again on its next lookup.
             let (k, v) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
-                    errors.push(backend(e));
+                    ended = Err(backend(e));
                     break;
                 }
             };
@@ -290,9 +289,9 @@ impl PolicyStore for SledStore {
                             migrated += 1;
                         }
                     }
-                    entries.push((domain, entry))
+                    visit(domain, Ok(entry));
                 }
-                Err(e) => errors.push(e),
+                Err(e) => visit(domain, Err(e)),
             }
         }
         if migrated > 0 {
@@ -301,7 +300,7 @@ impl PolicyStore for SledStore {
                 "cache entries rewritten in the compact format"
             );
         }
-        Ok((entries, errors))
+        ended
     }
 
     fn get(&self, domain: &str) -> Result<Option<Entry>, StoreError> {
@@ -430,7 +429,7 @@ mod tests {
             .replace("\"mode: enforce\"", "\"mode: strict\"");
         s.db.insert("d.example", lax.as_bytes()).unwrap();
 
-        let (all, errors) = s.load_all().unwrap();
+        let (all, errors) = super::super::read_all(&s).unwrap();
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(all.len(), 4);
         let get = |d: &str| s.get(d).unwrap().unwrap();
@@ -462,7 +461,7 @@ mod tests {
         let s = SledStore::open(&path).unwrap();
         assert_eq!(s.get("example.com").unwrap(), Some(entry()));
         assert_eq!(s.get("gone.example").unwrap(), None);
-        let (all, errors) = s.load_all().unwrap();
+        let (all, errors) = super::super::read_all(&s).unwrap();
         assert!(errors.is_empty());
         assert_eq!(all, vec![("example.com".to_owned(), entry())]);
     }
@@ -485,7 +484,7 @@ mod tests {
         let (s, moved) = SledStore::open_or_recover(&path).unwrap();
         let (aside, why) = moved.expect("moved aside");
         assert!(aside.exists(), "{why}");
-        assert!(s.load_all().unwrap().0.is_empty());
+        assert!(super::super::read_all(&s).unwrap().0.is_empty());
         s.put("example.com", &entry()).unwrap();
     }
 
@@ -510,7 +509,7 @@ mod tests {
         let s = SledStore::open(&dir.path().join("c")).unwrap();
         s.put("good.example", &entry()).unwrap();
         s.db.insert(b"bad.example", b"{not json".to_vec()).unwrap();
-        let (all, errors) = s.load_all().unwrap();
+        let (all, errors) = super::super::read_all(&s).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().contains("bad.example"));
