@@ -287,7 +287,7 @@ impl Default for CacheConfig {
             refresh_interval: Duration::from_secs(60),
             refresh_concurrency: 8,
             negative_entries: 50_000,
-            memory_entries: 20_000,
+            memory_entries: 10_000,
             backend: CacheBackend::Sled,
             redis: RedisConfig::default(),
         }

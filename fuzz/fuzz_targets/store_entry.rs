@@ -2,19 +2,24 @@
 //! decoded entry in the binary form encodes and decodes to itself (one in the JSON
 //! form of earlier versions after one normalisation: the binary form keeps a policy
 //! as its lines, so the policy becomes what its lines say); and the cache rules and
-//! the renderer take it (hostile timestamps included) without overflow or panic.
+//! the renderer take it (hostile timestamps included) without overflow or panic. The
+//! outline read for walks of the store never panics, and agrees with the whole entry.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mta_stsd::cache::rules::{Rules, is_due, on_lookup, refresh_due_at};
-use mta_stsd::cache::store::sled::{decode_entry, encode_entry};
+use mta_stsd::cache::entry::Outline;
+use mta_stsd::cache::store::sled::{decode_entry, decode_outline, encode_entry};
 use mta_stsd::config::CacheConfig;
 use mta_stsd::protocol::answer::{ZoneOptions, render};
 
 fuzz_target!(|data: &[u8]| {
+    let outline = decode_outline("example.com", data);
     let Ok(entry) = decode_entry("example.com", data) else {
         return;
     };
+    // Whatever reads whole reads the same in outline.
+    assert_eq!(outline.expect("an entry that decodes has an outline"), Outline::from(&entry));
     let legacy = data.first() == Some(&b'{');
     let bytes = encode_entry(&entry).expect("a decoded entry encodes");
     match decode_entry("example.com", &bytes) {

@@ -44,6 +44,55 @@ pub struct Entry {
     pub txt_failure: Option<Failure>,
 }
 
+/// The times and facts about an entry that walks of the whole store need (refresher,
+/// gauges, checkpoint), without the policy's text: a store can produce it far more
+/// cheaply than a whole [`Entry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outline {
+    pub policy: Option<PolicyOutline>,
+    pub no_policy_until: Option<u64>,
+    /// When the last failed fetch happened (it drives the back-off).
+    pub failure_at: Option<u64>,
+    /// Whether any failure (fetch or TXT) is on record.
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyOutline {
+    pub mode: crate::mtasts::policy::Mode,
+    pub max_age: u64,
+    pub fetched_at: u64,
+    pub expires_at: u64,
+}
+
+impl Outline {
+    /// The policy, if it is still valid at `now`.
+    pub fn valid_policy(&self, now: u64) -> Option<&PolicyOutline> {
+        self.policy.as_ref().filter(|p| p.expires_at > now)
+    }
+
+    /// Whether the entry still says anything at `now`.
+    pub fn is_live(&self, now: u64) -> bool {
+        self.valid_policy(now).is_some() || self.no_policy_until.is_some_and(|t| t > now)
+    }
+}
+
+impl From<&Entry> for Outline {
+    fn from(e: &Entry) -> Self {
+        Outline {
+            policy: e.policy.as_ref().map(|p| PolicyOutline {
+                mode: p.policy.mode,
+                max_age: p.policy.max_age,
+                fetched_at: p.fetched_at,
+                expires_at: p.expires_at,
+            }),
+            no_policy_until: e.no_policy_until,
+            failure_at: e.failure.as_ref().map(|f| f.at),
+            failed: e.last_failure().is_some(),
+        }
+    }
+}
+
 impl Entry {
     /// The policy, if it is still valid at `now`.
     pub fn valid_policy(&self, now: u64) -> Option<&CachedPolicy> {

@@ -22,7 +22,7 @@ use crate::config::CacheConfig;
 use crate::mtasts::discovery::{FetchError, TxtLookup};
 use crate::mtasts::policy::{Mode, Policy};
 
-use super::entry::{CachedPolicy, Entry, Failure, FailureClass};
+use super::entry::{CachedPolicy, Entry, Failure, FailureClass, Outline};
 
 /// The cache settings the rules read, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,13 +142,15 @@ pub fn fleet_settles(
 /// per-domain spread so that policies fetched together do not all fall due together;
 /// never while a failed fetch is backing off.
 pub fn refresh_due_at(domain: &str, entry: &Entry, now: u64, rules: &Rules) -> Option<u64> {
+    outline_due_at(domain, &Outline::from(entry), now, rules)
+}
+
+/// [`refresh_due_at`] from an entry's outline (what walks of the store read).
+pub fn outline_due_at(domain: &str, entry: &Outline, now: u64, rules: &Rules) -> Option<u64> {
     let p = entry.valid_policy(now)?;
-    let age_limit = rules.refresh_after.min(p.policy.max_age / 2).max(1);
+    let age_limit = rules.refresh_after.min(p.max_age / 2).max(1);
     let due = p.fetched_at + age_limit.saturating_sub(jitter(domain, age_limit / 10));
-    let backoff_end = entry
-        .failure
-        .as_ref()
-        .map_or(0, |f| f.at + rules.retry_after);
+    let backoff_end = entry.failure_at.map_or(0, |at| at + rules.retry_after);
     Some(due.max(backoff_end))
 }
 

@@ -31,10 +31,10 @@ use lru::LruCache;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::entry::Entry;
+use super::entry::{Entry, Outline};
 use super::rules::{self, Decision, LookupRule, Outcome, Rules, Step, Transition, Trigger};
 use super::shared::{self, SharedCache};
-use super::store::PolicyStore;
+use super::store::{PolicyStore, StoreError};
 use crate::clock::Clock;
 use crate::config::{CacheConfig, LookupConfig};
 use crate::locks::{lock, read, write};
@@ -101,6 +101,13 @@ impl Slot {
     }
 }
 
+/// Policies a walk of the store counted, and the removal count they are valid for.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    policies: u64,
+    removals: u64,
+}
+
 /// What one walk of the store found: the counts behind the gauges and the
 /// checkpoint, and the domains the refresher has work for.
 #[derive(Debug, Default)]
@@ -112,8 +119,8 @@ struct Survey {
     oldest: u64,
     expiring: i64,
     failing: i64,
-    /// Entries that no longer say anything: pruned.
-    dead: Vec<String>,
+    /// Entries that no longer say anything (pruned), and whether each held a policy.
+    dead: Vec<(String, bool)>,
     /// Policies due for a refresh.
     due: Vec<String>,
     /// "No policy" entries stored by an older version: moved to memory.
@@ -186,6 +193,8 @@ pub struct PolicyService {
     checkpoint_on_record: Mutex<bool>,
     /// Policies in the store at its last walk.
     surveyed_policies: AtomicU64,
+    /// What the refresher's last walk counted, for the checkpoint that follows it.
+    last_walk: Mutex<Option<Walk>>,
     /// The cache shared with the rest of the fleet (`cache.backend = "redis"`).
     shared: OnceLock<Arc<SharedCache>>,
 }
@@ -228,6 +237,7 @@ impl PolicyService {
             policy_removals: AtomicU64::new(0),
             checkpoint_on_record: Mutex::new(true),
             surveyed_policies: AtomicU64::new(0),
+            last_walk: Mutex::new(None),
             shared: OnceLock::new(),
         })
     }
@@ -317,30 +327,23 @@ impl PolicyService {
         });
     }
 
-    /// Walks the store once (blocking: call it on a blocking thread).
-    fn survey(&self, now: u64, rules: &Rules) -> Survey {
+    /// Walks the store once (blocking: call it on a blocking thread). `whole`: read
+    /// whole entries (the walk at start, which also rewrites old formats and moves old
+    /// stored negatives to memory); otherwise outlines, which cost a fraction.
+    fn survey(&self, now: u64, rules: &Rules, whole: bool) -> Survey {
         let mut s = Survey::default();
-        let walked = self.store.scan(&mut |domain, entry| {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    s.unreadable += 1;
-                    tracing::warn!(error = %e, "dropping unreadable cache entry");
-                    return;
-                }
-            };
-            if entry.policy.is_some() {
+        let note = |s: &mut Survey, domain: String, outline: &Outline| {
+            if outline.policy.is_some() {
                 s.policies += 1;
             }
-            if !entry.is_live(now) {
-                s.dead.push(domain);
-                return;
+            if !outline.is_live(now) {
+                s.dead.push((domain, outline.policy.is_some()));
+                return None;
             }
-            let Some(p) = entry.valid_policy(now) else {
-                s.negatives.push((domain, entry));
-                return;
+            let Some(p) = outline.valid_policy(now) else {
+                return Some(domain);
             };
-            s.modes[match p.policy.mode {
+            s.modes[match p.mode {
                 Mode::Enforce => 0,
                 Mode::Testing => 1,
                 Mode::None => 2,
@@ -349,13 +352,38 @@ impl PolicyService {
             if p.expires_at <= now + 86_400 {
                 s.expiring += 1;
             }
-            if entry.last_failure().is_some() && p.policy.mode != Mode::None {
+            if outline.failed && p.mode != Mode::None {
                 s.failing += 1;
             }
-            if rules::is_due(&domain, &entry, now, rules) {
+            if rules::outline_due_at(&domain, outline, now, rules).is_some_and(|t| now >= t) {
                 s.due.push(domain);
             }
-        });
+            None
+        };
+        let unreadable = |s: &mut Survey, e: StoreError| {
+            s.unreadable += 1;
+            tracing::warn!(error = %e, "dropping unreadable cache entry");
+        };
+        let walked = if whole {
+            self.store.scan(&mut |domain, entry| match entry {
+                Ok(entry) => {
+                    // A live entry without a valid policy: a negative stored by an
+                    // older version.
+                    if let Some(domain) = note(&mut s, domain, &Outline::from(&entry)) {
+                        s.negatives.push((domain, entry));
+                    }
+                }
+                Err(e) => unreadable(&mut s, e),
+            })
+        } else {
+            self.store
+                .scan_outlines(&mut |domain, outline| match outline {
+                    Ok(outline) => {
+                        note(&mut s, domain, &outline);
+                    }
+                    Err(e) => unreadable(&mut s, e),
+                })
+        };
         if let Err(e) = walked {
             s.incomplete = Some(e.to_string());
         }
@@ -382,7 +410,7 @@ impl PolicyService {
     pub fn load(&self) {
         let now = self.clock.now();
         let recorded = self.store.checkpoint();
-        let survey = self.survey(now, &self.settings().rules);
+        let survey = self.survey(now, &self.settings().rules, true);
         if let Some(e) = &survey.incomplete {
             tracing::error!(error = %e, "the cache could not be read to the end; the rest is discovered again on its next lookup");
         }
@@ -398,7 +426,7 @@ impl PolicyService {
         let pruned = survey
             .dead
             .iter()
-            .filter(|domain| self.prune_if_dead(domain, now))
+            .filter(|(domain, _)| self.prune_if_dead(domain, now))
             .count();
         // Negative entries written by older versions: kept in memory (up to the cap)
         // and no longer on disk.
@@ -408,11 +436,10 @@ impl PolicyService {
             }
         }
         self.apply_survey(&survey);
-        tracing::info!(
-            policies = survey.policies.saturating_sub(pruned as u64),
-            pruned,
-            "cache checked"
-        );
+        let policies = survey.policies.saturating_sub(pruned as u64);
+        drop(survey);
+        release_freed_memory();
+        tracing::info!(policies, pruned, "cache checked");
         self.loaded.store(true, Ordering::Release);
         self.loaded_signal.notify_waiters();
     }
@@ -957,13 +984,25 @@ impl PolicyService {
         // that lookups on the runtime's workers never wait behind them.
         let this = self.clone();
         let walked = tokio::task::spawn_blocking(move || {
-            let survey = this.survey(now, &rules);
+            // Removals counted from before the walk: the checkpoint this walk allows is
+            // recorded only if no removal but its own pruning happened meanwhile.
+            let removals = this.policy_removals.load(Ordering::Acquire);
+            let survey = this.survey(now, &rules, false);
             this.apply_survey(&survey);
-            let pruned = survey
-                .dead
-                .iter()
-                .filter(|d| this.prune_if_dead(d, now))
-                .count();
+            release_freed_memory();
+            let (mut pruned, mut pruned_policies) = (0, 0);
+            for (domain, had_policy) in &survey.dead {
+                if this.prune_if_dead(domain, now) {
+                    pruned += 1;
+                    pruned_policies += u64::from(*had_policy);
+                }
+            }
+            if survey.incomplete.is_none() {
+                *lock(&this.last_walk) = Some(Walk {
+                    policies: survey.policies.saturating_sub(pruned_policies),
+                    removals: removals + pruned_policies,
+                });
+            }
             (survey.due, pruned)
         })
         .await;
@@ -1009,7 +1048,12 @@ impl PolicyService {
                 tracing::info!(refreshed = n, "policies refreshed");
             }
             let this = self.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || this.record_checkpoint()).await {
+            let walk = lock(&self.last_walk).take();
+            let recorded = tokio::task::spawn_blocking(move || match walk {
+                Some(walk) => this.flush_and_record(Some(walk)),
+                None => this.record_checkpoint(),
+            });
+            if let Err(e) = recorded.await {
                 tracing::error!(error = %e, "cache checkpoint task failed");
             }
         }
@@ -1133,21 +1177,27 @@ impl PolicyService {
     fn record_checkpoint(&self) -> bool {
         let removals = self.policy_removals.load(Ordering::Acquire);
         let mut policies = 0u64;
-        let walked = self.store.scan(&mut |_, entry| {
-            if entry.is_ok_and(|e| e.policy.is_some()) {
+        let walked = self.store.scan_outlines(&mut |_, outline| {
+            if outline.is_ok_and(|o| o.policy.is_some()) {
                 policies += 1;
             }
         });
+        // Not counted to the end: flush, record nothing.
+        let walk = walked.is_ok().then_some(Walk { policies, removals });
+        self.flush_and_record(walk)
+    }
+
+    /// Flushes the store, then records `walk.policies` as the checkpoint unless a
+    /// policy was removed since the walk counted them.
+    fn flush_and_record(&self, walk: Option<Walk>) -> bool {
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "cannot flush the cache");
             return false;
         }
-        if walked.is_err() {
-            return true;
-        }
+        let Some(walk) = walk else { return true };
         let mut on_record = lock(&self.checkpoint_on_record);
-        if self.policy_removals.load(Ordering::Acquire) == removals {
-            match self.store.set_checkpoint(Some(policies)) {
+        if self.policy_removals.load(Ordering::Acquire) == walk.removals {
+            match self.store.set_checkpoint(Some(walk.policies)) {
                 Ok(()) => *on_record = true,
                 Err(e) => tracing::debug!(error = %e, "cannot record the cache checkpoint"),
             }
@@ -1165,6 +1215,18 @@ impl PolicyService {
             }
             *on_record = false;
         }
+    }
+}
+
+/// Hands memory freed after a walk of the store back to the system. A walk decodes
+/// every entry on a blocking thread; glibc keeps what such a thread freed in its
+/// arena, which would otherwise show as resident memory that never shrinks.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it is safe to
+    // call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -279,10 +279,12 @@ impl Daemon {
                 "shutdown: abandoning work still running"
             );
             service.abort_discoveries();
-            // Lookups waiting on abandoned discoveries now answer at once.
-            if tokio::time::timeout(Duration::from_secs(1), &mut server)
-                .await
-                .is_err()
+            // Lookups waiting on abandoned discoveries now answer at once. (A task the
+            // settle step already saw finish must not be awaited again.)
+            if !server.is_finished()
+                && tokio::time::timeout(Duration::from_secs(1), &mut server)
+                    .await
+                    .is_err()
             {
                 server.abort();
             }

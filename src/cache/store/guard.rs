@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{PolicyStore, StoreError, Unavailable, Visit, contain};
+use super::{PolicyStore, StoreError, Unavailable, Visit, VisitOutline, contain};
 use crate::cache::entry::Entry;
 use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
@@ -143,6 +143,10 @@ impl GuardedStore {
 impl PolicyStore for GuardedStore {
     fn scan(&self, visit: &mut Visit<'_>) -> Result<(), StoreError> {
         self.call("load", |s| s.scan(visit))
+    }
+
+    fn scan_outlines(&self, visit: &mut VisitOutline<'_>) -> Result<(), StoreError> {
+        self.call("load", |s| s.scan_outlines(visit))
     }
 
     fn healthy(&self) -> bool {

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use thiserror::Error;
 
-use super::entry::Entry;
+use super::entry::{Entry, Outline};
 
 pub mod guard;
 pub mod sled;
@@ -53,6 +53,9 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// cannot be read.
 pub type Visit<'a> = dyn FnMut(String, Result<Entry, StoreError>) + 'a;
 
+/// What [`PolicyStore::scan_outlines`] hands over for each stored domain.
+pub type VisitOutline<'a> = dyn FnMut(String, Result<Outline, StoreError>) + 'a;
+
 /// Entries read from a store, and the ones that could not be read.
 pub type Loaded = (Vec<(String, Entry)>, Vec<StoreError>);
 
@@ -72,6 +75,12 @@ pub trait PolicyStore: Send + Sync + 'static {
     /// An unreadable entry is visited as an error; an error returned means the walk
     /// ended early (what was visited before it stands).
     fn scan(&self, visit: &mut Visit<'_>) -> Result<(), StoreError>;
+
+    /// Like [`PolicyStore::scan`], with each entry's outline only: what the refresher,
+    /// the gauges and the checkpoint need, which a store may read far more cheaply.
+    fn scan_outlines(&self, visit: &mut VisitOutline<'_>) -> Result<(), StoreError> {
+        self.scan(&mut |domain, entry| visit(domain, entry.map(|e| Outline::from(&e))))
+    }
     /// One entry, if stored.
     fn get(&self, domain: &str) -> Result<Option<Entry>, StoreError>;
     fn put(&self, domain: &str, entry: &Entry) -> Result<(), StoreError>;

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{PolicyStore, StoreError, Visit};
-use crate::cache::entry::{CachedPolicy, Entry, Failure, FailureClass};
-use crate::mtasts::policy::parse_policy;
+use super::{PolicyStore, StoreError, Visit, VisitOutline};
+use crate::cache::entry::{CachedPolicy, Entry, Failure, FailureClass, Outline, PolicyOutline};
+use crate::mtasts::policy::{Mode, parse_policy};
 
 const FORMAT_KEY: &[u8] = b"\0format";
 const FORMAT: &[u8] = b"mta-stsd-cache-v1";
@@ -30,8 +30,13 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// The first byte of an entry in the current binary form.
+/// The first byte of an entry in the binary form.
 const ENTRY_V1: u8 = 1;
+/// The same form, with the policy's first line left out because it is exactly
+/// [`VERSION_LINE`], as in nearly every policy: 15 bytes less per entry, 14 MiB on disk
+/// at 10^6 policies.
+const ENTRY_V2: u8 = 2;
+const VERSION_LINE: &str = "version: STSv1";
 
 /// A policy as stored: its lines (the file without blank lines), parsed again on read.
 #[derive(Serialize, Deserialize)]
@@ -80,6 +85,85 @@ fn load_failure(f: StoredFailureV1) -> Failure {
     }
 }
 
+/// The binary form read without copying or parsing the policy text, for walks of the
+/// whole store (see [`decode_outline`]).
+#[derive(Deserialize)]
+struct StoredEntryRefV1<'a> {
+    #[serde(borrow)]
+    policy: Option<StoredPolicyRefV1<'a>>,
+    no_policy_until: Option<u64>,
+    #[allow(dead_code)]
+    last_check: u64,
+    #[serde(borrow)]
+    failure: Option<StoredFailureRefV1<'a>>,
+    #[serde(borrow)]
+    txt_failure: Option<StoredFailureRefV1<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StoredPolicyRefV1<'a> {
+    #[serde(borrow)]
+    lines: Vec<&'a str>,
+    #[allow(dead_code)]
+    id: &'a str,
+    fetched_at: u64,
+    expires_at: u64,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct StoredFailureRefV1<'a> {
+    at: u64,
+    id: Option<&'a str>,
+    class: &'a str,
+    message: &'a str,
+}
+
+/// An entry's outline, read from its stored bytes. The binary form is read in place and
+/// only the `mode` and `max_age` lines of the policy are looked at (the policy was
+/// validated when it was fetched and is validated again whenever it is used); an
+/// entry whose policy lacks them, and any entry in the old JSON form, is decoded
+/// whole.
+pub fn decode_outline(domain: &str, bytes: &[u8]) -> Result<Outline, StoreError> {
+    if let Some((&(ENTRY_V1 | ENTRY_V2), rest)) = bytes.split_first()
+        && let Ok(stored) = postcard::from_bytes::<StoredEntryRefV1<'_>>(rest)
+    {
+        let policy = match &stored.policy {
+            None => None,
+            Some(p) => {
+                let field = |name: &str| {
+                    p.lines.iter().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        (k.trim() == name).then(|| v.trim())
+                    })
+                };
+                let mode = match field("mode") {
+                    Some("enforce") => Mode::Enforce,
+                    Some("testing") => Mode::Testing,
+                    Some("none") => Mode::None,
+                    _ => return decode_entry(domain, bytes).map(|e| Outline::from(&e)),
+                };
+                let Some(max_age) = field("max_age").and_then(|v| v.parse().ok()) else {
+                    return decode_entry(domain, bytes).map(|e| Outline::from(&e));
+                };
+                Some(PolicyOutline {
+                    mode,
+                    max_age,
+                    fetched_at: p.fetched_at,
+                    expires_at: p.expires_at,
+                })
+            }
+        };
+        return Ok(Outline {
+            policy,
+            no_policy_until: stored.no_policy_until,
+            failure_at: stored.failure.as_ref().map(|f| f.at),
+            failed: stored.failure.is_some() || stored.txt_failure.is_some(),
+        });
+    }
+    decode_entry(domain, bytes).map(|e| Outline::from(&e))
+}
+
 /// Reads one stored entry. The bytes come from disk, so anything may be in them: a
 /// damaged entry is an error for that domain only (and is fuzzed: `fuzz/`).
 pub fn decode_entry(domain: &str, bytes: &[u8]) -> Result<Entry, StoreError> {
@@ -90,13 +174,18 @@ pub fn decode_entry(domain: &str, bytes: &[u8]) -> Result<Entry, StoreError> {
     match bytes.split_first() {
         // Written by a version before the binary form.
         Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| decode_error(e.to_string())),
-        Some((&ENTRY_V1, rest)) => {
+        Some((&form @ (ENTRY_V1 | ENTRY_V2), rest)) => {
             let stored: StoredEntryV1 =
                 postcard::from_bytes(rest).map_err(|e| decode_error(e.to_string()))?;
             let policy = match stored.policy {
                 None => None,
                 Some(p) => {
-                    let mut text = p.lines.join("\n");
+                    let mut text = String::new();
+                    if form == ENTRY_V2 {
+                        text.push_str(VERSION_LINE);
+                        text.push('\n');
+                    }
+                    text.push_str(&p.lines.join("\n"));
                     text.push('\n');
                     let policy = parse_policy(text.as_bytes())
                         .map_err(|e| decode_error(format!("stored policy: {e}")))?;
@@ -123,9 +212,11 @@ pub fn decode_entry(domain: &str, bytes: &[u8]) -> Result<Entry, StoreError> {
 
 /// The stored form of an entry (the current binary form).
 pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StoreError> {
+    let lines = entry.policy.as_ref().map(|p| p.policy.lines.as_slice());
+    let elide = lines.is_some_and(|l| l.first().is_some_and(|f| f == VERSION_LINE));
     let stored = StoredEntryV1 {
         policy: entry.policy.as_ref().map(|p| StoredPolicyV1 {
-            lines: p.policy.lines.clone(),
+            lines: p.policy.lines[usize::from(elide)..].to_vec(),
             id: p.id.clone(),
             fetched_at: p.fetched_at,
             expires_at: p.expires_at,
@@ -135,7 +226,7 @@ pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StoreError> {
         failure: entry.failure.as_ref().map(store_failure),
         txt_failure: entry.txt_failure.as_ref().map(store_failure),
     };
-    let mut out = vec![ENTRY_V1];
+    let mut out = vec![if elide { ENTRY_V2 } else { ENTRY_V1 }];
     postcard::to_io(&stored, &mut out).map_err(backend)?;
     Ok(out)
 }
@@ -163,7 +254,9 @@ impl SledStore {
     fn open_unguarded(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
-            .cache_capacity(64 * 1024 * 1024)
+            // sled's own page cache. Small: the daemon keeps its hot set decoded in
+            // memory, and pages sled drops stay in the kernel's page cache.
+            .cache_capacity(16 * 1024 * 1024)
             .flush_every_ms(Some(1000))
             .open()
             .map_err(|e| match e {
@@ -303,6 +396,19 @@ impl PolicyStore for SledStore {
         ended
     }
 
+    fn scan_outlines(&self, visit: &mut VisitOutline<'_>) -> Result<(), StoreError> {
+        for item in self.db.iter() {
+            let (k, v) = item.map_err(backend)?;
+            if k.as_ref() == FORMAT_KEY {
+                continue;
+            }
+            let domain = String::from_utf8_lossy(&k).into_owned();
+            let outline = decode_outline(&domain, &v);
+            visit(domain, outline);
+        }
+        Ok(())
+    }
+
     fn get(&self, domain: &str) -> Result<Option<Entry>, StoreError> {
         match self.db.get(domain.as_bytes()).map_err(backend)? {
             None => Ok(None),
@@ -384,6 +490,31 @@ mod tests {
     }
 
     #[test]
+    fn the_version_line_is_left_out_only_when_it_is_the_usual_first_line() {
+        // Written by the version before the line was left out: still read.
+        let e = entry();
+        let mut v1 = encode_entry(&e).unwrap();
+        assert_eq!(v1[0], ENTRY_V2);
+        let mut stored: StoredEntryV1 = postcard::from_bytes(&v1[1..]).unwrap();
+        if let Some(p) = stored.policy.as_mut() {
+            p.lines.insert(0, VERSION_LINE.into());
+        }
+        v1 = vec![ENTRY_V1];
+        postcard::to_io(&stored, &mut v1).unwrap();
+        assert_eq!(decode_entry("example.com", &v1).unwrap(), e);
+        // A policy whose version line comes later keeps every line.
+        let body = "mode: enforce\nversion: STSv1\nmx: mx.example.com\nmax_age: 86400\n";
+        let mut later = entry();
+        if let Some(p) = later.policy.as_mut() {
+            p.policy = parse_policy(body.as_bytes()).unwrap();
+        }
+        let bytes = encode_entry(&later).unwrap();
+        assert_eq!(bytes[0], ENTRY_V1);
+        assert_eq!(decode_entry("example.com", &bytes).unwrap(), later);
+        assert!(bytes.len() + 10 > v1.len(), "nothing left out");
+    }
+
+    #[test]
     fn entries_are_stored_compact_and_read_back() {
         for e in [
             entry(),
@@ -395,8 +526,20 @@ mod tests {
             },
         ] {
             let bytes = encode_entry(&e).unwrap();
-            assert_eq!(bytes[0], ENTRY_V1);
+            // A policy starting with the usual version line is stored without it.
+            let elided = e.policy.is_some();
+            assert_eq!(bytes[0], if elided { ENTRY_V2 } else { ENTRY_V1 });
             assert_eq!(decode_entry("example.com", &bytes).unwrap(), e);
+            // The outline read in place agrees with the whole entry, in either form.
+            assert_eq!(
+                decode_outline("example.com", &bytes).unwrap(),
+                Outline::from(&e)
+            );
+            let legacy = serde_json::to_vec(&e).unwrap();
+            assert_eq!(
+                decode_outline("example.com", &legacy).unwrap(),
+                Outline::from(&e)
+            );
             let json = serde_json::to_vec(&e).unwrap();
             assert!(
                 bytes.len() * 2 < json.len(),
@@ -441,9 +584,9 @@ mod tests {
             crate::mtasts::policy::Mode::Enforce
         );
         let raw = |d: &str| s.db.get(d).unwrap().unwrap()[0];
-        assert_eq!(raw("a.example"), ENTRY_V1);
-        assert_eq!(raw("b.example"), ENTRY_V1);
-        assert_eq!(raw("c.example"), ENTRY_V1);
+        assert_eq!(raw("a.example"), ENTRY_V2);
+        assert_eq!(raw("b.example"), ENTRY_V2);
+        assert_eq!(raw("c.example"), ENTRY_V2);
         assert_eq!(raw("d.example"), b'{');
     }
 
