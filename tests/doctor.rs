@@ -13,7 +13,7 @@ use std::sync::Arc;
 use common::InProcess;
 use mta_stsd::clock::SystemClock;
 use mta_stsd::config::Config;
-use mta_stsd_testkit::World;
+use mta_stsd_testkit::{RedisServer, World, free_port};
 
 /// Debian's public roots, as a Postfix CAfile.
 const PUBLIC_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -497,6 +497,50 @@ async fn daemon_down_and_dane_override() {
     );
     assert!(report.text.contains("systemctl start mta-stsd"));
     assert_eq!(report.level("mta-stsd.metrics"), ["warning"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_daemon_that_cannot_reach_redis_is_a_warning() {
+    if !postfix_installed() || !RedisServer::installed() {
+        return;
+    }
+    let w = World::start().await;
+    w.publish(
+        "fleet.example",
+        "1",
+        mta_stsd_testkit::policy_text("enforce", &["mx.fleet.example"], 86400).as_str(),
+    );
+    let root = world_dir();
+    let r = root.path();
+    let port = free_port();
+    let redis =
+        format!("backend = \"redis\"\n[cache.redis]\nurl = \"redis://127.0.0.1:{port}/0\"\n");
+    let zones = fitting_zone();
+    let d = daemon(&w, r, &[], &format!("[cache]\n{redis}{zones}")).await;
+    let config = daemon_config(r, &d, None, &format!("{redis}{zones}"));
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "smtp_tls_policy_maps = socketmap:inet:{}:postfix\nsmtp_tls_CAfile = {PUBLIC_ROOTS}",
+            d.tcp
+        ),
+    );
+    // A lookup has tried Redis and found it down.
+    common::ask_once(d.tcp, "postfix", "fleet.example").await;
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    assert_eq!(
+        report.level("mta-stsd.redis"),
+        ["warning"],
+        "{}",
+        report.text
+    );
+    assert_eq!(report.code, Some(1), "{}", report.text);
+    // Redis comes up: the daemon reconnects and doctor says so.
+    let _redis = RedisServer::start_on_port(port);
+    d.service.shared().unwrap().wait_reachable().await;
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    assert_eq!(report.level("mta-stsd.redis"), ["ok"], "{}", report.text);
+    d.shutdown().await;
 }
 
 #[test]

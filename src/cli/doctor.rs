@@ -394,7 +394,14 @@ async fn daemon_checks(
 
     match config.metrics.addr() {
         Ok(Some(addr)) => {
-            admin_checks(&format!("http://{addr}"), &config.metrics.path, checks).await
+            let redis = config.cache.backend == crate::config::CacheBackend::Redis;
+            admin_checks(
+                &format!("http://{addr}"),
+                &config.metrics.path,
+                redis,
+                checks,
+            )
+            .await
         }
         _ => checks.push(Check::warning(
             "mta-stsd.metrics",
@@ -435,7 +442,7 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(s: S, map: &str) -> Result<Strin
     }
 }
 
-async fn admin_checks(base: &str, metrics_path: &str, checks: &mut Vec<Check>) {
+async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut Vec<Check>) {
     let Ok(client) = super::admin_client() else {
         return;
     };
@@ -477,6 +484,24 @@ async fn admin_checks(base: &str, metrics_path: &str, checks: &mut Vec<Check>) {
     } else {
         Check::ok("mta-stsd.metrics", format!("{base}{metrics_path} reachable"))
     });
+    if redis {
+        let healthy = text
+            .lines()
+            .find_map(|l| l.strip_prefix("mta_stsd_redis_healthy "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        checks.push(if healthy == Some(1.0) {
+            Check::ok(
+                "mta-stsd.redis",
+                "the fleet's shared cache (Redis) answers the daemon",
+            )
+        } else {
+            Check::warning(
+                "mta-stsd.redis",
+                "the daemon cannot reach Redis (cache.redis.url): it answers from its own cache and discovers on its own, so the fleet does not share what it learns",
+                "check that Redis runs and that the daemon can reach it (redis-cli -u URL ping); the daemon reconnects by itself",
+            )
+        });
+    }
 
     #[derive(serde::Deserialize)]
     struct Entry {

@@ -99,12 +99,16 @@ CFG
 "$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
 pids+=($!)
 wait_tcp 127.0.0.1 9461 || { echo "mta-stsd did not start"; cat "$W/mta-stsd.log"; exit 1; }
-out=$("$BIN/mta-stsd" import --from "sqlite:$W/python-cache.db" --config "$W/mta-stsd.toml")
-[[ "$out" == *"3 policies read: 3 imported"* ]] && check "mta-stsd import" "3 imported" ok \
-    || check "mta-stsd import" "3 imported" "$out"
-out=$("$BIN/mta-stsd" import --from "sqlite:$W/python-cache.db" --config "$W/mta-stsd.toml")
-[[ "$out" == *"0 imported, 3 already cached"* ]] && check "mta-stsd import again" "nothing changes" ok \
-    || check "mta-stsd import again" "nothing changes" "$out"
+import_twice() {  # import_twice SOURCE CONFIG LABEL: imports all three, then nothing
+    local out
+    out=$("$BIN/mta-stsd" import --from "$1" --config "$2")
+    [[ "$out" == *"3 policies read: 3 imported"* ]] && check "$3" "3 imported" ok \
+        || check "$3" "3 imported" "$out"
+    out=$("$BIN/mta-stsd" import --from "$1" --config "$2")
+    [[ "$out" == *"0 imported, 3 already cached"* ]] && check "$3 again" "nothing changes" ok \
+        || check "$3 again" "nothing changes" "$out"
+}
+import_twice "sqlite:$W/python-cache.db" "$W/mta-stsd.toml" "mta-stsd import"
 
 # --- a second mta-stsd, imported from the Redis cache -------------------------------
 sed -e 's/8461/8464/' -e 's/9461/9464/' -e 's|mta-stsd-cache|mta-stsd-cache-redis|' \
@@ -112,12 +116,7 @@ sed -e 's/8461/8464/' -e 's/9461/9464/' -e 's|mta-stsd-cache|mta-stsd-cache-redi
 "$BIN/mta-stsd" serve --config "$W/mta-stsd-redis.toml" 2>"$W/mta-stsd-redis.log" &
 pids+=($!)
 wait_tcp 127.0.0.1 9464 || { echo "mta-stsd (second) did not start"; cat "$W/mta-stsd-redis.log"; exit 1; }
-out=$("$BIN/mta-stsd" import --from "redis://127.0.0.1:6390/0" --config "$W/mta-stsd-redis.toml")
-[[ "$out" == *"3 policies read: 3 imported"* ]] && check "mta-stsd import from Redis" "3 imported" ok \
-    || check "mta-stsd import from Redis" "3 imported" "$out"
-out=$("$BIN/mta-stsd" import --from "redis://127.0.0.1:6390/0" --config "$W/mta-stsd-redis.toml")
-[[ "$out" == *"0 imported, 3 already cached"* ]] && check "mta-stsd import from Redis again" "nothing changes" ok \
-    || check "mta-stsd import from Redis again" "nothing changes" "$out"
+import_twice "redis://127.0.0.1:6390/0" "$W/mta-stsd-redis.toml" "mta-stsd import from Redis"
 
 # --- answered from the cache: the same answers, no discovery ----------------------
 got=$(ask 8461 one.test)
