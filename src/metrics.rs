@@ -76,7 +76,8 @@ pub struct Metrics {
     pub dane_enabled: IntGauge,
     /// 1 while the DNSSEC self-check fails (DANE precedence suspended).
     pub dnssec_validation_failing: IntGauge,
-    /// With `cache.backend = "redis"`: 1 while Redis answers, 0 while it does not.
+    /// With `cache.backend = "redis"`: 1 while Redis answers, 0 while it does not
+    /// (always 1 without Redis).
     pub redis_healthy: IntGauge,
     /// Policies taken from the fleet's shared cache instead of being fetched.
     pub redis_adopted: IntCounter,
@@ -204,7 +205,7 @@ impl Metrics {
             )?,
             redis_healthy: IntGauge::new(
                 REDIS_HEALTHY,
-                "With cache.backend = redis: 1 while the shared cache answers, 0 while the daemon works without it.",
+                "With cache.backend = redis: 1 while the shared cache answers, 0 while the daemon works without it (always 1 without Redis).",
             )?,
             redis_adopted: IntCounter::new(
                 REDIS_ADOPTED_TOTAL,
@@ -245,6 +246,8 @@ impl Metrics {
             m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c)?;
         }
+        // Nothing to be unreachable without a shared cache: alerts fire on 0 only.
+        m.redis_healthy.set(1);
         // Pre-create the label sets dashboards plot, so they read 0 rather than absent.
         for mode in ["enforce", "testing", "none", "negative"] {
             m.cache_entries.with_label_values(&[mode]).set(0);
