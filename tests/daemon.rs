@@ -429,6 +429,24 @@ async fn memory_holds_a_bounded_hot_set_and_reads_the_rest_from_the_store() {
     d.service.refresh_due().await;
     assert_eq!(d.service.policies(), 60);
     assert_eq!(d.service.snapshot().len(), 60);
+    // A day later every policy is due: the refresher fetches all 60, and the hot set
+    // is still the domains lookups used last (hot0..hot9), not what was refreshed.
+    let hot: Vec<String> = (0..60)
+        .map(|i| format!("hot{i}.example"))
+        .filter(|dom| d.service.is_hot(dom))
+        .collect();
+    assert!(!hot.is_empty() && hot.len() <= 10, "{hot:?}");
+    d.clock.advance(2 * 86_400);
+    assert_eq!(d.service.refresh_due().await, 60);
+    let fetches: usize = (0..60)
+        .map(|i| w.https.hits(&format!("hot{i}.example")))
+        .sum();
+    assert_eq!(fetches, 120, "each refreshed once");
+    let after: Vec<String> = (0..60)
+        .map(|i| format!("hot{i}.example"))
+        .filter(|dom| d.service.is_hot(dom))
+        .collect();
+    assert_eq!(after, hot, "refreshes leave the hot set alone");
 }
 
 /// Domains without a policy are remembered in memory only, at most

@@ -295,6 +295,28 @@ impl PolicyService {
         }
     }
 
+    /// The entry in memory, else the one in the store, leaving memory as it is (for
+    /// work that is not a lookup).
+    fn peek(&self, domain: &str) -> Option<Entry> {
+        if let Some(slot) = read(&self.entries).get(domain) {
+            return Some(slot.entry.clone());
+        }
+        if let Some(entry) = lock(&self.negatives).peek(domain) {
+            return Some(Entry::clone(entry));
+        }
+        // A "no policy" entry in the store was written by an older version: nothing.
+        self.store
+            .get(domain)
+            .ok()
+            .flatten()
+            .filter(|e| e.policy.is_some())
+    }
+
+    /// Whether `domain`'s policy is in memory's hot set.
+    pub fn is_hot(&self, domain: &str) -> bool {
+        read(&self.entries).contains_key(domain)
+    }
+
     /// Keeps the hot set within `cache.memory_entries`. When it is over, one sweep
     /// drops slots not used since the previous sweep (and clears the mark on the
     /// others) until a tenth of the room is free, so sweeps are rare and lookups only
@@ -541,11 +563,18 @@ impl PolicyService {
 
     /// Puts a decided entry in memory: in `entries` with a policy, else among the
     /// bounded negatives.
-    fn publish(&self, domain: &str, entry: Entry) {
+    /// `wanted`: a lookup asked for the domain. A policy nobody looked up (a refresh of
+    /// a domain no longer in memory, an import) stays in the store only, so that such
+    /// work never pushes the lookups' hot set out.
+    fn publish(&self, domain: &str, entry: Entry, wanted: bool) {
         if entry.policy.is_some() {
             lock(&self.negatives).pop(domain);
-            write(&self.entries).insert(domain.to_owned(), Slot::new(entry));
-            self.evict();
+            let mut entries = write(&self.entries);
+            if wanted || entries.contains_key(domain) {
+                entries.insert(domain.to_owned(), Slot::new(entry));
+                drop(entries);
+                self.evict();
+            }
         } else {
             if read(&self.entries).contains_key(domain) {
                 write(&self.entries).remove(domain);
@@ -694,10 +723,9 @@ impl PolicyService {
     async fn discover(&self, domain: &str, trigger: Trigger, consult: bool) {
         let settings = self.settings();
         let discoverer = self.discoverer();
-        let old = self
-            .found(domain)
-            .map(|f| f.entry().clone())
-            .unwrap_or_default();
+        // A refresh is not a lookup: it leaves memory's hot set as it is.
+        let wanted = trigger != Trigger::Refresh;
+        let old = self.peek(domain).unwrap_or_default();
         let mut fetch_lock = None;
         if let Some(shared) = self.shared().filter(|_| consult) {
             match self.consult_fleet(shared, domain, &old, trigger).await {
@@ -738,7 +766,7 @@ impl PolicyService {
             // unchanged re-checks are left to the store's periodic flush.
             self.make_durable().await;
         }
-        self.publish(domain, entry);
+        self.publish(domain, entry, wanted);
         if let (Some(shared), Some(token)) = (self.shared(), fetch_lock) {
             shared.unlock(domain, &token).await;
         }
@@ -761,7 +789,7 @@ impl PolicyService {
         };
         match shared.get(domain).await {
             Ok(Some(theirs)) if settles(&theirs) => {
-                self.adopt(domain, theirs);
+                self.adopt(domain, theirs, trigger != Trigger::Refresh);
                 return FleetStep::Settled;
             }
             Ok(_) => {}
@@ -785,7 +813,7 @@ impl PolicyService {
                 if let Ok(shared::Lock::Held(token)) = &lock {
                     shared.unlock(domain, token).await;
                 }
-                self.adopt(domain, theirs);
+                self.adopt(domain, theirs, trigger != Trigger::Refresh);
                 return FleetStep::Settled;
             }
             match lock {
@@ -829,18 +857,15 @@ impl PolicyService {
 
     /// Takes a policy from the fleet's shared cache: into the local store (this
     /// daemon's own copy, which outlives a Redis outage) and memory.
-    fn adopt(&self, domain: &str, entry: Entry) {
-        let old = self
-            .found(domain)
-            .map(|f| f.entry().clone())
-            .unwrap_or_default();
+    fn adopt(&self, domain: &str, entry: Entry, wanted: bool) {
+        let old = self.peek(domain).unwrap_or_default();
         if entry.policy.is_none() || newer(&old, &entry) {
             return;
         }
         self.persist(domain, &old, &entry);
         tracing::debug!(domain, "policy taken from the shared cache");
         self.metrics.redis_adopted.inc();
-        self.publish(domain, entry);
+        self.publish(domain, entry, wanted);
     }
 
     /// Applies an announcement from another daemon of the fleet.
@@ -861,7 +886,7 @@ impl PolicyService {
                 if let Ok(Some(theirs)) = shared.get(&domain).await
                     && newer(&theirs, &held)
                 {
-                    self.adopt(&domain, theirs);
+                    self.adopt(&domain, theirs, false);
                 }
             }
         }
@@ -1123,7 +1148,7 @@ impl PolicyService {
             }
             self.persist(domain, &old.unwrap_or_default(), entry);
             self.make_durable().await;
-            self.publish(domain, (**entry).clone());
+            self.publish(domain, (**entry).clone(), false);
             tracing::info!(domain, id, fetched_at, "policy imported");
         }
         decision

@@ -28,6 +28,21 @@ impl Unbound {
     /// (DNSKEY lines) and forwarding every query to `upstream`; returns once it
     /// answers queries.
     pub fn start(upstream: SocketAddr, trust_anchor: &str) -> Unbound {
+        // unbound binds the port for UDP and TCP; a port free for UDP a moment ago may
+        // be taken for TCP by the time it starts (other tests run alongside): try
+        // another port then.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(upstream, trust_anchor) {
+                Ok(u) => return u,
+                Err(log) if log.contains("Address already in use") && attempt < 5 => {}
+                Err(log) => panic!("unbound did not start: {log}"),
+            }
+        }
+    }
+
+    fn try_start(upstream: SocketAddr, trust_anchor: &str) -> Result<Unbound, String> {
         let port = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|s| s.local_addr())
             .expect("free port")
@@ -83,12 +98,13 @@ forward-zone:
             .expect("start unbound");
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let mut u = Unbound { child, addr, dir };
-        u.wait_ready();
-        u
+        u.wait_ready()?;
+        Ok(u)
     }
 
-    /// Waits until unbound answers a query (its readiness signal), for up to 10 s.
-    fn wait_ready(&mut self) {
+    /// Waits until unbound answers a query (its readiness signal), for up to 10 s;
+    /// otherwise its log.
+    fn wait_ready(&mut self) -> Result<(), String> {
         // A minimal query for ". NS" (id 1, RD).
         let query: [u8; 17] = [0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("socket");
@@ -98,15 +114,18 @@ forward-zone:
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("unbound exited ({status}): {}", self.log());
+                return Err(format!("unbound exited ({status}): {}", self.log()));
             }
             let _ = socket.send_to(&query, self.addr);
             let mut buf = [0u8; 512];
             if socket.recv_from(&mut buf).is_ok() {
-                return;
+                return Ok(());
             }
         }
-        panic!("unbound did not answer within 10 s: {}", self.log());
+        Err(format!(
+            "unbound did not answer within 10 s: {}",
+            self.log()
+        ))
     }
 
     /// The address for `resolver.nameservers`.
