@@ -878,10 +878,9 @@ impl PolicyService {
                 // Only a copy held here (in memory or the local store) can be stale
                 // now; a domain not held here is read from the shared cache on its
                 // next miss.
-                let Some(Found::Policy(held)) = self.found(&domain) else {
+                let Some(held) = self.peek(&domain).filter(|e| e.policy.is_some()) else {
                     return;
                 };
-                let held = held.entry.clone();
                 let Some(shared) = self.shared() else { return };
                 if let Ok(Some(theirs)) = shared.get(&domain).await
                     && newer(&theirs, &held)
