@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::entry::{Entry, Outline};
 use super::rules::{self, Decision, LookupRule, Outcome, Rules, Step, Transition, Trigger};
 use super::shared::{self, SharedCache};
-use super::store::{PolicyStore, StoreError};
+use super::store::PolicyStore;
 use crate::clock::Clock;
 use crate::config::{CacheConfig, LookupConfig};
 use crate::locks::{lock, read, write};
@@ -125,7 +125,6 @@ struct Survey {
     due: Vec<String>,
     /// "No policy" entries stored by an older version: moved to memory.
     negatives: Vec<(String, Entry)>,
-    unreadable: usize,
     /// The walk ended early (a damaged store).
     incomplete: Option<String>,
 }
@@ -382,10 +381,6 @@ impl PolicyService {
             }
             None
         };
-        let unreadable = |s: &mut Survey, e: StoreError| {
-            s.unreadable += 1;
-            tracing::warn!(error = %e, "dropping unreadable cache entry");
-        };
         let walked = if whole {
             self.store.scan(&mut |domain, entry| match entry {
                 Ok(entry) => {
@@ -395,16 +390,15 @@ impl PolicyService {
                         s.negatives.push((domain, entry));
                     }
                 }
-                Err(e) => unreadable(&mut s, e),
+                // Said once, at start; the refresher's walks pass over it quietly.
+                Err(e) => tracing::warn!(error = %e, "ignoring unreadable cache entry"),
             })
         } else {
-            self.store
-                .scan_outlines(&mut |domain, outline| match outline {
-                    Ok(outline) => {
-                        note(&mut s, domain, &outline);
-                    }
-                    Err(e) => unreadable(&mut s, e),
-                })
+            self.store.scan_outlines(&mut |domain, outline| {
+                if let Ok(outline) = outline {
+                    note(&mut s, domain, &outline);
+                }
+            })
         };
         if let Err(e) = walked {
             s.incomplete = Some(e.to_string());
