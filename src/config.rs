@@ -11,30 +11,116 @@ use thiserror::Error;
 
 use crate::protocol::answer::ZoneOptions;
 
+/// Where the packaged configuration lives; every command reads it when it exists and
+/// no `--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/mta-stsd/mta-stsd.toml";
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    // The I/O error's text is part of this message and not also its source, so that
+    // a report of the whole chain does not say it twice.
+    #[error("cannot read {path}: {message}")]
+    Read { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    #[error("invalid setting {setting}: {message}")]
+    /// Every problem found, each naming its setting; `origin` is the file.
+    #[error("{}", Problems(origin, problems))]
     Invalid {
-        setting: &'static str,
-        message: String,
+        origin: String,
+        problems: Vec<Problem>,
     },
 }
 
-fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
+/// One setting with a value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid setting {}: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+impl From<Problem> for ConfigError {
+    fn from(p: Problem) -> Self {
+        ConfigError::Invalid {
+            origin: "configuration".to_owned(),
+            problems: vec![p],
+        }
+    }
+}
+
+/// One line per problem, each with the file name, as compilers report errors.
+struct Problems<'a>(&'a String, &'a Vec<Problem>);
+
+impl std::fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.1.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {p}", self.0)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    /// The problems of an `Invalid` error (empty for the other kinds).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> Problem {
+    Problem {
         setting,
         message: message.into(),
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+/// The names `log.level` takes on its own.
+pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Whether `filter` is a log level or a list of tracing directives whose every part
+/// names a level: a bare word that is not a level (`warning`, `inof`) would be read
+/// by tracing as a module name and silence the daemon, so it is refused.
+pub fn log_filter_problem(filter: &str) -> Option<String> {
+    let allowed = || {
+        format!(
+            "{filter:?} is not a log level: use one of {} or directives like \"mta_stsd=debug,warn\"",
+            LOG_LEVELS.join(", ")
+        )
+    };
+    if filter.trim().is_empty() {
+        return Some(allowed());
+    }
+    for directive in filter.split(',') {
+        let directive = directive.trim();
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Some(allowed()),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Some(allowed());
+        }
+    }
+    if tracing_subscriber::EnvFilter::try_new(filter).is_err() {
+        return Some(allowed());
+    }
+    None
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -47,6 +133,27 @@ pub struct Config {
     pub dane: DaneConfig,
     /// Options per socketmap name; `default` applies to names not listed.
     pub zones: BTreeMap<String, ZoneOptions>,
+    /// Where this configuration came from (a file name, or "built-in defaults"), for
+    /// error messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            resolver: ResolverConfig::default(),
+            fetch: FetchConfig::default(),
+            lookup: LookupConfig::default(),
+            cache: CacheConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+            dane: DaneConfig::default(),
+            zones: BTreeMap::new(),
+            origin: "built-in defaults".to_owned(),
+        }
+    }
 }
 
 /// Whether DANE takes precedence over MTA-STS (RFC 8461 §2).
@@ -137,13 +244,33 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResolverConfig {
-    /// `"IP:PORT"` of recursive resolvers; empty means the system's /etc/resolv.conf.
+    /// `"IP:PORT"` (or `"IP"` for port 53) of recursive resolvers; empty means the
+    /// system's /etc/resolv.conf.
+    #[serde(deserialize_with = "nameservers")]
     pub nameservers: Vec<SocketAddr>,
     /// Time for one DNS query attempt.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Attempts per query before it counts as failed.
+    /// Attempts per query in all (the first try included) before it counts as failed.
     pub attempts: usize,
+}
+
+/// `"IP:PORT"`, `"[IPv6]:PORT"`, or a bare IP address meaning port 53, as
+/// resolv.conf writes them.
+fn nameservers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let given: Vec<String> = Vec::deserialize(d)?;
+    given
+        .iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not an IP address or IP:PORT (write \"192.0.2.53\", \"192.0.2.53:53\" or \"[2001:db8::53]:53\")"
+                    ))
+                })
+        })
+        .collect()
 }
 
 impl Default for ResolverConfig {
@@ -295,10 +422,11 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// The cache directory, with the documented fallbacks.
-    pub fn resolved_path(&self) -> PathBuf {
+    /// The cache directory, with the documented fallbacks; `None` when neither the
+    /// setting nor any of the environment variables they read gives one.
+    pub fn resolved_path(&self) -> Option<PathBuf> {
         if let Some(p) = &self.path {
-            return p.clone();
+            return Some(p.clone());
         }
         let env = |k: &str| {
             std::env::var_os(k)
@@ -313,15 +441,12 @@ impl CacheConfig {
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            return PathBuf::from(first).join("cache");
+            return Some(PathBuf::from(first).join("cache"));
         }
         if let Some(xdg) = env("XDG_STATE_HOME") {
-            return xdg.join("mta-stsd");
+            return Some(xdg.join("mta-stsd"));
         }
-        if let Some(home) = env("HOME") {
-            return home.join(".local/state/mta-stsd");
-        }
-        PathBuf::from("mta-stsd-cache")
+        env("HOME").map(|home| home.join(".local/state/mta-stsd"))
     }
 }
 
@@ -344,7 +469,7 @@ impl Default for MetricsConfig {
 }
 
 impl MetricsConfig {
-    pub fn addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+    pub fn addr(&self) -> Result<Option<SocketAddr>, Problem> {
         if self.listen.is_empty() {
             return Ok(None);
         }
@@ -392,6 +517,21 @@ pub enum ListenAddr {
     Unix(PathBuf),
 }
 
+/// Whether two listeners would want the same socket: the same path, or the same
+/// port on the same address or on a wildcard address (port 0 asks the system for a
+/// free port, so it never clashes).
+fn overlaps(a: &ListenAddr, b: &ListenAddr) -> bool {
+    match (a, b) {
+        (ListenAddr::Unix(x), ListenAddr::Unix(y)) => x == y,
+        (ListenAddr::Tcp(x), ListenAddr::Tcp(y)) => {
+            x.port() == y.port()
+                && x.port() != 0
+                && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+        }
+        _ => false,
+    }
+}
+
 impl std::fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -404,10 +544,11 @@ impl std::fmt::Display for ListenAddr {
 impl Config {
     /// Parses TOML text; `origin` names the source in error messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
         })?;
+        config.origin = origin.to_owned();
         config.validate()?;
         Ok(config)
     }
@@ -417,44 +558,113 @@ impl Config {
         match path {
             None => Ok(Config::default()),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    message: crate::io_error_text(&e),
                 })?;
                 Config::from_toml(&text, &path.display().to_string())
             }
         }
     }
 
+    /// The file every command reads: `given`, else [`DEFAULT_PATH`] when it exists,
+    /// else none (built-in defaults).
+    pub fn path_or_default(given: Option<&Path>) -> Option<PathBuf> {
+        given.map(Path::to_owned).or_else(|| {
+            let default = Path::new(DEFAULT_PATH);
+            default.exists().then(|| default.to_owned())
+        })
+    }
+
+    /// Every setting that cannot be used, as one error naming the file.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen_addrs()?;
-        self.socket_mode()?;
-        self.metrics.addr()?;
-        if !self.metrics.path.starts_with('/') {
-            return Err(invalid("metrics.path", "must start with '/'"));
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                origin: self.origin.clone(),
+                problems,
+            })
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid(
-                "log.level",
-                format!("{:?} is not a log level or filter", self.log.level),
+    }
+
+    /// Checks that need nothing beyond the values themselves (no files, no network).
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Err(p) = self.listen_addrs() {
+            out.push(p);
+        }
+        if let Err(p) = self.socket_mode() {
+            out.push(p);
+        }
+        if let Err(p) = self.metrics.addr() {
+            out.push(p);
+        }
+        self.listener_problems(&mut out);
+        if !self.metrics.path.starts_with('/') {
+            out.push(invalid("metrics.path", "must start with '/'"));
+        }
+        if let Some(message) = log_filter_problem(&self.log.level) {
+            out.push(invalid("log.level", message));
+        }
+        if self.cache.resolved_path().is_none() {
+            out.push(invalid(
+                "cache.path",
+                "not set, and none of STATE_DIRECTORY, XDG_STATE_HOME or HOME gives a default: set it (the package uses /var/lib/mta-stsd/cache)",
             ));
         }
+        self.value_problems(&mut out);
+        out
+    }
+
+    /// Listen addresses that cannot all be bound: none at all, the same one twice, or
+    /// the metrics listener on a socketmap address.
+    fn listener_problems(&self, out: &mut Vec<Problem>) {
+        if self.server.listen.is_empty() {
+            out.push(invalid(
+                "server.listen",
+                "is empty: the daemon would answer nobody (the default is [\"127.0.0.1:8461\"])",
+            ));
+        }
+        let Ok(addrs) = self.listen_addrs() else {
+            return;
+        };
+        for (i, a) in addrs.iter().enumerate() {
+            if addrs[..i].iter().any(|b| overlaps(a, b)) {
+                out.push(invalid("server.listen", format!("{a} is listed twice")));
+            }
+        }
+        if let Ok(Some(metrics)) = self.metrics.addr() {
+            let metrics = ListenAddr::Tcp(metrics);
+            if let Some(clash) = addrs.iter().find(|a| overlaps(a, &metrics)) {
+                out.push(invalid(
+                    "metrics.listen",
+                    format!(
+                        "{metrics} is also a socketmap address ({clash}): give it a port of its own"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn value_problems(&self, out: &mut Vec<Problem>) {
         if self.cache.backend == CacheBackend::Redis {
             // Checked here so that a typo stops the start (or the reload) with a clear
             // line, instead of surfacing as "Redis unreachable" forever.
             if let Err(e) = redis::Client::open(self.cache.redis.url.as_str()) {
                 // Not the URL itself: it may hold a password.
-                return Err(invalid("cache.redis.url", e.to_string()));
+                out.push(invalid("cache.redis.url", e.to_string()));
             }
         }
         if self.cache.memory_entries == 0 {
-            return Err(invalid("cache.memory_entries", "must be at least 1"));
+            out.push(invalid("cache.memory_entries", "must be at least 1"));
         }
         if self.server.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be at least 1"));
+            out.push(invalid("server.max_connections", "must be at least 1"));
         }
         if self.server.max_request_size < 64 {
-            return Err(invalid(
+            out.push(invalid(
                 "server.max_request_size",
                 "must be at least 64 bytes",
             ));
@@ -471,43 +681,43 @@ impl Config {
             ("cache.redis.lock_ttl", self.cache.redis.lock_ttl),
         ] {
             if d.is_zero() {
-                return Err(invalid(setting, "must be longer than 0s"));
+                out.push(invalid(setting, "must be longer than 0s"));
             }
         }
         if self.server.idle_timeout <= Duration::from_secs(10) {
-            return Err(invalid(
+            out.push(invalid(
                 "server.idle_timeout",
                 "must be longer than 10s (Postfix keeps an idle socketmap connection for 10s)",
             ));
         }
         if self.lookup.deadline > Duration::from_secs(90) {
-            return Err(invalid(
+            out.push(invalid(
                 "lookup.deadline",
                 "must be at most 90s (Postfix gives up on a lookup after 100s)",
             ));
         }
         if self.cache.retry_after < Duration::from_secs(300) {
-            return Err(invalid(
+            out.push(invalid(
                 "cache.retry_after",
                 "must be at least 5m (RFC 8461 §3.3)",
             ));
         }
         if self.resolver.attempts == 0 {
-            return Err(invalid("resolver.attempts", "must be at least 1"));
+            out.push(invalid("resolver.attempts", "must be at least 1"));
         }
         if self.cache.negative_entries == 0 {
-            return Err(invalid("cache.negative_entries", "must be at least 1"));
+            out.push(invalid("cache.negative_entries", "must be at least 1"));
         }
         if self.cache.refresh_concurrency == 0 {
-            return Err(invalid("cache.refresh_concurrency", "must be at least 1"));
+            out.push(invalid("cache.refresh_concurrency", "must be at least 1"));
         }
         if self.dane.cache_entries == 0 {
-            return Err(invalid("dane.cache_entries", "must be at least 1"));
+            out.push(invalid("dane.cache_entries", "must be at least 1"));
         }
         if self.dane.validation == DaneValidation::Resolver {
             // An AD bit proves something only if nothing could alter it on the way.
             if self.resolver.nameservers.is_empty() {
-                return Err(invalid(
+                out.push(invalid(
                     "dane.validation",
                     "\"resolver\" needs resolver.nameservers to name the local validating resolver (e.g. [\"127.0.0.1:53\"])",
                 ));
@@ -518,7 +728,7 @@ impl Config {
                 .iter()
                 .find(|a| !a.ip().is_loopback())
             {
-                return Err(invalid(
+                out.push(invalid(
                     "dane.validation",
                     format!(
                         "\"resolver\" trusts the AD bit, which proves nothing from {far}: every resolver.nameservers entry must be on loopback"
@@ -526,33 +736,9 @@ impl Config {
                 ));
             }
         }
-        if let Some(anchor) = &self.dane.trust_anchor {
-            let text = std::fs::read_to_string(anchor).map_err(|e| {
-                invalid(
-                    "dane.trust_anchor",
-                    format!("cannot read {}: {e}", anchor.display()),
-                )
-            })?;
-            text.parse::<hickory_resolver::proto::dnssec::TrustAnchors>()
-                .ok()
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| {
-                    invalid(
-                        "dane.trust_anchor",
-                        format!("{} holds no DNSKEY record", anchor.display()),
-                    )
-                })?;
-        }
-        if let Some(ca) = self.fetch.ca_file.as_ref().filter(|ca| !ca.is_file()) {
-            return Err(invalid(
-                "fetch.ca_file",
-                format!("{} is not a readable file", ca.display()),
-            ));
-        }
-        Ok(())
     }
 
-    pub fn listen_addrs(&self) -> Result<Vec<ListenAddr>, ConfigError> {
+    pub fn listen_addrs(&self) -> Result<Vec<ListenAddr>, Problem> {
         self.server
             .listen
             .iter()
@@ -572,7 +758,7 @@ impl Config {
             .collect()
     }
 
-    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+    pub fn socket_mode(&self) -> Result<u32, Problem> {
         u32::from_str_radix(&self.server.socket_mode, 8)
             .ok()
             .filter(|m| *m <= 0o777)
@@ -649,15 +835,80 @@ mod tests {
             ("[fetch]\ntimeout = \"0s\"", "fetch.timeout"),
             ("[lookup]\ndeadline = \"5m\"", "lookup.deadline"),
             ("[cache]\nretry_after = \"1m\"", "cache.retry_after"),
+            ("[server]\nlisten = []", "server.listen"),
             (
-                "[fetch]\nca_file = \"/nonexistent/ca.pem\"",
-                "fetch.ca_file",
+                "[server]\nlisten = [\"127.0.0.1:8461\", \"127.0.0.1:8461\"]",
+                "server.listen",
             ),
+            (
+                "[server]\nlisten = [\"0.0.0.0:8461\"]\n[metrics]\nlisten = \"127.0.0.1:8461\"",
+                "metrics.listen",
+            ),
+            ("[log]\nlevel = \"warning\"", "log.level"),
+            ("[log]\nlevel = \"inof\"", "log.level"),
+            ("[log]\nlevel = \"mta_stsd=loud\"", "log.level"),
         ] {
             let e = Config::from_toml(toml, "x").unwrap_err().to_string();
             assert!(e.contains(setting), "{toml}: {e}");
         }
         assert!(Config::from_toml("[fetch]\ntimeout = \"soon\"", "x").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_the_file_name() {
+        let e = Config::from_toml(
+            "[server]\nlisten = []\n[log]\nlevel = \"warning\"\n[cache]\nretry_after = \"1m\"\n",
+            "/etc/mta-stsd/mta-stsd.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems().len(), 3, "{e}");
+        let text = e.to_string();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        for line in text.lines() {
+            assert!(
+                line.starts_with("/etc/mta-stsd/mta-stsd.toml: invalid setting "),
+                "{line}"
+            );
+        }
+        assert!(
+            text.contains("use one of off, error, warn, info, debug, trace"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn real_levels_and_directives_are_accepted() {
+        for level in [
+            "info",
+            "DEBUG",
+            "warn,mta_stsd=debug",
+            "mta_stsd::dane=trace",
+            "off",
+        ] {
+            let toml = format!("[log]\nlevel = \"{level}\"");
+            assert!(Config::from_toml(&toml, "x").is_ok(), "{level}");
+        }
+    }
+
+    #[test]
+    fn a_nameserver_without_a_port_means_port_53() {
+        let c = Config::from_toml(
+            "[resolver]\nnameservers = [\"8.8.8.8\", \"::1\", \"127.0.0.1:5353\"]",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.resolver.nameservers,
+            vec![
+                "8.8.8.8:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]
+        );
+        let e = Config::from_toml("[resolver]\nnameservers = [\"dns.google\"]", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not an IP address or IP:PORT"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   validating DNSSEC lookups, and the service that remembers verdicts;
 //! - [`cache`]: a domain's cache entry, the cache rules as pure functions, the
 //!   policy service that applies them around discovery, and the persistent store;
+//! - [`setup`]: the one path from a configuration to the settings the daemon runs
+//!   on (start, reload, `query`, `check-config`), reporting every problem at once;
 //! - [`server`]: the socketmap and HTTP (metrics, admin API) listeners, systemd
 //!   integration, the shared state with its reload, and the daemon's assembly and
 //!   shutdown;
@@ -33,3 +35,14 @@ pub mod mtasts;
 pub mod postfix;
 pub mod protocol;
 pub mod server;
+pub mod setup;
+
+/// An I/O error's text without Rust's "(os error N)" suffix, for messages that name
+/// the file or address themselves.
+pub fn io_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}

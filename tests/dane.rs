@@ -13,6 +13,7 @@ use hickory_resolver::proto::dnssec::TrustAnchors;
 use mta_stsd::config::ResolverConfig;
 use mta_stsd::dane::lookup::DaneLookup;
 use mta_stsd::dane::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
+use mta_stsd::dane::service::DaneSettings;
 use mta_stsd_testkit::{DnsFault, RecordType, SigFault, TestDns};
 
 const SHA256: [u8; 32] = [7; 32];
@@ -242,8 +243,20 @@ const POLICY: &str = "version: STSv1\nmode: enforce\nmx: *.dane.test\nmax_age: 8
 /// A daemon on a signed world with `dane` settings; the world's root key is the
 /// trust anchor (written to a file, as an operator would).
 async fn daemon(w: &World, dir: &std::path::Path, dane: &str, zones: &str) -> InProcess {
+    let anchor = w.dns.trust_anchor().expect("signed world");
+    daemon_anchored(w, dir, &anchor, dane, zones).await
+}
+
+/// A daemon whose `dane.trust_anchor` file holds `anchor_text`.
+async fn daemon_anchored(
+    w: &World,
+    dir: &std::path::Path,
+    anchor_text: &str,
+    dane: &str,
+    zones: &str,
+) -> InProcess {
     let anchor = dir.join("root.key");
-    std::fs::write(&anchor, w.dns.trust_anchor().expect("signed world")).unwrap();
+    std::fs::write(&anchor, anchor_text).unwrap();
     let text = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [dane]\ntrust_anchor = \"{}\"\n{dane}\n{zones}\n",
@@ -415,6 +428,112 @@ async fn broken_validation_suspends_dane_instead_of_deferring_everything() {
     );
     let m = metrics(&d).await;
     assert!(m.contains("mta_stsd_dane_enabled 0"), "{m}");
+    assert!(m.contains("mta_stsd_dnssec_validation_failing 1"), "{m}");
+    d.shutdown().await;
+}
+
+/// As Postfix uses the daemon: no test hook runs the self-check first. Behind DNS that
+/// does not validate (here: anchors that do not match the world's root), neither the
+/// first lookup after start nor the first after a reload may be deferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_validation_never_defers_the_first_lookup_after_start_or_reload() {
+    let w = World::start_signed().await;
+    publish_both(&w);
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n[dane]\nmode = \"on\"\n";
+    let mut config = Config::from_toml(text, "t").unwrap();
+    config.cache.path = Some(dir.path().join("cache"));
+    let d = InProcess::start(&w, config.clone(), Arc::new(SystemClock)).await;
+    let secure = "OK secure match=.dane.test servername=hostname";
+    assert_eq!(ask_once(d.tcp, "postfix", "dane.test").await, secure);
+    let m = metrics(&d).await;
+    assert!(m.contains("mta_stsd_dnssec_validation_failing 1"), "{m}");
+    assert!(m.contains("mta_stsd_dane_enabled 0"), "{m}");
+
+    // A reload (SIGHUP) forgets the result and checks again before DANE is used.
+    let dane = DaneSettings::resolve(&config.dane, &common::options(&w).resolver).unwrap();
+    d.state
+        .apply(config, common::discoverer(&w), dane)
+        .expect("reload");
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "sts.test").await,
+        "OK secure match=mx.sts.test servername=hostname"
+    );
+    assert_eq!(ask_once(d.tcp, "postfix", "dane.test").await, secure);
+    d.shutdown().await;
+}
+
+/// The other half: with validation working, the very first lookup already has DANE
+/// (it waits for the self-check rather than skipping DANE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_lookup_after_start_has_dane_when_validation_works() {
+    let w = World::start_signed().await;
+    publish_both(&w);
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&w, dir.path(), "mode = \"on\"", "").await;
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "dane.test").await,
+        "OK dane-only"
+    );
+    d.shutdown().await;
+}
+
+/// `dane.trust_anchor` as IANA publishes the root anchor and Debian ships it
+/// (/usr/share/dns/root.ds): a DS record that selects the root's key by its digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ds_trust_anchor_validates() {
+    let w = World::start_signed().await;
+    publish_both(&w);
+    let dir = tempfile::tempdir().unwrap();
+    let ds = w.dns.trust_anchor_ds().expect("signed world");
+    let d = daemon_anchored(&w, dir.path(), &ds, "mode = \"on\"", "").await;
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "dane.test").await,
+        "OK dane-only"
+    );
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "sts.test").await,
+        "OK secure match=mx.sts.test servername=hostname"
+    );
+    let m = metrics(&d).await;
+    assert!(m.contains("mta_stsd_dnssec_validation_failing 0"), "{m}");
+    d.shutdown().await;
+}
+
+/// DS and DNSKEY records in one file, as unbound's trust-anchor-file allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_anchor_file_with_ds_and_dnskey_validates() {
+    let w = World::start_signed().await;
+    publish_both(&w);
+    let dir = tempfile::tempdir().unwrap();
+    let both = format!(
+        "; the root's anchors\n{}{}",
+        w.dns.trust_anchor_ds().unwrap(),
+        w.dns.trust_anchor().unwrap()
+    );
+    let d = daemon_anchored(&w, dir.path(), &both, "mode = \"on\"", "").await;
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "dane.test").await,
+        "OK dane-only"
+    );
+    d.shutdown().await;
+}
+
+/// A DS record that names no key of the root: validation cannot work, so DANE is
+/// suspended (MTA-STS answers continue), as with any broken validation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ds_anchor_naming_no_root_key_suspends_dane() {
+    let w = World::start_signed().await;
+    publish_both(&w);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong =
+        ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n";
+    let d = daemon_anchored(&w, dir.path(), wrong, "mode = \"on\"", "").await;
+    assert_eq!(
+        ask_once(d.tcp, "postfix", "dane.test").await,
+        "OK secure match=.dane.test servername=hostname"
+    );
+    let m = metrics(&d).await;
     assert!(m.contains("mta_stsd_dnssec_validation_failing 1"), "{m}");
     d.shutdown().await;
 }

@@ -18,8 +18,6 @@ use crate::config::{Config, ListenAddr};
 use crate::doctor::{self, Access, Anchors, Check, Level, Socketmap, User};
 use crate::protocol::codec::NetstringCodec;
 
-/// The packaged configuration, used when no `--config` is given and it exists.
-pub const PACKAGED_CONFIG: &str = "/etc/mta-stsd/mta-stsd.toml";
 /// A next-hop key the daemon answers without any DNS or HTTPS (an address literal has
 /// no domain, so no policy): the probe measures the socketmap path alone.
 const PROBE_KEY: &str = "[192.0.2.1]";
@@ -68,11 +66,7 @@ fn to_text(checks: &[Check]) -> String {
 
 async fn run_checks(args: &DoctorArgs) -> Vec<Check> {
     let mut checks = Vec::new();
-    let path = args.config.clone().or_else(|| {
-        Path::new(PACKAGED_CONFIG)
-            .exists()
-            .then(|| PathBuf::from(PACKAGED_CONFIG))
-    });
+    let path = Config::path_or_default(args.config.as_deref());
     let shown = path
         .as_ref()
         .map(|p| p.display().to_string())
@@ -410,7 +404,14 @@ async fn daemon_checks(
         )),
     }
 
-    checks.push(cache_dir_check(&config.cache.resolved_path()));
+    match config.cache.resolved_path() {
+        Some(dir) => checks.push(cache_dir_check(&dir)),
+        None => checks.push(Check::problem(
+            "mta-stsd.cache_dir",
+            "cache.path is not set and no environment variable gives a default".to_owned(),
+            "set [cache] path = \"/var/lib/mta-stsd/cache\"",
+        )),
+    }
 }
 
 async fn probe(l: &ListenAddr, map: &str) -> Result<String, String> {

@@ -9,7 +9,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
-use crate::dane::service::DaneSettings;
 use crate::mtasts::discovery::Discoverer;
 
 mod cache;
@@ -42,16 +41,19 @@ enum Command {
         /// Print a JSON report instead of text.
         #[arg(long)]
         json: bool,
-        /// Configuration file (default: built-in defaults).
+        /// Configuration file (default: /etc/mta-stsd/mta-stsd.toml if it exists, else
+        /// built-in defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Socketmap name whose [zones.NAME] options to apply.
         #[arg(long, default_value = "postfix")]
         zone: String,
     },
-    /// Run the socketmap daemon (on built-in defaults when no file is given).
+    /// Run the socketmap daemon (on built-in defaults when no file is given and
+    /// /etc/mta-stsd/mta-stsd.toml does not exist).
     Serve {
-        /// Configuration file (default: built-in defaults).
+        /// Configuration file (default: /etc/mta-stsd/mta-stsd.toml if it exists, else
+        /// built-in defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -62,10 +64,12 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
-        /// Admin API base URL (default: from metrics.listen in the config).
+        /// Admin API address, http://IP:PORT or IP:PORT (default: metrics.listen of
+        /// the configuration).
         #[arg(long, global = true)]
         admin: Option<String>,
-        /// Configuration file to read metrics.listen from.
+        /// Configuration file to read metrics.listen from (default:
+        /// /etc/mta-stsd/mta-stsd.toml if it exists).
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
@@ -77,7 +81,9 @@ enum Command {
         /// File with one domain per line, or - for standard input.
         input: Option<PathBuf>,
         /// Take recipient domains of delivered mail from Postfix's log (most
-        /// frequent first), e.g. /var/log/mail.log.
+        /// frequent first): a file such as /var/log/mail.log (rotated .gz ones too),
+        /// or - for standard input (`journalctl -u postfix@- -o cat | mta-stsd warm
+        /// --from-maillog -`).
         #[arg(long, value_name = "PATH")]
         from_maillog: Option<PathBuf>,
         /// Only the first N domains (with --from-maillog: the N most frequent).
@@ -86,10 +92,12 @@ enum Command {
         /// Discoveries at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
-        /// Admin API base URL (default: from metrics.listen in the config).
+        /// Admin API address, http://IP:PORT or IP:PORT (default: metrics.listen of
+        /// the configuration).
         #[arg(long)]
         admin: Option<String>,
-        /// Configuration file to read metrics.listen from.
+        /// Configuration file to read metrics.listen from (default:
+        /// /etc/mta-stsd/mta-stsd.toml if it exists).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -122,17 +130,23 @@ enum Command {
         /// Redis URL, redis://HOST[:PORT][/DB] or unix:///PATH (cache type redis).
         #[arg(long = "from", value_name = "SOURCE")]
         from: import::Source,
-        /// Admin API base URL (default: from metrics.listen in the config).
+        /// Admin API address, http://IP:PORT or IP:PORT (default: metrics.listen of
+        /// the configuration).
         #[arg(long)]
         admin: Option<String>,
-        /// Configuration file to read metrics.listen from.
+        /// Configuration file to read metrics.listen from (default:
+        /// /etc/mta-stsd/mta-stsd.toml if it exists).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Validate a configuration file and exit.
+    /// Validate a configuration exactly as `serve` would (everything but binding
+    /// and serving), report every problem, and exit: 0 valid, 2 not.
     CheckConfig {
-        /// The file to check.
-        file: PathBuf,
+        /// The file to check (default: /etc/mta-stsd/mta-stsd.toml).
+        file: Option<PathBuf>,
+        /// The file to check, as the other commands take it.
+        #[arg(long, short, conflicts_with = "file")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -148,17 +162,38 @@ enum CacheAction {
     Refresh { domain: String },
 }
 
-/// The admin API's base URL: as given, or from `metrics.listen` in the configuration.
+/// The configuration every command reads: `--config`, else the packaged file when it
+/// exists, else the built-in defaults; with the file it came from.
+fn load_config(given: Option<&std::path::Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
+    let path = Config::path_or_default(given);
+    Ok((Config::load(path.as_deref())?, path))
+}
+
+/// The admin API's base URL: as given (`http://IP:PORT`, or `IP:PORT` meaning
+/// that), or from `metrics.listen` in the configuration.
 fn admin_url(given: Option<String>, config: Option<&std::path::Path>) -> anyhow::Result<String> {
-    if let Some(url) = given {
-        return Ok(url);
+    if let Some(given) = given {
+        return admin_url_from(&given);
     }
-    let config = Config::load(config)?;
+    let (config, _) = load_config(config)?;
     let addr = config
         .metrics
         .addr()?
         .context("metrics.listen is off, so there is no admin API to talk to")?;
     Ok(format!("http://{addr}"))
+}
+
+fn admin_url_from(given: &str) -> anyhow::Result<String> {
+    let given = given.trim_end_matches('/');
+    if given.starts_with("http://") {
+        return Ok(given.to_owned());
+    }
+    if given.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(format!("http://{given}"));
+    }
+    anyhow::bail!(
+        "--admin {given:?}: write the admin API's address as IP:PORT or http://IP:PORT (e.g. 127.0.0.1:9461, metrics.listen of the daemon's configuration)"
+    )
 }
 
 /// The HTTP client for the admin API (loopback only, so never through a proxy).
@@ -187,11 +222,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             zone,
         } => {
             logging::init("warn", LogFormat::Auto);
-            let config = Config::load(config.as_deref())?;
+            let (config, _) = load_config(config.as_deref())?;
             let report = current_thread()?.block_on(async {
-                let discoverer = Discoverer::from_config(&config)?;
+                let prepared = crate::setup::prepare(&config)?;
+                let discoverer = Discoverer::new(prepared.discovery)?;
                 let zone = config.zone(&zone);
-                let dane = DaneSettings::resolve(&config.dane, &config.resolver)?;
+                let dane = prepared.dane;
                 let dane_query = query::DaneQuery {
                     enabled: dane.wanted_for(&zone),
                     reason: match zone.dane {
@@ -214,7 +250,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // argument parsing and configuration loading spawn none.
             let passed = unsafe { crate::server::systemd::take_listen_fds() }
                 .context("cannot read the sockets systemd passed")?;
-            let config = Config::load(path.as_deref())?;
+            let (config, path) = load_config(path.as_deref())?;
             let log = logging::init(&config.log.level, config.log.format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -271,11 +307,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let url = admin_url(admin, config.as_deref())?;
             current_thread()?.block_on(import::command(&url, from))
         }
-        Command::CheckConfig { file } => {
-            let config = Config::load(Some(&file))?;
+        Command::CheckConfig { file, config } => {
+            let given = file.or(config);
+            let path = Config::path_or_default(given.as_deref())
+                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH));
+            let config = Config::load(Some(&path))?;
+            current_thread()?.block_on(async { crate::setup::prepare(&config) })?;
             println!(
                 "{}: OK (listen {})",
-                file.display(),
+                path.display(),
                 config.server.listen.join(", ")
             );
             Ok(ExitCode::SUCCESS)

@@ -10,9 +10,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::logging::FilterHandle;
 use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::mtasts::discovery::DiscoveryOptions;
 use crate::server::daemon::{Daemon, Parts};
-use crate::server::state::LogReloader;
+use crate::server::state::{LogReloader, ReloadError};
 use crate::server::systemd::{self, NotifyState};
 
 /// Runs the daemon. `passed` are the sockets systemd passed (taken from the
@@ -31,7 +30,7 @@ pub(super) async fn serve(
         let location = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(%location, message = %message.replace('\n', " "), "panic");
     }));
-    let opts = DiscoveryOptions::from_config(&config)?;
+    let prepared = crate::setup::prepare(&config)?;
     let activated = if passed.is_empty() {
         None
     } else {
@@ -39,8 +38,8 @@ pub(super) async fn serve(
     };
     let log: Option<LogReloader> = log.map(|handle| {
         Box::new(move |level: &str| {
-            let filter =
-                tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            let filter = tracing_subscriber::EnvFilter::try_new(super::logging::filter_for(level))
+                .map_err(|e| e.to_string())?;
             handle.reload(filter).map_err(|e| e.to_string())
         }) as LogReloader
     });
@@ -49,8 +48,10 @@ pub(super) async fn serve(
         config_path: path,
         log,
         store: None,
+        dane: Some(prepared.dane),
     };
-    let daemon = Daemon::build_with(config, opts, Arc::new(SystemClock), parts).await?;
+    let daemon =
+        Daemon::build_with(config, prepared.discovery, Arc::new(SystemClock), parts).await?;
     let state = daemon.state.clone();
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -74,6 +75,11 @@ pub(super) async fn serve(
                     needs_restart = ?report.needs_restart,
                     "configuration reloaded; these settings change only at the next restart"
                 ),
+                Ok(Err(ReloadError::NoFile)) => {
+                    tracing::warn!(
+                        "SIGHUP ignored: running on built-in defaults, no configuration file to reload"
+                    )
+                }
                 Ok(Err(e)) => {
                     tracing::error!(config = %file, error = %e, "new configuration rejected; keeping the old one")
                 }

@@ -4,7 +4,8 @@
 //! the trust anchor (hickory's DNSSEC validator); the DNS servers it asks only have to
 //! pass DNSSEC records through.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 
 use futures::future::join_all;
 use hickory_resolver::TokioResolver;
@@ -14,6 +15,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 
 use super::ad_client::AdClient;
+use super::anchor::{AnchorFile, select_keys};
 use super::rules::{HostFacts, MxFacts, Security, Tlsa, TlsaFacts};
 use crate::config::ResolverConfig;
 use crate::mtasts::discovery::{SetupError, build_resolver};
@@ -34,6 +36,30 @@ pub struct Found {
 enum Backend {
     Internal(Box<TokioResolver>),
     Resolver(AdClient),
+    /// The daemon itself, once the root DNSKEYs that the anchor file's DS records
+    /// name have been fetched (by the self-check, which runs before DANE is used).
+    FromDs(Arc<DsAnchored>),
+}
+
+struct DsAnchored {
+    cfg: ResolverConfig,
+    file: AnchorFile,
+    resolver: RwLock<Option<Box<TokioResolver>>>,
+}
+
+/// The DNS servers `cfg` names, else the system's (resolv.conf), for the DNSKEY
+/// fetch that DS anchors need.
+fn servers_of(cfg: &ResolverConfig) -> Result<Vec<SocketAddr>, String> {
+    if !cfg.nameservers.is_empty() {
+        return Ok(cfg.nameservers.clone());
+    }
+    let (system, _) = hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| format!("cannot read the system's DNS servers: {e}"))?;
+    Ok(system
+        .name_servers()
+        .iter()
+        .map(|ns| SocketAddr::new(ns.ip, ns.connections.first().map_or(53, |c| c.port)))
+        .collect())
 }
 
 /// A validating resolver for DANE lookups.
@@ -109,11 +135,70 @@ impl DaneLookup {
         }
     }
 
+    /// Validation from trust anchors given as DS records (and maybe DNSKEYs): the
+    /// root's keys are fetched and selected by the self-check ([`Self::root_security`]).
+    pub fn from_ds(cfg: &ResolverConfig, file: AnchorFile) -> Self {
+        Self {
+            backend: Backend::FromDs(Arc::new(DsAnchored {
+                cfg: cfg.clone(),
+                file,
+                resolver: RwLock::new(None),
+            })),
+        }
+    }
+
     async fn lookup(&self, name: &str, rtype: RecordType) -> Answer {
         match &self.backend {
             Backend::Internal(resolver) => Self::validate(resolver, name, rtype).await,
             Backend::Resolver(client) => Self::ask_resolver(client, name, rtype).await,
+            Backend::FromDs(ds) => {
+                let resolver = crate::locks::read(&ds.resolver).clone();
+                match resolver {
+                    Some(resolver) => Self::validate(&resolver, name, rtype).await,
+                    None => Answer::Failed,
+                }
+            }
         }
+    }
+
+    /// Fetches the root's DNSKEY RRset and keeps, as trust anchors, the keys that the
+    /// DS records name; then validation works as with DNSKEY anchors.
+    async fn bootstrap(ds: &DsAnchored) -> Result<(), Security> {
+        if crate::locks::read(&ds.resolver).is_some() {
+            return Ok(());
+        }
+        let servers = servers_of(&ds.cfg).map_err(|e| {
+            tracing::warn!(error = %e, "dane.trust_anchor: cannot fetch the root's DNSKEYs");
+            Security::Indeterminate
+        })?;
+        let client = AdClient::new(servers, ds.cfg.timeout, ds.cfg.attempts);
+        let answer = client.query(".", RecordType::DNSKEY).await.map_err(|e| {
+            tracing::warn!(error = %e, "dane.trust_anchor: cannot fetch the root's DNSKEYs");
+            Security::Indeterminate
+        })?;
+        let keys: Vec<_> = answer
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::DNSSEC(hickory_resolver::proto::dnssec::rdata::DNSSECRData::DNSKEY(k)) => {
+                    Some(k.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let Some(anchors) = select_keys(&ds.file, &keys) else {
+            tracing::warn!(
+                keys = keys.len(),
+                "dane.trust_anchor: no DNSKEY of the root matches its DS records"
+            );
+            return Err(Security::Bogus);
+        };
+        let resolver = build_resolver(&ds.cfg, Some(Arc::new(anchors))).map_err(|e| {
+            tracing::warn!(error = %e, "dane.trust_anchor: cannot build the validating resolver");
+            Security::Indeterminate
+        })?;
+        *crate::locks::write(&ds.resolver) = Some(Box::new(resolver));
+        Ok(())
     }
 
     async fn ask_resolver(client: &AdClient, name: &str, rtype: RecordType) -> Answer {
@@ -189,6 +274,11 @@ impl DaneLookup {
     /// Whether the root's DNSKEY RRset validates from the trust anchor: the test that
     /// the DNS servers pass DNSSEC records through and the anchor is right.
     pub async fn root_security(&self) -> Security {
+        if let Backend::FromDs(ds) = &self.backend
+            && let Err(security) = Self::bootstrap(ds).await
+        {
+            return security;
+        }
         match self.lookup(".", RecordType::DNSKEY).await {
             Answer::Records { security, .. } => security,
             Answer::Bogus => Security::Bogus,

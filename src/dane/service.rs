@@ -7,7 +7,9 @@
 //! Behind one that strips them, every signed answer is bogus, and every domain would
 //! be deferred. When the root's DNSKEY RRset does not validate, DANE precedence is
 //! suspended with one ERROR line (MTA-STS answers continue) and checked again a minute
-//! later.
+//! later. The check starts at start and at every reload, and no lookup uses DANE
+//! before it has passed: a lookup that arrives first waits for it (within the lookup
+//! deadline), and "not checked yet" never counts as working.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -84,6 +86,18 @@ pub fn postfix_dns_support_level(config_dir: Option<&Path>) -> Result<String, St
         .map(|level| level.trim().to_owned())
 }
 
+/// Reads and parses `dane.trust_anchor`.
+pub fn read_anchor_file(path: &Path) -> Result<super::anchor::AnchorFile, SetupError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SetupError::Resolver(format!(
+            "dane.trust_anchor: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    super::anchor::parse(&text)
+        .map_err(|e| SetupError::Resolver(format!("dane.trust_anchor {}: {e}", path.display())))
+}
+
 /// What the service needs from the configuration, resolved once per start or reload.
 #[derive(Debug, Clone)]
 pub struct DaneSettings {
@@ -119,15 +133,17 @@ impl DaneSettings {
         };
         let lookup = match dane.validation {
             DaneValidation::Resolver => DaneLookup::trusting_ad(resolver),
-            DaneValidation::Internal => {
-                let anchors = match &dane.trust_anchor {
-                    Some(path) => TrustAnchors::from_file(path).map_err(|e| {
-                        SetupError::Resolver(format!("dane.trust_anchor {}: {e}", path.display()))
-                    })?,
-                    None => TrustAnchors::default(),
-                };
-                DaneLookup::new(resolver, Arc::new(anchors))?
-            }
+            DaneValidation::Internal => match &dane.trust_anchor {
+                None => DaneLookup::new(resolver, Arc::new(TrustAnchors::default()))?,
+                Some(path) => {
+                    let file = read_anchor_file(path)?;
+                    if file.ds.is_empty() {
+                        DaneLookup::new(resolver, Arc::new(file.keys))?
+                    } else {
+                        DaneLookup::from_ds(resolver, file)
+                    }
+                }
+            },
         };
         Ok(Self {
             on,
@@ -149,6 +165,7 @@ impl DaneSettings {
 }
 
 type Flight = Shared<BoxFuture<'static, Arc<Cached>>>;
+type Check = Shared<BoxFuture<'static, ()>>;
 
 const HEALTH_UNKNOWN: u8 = 0;
 const HEALTH_OK: u8 = 1;
@@ -162,6 +179,11 @@ pub struct DaneService {
     inflight: Mutex<HashMap<String, Flight>>,
     health: AtomicU8,
     health_checked_at: AtomicU64,
+    /// Bumped by every reload, so that a check begun under the old settings does not
+    /// decide for the new ones.
+    generation: AtomicU64,
+    /// The self-check under way, shared by the lookups that wait for it.
+    check: Mutex<Option<(u64, Check)>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     /// Where remembered verdicts are saved, so that they survive a restart.
@@ -191,6 +213,8 @@ impl DaneService {
             inflight: Mutex::new(HashMap::new()),
             health: AtomicU8::new(HEALTH_UNKNOWN),
             health_checked_at: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            check: Mutex::new(None),
             clock,
             snapshot: Mutex::new(None),
             dirty: AtomicBool::new(false),
@@ -203,87 +227,132 @@ impl DaneService {
     }
 
     /// Applies new settings (reload); remembered verdicts stay (their facts do not
-    /// depend on the settings), and the self-check runs again.
-    pub fn reconfigure(&self, settings: DaneSettings) {
+    /// depend on the settings), and the self-check runs again before DANE is used.
+    pub fn reconfigure(self: &Arc<Self>, settings: DaneSettings) {
         if let Some(cap) = NonZeroUsize::new(settings.cache_entries) {
             lock(&self.verdicts).resize(cap);
         }
         let (on, reason) = (settings.on, settings.reason.clone());
         *write(&self.settings) = Arc::new(settings);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.health.store(HEALTH_UNKNOWN, Ordering::Release);
         self.update_gauge();
         // Logged once in force, so the line can be taken as the signal that it is.
         tracing::info!(on, reason = %reason, "DANE precedence");
+        if on {
+            drop(self.start_check());
+        }
+    }
+
+    /// Starts the self-check in the background when DANE is on (at start; a reload
+    /// starts its own), so the first lookup finds it done or under way.
+    pub fn start(self: &Arc<Self>) {
+        if self.settings().on {
+            drop(self.start_check());
+        }
     }
 
     fn settings(&self) -> Arc<DaneSettings> {
         read(&self.settings).clone()
     }
 
+    /// Whether the zone or the mode asks for DANE precedence (before the self-check).
+    pub fn wanted_for(&self, zone: &ZoneOptions) -> bool {
+        self.settings().wanted_for(zone)
+    }
+
     /// Whether DANE precedence applies to lookups in `zone` now: wanted by the zone or
-    /// the mode, and DNSSEC validation not found broken by the self-check (which this
-    /// starts when due).
-    pub fn enabled_for(self: &Arc<Self>, zone: &ZoneOptions) -> bool {
+    /// the mode, and DNSSEC validation shown to work by the self-check. Until the
+    /// check has passed it is not used: a lookup waits for the check (at most
+    /// `deadline`) and, if it has not passed by then, is answered without DANE.
+    pub async fn enabled_for(self: &Arc<Self>, zone: &ZoneOptions, deadline: Duration) -> bool {
         if !self.settings().wanted_for(zone) {
             return false;
         }
-        self.check_health();
-        self.health.load(Ordering::Acquire) != HEALTH_BROKEN
+        match self.health.load(Ordering::Acquire) {
+            HEALTH_OK => true,
+            HEALTH_BROKEN => {
+                let since = self
+                    .clock
+                    .now()
+                    .saturating_sub(self.health_checked_at.load(Ordering::Acquire));
+                if since >= RECHECK_AFTER {
+                    // Checked again in the background; this lookup goes on without DANE.
+                    drop(self.start_check());
+                }
+                false
+            }
+            _ => {
+                let check = self.start_check();
+                let _ = tokio::time::timeout(deadline, check).await;
+                self.health.load(Ordering::Acquire) == HEALTH_OK
+            }
+        }
     }
 
     fn update_gauge(&self) {
-        let broken = self.health.load(Ordering::Acquire) == HEALTH_BROKEN;
+        let state = self.health.load(Ordering::Acquire);
         self.metrics
             .dane_enabled
-            .set(i64::from(self.settings().on && !broken));
+            .set(i64::from(self.settings().on && state == HEALTH_OK));
         self.metrics
             .dnssec_validation_failing
-            .set(i64::from(broken));
+            .set(i64::from(state == HEALTH_BROKEN));
     }
 
-    /// Starts the self-check when none has run since start, reload or the pause.
-    fn check_health(self: &Arc<Self>) {
-        let state = self.health.load(Ordering::Acquire);
-        if state == HEALTH_OK {
-            return;
+    /// The self-check under way for the current settings, or a new one.
+    fn start_check(self: &Arc<Self>) -> Check {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut current = lock(&self.check);
+        if let Some((g, check)) = current.as_ref()
+            && *g == generation
+            && check.peek().is_none()
+        {
+            return check.clone();
         }
-        let since = self
-            .clock
-            .now()
-            .saturating_sub(self.health_checked_at.load(Ordering::Acquire));
-        let due = state == HEALTH_UNKNOWN || (state == HEALTH_BROKEN && since >= RECHECK_AFTER);
-        if !due {
-            return;
-        }
-        let lookup = self.settings().lookup.clone();
-        // Claim the check so concurrent lookups do not start more.
+        // Claimed before it runs, so concurrent lookups of a broken setup start no more.
         self.health_checked_at
             .store(self.clock.now(), Ordering::Release);
-        if state == HEALTH_UNKNOWN {
-            self.health.store(HEALTH_OK, Ordering::Release);
-        }
         let this = self.clone();
-        tokio::spawn(async move {
-            this.run_health_check(&lookup).await;
+        let lookup = self.settings().lookup.clone();
+        let task = tokio::spawn(async move {
+            this.run_health_check(&lookup, generation).await;
         });
+        let check: Check = async move {
+            let _ = task.await;
+        }
+        .boxed()
+        .shared();
+        *current = Some((generation, check.clone()));
+        check
     }
 
     /// Runs the self-check now and applies its result (also a test hook).
     pub async fn check_validation_now(&self) -> Security {
         let lookup = self.settings().lookup.clone();
-        self.run_health_check(&lookup).await
+        let generation = self.generation.load(Ordering::Acquire);
+        self.run_health_check(&lookup, generation).await
     }
 
-    async fn run_health_check(&self, lookup: &DaneLookup) -> Security {
+    async fn run_health_check(&self, lookup: &DaneLookup, generation: u64) -> Security {
         let security = lookup.root_security().await;
+        if self.generation.load(Ordering::Acquire) != generation {
+            // A reload came in meanwhile; its own check decides.
+            return security;
+        }
         self.health_checked_at
             .store(self.clock.now(), Ordering::Release);
         if security == Security::Secure {
-            if self.health.swap(HEALTH_OK, Ordering::AcqRel) == HEALTH_BROKEN {
-                tracing::info!("DNSSEC validation works again; DANE precedence resumed");
+            match self.health.swap(HEALTH_OK, Ordering::AcqRel) {
+                HEALTH_BROKEN => {
+                    tracing::info!("DNSSEC validation works again; DANE precedence resumed")
+                }
+                HEALTH_UNKNOWN => {
+                    tracing::info!("DNSSEC validation works; DANE precedence in force")
+                }
+                _ => {}
             }
-        } else {
-            self.health.store(HEALTH_BROKEN, Ordering::Release);
+        } else if self.health.swap(HEALTH_BROKEN, Ordering::AcqRel) != HEALTH_BROKEN {
             tracing::error!(
                 root_dnskey = security.as_str(),
                 "DNSSEC validation does not work (the root's DNSKEY RRset is not secure: do resolver.nameservers pass DNSSEC records through? is dane.trust_anchor right?); DANE precedence suspended, MTA-STS answers continue"

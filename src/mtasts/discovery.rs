@@ -235,7 +235,8 @@ pub fn build_resolver(
     };
     let opts: &mut ResolverOpts = builder.options_mut();
     opts.timeout = cfg.timeout;
-    opts.attempts = cfg.attempts;
+    // hickory counts retries after the first try; `resolver.attempts` counts them all.
+    opts.attempts = cfg.attempts.saturating_sub(1);
     // We always ask fully-qualified names; never append search domains.
     opts.ndots = 0;
     if let Some(anchors) = anchors {

@@ -21,7 +21,7 @@ use crate::cache::shared::SharedCache;
 use crate::cache::store::guard::Reopen;
 use crate::cache::store::{GuardedStore, PolicyStore, SledStore, StoreError, Unavailable};
 use crate::clock::Clock;
-use crate::config::{CacheBackend, Config};
+use crate::config::{CacheBackend, Config, ConfigError};
 use crate::dane::service::{DaneService, DaneSettings};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
@@ -44,6 +44,9 @@ pub struct Parts {
     /// A store to use instead of the sled cache at `cache.path` (it is guarded like
     /// any store: its failures and panics never reach the daemon).
     pub store: Option<Arc<dyn PolicyStore>>,
+    /// DANE settings already resolved (by [`crate::setup::prepare`]); else resolved
+    /// here from the configuration.
+    pub dane: Option<DaneSettings>,
 }
 
 /// Remembered DANE verdicts, saved beside the policies in the cache directory.
@@ -100,11 +103,8 @@ pub enum DaemonError {
     Metrics(String),
     #[error("cannot set up the shared cache: {0}")]
     Shared(#[from] crate::cache::shared::SharedError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: String, message: String },
 }
 
 /// A daemon ready to serve: its shared state and bound listeners.
@@ -135,7 +135,12 @@ impl Daemon {
         parts: Parts,
     ) -> Result<Daemon, DaemonError> {
         config.validate()?;
-        let path = config.cache.resolved_path();
+        let path = config.cache.resolved_path().ok_or_else(|| {
+            crate::config::ConfigError::from(crate::config::Problem {
+                setting: "cache.path",
+                message: "no default location; set it".into(),
+            })
+        })?;
         let metrics = Arc::new(
             crate::metrics::Metrics::new().map_err(|e| DaemonError::Metrics(e.to_string()))?,
         );
@@ -153,11 +158,12 @@ impl Daemon {
                 Arc::new(GuardedStore::new(store, Some(reopen), metrics.clone()))
             }
         };
-        let dane = DaneService::new(
-            DaneSettings::resolve(&config.dane, &opts.resolver)?,
-            clock.clone(),
-            metrics.clone(),
-        );
+        let dane_settings = match parts.dane {
+            Some(settings) => settings,
+            None => DaneSettings::resolve(&config.dane, &opts.resolver)?,
+        };
+        let dane = DaneService::new(dane_settings, clock.clone(), metrics.clone());
+        dane.start();
         let restored = dane.restore(path.join(DANE_VERDICTS_FILE));
         if restored > 0 {
             tracing::info!(verdicts = restored, "DANE verdicts restored");
@@ -170,16 +176,16 @@ impl Daemon {
             service.share_with(SharedCache::new(&config.cache.redis, metrics)?);
             tracing::info!(prefix = %config.cache.redis.prefix, "policies shared with the fleet through Redis");
         }
-        let mode = config.socket_mode()?;
+        let mode = config.socket_mode().map_err(ConfigError::from)?;
         let listeners = match parts.activated {
             Some(l) => l,
             None => {
                 let mut listeners = Vec::new();
-                for addr in config.listen_addrs()? {
+                for addr in config.listen_addrs().map_err(ConfigError::from)? {
                     let l = Listener::bind(&addr, mode).await.map_err(|source| {
                         DaemonError::Listen {
                             addr: addr.to_string(),
-                            source,
+                            message: crate::io_error_text(&source),
                         }
                     })?;
                     listeners.push(l);
@@ -188,15 +194,22 @@ impl Daemon {
             }
         };
         let metrics_listener =
-            match config.metrics.addr()? {
+            match config.metrics.addr().map_err(ConfigError::from)? {
                 Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
                     |source| DaemonError::Listen {
                         addr: addr.to_string(),
-                        source,
+                        message: crate::io_error_text(&source),
                     },
                 )?),
                 None => None,
             };
+        // Bound by now: said before "ready", which is the signal that all of them are.
+        for l in &listeners {
+            tracing::info!(listen = %l.describe(), "listening");
+        }
+        if let Some(addr) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            tracing::info!(listen = %addr, "metrics and admin API listening");
+        }
         tracing::info!(cache = %path.display(), "mta-stsd ready");
         Ok(Daemon {
             state: State::new(service, dane, config, parts.config_path, parts.log),

@@ -286,9 +286,6 @@ async fn handle(
 
 /// Serves metrics and the admin API until `stop` is cancelled.
 pub async fn run(listener: TcpListener, ctx: Arc<State>, stop: CancellationToken) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(listen = %addr, "metrics and admin API listening");
-    }
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,

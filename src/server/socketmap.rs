@@ -95,7 +95,6 @@ pub async fn run(listeners: Vec<Listener>, ctx: Arc<State>, stop: CancellationTo
     let mut accept_tasks = JoinSet::new();
     let mut unix_paths = Vec::new();
     for listener in listeners {
-        tracing::info!(listen = %listener.describe(), "listening");
         if let Listener::Unix(_, p) = &listener {
             unix_paths.push(p.clone());
         }

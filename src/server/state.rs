@@ -20,7 +20,9 @@ use crate::protocol::answer::{Reply, ZoneOptions};
 
 #[derive(Debug, Error)]
 pub enum ReloadError {
-    #[error("running on built-in defaults (no configuration file), nothing to reload")]
+    #[error(
+        "running on built-in defaults (no configuration file): nothing to reload; start with --config FILE to reload it"
+    )]
     NoFile,
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -76,9 +78,10 @@ impl State {
     }
 
     /// Answers one socketmap lookup: the MTA-STS answer, unless DANE takes precedence
-    /// for the domain (RFC 8461 §2). Both run at once; each has its own cache.
+    /// for the domain (RFC 8461 §2). Both run at once, each with its own cache, and
+    /// the DANE side (self-check included) within the one lookup deadline.
     pub async fn answer(&self, key: &str, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
-        if !self.dane.enabled_for(zone) {
+        if !self.dane.wanted_for(zone) {
             return self.service.lookup(key, zone).await;
         }
         let Ok(domain) = normalize_key(key) else {
@@ -86,11 +89,20 @@ impl State {
             return self.service.lookup(key, zone).await;
         };
         let deadline = self.config().lookup.deadline;
-        let (dane, (reply, outcome)) = tokio::join!(
-            self.dane.verdict(&domain, deadline),
-            self.service.lookup_domain(domain.clone(), zone)
-        );
-        (final_reply(&dane.verdict, reply), outcome)
+        let started = tokio::time::Instant::now();
+        let dane = async {
+            if !self.dane.enabled_for(zone, deadline).await {
+                return None;
+            }
+            let left = deadline.saturating_sub(started.elapsed());
+            Some(self.dane.verdict(&domain, left).await)
+        };
+        let (dane, (reply, outcome)) =
+            tokio::join!(dane, self.service.lookup_domain(domain.clone(), zone));
+        match dane {
+            Some(dane) => (final_reply(&dane.verdict, reply), outcome),
+            None => (reply, outcome),
+        }
     }
 
     /// Re-reads the configuration file and applies it; on any error the running
@@ -99,9 +111,9 @@ impl State {
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
         let config = Config::load(Some(path))?;
-        let discoverer = Discoverer::from_config(&config)?;
-        let dane = DaneSettings::resolve(&config.dane, &config.resolver)?;
-        self.apply(config, discoverer, dane)
+        let prepared = crate::setup::prepare(&config)?;
+        let discoverer = Discoverer::new(prepared.discovery)?;
+        self.apply(config, discoverer, prepared.dane)
     }
 
     /// Applies a configuration with its discoverer and DANE settings (tests build

@@ -444,6 +444,21 @@ impl TestDns {
         Some(format!(". 3600 IN DNSKEY {dnskey}\n"))
     }
 
+    /// The root zone's key as a DS record line (zone-file format, SHA-256 digest), as
+    /// IANA publishes the real root's anchor: the digest of the DNSKEY this server
+    /// serves.
+    pub fn trust_anchor_ds(&self) -> Option<String> {
+        let signing = self.state.signing.as_ref()?;
+        let dnskey = DNSKEY::from_key(&signing.key().to_public_key().ok()?);
+        let digest = dnskey
+            .to_digest(&Name::root(), hickory_proto::dnssec::DigestType::SHA256)
+            .ok()?;
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+        let tag = dnskey.calculate_key_tag().ok()?;
+        let algorithm = u8::from(hickory_proto::dnssec::Verifier::algorithm(&dnskey));
+        Some(format!(". 3600 IN DS {tag} {algorithm} 2 {hex}\n"))
+    }
+
     /// The root zone's public key, for validators configured in code.
     pub fn trust_anchor_key(&self) -> Option<hickory_proto::dnssec::PublicKeyBuf> {
         self.state.signing.as_ref()?.key().to_public_key().ok()

@@ -52,6 +52,7 @@ pub struct InProcess {
     pub http: Option<String>,
     pub service: Arc<PolicyService>,
     pub dane: Arc<mta_stsd::dane::service::DaneService>,
+    pub state: Arc<mta_stsd::server::state::State>,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Stopped>,
 }
@@ -66,6 +67,7 @@ impl InProcess {
         let http = daemon.metrics_addr().map(|a| format!("http://{a}"));
         let service = daemon.state.service.clone();
         let dane = daemon.state.dane.clone();
+        let state = daemon.state.clone();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(daemon.run(async {
             let _ = rx.await;
@@ -75,6 +77,7 @@ impl InProcess {
             http,
             service,
             dane,
+            state,
             stop: Some(stop),
             task,
         }
