@@ -65,9 +65,53 @@ kill -TERM "$pid"
 wait "$pid" || fail "daemon did not exit 0 on SIGTERM"
 test -d /var/lib/mta-stsd/cache || fail "no cache written"
 
+echo "== unix socket recipe (contrib/postfix/main.cf.unix): the package's directory, the unit, Postfix's postmap as postfix"
+sock_dir=/var/spool/postfix/mta-stsd
+test -d "$sock_dir" || fail "no $sock_dir (postinst creates it when Postfix is installed)"
+[ "$(stat -c '%U:%G %a' "$sock_dir")" = "_mta-stsd:postfix 2750" ] \
+    || fail "$sock_dir is $(stat -c '%U:%G %a' "$sock_dir"), want _mta-stsd:postfix 2750"
+grep -qx 'ReadWritePaths=-/var/spool/postfix/mta-stsd' "$unit" || fail "the unit may not write $sock_dir"
+unix_conf=$(mktemp)
+cat > "$unix_conf" <<TOML
+[server]
+listen = ["unix:$sock_dir/socketmap"]
+socket_mode = "0660"
+[metrics]
+listen = ""
+[cache]
+path = "/var/lib/mta-stsd/cache-unix"
+[dane]
+mode = "off"
+TOML
+chmod 644 "$unix_conf"
+mta-stsd check-config --config "$unix_conf"
+# As the unit runs it: its user and group, its umask.
+(umask 0027; exec setpriv --reuid=_mta-stsd --regid=_mta-stsd --init-groups \
+    /usr/bin/mta-stsd serve --config "$unix_conf") &
+upid=$!
+for _ in $(seq 1 50); do
+    [ -S "$sock_dir/socketmap" ] && break
+    sleep 0.1
+done
+[ -S "$sock_dir/socketmap" ] || fail "no socket at $sock_dir/socketmap"
+[ "$(stat -c '%G %a' "$sock_dir/socketmap")" = "postfix 660" ] \
+    || fail "socket is $(stat -c '%G %a' "$sock_dir/socketmap"), want group postfix, 660"
+chmod 755 "$confdir"
+set +e
+out=$(setpriv --reuid=postfix --regid=postfix --init-groups \
+    postmap -c "$confdir" -q "[192.0.2.1]" "socketmap:unix:$sock_dir/socketmap:postfix" 2>&1)
+rc=$?
+set -e
+# NOTFOUND: exit 1 and nothing printed; "Permission denied" would be printed.
+[ "$rc" = 1 ] && [ -z "$out" ] || fail "postmap as postfix over the unix socket: rc=$rc '$out'"
+echo "postmap as postfix over $sock_dir/socketmap: NOTFOUND, as expected"
+kill -TERM "$upid"
+wait "$upid" || fail "unix-socket daemon did not exit 0 on SIGTERM"
+
 echo "== dpkg --purge"
 dpkg --purge mta-stsd
 getent passwd _mta-stsd >/dev/null && fail "user left after purge"
 test ! -e /var/lib/mta-stsd || fail "state left after purge"
 test ! -e /etc/mta-stsd/mta-stsd.toml || fail "config left after purge"
+test ! -e /var/spool/postfix/mta-stsd || fail "socket directory left after purge"
 echo "package checks passed"

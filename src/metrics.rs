@@ -87,6 +87,36 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<In
     IntCounterVec::new(Opts::new(name, help), labels)
 }
 
+/// The `class` labels of fetch failures (discovery's `FailureClass`, tested equal there).
+pub const FETCH_FAILURE_CLASSES: [&str; 11] = [
+    "txt",
+    "dns",
+    "private_address",
+    "tls",
+    "connect",
+    "timeout",
+    "http_status",
+    "content_type",
+    "too_large",
+    "parse",
+    "http",
+];
+
+/// The `op` labels of store errors: the local store's operations and the shared
+/// cache's.
+pub const STORE_OPS: [&str; 10] = [
+    "get",
+    "put",
+    "remove",
+    "load",
+    "checkpoint",
+    "redis_get",
+    "redis_put",
+    "redis_remove",
+    "redis_lock",
+    "redis_subscribe",
+];
+
 impl Metrics {
     /// Builds the registry. Fails only if a metric definition is invalid (a bug).
     pub fn new() -> prometheus::Result<Self> {
@@ -252,7 +282,37 @@ impl Metrics {
         for mode in ["enforce", "testing", "none", "negative"] {
             m.cache_entries.with_label_values(&[mode]).set(0);
         }
+        m.zero_known_label_sets();
         Ok(m)
+    }
+
+    /// Counters read 0 from the first scrape for every label set the daemon can
+    /// produce, so that `rate()` and `increase()` in alerts and dashboards work from
+    /// the start instead of seeing nothing until the first failure.
+    fn zero_known_label_sets(&self) {
+        for class in FETCH_FAILURE_CLASSES {
+            self.fetch_failures.with_label_values(&[class]);
+        }
+        for result in ["ok", "error"] {
+            self.fetch_duration.with_label_values(&[result]);
+        }
+        for mode in ["enforce", "testing"] {
+            self.refresh_failures.with_label_values(&[mode]);
+            self.transitions.with_label_values(&[mode, mode, "mx"]);
+        }
+        for from in ["enforce", "testing", "none"] {
+            for to in ["enforce", "testing", "none"] {
+                if from != to {
+                    self.transitions.with_label_values(&[from, to, "mode"]);
+                }
+            }
+        }
+        for op in STORE_OPS {
+            self.store_errors.with_label_values(&[op]);
+        }
+        for rrset in ["mx", "address", "tlsa"] {
+            self.dnssec_bogus.with_label_values(&[rrset]);
+        }
     }
 
     /// Every metric name this daemon exports.
@@ -292,5 +352,34 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("mta_stsd_"), "{line}");
         }
+    }
+
+    #[test]
+    fn a_fresh_scrape_has_every_documented_family() {
+        let text = Metrics::new().unwrap().render();
+        for family in [
+            FETCH_FAILURES_TOTAL,
+            REFRESH_FAILURES_TOTAL,
+            STORE_ERRORS_TOTAL,
+            DNSSEC_BOGUS_TOTAL,
+            POLICY_TRANSITIONS_TOTAL,
+            FETCH_DURATION_SECONDS,
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(family) && !l.starts_with('#')),
+                "{family} absent from a fresh scrape"
+            );
+        }
+        assert!(
+            text.contains("mta_stsd_fetch_failures_total{class=\"tls\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mta_stsd_policy_transitions_total{change=\"mode\",from=\"enforce\",to=\"none\"} 0"
+            ),
+            "{text}"
+        );
     }
 }

@@ -805,3 +805,23 @@ async fn answers_from_the_store_before_the_cache_is_loaded() {
     assert!(store.get("old.example").unwrap().is_none());
     assert!(service.cached("purged.example").is_none());
 }
+
+/// A key that is not UTF-8 (an old client's Latin-1, say) is a whole, well-formed
+/// request: it gets NOTFOUND, and the connection stays open for the next one (a
+/// closed connection would make Postfix defer the delivery).
+#[tokio::test]
+async fn a_key_that_is_not_utf8_gets_notfound_and_keeps_the_connection() {
+    let w = World::start().await;
+    w.publish("example.com", "1", ENFORCE);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&w, dir.path(), "").await;
+    let mut conn = connect_tcp(d.tcp).await;
+    conn.send(&b"postfix b\xe9b\xe9.example"[..]).await.unwrap();
+    let reply = conn.next().await.expect("a reply").expect("a netstring");
+    assert_eq!(&reply[..], b"NOTFOUND ");
+    assert_eq!(
+        ask(&mut conn, "postfix", "example.com").await.as_deref(),
+        Some("OK secure match=mx1.example.com:.example.net servername=hostname")
+    );
+    d.shutdown().await;
+}

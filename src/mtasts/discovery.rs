@@ -565,6 +565,30 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_failure_class_has_a_zeroed_metric_label() {
+        use super::FailureClass::*;
+        for c in [
+            Txt,
+            Dns,
+            PrivateAddress,
+            Tls,
+            Connect,
+            Timeout,
+            HttpStatus,
+            ContentType,
+            TooLarge,
+            Parse,
+            Http,
+        ] {
+            assert!(
+                crate::metrics::FETCH_FAILURE_CLASSES.contains(&c.as_str()),
+                "{}",
+                c.as_str()
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

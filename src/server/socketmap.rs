@@ -21,6 +21,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ListenAddr;
+use crate::protocol::answer::Reply;
 use crate::protocol::codec::{NetstringCodec, parse_request};
 use crate::server::state::State;
 
@@ -310,34 +311,21 @@ async fn serve_conn<S>(
         };
         // Bytes left over belong to a pipelined next request, which begins now.
         request_began = (!buf.is_empty()).then(Instant::now);
-        let request = match parse_request(&payload) {
-            Ok(r) => r,
+        let reply = match parse_request(&payload) {
+            Ok(request) => answer(&ctx, &request).await,
+            // A whole netstring whose key is not UTF-8 (Latin-1 from an old client,
+            // say) names no domain this daemon could have a policy for: answered
+            // NOTFOUND like any key without a policy, and the connection stays open.
+            Err(crate::protocol::codec::CodecError::NotUtf8) => {
+                tracing::debug!("socketmap key is not UTF-8; answering NOTFOUND");
+                Reply::NotFound
+            }
             Err(e) => {
                 metrics.malformed_requests.inc();
                 tracing::warn!(error = %e, "malformed socketmap request; closing the connection");
                 return;
             }
         };
-        let started = Instant::now();
-        metrics.requests_in_flight.inc();
-        // The zone options are read per request, so a reload applies at once.
-        let current = ctx.config();
-        let zone = current.zone(&request.map);
-        let (reply, outcome) = ctx.answer(&request.key, &zone).await;
-        metrics.requests_in_flight.dec();
-        let zone_label = if current.zones.contains_key(&request.map) {
-            request.map.as_str()
-        } else {
-            "default"
-        };
-        metrics
-            .lookups
-            .with_label_values(&[zone_label, reply.kind(), outcome.as_str()])
-            .inc();
-        metrics
-            .lookup_duration
-            .observe(started.elapsed().as_secs_f64());
-        tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind(), "lookup");
         out.clear();
         if let Err(e) = codec.encode(reply.wire().as_bytes(), &mut out) {
             tracing::warn!(error = %e, "cannot send reply");
@@ -351,6 +339,32 @@ async fn serve_conn<S>(
             idle_since = Instant::now();
         }
     }
+}
+
+/// Answers one parsed request and records it in the metrics.
+async fn answer(ctx: &State, request: &crate::protocol::codec::Request) -> Reply {
+    let metrics = ctx.service.metrics();
+    let started = Instant::now();
+    metrics.requests_in_flight.inc();
+    // The zone options are read per request, so a reload applies at once.
+    let current = ctx.config();
+    let zone = current.zone(&request.map);
+    let (reply, outcome) = ctx.answer(&request.key, &zone).await;
+    metrics.requests_in_flight.dec();
+    let zone_label = if current.zones.contains_key(&request.map) {
+        request.map.as_str()
+    } else {
+        "default"
+    };
+    metrics
+        .lookups
+        .with_label_values(&[zone_label, reply.kind(), outcome.as_str()])
+        .inc();
+    metrics
+        .lookup_duration
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind(), "lookup");
+    reply
 }
 
 fn count_closed(metrics: &crate::metrics::Metrics, why: Closed) {
