@@ -102,8 +102,12 @@ out=$(setpriv --reuid=postfix --regid=postfix --init-groups \
     postmap -c "$confdir" -q "[192.0.2.1]" "socketmap:unix:$sock_dir/socketmap:postfix" 2>&1)
 rc=$?
 set -e
-# NOTFOUND: exit 1 and nothing printed; "Permission denied" would be printed.
-[ "$rc" = 1 ] && [ -z "$out" ] || fail "postmap as postfix over the unix socket: rc=$rc '$out'"
+# NOTFOUND: exit 1 with no complaint about the socket ("Permission denied" and the
+# like are printed, with the map's name, when postmap cannot use it).
+[ "$rc" = 1 ] || fail "postmap as postfix over the unix socket: rc=$rc '$out'"
+if printf '%s' "$out" | grep -Eqi 'denied|socketmap|fatal|error'; then
+    fail "postmap as postfix over the unix socket: '$out'"
+fi
 echo "postmap as postfix over $sock_dir/socketmap: NOTFOUND, as expected"
 kill -TERM "$upid"
 wait "$upid" || fail "unix-socket daemon did not exit 0 on SIGTERM"
