@@ -186,10 +186,52 @@ async fn servfail_and_timeout_are_lookup_failures_not_no_policy() {
     assert_eq!(r.outcome, Outcome::Error);
     w.dns
         .set_fault("_mta-sts.broken.example", Some(DnsFault::Drop));
+    match d.lookup_txt("broken.example").await {
+        TxtLookup::Failed { reason } => {
+            assert!(reason.ends_with("request timed out"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `resolver.attempts` counts every try (not retries after the first), and a server
+/// that refuses is reported as refusing, not as a timeout.
+#[tokio::test]
+async fn attempts_count_every_try_and_a_refusing_server_is_named() {
+    let w = World::start().await;
+    w.publish("broken.example", "1", ENFORCE);
+    w.dns
+        .set_fault("_mta-sts.broken.example", Some(DnsFault::Drop));
+    let mut opts = options(&w);
+    opts.resolver.attempts = 2;
+    opts.resolver.timeout = Duration::from_secs(1);
+    let silent = Discoverer::new(opts.clone()).expect("discoverer");
+    let started = std::time::Instant::now();
     assert!(matches!(
-        d.lookup_txt("broken.example").await,
+        silent.lookup_txt("broken.example").await,
         TxtLookup::Failed { .. }
     ));
+    // Two tries of one second; three (the old "retries" meaning) would take 3 s.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(2900),
+        "{took:?}"
+    );
+
+    let closed = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr")
+    };
+    opts.resolver.nameservers = vec![closed];
+    opts.resolver.attempts = 1;
+    let refused = Discoverer::new(opts).expect("discoverer");
+    match refused.lookup_txt("example.com").await {
+        TxtLookup::Failed { reason } => assert!(
+            reason.ends_with(&format!("connection refused by {closed}")),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

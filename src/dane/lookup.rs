@@ -4,7 +4,6 @@
 //! the trust anchor (hickory's DNSSEC validator); the DNS servers it asks only have to
 //! pass DNSSEC records through.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use futures::future::join_all;
@@ -45,21 +44,6 @@ struct DsAnchored {
     cfg: ResolverConfig,
     file: AnchorFile,
     resolver: RwLock<Option<Box<TokioResolver>>>,
-}
-
-/// The DNS servers `cfg` names, else the system's (resolv.conf), for the DNSKEY
-/// fetch that DS anchors need.
-fn servers_of(cfg: &ResolverConfig) -> Result<Vec<SocketAddr>, String> {
-    if !cfg.nameservers.is_empty() {
-        return Ok(cfg.nameservers.clone());
-    }
-    let (system, _) = hickory_resolver::system_conf::read_system_conf()
-        .map_err(|e| format!("cannot read the system's DNS servers: {e}"))?;
-    Ok(system
-        .name_servers()
-        .iter()
-        .map(|ns| SocketAddr::new(ns.ip, ns.connections.first().map_or(53, |c| c.port)))
-        .collect())
 }
 
 /// A validating resolver for DANE lookups.
@@ -167,7 +151,7 @@ impl DaneLookup {
         if crate::locks::read(&ds.resolver).is_some() {
             return Ok(());
         }
-        let servers = servers_of(&ds.cfg).map_err(|e| {
+        let servers = crate::mtasts::dns_reach::servers_of(&ds.cfg).map_err(|e| {
             tracing::warn!(error = %e, "dane.trust_anchor: cannot fetch the root's DNSKEYs");
             Security::Indeterminate
         })?;

@@ -13,6 +13,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolverConfig as HickoryConfig, ResolverOpts,
 };
+use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rustls::pki_types::CertificateDer;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{Config, FetchConfig, ResolverConfig};
+use crate::mtasts::dns_reach;
 use crate::mtasts::policy::Policy;
 use crate::mtasts::policy::{PolicyError, StsRecord, parse_policy, select_sts_record};
 
@@ -202,6 +204,8 @@ pub struct Discoverer {
     http: reqwest::Client,
     https_port: Option<u16>,
     fetch_timeout: Duration,
+    /// The DNS servers the resolver asks, to tell a refusal from a timeout.
+    nameservers: Vec<std::net::SocketAddr>,
 }
 
 impl fmt::Debug for Discoverer {
@@ -276,6 +280,7 @@ impl Discoverer {
             http,
             https_port: opts.https_port,
             fetch_timeout: opts.fetch.timeout,
+            nameservers: dns_reach::servers_of(&opts.resolver).unwrap_or_default(),
         })
     }
 
@@ -310,6 +315,13 @@ impl Discoverer {
             Err(e) if e.is_no_records_found() => TxtLookup::NoPolicy {
                 reason: format!("{name} has no TXT record"),
             },
+            Err(NetError::Timeout) => {
+                let refusing = dns_reach::refusing(&self.nameservers, dns_reach::PROBE_WAIT).await;
+                let text = dns_reach::timeout_text(&self.nameservers, &refusing);
+                TxtLookup::Failed {
+                    reason: format!("TXT lookup of {name} failed: {text}"),
+                }
+            }
             Err(e) => TxtLookup::Failed {
                 reason: format!("TXT lookup of {name} failed: {e}"),
             },
