@@ -1062,6 +1062,14 @@ fn main() {
     if let Some(parent) = opts.report.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
+    // The report is one current document; what earlier runs measured (before/after
+    // figures of past changes) is kept, by hand, under its History heading at the end.
+    if let Ok(old) = std::fs::read_to_string(&opts.report)
+        && let Some(at) = old.find(HISTORY_HEADING)
+    {
+        report.push('\n');
+        report.push_str(&old[at..]);
+    }
     std::fs::write(&opts.report, &report).expect("write report");
     let svg = opts.report.with_file_name("throughput.svg");
     std::fs::write(&svg, plot(&results, &levels)).expect("write plot");
@@ -1087,6 +1095,9 @@ fn main() {
         }
     }
 }
+
+/// Where the hand-kept history of the report starts; a run keeps it (and what follows).
+const HISTORY_HEADING: &str = "## History";
 
 /// A policy service in this process, with its store at `path`, discovering from the
 /// benchmark's world (DNS on 127.0.0.1:53, policies signed by `ca`).

@@ -542,15 +542,31 @@ impl std::fmt::Display for ListenAddr {
 }
 
 impl Config {
-    /// Parses TOML text; `origin` names the source in error messages.
+    /// Parses TOML text and validates it; `origin` names the source in error messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config = Self::parse_toml(text, origin)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without the semantic checks, for callers that run them with
+    /// the file checks in [`crate::setup::prepare`] to report every problem at once.
+    pub fn parse_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
         config.origin = origin.to_owned();
-        config.validate()?;
         Ok(config)
+    }
+
+    /// Reads and parses a file without the semantic checks (see [`Self::parse_toml`]).
+    pub fn read_unchecked(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            message: crate::io_error_text(&e),
+        })?;
+        Config::parse_toml(&text, &path.display().to_string())
     }
 
     /// Reads a file, or returns the built-in defaults when `path` is `None`.
@@ -558,11 +574,9 @@ impl Config {
         match path {
             None => Ok(Config::default()),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-                    path: path.to_owned(),
-                    message: crate::io_error_text(&e),
-                })?;
-                Config::from_toml(&text, &path.display().to_string())
+                let config = Config::read_unchecked(path)?;
+                config.validate()?;
+                Ok(config)
             }
         }
     }

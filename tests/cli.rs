@@ -135,3 +135,57 @@ fn check_config_accepts_the_example_and_rejects_typos() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timout"));
 }
+
+/// `check-config` runs the checks `serve` runs, settings and files alike, and reports
+/// every problem at once, each line naming the file; `--config F` works as for the
+/// other commands.
+#[test]
+fn check_config_reports_every_problem_serve_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty_ca = dir.path().join("empty.pem");
+    std::fs::write(&empty_ca, "").unwrap();
+    let bad = write_config(
+        &dir,
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:8461\", \"127.0.0.1:8461\"]\n\
+             [metrics]\nlisten = \"127.0.0.1:8461\"\n\
+             [log]\nlevel = \"warning\"\n\
+             [fetch]\nca_file = {empty_ca:?}\n"
+        ),
+    );
+    for args in [
+        vec!["check-config".into(), bad.display().to_string()],
+        vec![
+            "check-config".into(),
+            "--config".into(),
+            bad.display().to_string(),
+        ],
+    ] {
+        let out = bin().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for setting in [
+            "server.listen",
+            "metrics.listen",
+            "log.level",
+            "fetch.ca_file",
+        ] {
+            assert!(
+                err.contains(&format!("invalid setting {setting}:")),
+                "{setting}: {err}"
+            );
+        }
+        let name = bad.display().to_string();
+        assert!(
+            err.lines().all(|l| l.contains(&name)),
+            "every line names the file: {err}"
+        );
+        // And `serve` refuses the same file.
+        let serve = bin()
+            .args(["serve", "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert!(!serve.status.success());
+    }
+}

@@ -493,6 +493,85 @@ async fn warm_from_the_mail_log_fills_the_cache() {
     // The first lookup after warming is a hit: no second fetch.
     assert_eq!(ask_once(d.tcp, "postfix", "a.example").await, SECURE);
     assert_eq!(w.https.hits("a.example"), 1);
+
+    let admin = d.http.clone().unwrap();
+    // A rotated, gzip-compressed log.
+    let gz = dir.path().join("mail.log.2.gz");
+    {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::default(),
+        );
+        enc.write_all(line(60, "u@a.example", "sent").as_bytes())
+            .unwrap();
+        enc.finish().unwrap();
+    }
+    let (code, out, err) = cli_async(vec![
+        "warm".into(),
+        "--from-maillog".into(),
+        gz.display().to_string(),
+        "--admin".into(),
+        admin.clone(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("1 domains: 1 enforce"), "{out}");
+
+    // The journal piped in (`journalctl -t postfix/smtp | mta-stsd warm --from-maillog -`).
+    let piped = line(61, "u@b.example", "sent");
+    let (code, out, err) =
+        cli_with_stdin(&["warm", "--from-maillog", "-", "--admin", &admin], &piped).await;
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("1 domains: 1 testing"), "{out}");
+
+    // A log with no delivered mail says so, rather than "give a FILE".
+    let (code, _, err) = cli_with_stdin(
+        &["warm", "--from-maillog", "-", "--admin", &admin],
+        &line(62, "u@deferred.example", "deferred"),
+    )
+    .await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("standard input: no mail delivered"), "{err}");
+    assert!(!err.contains("give a FILE"), "{err}");
+
+    // Every domain failed: not a success.
+    let (code, out, err) =
+        cli_with_stdin(&["warm", "-", "--admin", &admin], "fail.example\n").await;
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        out.contains("1 domains: nothing discovered; 1 failed"),
+        "{out}"
+    );
+}
+
+async fn cli_with_stdin(args: &[&str], input: &str) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let input = input.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 /// A cache file in postfix-mta-sts-resolver's sqlite format (its schema, its JSON).
@@ -556,7 +635,12 @@ async fn import_from_the_python_resolvers_sqlite_cache() {
         ),
         "{out}"
     );
-    assert!(out.contains("lax.example: not imported"), "{out}");
+    // The daemon's reason, not the admin API's JSON.
+    assert!(
+        out.contains("lax.example: not imported: invalid policy:"),
+        "{out}"
+    );
+    assert!(!out.contains("{\"error\""), "{out}");
 
     // Answered from the cache, with the original id and fetch time, and no network:
     // nothing is published in this world.
@@ -580,5 +664,17 @@ async fn import_from_the_python_resolvers_sqlite_cache() {
         err.contains("postfix-mta-sts-resolver") || err.contains("not a database"),
         "{err}"
     );
+    // A directory instead of the file, and a file that is not there.
+    let (code, _, err) = run(dir.path()).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is a directory: give"), "{err}");
+    assert!(!err.contains("Error code"), "{err}");
+    let (code, _, err) = run(&dir.path().join("missing.db")).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("missing.db: No such file or directory"),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "{err}");
     d.shutdown().await;
 }

@@ -40,10 +40,7 @@ pub(super) async fn command(
         println!("{body}");
     }
     if !status.is_success() {
-        let msg = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(body);
+        let msg = super::admin_error_text(&body);
         if !json {
             eprintln!(
                 "mta-stsd: {}: {msg}",

@@ -95,6 +95,20 @@ pub fn policy_text(body: &str) -> Result<String, String> {
 
 /// Reads every row of postfix-mta-sts-resolver's sqlite cache (read-only).
 pub fn read_sqlite(path: &Path) -> anyhow::Result<Vec<Row>> {
+    // sqlite's own words for these ("disk I/O error: Error code 266") do not say what
+    // is wrong with the path.
+    match std::fs::metadata(path) {
+        Err(e) => anyhow::bail!(
+            "cannot open {}: {}",
+            path.display(),
+            crate::io_error_text(&e)
+        ),
+        Ok(m) if m.is_dir() => anyhow::bail!(
+            "{} is a directory: give postfix-mta-sts-resolver's cache file (the `filename` of its sqlite cache, e.g. sqlite:/var/lib/mta-sts/cache.db)",
+            path.display()
+        ),
+        Ok(_) => {}
+    }
     let db = rusqlite::Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -287,7 +301,9 @@ pub async fn command(url: &str, source: Source) -> anyhow::Result<ExitCode> {
             }
             Ok(r) if r.status().is_client_error() => {
                 let text = r.text().await.unwrap_or_default();
-                summary.invalid.push((domain, text.trim().to_owned()));
+                summary
+                    .invalid
+                    .push((domain, super::admin_error_text(&text)));
             }
             Ok(r) => summary.failed.push((domain, r.status().to_string())),
             Err(e) => summary.failed.push((domain, e.to_string())),

@@ -76,14 +76,15 @@ enum Command {
     /// Discover domains now through the running daemon (admin API), so that the first
     /// mail to each is already protected (closes the trust-on-first-use gap).
     ///
-    /// Exit status: 0 done, 1 the admin API failed for some domains, 2 bad usage.
+    /// Exit status: 0 done, 1 the admin API failed for some domains or no domain's
+    /// discovery succeeded, 2 bad usage.
     Warm {
         /// File with one domain per line, or - for standard input.
         input: Option<PathBuf>,
         /// Take recipient domains of delivered mail from Postfix's log (most
         /// frequent first): a file such as /var/log/mail.log (rotated .gz ones too),
-        /// or - for standard input (`journalctl -u postfix@- -o cat | mta-stsd warm
-        /// --from-maillog -`).
+        /// or - for standard input (`journalctl -t postfix/smtp --since -30d |
+        /// mta-stsd warm --from-maillog -`).
         #[arg(long, value_name = "PATH")]
         from_maillog: Option<PathBuf>,
         /// Only the first N domains (with --from-maillog: the N most frequent).
@@ -194,6 +195,14 @@ fn admin_url_from(given: &str) -> anyhow::Result<String> {
     anyhow::bail!(
         "--admin {given:?}: write the admin API's address as IP:PORT or http://IP:PORT (e.g. 127.0.0.1:9461, metrics.listen of the daemon's configuration)"
     )
+}
+
+/// The message of an admin API error reply (`{"error": "..."}`), else the body as is.
+fn admin_error_text(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned())
 }
 
 /// The HTTP client for the admin API (loopback only, so never through a proxy).
@@ -311,7 +320,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let given = file.or(config);
             let path = Config::path_or_default(given.as_deref())
                 .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH));
-            let config = Config::load(Some(&path))?;
+            // The semantic checks run inside `prepare`, with the file checks, so that
+            // every problem is reported at once.
+            let config = Config::read_unchecked(&path)?;
             current_thread()?.block_on(async { crate::setup::prepare(&config) })?;
             println!(
                 "{}: OK (listen {})",

@@ -7,7 +7,8 @@
 //! (recipient domains of delivered mail, most frequent first).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -95,6 +96,11 @@ impl Summary {
         }
     }
 
+    /// Whether every domain failed: the admin API, or discovery itself.
+    pub fn none_succeeded(&self) -> bool {
+        self.states.is_empty()
+    }
+
     /// One line: `12 domains: 5 enforce, 1 testing, 4 no policy; 2 failed (tls 1, dns 1)`.
     pub fn line(&self, total: usize) -> String {
         let mut parts: Vec<String> = self
@@ -135,21 +141,18 @@ pub(super) struct WarmArgs {
 pub(super) async fn command(base: &str, args: WarmArgs) -> anyhow::Result<ExitCode> {
     let mut domains = Vec::new();
     if let Some(path) = &args.from_maillog {
-        let text =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        domains.extend(
-            domains_from_maillog(&String::from_utf8_lossy(&text))
-                .into_iter()
-                .map(|(d, _)| d),
-        );
+        let text = read_input(path)?;
+        let found = domains_from_maillog(&text);
+        if found.is_empty() {
+            eprintln!(
+                "mta-stsd: {}: no mail delivered by Postfix's smtp client in it (no \"postfix/smtp[...]: ... to=<...>, ... status=sent\" lines)",
+                shown(path)
+            );
+        }
+        domains.extend(found.into_iter().map(|(d, _)| d));
     }
     if let Some(path) = &args.input {
-        let text = if path.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
-        } else {
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?
-        };
+        let text = read_input(path)?;
         let (list, invalid) = domains_from_list(&text);
         for bad in &invalid {
             eprintln!("mta-stsd: skipping {bad:?}: not a domain");
@@ -164,7 +167,12 @@ pub(super) async fn command(base: &str, args: WarmArgs) -> anyhow::Result<ExitCo
         domains.truncate(top);
     }
     if domains.is_empty() {
-        anyhow::bail!("no domains to warm (give a FILE, - for standard input, or --from-maillog)");
+        if args.input.is_none() && args.from_maillog.is_none() {
+            anyhow::bail!(
+                "no domains to warm (give a FILE, - for standard input, or --from-maillog)"
+            );
+        }
+        anyhow::bail!("no domains to warm");
     }
 
     let client = super::admin_client()?;
@@ -211,11 +219,45 @@ pub(super) async fn command(base: &str, args: WarmArgs) -> anyhow::Result<ExitCo
         bar.finish_and_clear();
     }
     println!("{}", summary.line(total));
-    Ok(if summary.unreachable > 0 {
+    Ok(if summary.unreachable > 0 || summary.none_succeeded() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// How a path given on the command line is named in messages.
+fn shown(path: &Path) -> String {
+    if path.as_os_str() == "-" {
+        "standard input".to_owned()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// The text of a file, or of standard input for `-`; gzip-compressed input (a rotated
+/// `mail.log.2.gz`, or one piped in) is recognised by its magic bytes and unpacked.
+/// Invalid UTF-8 is replaced rather than refused: log lines carry arbitrary bytes.
+pub fn read_input(path: &Path) -> anyhow::Result<String> {
+    let raw = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read standard input")?;
+        buf
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .with_context(|| format!("{}: not a valid gzip file", shown(path)))?;
+        out
+    } else {
+        raw
+    };
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 async fn refresh(client: &reqwest::Client, base: &str, domain: &str) -> Result<EntryView, String> {

@@ -110,7 +110,8 @@ impl State {
     /// `[dane] mode = "auto"`.
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
-        let config = Config::load(Some(path))?;
+        // `prepare` runs the semantic checks with the file checks.
+        let config = Config::read_unchecked(path)?;
         let prepared = crate::setup::prepare(&config)?;
         let discoverer = Discoverer::new(prepared.discovery)?;
         self.apply(config, discoverer, prepared.dane)
