@@ -3,8 +3,9 @@
 //!
 //! The modules, from the bottom up (each imports only from those above it in this
 //! list, never from those below):
-//! - [`clock`], [`config`], [`metrics`], [`postfix`]: wall-clock time, the TOML
-//!   configuration, the Prometheus registry, and Postfix's own `postconf`;
+//! - [`clock`], [`config`], [`metrics`], [`postfix`], [`flight`]: wall-clock time, the
+//!   TOML configuration, the Prometheus registry, Postfix's own `postconf`, and
+//!   single-flight (one task per key, shared by its waiters);
 //! - [`protocol`]: the socketmap netstring codec and request parser, and the one
 //!   renderer of replies (pure, no I/O);
 //! - [`mtasts`]: next-hop key normalisation, the TXT record and policy file parsers
@@ -18,17 +19,20 @@
 //! - [`server`]: the socketmap and HTTP (metrics, admin API) listeners, systemd
 //!   integration, the shared state with its reload, and the daemon's assembly and
 //!   shutdown;
+//! - [`admin`]: the admin API's contract (routes, JSON shapes) and its typed client;
 //! - [`doctor`]: the verdicts of `mta-stsd doctor` on a Postfix + mta-stsd setup
 //!   (pure functions of the facts the command gathers);
 //! - [`cli`]: the command-line operations (`serve`, `query`, `cache`, ...), the
 //!   binary's edge.
 
+pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dane;
 pub mod doctor;
+pub mod flight;
 mod locks;
 pub mod metrics;
 pub mod mtasts;

@@ -9,7 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use mta_stsd::cache::rules::{Rules, is_due, on_lookup, refresh_due_at};
 use mta_stsd::cache::entry::Outline;
-use mta_stsd::cache::store::sled::{decode_entry, decode_outline, encode_entry};
+use mta_stsd::cache::store::format::{decode_entry, decode_outline, encode_entry};
 use mta_stsd::config::CacheConfig;
 use mta_stsd::protocol::answer::{ZoneOptions, render};
 

@@ -1,48 +1,47 @@
 //! The policy service: answers lookups from the cache, discovers on a miss, and keeps
-//! cached policies fresh. What to do is decided by [`super::rules`]; this module
-//! performs the DNS and HTTPS work, applies the decisions to memory and the store, and
-//! logs and counts what happened.
+//! cached policies fresh. What to do is decided by [`super::rules`]; this module runs
+//! the DNS and HTTPS work and applies the decisions, with one component per concern:
 //!
-//! - A lookup of a domain with a valid policy is answered from memory with no I/O.
-//! - A miss runs discovery, shared by all concurrent lookups of the domain
-//!   (single-flight) and bounded by `lookup.deadline`; past the deadline the lookup
-//!   answers `NOTFOUND ` and discovery finishes into the cache.
-//! - The refresher re-fetches policies before they expire.
+//! - [`super::hot`]: what memory holds (the hot set of policies, the bounded negatives);
+//! - [`super::durability`]: group commit of new policies, checkpoints, loss detection;
+//! - [`super::survey`]: walks of the store (gauges, pruning, what is due);
+//! - [`super::refresher`]: refreshing policies before they expire;
+//! - [`super::fleet`]: the steps shared with other daemons through Redis;
+//! - [`super::events`]: log lines and metrics.
 //!
-//! The store is the source of truth for policies; memory holds two bounded sets.
-//! Domains with a policy that lookups used recently live in `entries`, at most
-//! `cache.memory_entries` of them: one dropped from memory is read back from the store
-//! on its next lookup, so memory does not grow with the number of cached policies. The
-//! refresher, the gauges and the checkpoint walk the store, not memory. Domains
-//! without a policy ("no policy", or a failure back-off) live only in memory, in a
-//! least-recently-used set of `cache.negative_entries`: anyone who can make the server
-//! send mail to random domains can create them, so they are bounded, cost no disk
-//! writes, need no pruning (an expired one is simply a miss), and can never push a
-//! policy out.
+//! A lookup of a domain with a valid policy is answered from memory with no I/O. A miss
+//! runs discovery, shared by all concurrent lookups of the domain (single-flight) and
+//! bounded by `lookup.deadline`; past the deadline the lookup answers `NOTFOUND ` and
+//! discovery finishes into the cache. The store is the source of truth for policies.
+//!
+//! Lock order: the single-flight lock (held by [`PolicyService::remove_where`]) may be
+//! held while the hot set's locks and the checkpoint lock are taken, never the
+//! reverse; no other lock is held while another is taken.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
-use lru::LruCache;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::entry::{Entry, Outline};
-use super::rules::{self, Decision, LookupRule, Outcome, Rules, Step, Transition, Trigger};
+use super::durability::{Durability, lost_policies};
+use super::entry::Entry;
+use super::events;
+use super::fleet;
+use super::hot::{Found, HotSet};
+use super::rules::{self, LookupRule, Outcome, Rules, Step, Trigger};
 use super::shared::{self, SharedCache};
 use super::store::PolicyStore;
+use super::survey::{Census, release_freed_memory, survey};
 use crate::clock::Clock;
 use crate::config::{CacheConfig, LookupConfig};
-use crate::locks::{lock, read, write};
+use crate::flight::{Flight, SingleFlight};
+use crate::locks::{read, write};
 use crate::metrics::Metrics;
-use crate::mtasts::discovery::{Discoverer, TxtLookup};
+use crate::mtasts::discovery::Discoverer;
 use crate::mtasts::domain::normalize_key;
-use crate::mtasts::policy::Mode;
-use crate::protocol::answer::{Reply, ReplyMemo, ZoneOptions, render};
+use crate::protocol::answer::{Reply, ZoneOptions};
 
 /// How a lookup was served (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,80 +70,6 @@ impl CacheOutcome {
     }
 }
 
-type Flight = Shared<BoxFuture<'static, ()>>;
-
-/// A cache entry in memory, with its rendered replies memoized per zone options.
-#[derive(Debug)]
-struct Slot {
-    entry: Entry,
-    replies: ReplyMemo,
-    /// Used since the last eviction sweep (second chance: see
-    /// [`PolicyService::evict`]).
-    used: AtomicBool,
-}
-
-impl Slot {
-    fn new(entry: Entry) -> Arc<Self> {
-        Arc::new(Slot {
-            entry,
-            replies: ReplyMemo::default(),
-            used: AtomicBool::new(true),
-        })
-    }
-
-    fn touch(&self) {
-        // Read first: hits on a hot slot then share its cache line instead of
-        // writing it from every core.
-        if !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Policies a walk of the store counted, and the removal count they are valid for.
-#[derive(Debug, Clone, Copy)]
-struct Walk {
-    policies: u64,
-    removals: u64,
-}
-
-/// What one walk of the store found: the counts behind the gauges and the
-/// checkpoint, and the domains the refresher has work for.
-#[derive(Debug, Default)]
-struct Survey {
-    /// Stored policies (valid or not yet pruned).
-    policies: u64,
-    /// Valid policies by mode: enforce, testing, none.
-    modes: [i64; 3],
-    oldest: u64,
-    expiring: i64,
-    failing: i64,
-    /// Entries that no longer say anything (pruned), and whether each held a policy.
-    dead: Vec<(String, bool)>,
-    /// Policies due for a refresh.
-    due: Vec<String>,
-    /// "No policy" entries stored by an older version: moved to memory.
-    negatives: Vec<(String, Entry)>,
-    /// The walk ended early (a damaged store).
-    incomplete: Option<String>,
-}
-
-/// What memory holds for a domain: a policy entry with its memoized replies, or a
-/// negative entry (kept lean: there are many, and they render no reply).
-enum Found {
-    Policy(Arc<Slot>),
-    Negative(Arc<Entry>),
-}
-
-impl Found {
-    fn entry(&self) -> &Entry {
-        match self {
-            Found::Policy(slot) => &slot.entry,
-            Found::Negative(entry) => entry,
-        }
-    }
-}
-
 /// Settings the service reads on every operation; replaced as a whole on reload.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
@@ -169,47 +94,24 @@ pub struct PolicyService {
     store: Arc<dyn PolicyStore>,
     clock: Arc<dyn Clock>,
     settings: RwLock<Arc<ServiceSettings>>,
-    /// Domains with a policy that lookups used recently (at most
-    /// `cache.memory_entries`); every one is also in the store.
-    entries: RwLock<HashMap<String, Arc<Slot>>>,
-    /// Domains without a policy, memory only, bounded.
-    negatives: Mutex<LruCache<String, Arc<Entry>>>,
-    inflight: Mutex<HashMap<String, Flight>>,
-    idle: Notify,
+    hot: HotSet,
+    discoveries: SingleFlight<()>,
+    durability: Durability,
+    census: Census,
     metrics: Arc<Metrics>,
     /// Set once `load` has walked the store (loss check, pruning, gauges).
     loaded: AtomicBool,
     loaded_signal: Notify,
     /// Cancelled at shutdown, once in-flight discoveries have had their time.
     abort: CancellationToken,
-    /// Policy writes so far, and (under the lock) how many of them a flush has made
-    /// durable: concurrent writers share one flush (group commit).
-    policy_writes: AtomicU64,
-    durable: tokio::sync::Mutex<u64>,
-    /// Policies removed from the store so far, and whether a checkpoint is on record:
-    /// see [`PolicyService::record_checkpoint`].
-    policy_removals: AtomicU64,
-    checkpoint_on_record: Mutex<bool>,
-    /// Policies in the store at its last walk.
-    surveyed_policies: AtomicU64,
-    /// What the refresher's last walk counted, for the checkpoint that follows it.
-    last_walk: Mutex<Option<Walk>>,
     /// The cache shared with the rest of the fleet (`cache.backend = "redis"`).
     shared: OnceLock<Arc<SharedCache>>,
 }
 
-/// What the fleet's shared cache did for a discovery about to run.
-enum FleetStep {
-    /// It had the answer; it is now in memory and the local store.
-    Settled,
-    /// Discover here, holding the fetch lock if one was taken.
-    Discover { lock: Option<String> },
-}
-
 impl PolicyService {
     /// Builds the service over `store`. It answers at once: a domain not yet in
-    /// memory is read from the store on first use, and [`PolicyService::load`] brings
-    /// the rest into memory (for the refresher and the gauges).
+    /// memory is read from the store on first use, and [`PolicyService::load`] walks
+    /// the store in the background (loss check, pruning, gauges).
     pub fn new(
         discoverer: Discoverer,
         store: Arc<dyn PolicyStore>,
@@ -217,26 +119,19 @@ impl PolicyService {
         settings: ServiceSettings,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let negative_cap = negative_cap(&settings.cache);
         Arc::new(Self {
             discoverer: RwLock::new(discoverer),
+            hot: HotSet::new(negative_cap(&settings.cache)),
+            durability: Durability::new(store.clone()),
             store,
             clock,
             settings: RwLock::new(Arc::new(settings)),
-            entries: RwLock::new(HashMap::new()),
-            negatives: Mutex::new(LruCache::new(negative_cap)),
-            inflight: Mutex::new(HashMap::new()),
-            idle: Notify::new(),
+            discoveries: SingleFlight::default(),
+            census: Census::default(),
             metrics,
             loaded: AtomicBool::new(false),
             loaded_signal: Notify::new(),
             abort: CancellationToken::new(),
-            policy_writes: AtomicU64::new(0),
-            durable: tokio::sync::Mutex::new(0),
-            policy_removals: AtomicU64::new(0),
-            checkpoint_on_record: Mutex::new(true),
-            surveyed_policies: AtomicU64::new(0),
-            last_walk: Mutex::new(None),
             shared: OnceLock::new(),
         })
     }
@@ -253,7 +148,7 @@ impl PolicyService {
 
     /// Applies new settings and a new discoverer (resolver, fetch settings) at once.
     pub fn reconfigure(&self, settings: ServiceSettings, discoverer: Discoverer) {
-        lock(&self.negatives).resize(negative_cap(&settings.cache));
+        self.hot.resize_negatives(negative_cap(&settings.cache));
         *write(&self.settings) = Arc::new(settings);
         *write(&self.discoverer) = discoverer;
     }
@@ -262,26 +157,31 @@ impl PolicyService {
         read(&self.discoverer).clone()
     }
 
-    fn settings(&self) -> Arc<ServiceSettings> {
+    pub(super) fn settings(&self) -> Arc<ServiceSettings> {
         read(&self.settings).clone()
+    }
+
+    pub(super) fn store(&self) -> &dyn PolicyStore {
+        self.store.as_ref()
+    }
+
+    pub(super) fn durability(&self) -> &Durability {
+        &self.durability
+    }
+
+    pub(super) fn census(&self) -> &Census {
+        &self.census
     }
 
     /// The entry in memory, else the one in the store (a policy read from the store
     /// joins the hot set).
     fn found(&self, domain: &str) -> Option<Found> {
-        if let Some(slot) = read(&self.entries).get(domain).cloned() {
-            slot.touch();
-            return Some(Found::Policy(slot));
-        }
-        if let Some(entry) = lock(&self.negatives).get(domain).cloned() {
-            return Some(Found::Negative(entry));
+        if let Some(found) = self.hot.get(domain) {
+            return Some(found);
         }
         match self.store.get(domain) {
             Ok(Some(entry)) if entry.policy.is_some() => {
-                let slot = write(&self.entries)
-                    .entry(domain.to_owned())
-                    .or_insert_with(|| Slot::new(entry))
-                    .clone();
+                let slot = self.hot.admit(domain, entry);
                 self.evict();
                 Some(Found::Policy(slot))
             }
@@ -297,11 +197,8 @@ impl PolicyService {
     /// The entry in memory, else the one in the store, leaving memory as it is (for
     /// work that is not a lookup).
     fn peek(&self, domain: &str) -> Option<Entry> {
-        if let Some(slot) = read(&self.entries).get(domain) {
-            return Some(slot.entry.clone());
-        }
-        if let Some(entry) = lock(&self.negatives).peek(domain) {
-            return Some(Entry::clone(entry));
+        if let Some(entry) = self.hot.peek(domain) {
+            return Some(entry);
         }
         // A "no policy" entry in the store was written by an older version: nothing.
         self.store
@@ -313,111 +210,22 @@ impl PolicyService {
 
     /// Whether `domain`'s policy is in memory's hot set.
     pub fn is_hot(&self, domain: &str) -> bool {
-        read(&self.entries).contains_key(domain)
+        self.hot.is_hot(domain)
     }
 
-    /// Keeps the hot set within `cache.memory_entries`. When it is over, one sweep
-    /// drops slots not used since the previous sweep (and clears the mark on the
-    /// others) until a tenth of the room is free, so sweeps are rare and lookups only
-    /// ever set a flag. Nothing is dropped while the store fails: memory is then the
-    /// only copy of what was learnt meanwhile.
+    /// Keeps the hot set within `cache.memory_entries`. Nothing is dropped while the
+    /// store fails: memory is then the only copy of what was learnt meanwhile.
     fn evict(&self) {
-        let cap = self.settings().cache.memory_entries.max(1);
-        if read(&self.entries).len() <= cap || !self.store.healthy() {
-            return;
+        if self.store.healthy() {
+            self.hot.evict(self.settings().cache.memory_entries);
         }
-        let mut entries = write(&self.entries);
-        let target = cap - cap / 10;
-        let mut excess = entries.len().saturating_sub(target);
-        entries.retain(|_, slot| {
-            if excess == 0 || slot.used.swap(false, Ordering::Relaxed) {
-                true
-            } else {
-                excess -= 1;
-                false
-            }
-        });
-        // Everything was used since the last sweep: drop arbitrary ones.
-        entries.retain(|_, _| {
-            if excess == 0 {
-                true
-            } else {
-                excess -= 1;
-                false
-            }
-        });
     }
 
-    /// Walks the store once (blocking: call it on a blocking thread). `whole`: read
-    /// whole entries (the walk at start, which also rewrites old formats and moves old
-    /// stored negatives to memory); otherwise outlines, which cost a fraction.
-    fn survey(&self, now: u64, rules: &Rules, whole: bool) -> Survey {
-        let mut s = Survey::default();
-        let note = |s: &mut Survey, domain: String, outline: &Outline| {
-            if outline.policy.is_some() {
-                s.policies += 1;
-            }
-            if !outline.is_live(now) {
-                s.dead.push((domain, outline.policy.is_some()));
-                return None;
-            }
-            let Some(p) = outline.valid_policy(now) else {
-                return Some(domain);
-            };
-            s.modes[match p.mode {
-                Mode::Enforce => 0,
-                Mode::Testing => 1,
-                Mode::None => 2,
-            }] += 1;
-            s.oldest = s.oldest.max(now.saturating_sub(p.fetched_at));
-            if p.expires_at <= now + 86_400 {
-                s.expiring += 1;
-            }
-            if outline.failed && p.mode != Mode::None {
-                s.failing += 1;
-            }
-            if rules::outline_due_at(&domain, outline, now, rules).is_some_and(|t| now >= t) {
-                s.due.push(domain);
-            }
-            None
-        };
-        let walked = if whole {
-            self.store.scan(&mut |domain, entry| match entry {
-                Ok(entry) => {
-                    // A live entry without a valid policy: a negative stored by an
-                    // older version.
-                    if let Some(domain) = note(&mut s, domain, &Outline::from(&entry)) {
-                        s.negatives.push((domain, entry));
-                    }
-                }
-                // Said once, at start; the refresher's walks pass over it quietly.
-                Err(e) => tracing::warn!(error = %e, "ignoring unreadable cache entry"),
-            })
-        } else {
-            self.store.scan_outlines(&mut |domain, outline| {
-                if let Ok(outline) = outline {
-                    note(&mut s, domain, &outline);
-                }
-            })
-        };
-        if let Err(e) = walked {
-            s.incomplete = Some(e.to_string());
+    /// Puts a decided entry in memory (see [`HotSet::publish`]).
+    fn publish(&self, domain: &str, entry: Entry, wanted: bool) {
+        if self.hot.publish(domain, entry, wanted) {
+            self.evict();
         }
-        s
-    }
-
-    /// Sets the gauges that describe the store from a survey.
-    fn apply_survey(&self, s: &Survey) {
-        let g = &self.metrics.cache_entries;
-        for (mode, n) in ["enforce", "testing", "none"].iter().zip(s.modes) {
-            g.with_label_values(&[mode]).set(n);
-        }
-        self.metrics
-            .oldest_policy_age
-            .set(i64::try_from(s.oldest).unwrap_or(i64::MAX));
-        self.metrics.expiring_soon.set(s.expiring);
-        self.metrics.failing.set(s.failing);
-        self.surveyed_policies.store(s.policies, Ordering::Release);
     }
 
     /// Walks the store at start: reports policies lost since the last checkpoint,
@@ -426,7 +234,7 @@ impl PolicyService {
     pub fn load(&self) {
         let now = self.clock.now();
         let recorded = self.store.checkpoint();
-        let survey = self.survey(now, &self.settings().rules, true);
+        let survey = survey(self.store.as_ref(), now, &self.settings().rules, true);
         if let Some(e) = &survey.incomplete {
             tracing::error!(error = %e, "the cache could not be read to the end; the rest is discovered again on its next lookup");
         }
@@ -448,10 +256,10 @@ impl PolicyService {
         // and no longer on disk.
         for (domain, entry) in &survey.negatives {
             if self.drop_stored_negative(domain) {
-                lock(&self.negatives).get_or_insert(domain.clone(), || Arc::new(entry.clone()));
+                self.hot.keep_negative(domain, entry);
             }
         }
-        self.apply_survey(&survey);
+        self.census.apply(&survey, &self.metrics);
         let policies = survey.policies.saturating_sub(pruned as u64);
         drop(survey);
         release_freed_memory();
@@ -461,7 +269,7 @@ impl PolicyService {
     }
 
     /// Removes `domain` from memory and the store if it says nothing at `now`.
-    fn prune_if_dead(&self, domain: &str, now: u64) -> bool {
+    pub(super) fn prune_if_dead(&self, domain: &str, now: u64) -> bool {
         self.remove_where(domain, |e| !e.is_live(now))
     }
 
@@ -472,32 +280,31 @@ impl PolicyService {
     }
 
     /// Removes `domain` from memory and the store if every copy of its entry is
-    /// `removable`, re-checking under the in-flight lock so that an entry a running
-    /// discovery is about to write, or has just written, is never deleted.
+    /// `removable`, checking while no discovery of the domain can run, so that an
+    /// entry a discovery is about to write, or has just written, is never deleted.
     fn remove_where(&self, domain: &str, removable: impl Fn(&Entry) -> bool) -> bool {
-        let inflight = lock(&self.inflight);
-        if inflight.contains_key(domain) {
-            return false;
-        }
-        let in_memory = read(&self.entries).get(domain).cloned();
-        if in_memory.as_ref().is_some_and(|s| !removable(&s.entry)) {
-            return false;
-        }
-        let stored = self.store.get(domain);
-        if matches!(&stored, Ok(Some(e)) if !removable(e)) {
-            return false;
-        }
-        if in_memory.is_some_and(|s| s.entry.policy.is_some())
-            || matches!(&stored, Ok(Some(e)) if e.policy.is_some())
-        {
-            self.withdraw_checkpoint();
-        }
-        if let Err(e) = self.store.remove(domain) {
-            tracing::warn!(domain, error = %e, "cannot remove cache entry");
-        }
-        write(&self.entries).remove(domain);
-        drop(inflight);
-        true
+        self.discoveries
+            .unless_running(domain, || {
+                let in_memory = self.hot.slot(domain);
+                if in_memory.as_ref().is_some_and(|s| !removable(&s.entry)) {
+                    return false;
+                }
+                let stored = self.store.get(domain);
+                if matches!(&stored, Ok(Some(e)) if !removable(e)) {
+                    return false;
+                }
+                if in_memory.is_some_and(|s| s.entry.policy.is_some())
+                    || matches!(&stored, Ok(Some(e)) if e.policy.is_some())
+                {
+                    self.durability.withdraw_checkpoint();
+                }
+                if let Err(e) = self.store.remove(domain) {
+                    tracing::warn!(domain, error = %e, "cannot remove cache entry");
+                }
+                self.hot.remove_policy(domain);
+                true
+            })
+            .unwrap_or(false)
     }
 
     /// A snapshot of one domain's cache entry.
@@ -507,12 +314,12 @@ impl PolicyService {
 
     /// Policies in the store at its last walk (at start, then every refresher pass).
     pub fn policies(&self) -> u64 {
-        self.surveyed_policies.load(Ordering::Acquire)
+        self.census.policies()
     }
 
     /// Number of entries in memory (with and without a policy).
     pub fn len(&self) -> usize {
-        read(&self.entries).len() + lock(&self.negatives).len()
+        self.hot.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -521,7 +328,7 @@ impl PolicyService {
 
     /// Number of discoveries running now.
     pub fn inflight(&self) -> usize {
-        lock(&self.inflight).len()
+        self.discoveries.len()
     }
 
     /// Writes a decided entry to the store: an entry with a policy is stored; one
@@ -531,49 +338,14 @@ impl PolicyService {
         let written = if entry.policy.is_some() {
             self.store.put(domain, entry)
         } else if old.policy.is_some() {
-            self.withdraw_checkpoint();
+            self.durability.withdraw_checkpoint();
             self.store.remove(domain)
         } else {
             Ok(())
         };
         match written {
-            Ok(()) => self.count_modes(old, entry),
+            Ok(()) => events::count_modes(&self.metrics, old, entry, self.clock.now()),
             Err(e) => tracing::debug!(domain, error = %e, "cannot persist cache entry"),
-        }
-    }
-
-    /// Moves the per-mode entry gauges from `old` to `new` at once; each walk of the
-    /// store sets them exactly again.
-    fn count_modes(&self, old: &Entry, new: &Entry) {
-        let now = self.clock.now();
-        let g = &self.metrics.cache_entries;
-        if let Some(p) = old.valid_policy(now) {
-            g.with_label_values(&[p.policy.mode.as_str()]).dec();
-        }
-        if let Some(p) = new.valid_policy(now) {
-            g.with_label_values(&[p.policy.mode.as_str()]).inc();
-        }
-    }
-
-    /// Puts a decided entry in memory: in `entries` with a policy, else among the
-    /// bounded negatives.
-    /// `wanted`: a lookup asked for the domain. A policy nobody looked up (a refresh of
-    /// a domain no longer in memory, an import) stays in the store only, so that such
-    /// work never pushes the lookups' hot set out.
-    fn publish(&self, domain: &str, entry: Entry, wanted: bool) {
-        if entry.policy.is_some() {
-            lock(&self.negatives).pop(domain);
-            let mut entries = write(&self.entries);
-            if wanted || entries.contains_key(domain) {
-                entries.insert(domain.to_owned(), Slot::new(entry));
-                drop(entries);
-                self.evict();
-            }
-        } else {
-            if read(&self.entries).contains_key(domain) {
-                write(&self.entries).remove(domain);
-            }
-            lock(&self.negatives).put(domain.to_owned(), Arc::new(entry));
         }
     }
 
@@ -589,7 +361,8 @@ impl PolicyService {
     }
 
     /// Answers a lookup for a domain already normalised by
-    /// [`crate::mtasts::domain::normalize_key`].
+    /// [`crate::mtasts::domain::normalize_key`]: the cache rules decide between the
+    /// cached entry and a discovery, which the lookup waits for up to its deadline.
     pub async fn lookup_domain(
         self: &Arc<Self>,
         domain: String,
@@ -604,17 +377,17 @@ impl PolicyService {
         ) {
             LookupRule::Hit { recheck } => {
                 if recheck {
-                    drop(self.flight(&domain, Trigger::Recheck, true));
+                    drop(self.discovery(&domain, Trigger::Recheck, true));
                 }
                 if let Some(Found::Policy(slot)) = found {
-                    return (self.reply(&domain, &slot, zone), CacheOutcome::Hit);
+                    return (slot.reply(&domain, zone), CacheOutcome::Hit);
                 }
             }
             LookupRule::NegativeHit => return (Reply::NotFound, CacheOutcome::NegativeHit),
             LookupRule::Miss => {}
         }
         let deadline = settings.lookup.deadline;
-        let flight = self.flight(&domain, Trigger::Miss, true);
+        let flight = self.discovery(&domain, Trigger::Miss, true);
         if tokio::time::timeout(deadline, flight).await.is_err() {
             tracing::warn!(
                 domain,
@@ -626,63 +399,36 @@ impl PolicyService {
         let now = self.clock.now();
         let reply = match self.found(&domain) {
             Some(Found::Policy(slot)) if slot.entry.valid_policy(now).is_some() => {
-                self.reply(&domain, &slot, zone)
+                slot.reply(&domain, zone)
             }
             _ => Reply::NotFound,
         };
         (reply, CacheOutcome::Miss)
     }
 
-    /// The memoized reply for a slot under `zone`.
-    fn reply(&self, domain: &str, slot: &Slot, zone: &ZoneOptions) -> Reply {
-        slot.replies.get_or_render(zone, || {
-            let Some(cached) = &slot.entry.policy else {
-                return Reply::NotFound;
-            };
-            let rendered = render(domain, Some(&cached.policy), zone);
-            if !rendered.dropped_lines.is_empty() {
-                tracing::warn!(domain, lines = ?rendered.dropped_lines, "policy lines with '{{' or '}}' left out of TLSRPT attributes");
-            }
-            if rendered.tlsrpt_dropped_for_size {
-                tracing::warn!(
-                    domain,
-                    "reply too long for Postfix; TLSRPT attributes left out"
-                );
-            }
-            rendered.reply
-        })
-    }
-
     /// Starts (or joins) the discovery for `domain`; it runs as its own task, so it
     /// finishes even when nobody waits for it any more. `consult`: whether the fleet's
     /// shared cache may settle it (see [`rules::fleet_settles`]).
-    fn flight(self: &Arc<Self>, domain: &str, trigger: Trigger, consult: bool) -> Flight {
-        let mut inflight = lock(&self.inflight);
-        if let Some(f) = inflight.get(domain) {
-            return f.clone();
-        }
+    pub(super) fn discovery(
+        self: &Arc<Self>,
+        domain: &str,
+        trigger: Trigger,
+        consult: bool,
+    ) -> Flight<()> {
         let this = self.clone();
         let owned = domain.to_owned();
-        let task = tokio::spawn(async move {
-            tokio::select! {
-                () = this.discover(&owned, trigger, consult) => {}
-                () = this.abort.cancelled() => {
-                    tracing::debug!(domain = %owned, "discovery abandoned at shutdown");
+        self.discoveries.join_or_start(
+            domain,
+            move || async move {
+                tokio::select! {
+                    () = this.discover(&owned, trigger, consult) => {}
+                    () = this.abort.cancelled() => {
+                        tracing::debug!(domain = %owned, "discovery abandoned at shutdown");
+                    }
                 }
-            }
-            let mut inflight = lock(&this.inflight);
-            inflight.remove(&owned);
-            if inflight.is_empty() {
-                this.idle.notify_waiters();
-            }
-        });
-        let flight: Flight = async move {
-            let _ = task.await;
-        }
-        .boxed()
-        .shared();
-        inflight.insert(domain.to_owned(), flight.clone());
-        flight
+            },
+            || (),
+        )
     }
 
     /// Waits until [`PolicyService::load`] has finished.
@@ -698,13 +444,7 @@ impl PolicyService {
 
     /// Waits until no discovery is running.
     pub async fn settle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if lock(&self.inflight).is_empty() {
-                return;
-            }
-            notified.await;
-        }
+        self.discoveries.settle().await;
     }
 
     /// Abandons every running discovery and refuses new ones' work (shutdown).
@@ -712,8 +452,9 @@ impl PolicyService {
         self.abort.cancel();
     }
 
-    /// One discovery step for `domain`: the lookups the rules ask for, then the
-    /// rules' decision applied, logged and counted.
+    /// One discovery of `domain`: the fleet's step first, then the lookups the rules
+    /// ask for (RFC 8461 §3.3: the TXT record, then the policy if its id changed), and
+    /// the rules' decision applied: shared, stored (durably if new), put in memory.
     async fn discover(&self, domain: &str, trigger: Trigger, consult: bool) {
         let settings = self.settings();
         let discoverer = self.discoverer();
@@ -722,9 +463,10 @@ impl PolicyService {
         let old = self.peek(domain).unwrap_or_default();
         let mut fetch_lock = None;
         if let Some(shared) = self.shared().filter(|_| consult) {
-            match self.consult_fleet(shared, domain, &old, trigger).await {
-                FleetStep::Settled => return,
-                FleetStep::Discover { lock } => fetch_lock = lock,
+            let now = || self.clock.now();
+            match fleet::consult(shared, domain, &old, trigger, &settings.rules, now).await {
+                fleet::Step::Adopt(theirs) => return self.adopt(domain, *theirs, wanted),
+                fleet::Step::Discover { lock } => fetch_lock = lock,
             }
         }
         let txt = discoverer.lookup_txt(domain).await;
@@ -734,23 +476,16 @@ impl PolicyService {
                 Step::Fetch(pending) => {
                     let started = std::time::Instant::now();
                     let fetched = discoverer.fetch_policy(domain).await;
-                    for note in fetched.iter().flat_map(|p| &p.notes) {
-                        tracing::info!(domain, note, "policy accepted leniently");
-                    }
-                    let result = if fetched.is_ok() { "ok" } else { "error" };
-                    self.metrics
-                        .fetch_duration
-                        .with_label_values(&[result])
-                        .observe(started.elapsed().as_secs_f64());
+                    events::fetched(&self.metrics, domain, started, &fetched);
                     rules::after_fetch(pending, fetched, self.clock.now(), &settings.rules)
                 }
             };
-        self.report(domain, trigger, &txt, &decision);
+        events::decided(&self.metrics, domain, trigger, &txt, &decision);
         let mut entry = decision.entry;
         if decision.outcome == Outcome::Fetched
             && let Some(shared) = self.shared()
         {
-            entry = self.share(shared, domain, entry).await;
+            entry = fleet::share(shared, domain, entry, &self.metrics).await;
         }
         self.persist(domain, &old, &entry);
         if decision.outcome == Outcome::Fetched {
@@ -758,7 +493,7 @@ impl PolicyService {
             // loss) once any lookup has been answered with it, so it is on disk before
             // it goes into memory, where lookups see it. Negative entries and
             // unchanged re-checks are left to the store's periodic flush.
-            self.make_durable().await;
+            self.durability.make_durable().await;
         }
         self.publish(domain, entry, wanted);
         if let (Some(shared), Some(token)) = (self.shared(), fetch_lock) {
@@ -766,94 +501,11 @@ impl PolicyService {
         }
     }
 
-    /// Before discovering `domain`: takes the fleet's policy if it settles the
-    /// discovery; otherwise takes the domain's fetch lock, or waits (up to the lock's
-    /// lifetime) while another daemon holds it and takes that daemon's result. Redis
-    /// failing at any point means discovering here, as a daemon on its own would.
-    async fn consult_fleet(
-        &self,
-        shared: &Arc<SharedCache>,
-        domain: &str,
-        own: &Entry,
-        trigger: Trigger,
-    ) -> FleetStep {
-        let settles = |theirs: &Entry| {
-            let rules = self.settings().rules;
-            rules::fleet_settles(domain, own, theirs, trigger, self.clock.now(), &rules)
-        };
-        match shared.get(domain).await {
-            Ok(Some(theirs)) if settles(&theirs) => {
-                self.adopt(domain, theirs, trigger != Trigger::Refresh);
-                return FleetStep::Settled;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(domain, error = %e, "shared cache not consulted");
-                return FleetStep::Discover { lock: None };
-            }
-        }
-        let give_up = std::time::Instant::now() + shared.lock_ttl();
-        loop {
-            let lock = shared.try_lock(domain).await;
-            if let Ok(shared::Lock::Busy) = lock {
-                // Another daemon is fetching: its result is announced when written.
-                shared.wait_update(FLEET_POLL).await;
-            }
-            // Read again in both cases: a daemon may have written and released the
-            // lock between the first read and the lock.
-            if let Ok(Some(theirs)) = shared.get(domain).await
-                && settles(&theirs)
-            {
-                if let Ok(shared::Lock::Held(token)) = &lock {
-                    shared.unlock(domain, token).await;
-                }
-                self.adopt(domain, theirs, trigger != Trigger::Refresh);
-                return FleetStep::Settled;
-            }
-            match lock {
-                Ok(shared::Lock::Held(token)) => return FleetStep::Discover { lock: Some(token) },
-                Ok(shared::Lock::Busy) if std::time::Instant::now() < give_up => {}
-                Ok(shared::Lock::Busy) => {
-                    tracing::info!(
-                        domain,
-                        "another daemon's fetch did not finish in time; fetching here"
-                    );
-                    return FleetStep::Discover { lock: None };
-                }
-                Err(_) => return FleetStep::Discover { lock: None },
-            }
-        }
-    }
-
-    /// Writes a fetched policy to the fleet's shared cache. If the fleet already has
-    /// one fetched later (another daemon's fetch finished first with a newer id), that
-    /// one is kept everywhere and taken here instead: an older fetch never wins.
-    async fn share(&self, shared: &SharedCache, domain: &str, entry: Entry) -> Entry {
-        match shared.put(domain, &entry).await {
-            Ok(false) => match shared.get(domain).await {
-                Ok(Some(theirs)) if newer(&theirs, &entry) => {
-                    tracing::info!(
-                        domain,
-                        "the fleet has a newer policy than this fetch; keeping that one"
-                    );
-                    self.metrics.redis_adopted.inc();
-                    theirs
-                }
-                _ => entry,
-            },
-            Ok(true) => entry,
-            Err(e) => {
-                tracing::debug!(domain, error = %e, "policy not shared");
-                entry
-            }
-        }
-    }
-
     /// Takes a policy from the fleet's shared cache: into the local store (this
     /// daemon's own copy, which outlives a Redis outage) and memory.
     fn adopt(&self, domain: &str, entry: Entry, wanted: bool) {
         let old = self.peek(domain).unwrap_or_default();
-        if entry.policy.is_none() || newer(&old, &entry) {
+        if entry.policy.is_none() || fleet::newer(&old, &entry) {
             return;
         }
         self.persist(domain, &old, &entry);
@@ -877,7 +529,7 @@ impl PolicyService {
                 };
                 let Some(shared) = self.shared() else { return };
                 if let Ok(Some(theirs)) = shared.get(&domain).await
-                    && newer(&theirs, &held)
+                    && fleet::newer(&theirs, &held)
                 {
                     self.adopt(&domain, theirs, false);
                 }
@@ -899,188 +551,15 @@ impl PolicyService {
         here || there
     }
 
-    /// Flushes the store so that every write made before this call is durable. The
-    /// flush runs on a blocking thread (it waits for fsync), and concurrent callers
-    /// share one flush: a caller whose write a flush already covered returns at once.
-    async fn make_durable(&self) {
-        let mine = self.policy_writes.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut durable = self.durable.lock().await;
-        if *durable >= mine {
-            return;
-        }
-        let covers = self.policy_writes.load(Ordering::Acquire);
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.flush()).await {
-            Ok(Ok(())) => *durable = covers,
-            // A failing store is logged once per change of state by the store's guard.
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot flush the cache"),
-            Err(e) => tracing::error!(error = %e, "cache flush task failed"),
-        }
-    }
-
-    /// One log line and the counters for a decision.
-    fn report(&self, domain: &str, trigger: Trigger, txt: &TxtLookup, d: &Decision) {
-        let m = &self.metrics;
-        m.discoveries
-            .with_label_values(&[trigger.as_str(), d.outcome.as_str()])
-            .inc();
-        let cached = d.kept_mode.is_some();
-        match d.outcome {
-            Outcome::Unchanged | Outcome::Backoff | Outcome::NoPolicy => {
-                tracing::debug!(domain, result = d.outcome.as_str(), "discovery");
-            }
-            Outcome::Kept => {
-                tracing::info!(
-                    domain,
-                    "TXT record gone; cached policy stays in force until it expires"
-                );
-            }
-            Outcome::TxtFailed => {
-                if let TxtLookup::Failed { reason } = txt {
-                    tracing::warn!(domain, %reason, cached, "TXT lookup failed");
-                }
-            }
-            Outcome::FetchFailed => {
-                let Some(f) = &d.entry.failure else { return };
-                m.fetch_failures
-                    .with_label_values(&[f.class.as_str()])
-                    .inc();
-                if let Some(mode) = d.kept_mode.filter(|m| *m != Mode::None) {
-                    m.refresh_failures.with_label_values(&[mode.as_str()]).inc();
-                }
-                if cached {
-                    tracing::warn!(domain, class = %f.class, error = %f.message, "policy fetch failed; cached policy stays in force");
-                } else {
-                    tracing::warn!(domain, class = %f.class, error = %f.message, "policy fetch failed; treating the domain as having no policy");
-                }
-            }
-            Outcome::Fetched => {
-                let Some(p) = &d.entry.policy else { return };
-                match &d.transition {
-                    Some(Transition::Replaced {
-                        from,
-                        to,
-                        mx_changed,
-                    }) => {
-                        let (from, to) = (from.as_str(), to.as_str());
-                        if from != to {
-                            m.transitions.with_label_values(&[from, to, "mode"]).inc();
-                        }
-                        if *mx_changed {
-                            m.transitions.with_label_values(&[from, to, "mx"]).inc();
-                        }
-                        if d.transition.as_ref().is_some_and(Transition::is_downgrade) {
-                            tracing::warn!(domain, from, to, id = %p.id, mx_changed, "policy downgraded");
-                        } else if from != to || *mx_changed {
-                            tracing::warn!(domain, from, to, id = %p.id, mx_changed, "policy changed");
-                        } else {
-                            tracing::info!(domain, id = %p.id, mode = to, max_age = p.policy.max_age, "policy refreshed");
-                        }
-                    }
-                    _ => {
-                        tracing::info!(domain, id = %p.id, mode = %p.policy.mode, max_age = p.policy.max_age, "policy cached");
-                    }
-                }
-            }
-        }
-    }
-
-    /// One refresher pass to the end (see [`PolicyService::refresh_pass`]).
+    /// One refresher pass to the end (see [`super::refresher::pass`]).
     pub async fn refresh_due(self: &Arc<Self>) -> usize {
-        self.refresh_pass(&CancellationToken::new()).await
-    }
-
-    /// One refresher pass: prune dead entries and refresh due policies, at most
-    /// `refresh_concurrency` at a time, until done or `stop` is cancelled. Returns how
-    /// many refreshes were started.
-    pub async fn refresh_pass(self: &Arc<Self>, stop: &CancellationToken) -> usize {
-        let settings = self.settings();
-        let rules = settings.rules;
-        let now = self.clock.now();
-        // One walk of the store finds the dead and the due, and counts for the gauges.
-        // Walking and pruning read and delete in the store: on a blocking thread, so
-        // that lookups on the runtime's workers never wait behind them.
-        let this = self.clone();
-        let walked = tokio::task::spawn_blocking(move || {
-            // Removals counted from before the walk: the checkpoint this walk allows is
-            // recorded only if no removal but its own pruning happened meanwhile.
-            let removals = this.policy_removals.load(Ordering::Acquire);
-            let survey = this.survey(now, &rules, false);
-            this.apply_survey(&survey);
-            release_freed_memory();
-            let (mut pruned, mut pruned_policies) = (0, 0);
-            for (domain, had_policy) in &survey.dead {
-                if this.prune_if_dead(domain, now) {
-                    pruned += 1;
-                    pruned_policies += u64::from(*had_policy);
-                }
-            }
-            if survey.incomplete.is_none() {
-                *lock(&this.last_walk) = Some(Walk {
-                    policies: survey.policies.saturating_sub(pruned_policies),
-                    removals: removals + pruned_policies,
-                });
-            }
-            (survey.due, pruned)
-        })
-        .await;
-        let (due, pruned) = walked.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cache walk task failed");
-            (Vec::new(), 0)
-        });
-        if pruned > 0 {
-            tracing::debug!(pruned, "expired cache entries pruned");
-        }
-        let limit = Arc::new(Semaphore::new(settings.cache.refresh_concurrency));
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut started = 0;
-        for domain in &due {
-            let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                () = stop.cancelled() => break,
-            };
-            let flight = self.flight(domain, Trigger::Refresh, true);
-            started += 1;
-            tasks.spawn(async move {
-                flight.await;
-                drop(permit);
-            });
-        }
-        tokio::select! {
-            () = async { while tasks.join_next().await.is_some() {} } => {}
-            () = stop.cancelled() => {}
-        }
-        started
-    }
-
-    /// Runs the refresher until `stop` is cancelled.
-    pub async fn run_refresher(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            let interval = self.settings().cache.refresh_interval;
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-            let n = self.refresh_pass(&stop).await;
-            if n > 0 {
-                tracing::info!(refreshed = n, "policies refreshed");
-            }
-            let this = self.clone();
-            let walk = lock(&self.last_walk).take();
-            let recorded = tokio::task::spawn_blocking(move || match walk {
-                Some(walk) => this.flush_and_record(Some(walk)),
-                None => this.record_checkpoint(),
-            });
-            if let Err(e) = recorded.await {
-                tracing::error!(error = %e, "cache checkpoint task failed");
-            }
-        }
+        super::refresher::pass(self, &CancellationToken::new()).await
     }
 
     /// A snapshot of every entry, sorted by domain: the store's policies (newer copies
     /// in memory win) and memory's negative entries. Walks the store: blocking.
     pub fn snapshot(&self) -> Vec<(String, Entry)> {
-        let mut all: HashMap<String, Entry> = HashMap::new();
+        let mut all: std::collections::HashMap<String, Entry> = std::collections::HashMap::new();
         let walked = self.store.scan(&mut |domain, entry| {
             if let Ok(e) = entry {
                 all.insert(domain, e);
@@ -1089,12 +568,7 @@ impl PolicyService {
         if let Err(e) = walked {
             tracing::warn!(error = %e, "the cache listing is incomplete");
         }
-        for (d, slot) in read(&self.entries).iter() {
-            all.insert(d.clone(), slot.entry.clone());
-        }
-        for (d, e) in lock(&self.negatives).iter() {
-            all.insert(d.clone(), Entry::clone(e));
-        }
+        all.extend(self.hot.copies());
         let mut all: Vec<(String, Entry)> = all.into_iter().collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -1105,14 +579,18 @@ impl PolicyService {
         let found = self.found(domain);
         let present = found.is_some();
         if let Some(Found::Policy(slot)) = &found {
-            self.withdraw_checkpoint();
-            self.count_modes(&slot.entry, &Entry::default());
+            self.durability.withdraw_checkpoint();
+            events::count_modes(
+                &self.metrics,
+                &slot.entry,
+                &Entry::default(),
+                self.clock.now(),
+            );
         }
         if let Err(e) = self.store.remove(domain) {
             tracing::warn!(domain, error = %e, "cannot remove cache entry");
         }
-        write(&self.entries).remove(domain);
-        lock(&self.negatives).pop(domain);
+        self.hot.remove(domain);
         if present {
             tracing::info!(domain, "cache entry purged");
         }
@@ -1140,7 +618,7 @@ impl PolicyService {
                 }
             }
             self.persist(domain, &old.unwrap_or_default(), entry);
-            self.make_durable().await;
+            self.durability.make_durable().await;
             self.publish(domain, (**entry).clone(), false);
             tracing::info!(domain, id, fetched_at, "policy imported");
         }
@@ -1153,7 +631,7 @@ impl PolicyService {
         let entry = self.cached(domain);
         let trigger = rules::manual_trigger(entry.as_ref(), self.clock.now());
         // An operator asked for this daemon to look now: not settled by the fleet.
-        self.flight(domain, trigger, false).await;
+        self.discovery(domain, trigger, false).await;
         self.cached(domain)
     }
 
@@ -1169,11 +647,7 @@ impl PolicyService {
     /// ones about stored policies are set by each walk of the store (at start, then
     /// every `cache.refresh_interval`).
     pub fn update_gauges(&self) {
-        let now = self.clock.now();
-        let negative = lock(&self.negatives)
-            .iter()
-            .filter(|(_, e)| e.is_negative(now))
-            .count();
+        let negative = self.hot.live_negatives(self.clock.now());
         self.metrics
             .cache_entries
             .with_label_values(&["negative"])
@@ -1183,104 +657,10 @@ impl PolicyService {
     /// Writes everything to disk and records the checkpoint (blocking: call it from a
     /// blocking thread, or at shutdown).
     pub fn flush(&self) -> bool {
-        self.record_checkpoint()
-    }
-
-    /// Flushes the store and records how many policies it now holds durably, so that
-    /// the next start can tell if a damaged store lost some (see
-    /// [`PolicyStore::checkpoint`]). The count is taken by walking the store before
-    /// the flush, so the flush makes every policy counted durable. A removal of a
-    /// policy withdraws the record first, and a removal that races with this call keeps
-    /// it withdrawn, so the record never claims more than the store holds.
-    fn record_checkpoint(&self) -> bool {
-        let removals = self.policy_removals.load(Ordering::Acquire);
-        let mut policies = 0u64;
-        let walked = self.store.scan_outlines(&mut |_, outline| {
-            if outline.is_ok_and(|o| o.policy.is_some()) {
-                policies += 1;
-            }
-        });
-        // Not counted to the end: flush, record nothing.
-        let walk = walked.is_ok().then_some(Walk { policies, removals });
-        self.flush_and_record(walk)
-    }
-
-    /// Flushes the store, then records `walk.policies` as the checkpoint unless a
-    /// policy was removed since the walk counted them.
-    fn flush_and_record(&self, walk: Option<Walk>) -> bool {
-        if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "cannot flush the cache");
-            return false;
-        }
-        let Some(walk) = walk else { return true };
-        let mut on_record = lock(&self.checkpoint_on_record);
-        if self.policy_removals.load(Ordering::Acquire) == walk.removals {
-            match self.store.set_checkpoint(Some(walk.policies)) {
-                Ok(()) => *on_record = true,
-                Err(e) => tracing::debug!(error = %e, "cannot record the cache checkpoint"),
-            }
-        }
-        true
-    }
-
-    /// Withdraws the checkpoint before a policy is removed from the store.
-    fn withdraw_checkpoint(&self) {
-        let mut on_record = lock(&self.checkpoint_on_record);
-        self.policy_removals.fetch_add(1, Ordering::AcqRel);
-        if *on_record {
-            if let Err(e) = self.store.set_checkpoint(None) {
-                tracing::debug!(error = %e, "cannot withdraw the cache checkpoint");
-            }
-            *on_record = false;
-        }
-    }
-}
-
-/// Hands memory freed after a walk of the store back to the system. A walk decodes
-/// every entry on a blocking thread; glibc keeps what such a thread freed in its
-/// arena, which would otherwise show as resident memory that never shrinks.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it is safe to
-    // call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// How long a daemon waiting on another's fetch goes between reads of the shared
-/// cache when no announcement wakes it.
-const FLEET_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Whether `a` holds a policy fetched later than `b`'s.
-fn newer(a: &Entry, b: &Entry) -> bool {
-    match (&a.policy, &b.policy) {
-        (Some(a), Some(b)) => a.fetched_at > b.fetched_at,
-        (Some(_), None) => true,
-        _ => false,
+        self.durability.record_checkpoint()
     }
 }
 
 fn negative_cap(cache: &CacheConfig) -> NonZeroUsize {
     NonZeroUsize::new(cache.negative_entries).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// How many policies a store lost, given the checkpoint on record and the number it
-/// holds now (a store may hold more: policies learnt after the checkpoint).
-fn lost_policies(recorded: Option<u64>, found: u64) -> Option<u64> {
-    recorded.filter(|&r| r > found).map(|r| r - found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::lost_policies;
-
-    #[test]
-    fn only_a_shortfall_against_a_recorded_checkpoint_is_a_loss() {
-        assert_eq!(lost_policies(None, 0), None);
-        assert_eq!(lost_policies(Some(300), 300), None);
-        assert_eq!(lost_policies(Some(300), 310), None, "learnt since");
-        assert_eq!(lost_policies(Some(300), 245), Some(55));
-        assert_eq!(lost_policies(Some(300), 0), Some(300));
-    }
 }

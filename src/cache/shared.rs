@@ -29,7 +29,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::entry::Entry;
-use super::store::sled::{decode_entry, encode_entry};
+use super::store::format::{decode_entry, encode_entry};
 use crate::config::RedisConfig;
 use crate::locks::lock;
 use crate::metrics::Metrics;

@@ -3,53 +3,45 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use super::CacheAction;
+use crate::admin::api::{EntryView, ErrorBody, Route};
+use crate::admin::client::AdminError;
 
 pub(super) async fn command(
     base: &str,
     action: CacheAction,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    use crate::server::http::EntryView;
-    let client = super::admin_client()?;
-    let base = base.trim_end_matches('/');
-    let (request, path) = match &action {
-        CacheAction::List => (client.get(format!("{base}/api/v1/policies")), None),
-        CacheAction::Show { domain } => (
-            client.get(format!("{base}/api/v1/policies/{domain}")),
-            Some(domain),
-        ),
-        CacheAction::Purge { domain } => (
-            client.delete(format!("{base}/api/v1/policies/{domain}")),
-            Some(domain),
-        ),
-        CacheAction::Refresh { domain } => (
-            client.post(format!("{base}/api/v1/policies/{domain}/refresh")),
-            Some(domain),
-        ),
+    let client = super::admin_client(base)?;
+    let route = match &action {
+        CacheAction::List => Route::List,
+        CacheAction::Show { domain } => Route::Show(domain.clone()),
+        CacheAction::Purge { domain } => Route::Purge(domain.clone()),
+        CacheAction::Refresh { domain } => Route::Refresh(domain.clone()),
     };
-    let resp = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the daemon's admin API at {base}"))?;
-    let status = resp.status();
-    let body = resp.text().await?;
+    let body = match client.raw(&route).await {
+        Ok(body) => body,
+        Err(e @ AdminError::Unreachable { .. }) => return Err(e.into()),
+        Err(e) => {
+            if json {
+                let body = ErrorBody {
+                    error: e.to_string(),
+                };
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                let subject = match &action {
+                    CacheAction::List => "cache",
+                    CacheAction::Show { domain }
+                    | CacheAction::Purge { domain }
+                    | CacheAction::Refresh { domain } => domain,
+                };
+                eprintln!("mta-stsd: {subject}: {e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
     if json {
         println!("{body}");
-    }
-    if !status.is_success() {
-        let msg = super::admin_error_text(&body);
-        if !json {
-            eprintln!(
-                "mta-stsd: {}: {msg}",
-                path.map(String::as_str).unwrap_or("cache")
-            );
-        }
-        return Ok(ExitCode::from(1));
-    }
-    if json {
         return Ok(ExitCode::SUCCESS);
     }
     match action {

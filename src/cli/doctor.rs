@@ -444,7 +444,7 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(s: S, map: &str) -> Result<Strin
 }
 
 async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut Vec<Check>) {
-    let Ok(client) = super::admin_client() else {
+    let Ok(client) = reqwest::Client::builder().no_proxy().build() else {
         return;
     };
     let metrics = client
@@ -504,28 +504,17 @@ async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut 
         });
     }
 
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        domain: String,
-        state: String,
-        last_error: Option<String>,
-    }
-    let entries: Vec<Entry> = match client
-        .get(format!("{base}/api/v1/policies"))
-        .timeout(PROBE_TIMEOUT)
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() => {
-            serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default()
-        }
-        _ => return,
+    let Ok(admin) = crate::admin::client::AdminClient::new(base, PROBE_TIMEOUT) else {
+        return;
+    };
+    let Ok(entries) = admin.list().await else {
+        return;
     };
     let policies = entries
         .iter()
         .filter(|e| e.state == "enforce" || e.state == "testing")
         .count();
-    let failing: Vec<&Entry> = entries
+    let failing: Vec<&crate::admin::api::EntryView> = entries
         .iter()
         .filter(|e| (e.state == "enforce" || e.state == "testing") && e.last_error.is_some())
         .collect();

@@ -22,8 +22,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::admin::api::ImportRequest;
 use crate::mtasts::domain::normalize_host;
-use crate::server::http::{ImportRequest, ImportResponse};
 
 /// Where to import from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +258,7 @@ pub async fn command(url: &str, source: Source) -> anyhow::Result<ExitCode> {
         }
         Source::Redis(url) => read_redis(url).await?,
     };
-    let client = super::admin_client()?;
+    let client = super::admin_client(url)?;
     let mut summary = Summary {
         rows: rows.len() + unreadable.len(),
         invalid: unreadable,
@@ -284,28 +284,14 @@ pub async fn command(url: &str, source: Source) -> anyhow::Result<ExitCode> {
             fetched_at: row.fetched_at,
             policy,
         };
-        let sent = client
-            .put(format!("{url}/api/v1/policies/{domain}"))
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(&request)?)
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() => {
-                let answer: ImportResponse = serde_json::from_str(&r.text().await?)?;
-                match answer.result.as_str() {
-                    "imported" => summary.imported += 1,
-                    "kept_newer" => summary.kept_newer += 1,
-                    _ => summary.expired += 1,
-                }
-            }
-            Ok(r) if r.status().is_client_error() => {
-                let text = r.text().await.unwrap_or_default();
-                summary
-                    .invalid
-                    .push((domain, super::admin_error_text(&text)));
-            }
-            Ok(r) => summary.failed.push((domain, r.status().to_string())),
+        match client.import(&domain, &request).await {
+            Ok(answer) => match answer.result.as_str() {
+                "imported" => summary.imported += 1,
+                "kept_newer" => summary.kept_newer += 1,
+                _ => summary.expired += 1,
+            },
+            // The daemon's reason (an invalid policy, a bad id).
+            Err(e) if e.is_refusal() => summary.invalid.push((domain, e.to_string())),
             Err(e) => summary.failed.push((domain, e.to_string())),
         }
     }

@@ -197,20 +197,13 @@ fn admin_url_from(given: &str) -> anyhow::Result<String> {
     )
 }
 
-/// The message of an admin API error reply (`{"error": "..."}`), else the body as is.
-fn admin_error_text(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| body.trim().to_owned())
-}
-
-/// The HTTP client for the admin API (loopback only, so never through a proxy).
-fn admin_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .no_proxy()
-        .build()
+/// The admin API client for the daemon at `base` (a refresh runs a whole discovery,
+/// so requests may take up to a minute).
+fn admin_client(base: &str) -> anyhow::Result<crate::admin::client::AdminClient> {
+    Ok(crate::admin::client::AdminClient::new(
+        base,
+        std::time::Duration::from_secs(60),
+    )?)
 }
 
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {

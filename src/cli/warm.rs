@@ -10,13 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use futures::StreamExt;
 
+use crate::admin::api::EntryView;
 use crate::mtasts::domain::normalize_key;
-use crate::server::http::EntryView;
 
 /// Domains from a list: one per line; blank lines and `#` comments skipped; each
 /// normalised like a socketmap key; duplicates and invalid names dropped (the
@@ -175,8 +174,7 @@ pub(super) async fn command(base: &str, args: WarmArgs) -> anyhow::Result<ExitCo
         anyhow::bail!("no domains to warm");
     }
 
-    let client = super::admin_client()?;
-    let base = Arc::new(base.trim_end_matches('/').to_owned());
+    let client = super::admin_client(base)?;
     let terminal = std::io::stderr().is_terminal();
     let bar = terminal.then(|| {
         let bar = indicatif::ProgressBar::new(domains.len() as u64);
@@ -190,9 +188,9 @@ pub(super) async fn command(base: &str, args: WarmArgs) -> anyhow::Result<ExitCo
     let total = domains.len();
     let mut results = futures::stream::iter(domains)
         .map(|domain| {
-            let (client, base) = (client.clone(), base.clone());
+            let client = client.clone();
             async move {
-                let result = refresh(&client, &base, &domain).await;
+                let result = client.refresh(&domain).await.map_err(|e| e.to_string());
                 (domain, result)
             }
         })
@@ -258,20 +256,6 @@ pub fn read_input(path: &Path) -> anyhow::Result<String> {
         raw
     };
     Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-async fn refresh(client: &reqwest::Client, base: &str, domain: &str) -> Result<EntryView, String> {
-    let resp = client
-        .post(format!("{base}/api/v1/policies/{domain}/refresh"))
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the daemon's admin API at {base}: {e}"))?;
-    let status = resp.status();
-    let body = resp.text().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("admin API answered {status}: {body}"));
-    }
-    serde_json::from_str(&body).map_err(|e| format!("unexpected admin API answer: {e}"))
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 //! before it has passed: a lookup that arrives first waits for it (within the lookup
 //! deadline), and "not checked yet" never counts as working.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -28,6 +27,7 @@ use super::lookup::{DaneLookup, Found};
 use super::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
 use crate::clock::Clock;
 use crate::config::{DaneConfig, DaneMode, DaneValidation, ResolverConfig};
+use crate::flight::{Flight, SingleFlight};
 use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::SetupError;
@@ -164,7 +164,6 @@ impl DaneSettings {
     }
 }
 
-type Flight = Shared<BoxFuture<'static, Arc<Cached>>>;
 type Check = Shared<BoxFuture<'static, ()>>;
 
 const HEALTH_UNKNOWN: u8 = 0;
@@ -176,7 +175,7 @@ const RECHECK_AFTER: u64 = 60;
 pub struct DaneService {
     settings: RwLock<Arc<DaneSettings>>,
     verdicts: Mutex<LruCache<String, Arc<Cached>>>,
-    inflight: Mutex<HashMap<String, Flight>>,
+    inflight: SingleFlight<Arc<Cached>>,
     health: AtomicU8,
     health_checked_at: AtomicU64,
     /// Bumped by every reload, so that a check begun under the old settings does not
@@ -210,7 +209,7 @@ impl DaneService {
         let this = Arc::new(Self {
             settings: RwLock::new(Arc::new(settings)),
             verdicts: Mutex::new(LruCache::new(cap)),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: SingleFlight::default(),
             health: AtomicU8::new(HEALTH_UNKNOWN),
             health_checked_at: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -419,34 +418,21 @@ impl DaneService {
         self.len() == 0
     }
 
-    fn flight(self: &Arc<Self>, domain: &str) -> Flight {
-        let mut inflight = lock(&self.inflight);
-        if let Some(f) = inflight.get(domain) {
-            return f.clone();
-        }
+    /// Starts (or joins) the DANE lookups for `domain`, one set per domain at a time.
+    fn flight(self: &Arc<Self>, domain: &str) -> Flight<Arc<Cached>> {
         let this = self.clone();
         let owned = domain.to_owned();
-        let task = tokio::spawn(async move {
-            let cached = this.run(&owned).await;
-            lock(&this.inflight).remove(&owned);
-            cached
-        });
-        let fallback_domain = domain.to_owned();
         let clock = self.clock.clone();
-        let flight: Flight = async move {
-            match task.await {
-                Ok(c) => c,
-                // The lookup task panicked or was cancelled: defer, remember nothing.
-                Err(_) => {
-                    tracing::error!(domain = %fallback_domain, "DANE lookup task failed");
-                    Cached::deferral("DANE lookup failed", clock.now())
-                }
-            }
-        }
-        .boxed()
-        .shared();
-        inflight.insert(domain.to_owned(), flight.clone());
-        flight
+        let failed_domain = domain.to_owned();
+        self.inflight.join_or_start(
+            domain,
+            move || async move { this.run(&owned).await },
+            // The lookup task panicked or was cancelled: defer, remember nothing.
+            move || {
+                tracing::error!(domain = %failed_domain, "DANE lookup task failed");
+                Cached::deferral("DANE lookup failed", clock.now())
+            },
+        )
     }
 
     async fn run(&self, domain: &str) -> Arc<Cached> {

@@ -85,10 +85,7 @@ pub fn parse_sts_record(record: &str) -> Result<StsRecord, TxtError> {
             .split_once('=')
             .ok_or_else(|| invalid(format!("field {field:?} has no '='")))?;
         if name == "id" {
-            if value.is_empty()
-                || value.len() > 32
-                || !value.bytes().all(|b| b.is_ascii_alphanumeric())
-            {
+            if !is_valid_id(value) {
                 return Err(invalid(format!(
                     "id {value:?} must be 1-32 ASCII letters and digits"
                 )));
@@ -112,6 +109,11 @@ pub fn parse_sts_record(record: &str) -> Result<StsRecord, TxtError> {
         id: id.to_owned(),
         raw: record.to_owned(),
     })
+}
+
+/// RFC 8461 §3.1: `sts-id = 1*32(ALPHA / DIGIT)`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// `(ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`

@@ -251,7 +251,8 @@ impl Daemon {
             let service = service.clone();
             tokio::task::spawn_blocking(move || service.load())
         };
-        let mut refresher = tokio::spawn(service.clone().run_refresher(stop.clone()));
+        let mut refresher =
+            tokio::spawn(crate::cache::refresher::run(service.clone(), stop.clone()));
         let mut fleet = service.shared().cloned().map(|shared| {
             let service = service.clone();
             tokio::spawn(shared.run_subscriber(

@@ -1,0 +1,235 @@
+//! The admin API's contract: its routes and the JSON shapes it exchanges. The server
+//! ([`crate::server::http`]) and the client ([`super::client`]) both use these, so
+//! they cannot drift apart.
+//!
+//! - `GET    /api/v1/policies`                  every cache entry
+//! - `GET    /api/v1/policies/DOMAIN`           one entry
+//! - `DELETE /api/v1/policies/DOMAIN`           purge one entry
+//! - `POST   /api/v1/policies/DOMAIN/refresh`   discover now, return the entry
+//! - `PUT    /api/v1/policies/DOMAIN`           import a policy learned elsewhere
+//!
+//! Errors are `{"error": "..."}` with a 4xx or 5xx status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::entry::Entry;
+use crate::clock::rfc3339;
+use crate::dane::rules::MxFacts;
+use crate::dane::service::Cached;
+use crate::mtasts::domain::normalize_host;
+
+const POLICIES: &str = "/api/v1/policies";
+
+/// A request the admin API serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    List,
+    Show(String),
+    Purge(String),
+    Refresh(String),
+    Import(String),
+}
+
+/// Why a request matches no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// Not under `/api/v1/policies`.
+    NotFound,
+    /// A path segment that is not a domain name.
+    BadDomain,
+    /// A method the path does not take.
+    Method,
+}
+
+impl Route {
+    /// The route for `method` and `path` (method names as HTTP spells them); the
+    /// domain comes back normalised.
+    pub fn parse(method: &str, path: &str) -> Result<Route, RouteError> {
+        let rest = path.strip_prefix(POLICIES).ok_or(RouteError::NotFound)?;
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return Err(RouteError::NotFound);
+        }
+        let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let domain = |d: &str| normalize_host(d).map_err(|_| RouteError::BadDomain);
+        match (method, parts.as_slice()) {
+            ("GET", []) => Ok(Route::List),
+            (_, []) => Err(RouteError::Method),
+            ("GET", [d]) => Ok(Route::Show(domain(d)?)),
+            ("DELETE", [d]) => Ok(Route::Purge(domain(d)?)),
+            ("PUT", [d]) => Ok(Route::Import(domain(d)?)),
+            ("POST", [d, "refresh"]) => Ok(Route::Refresh(domain(d)?)),
+            (_, [d, ..]) => {
+                domain(d)?;
+                Err(RouteError::Method)
+            }
+        }
+    }
+
+    /// The request's method and path.
+    pub fn request(&self) -> (&'static str, String) {
+        match self {
+            Route::List => ("GET", POLICIES.to_owned()),
+            Route::Show(d) => ("GET", format!("{POLICIES}/{d}")),
+            Route::Purge(d) => ("DELETE", format!("{POLICIES}/{d}")),
+            Route::Import(d) => ("PUT", format!("{POLICIES}/{d}")),
+            Route::Refresh(d) => ("POST", format!("{POLICIES}/{d}/refresh")),
+        }
+    }
+}
+
+/// One cache entry as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryView {
+    pub domain: String,
+    /// `enforce`, `testing`, `none`, `no-policy` or `expired`.
+    pub state: String,
+    pub id: Option<String>,
+    pub mx: Vec<String>,
+    pub max_age: Option<u64>,
+    pub fetched: Option<String>,
+    pub expires: Option<String>,
+    pub last_check: Option<String>,
+    pub no_policy_until: Option<String>,
+    pub last_error: Option<String>,
+    /// The failure class of `last_error` (`dns`, `tls`, `timeout`, ...).
+    #[serde(default)]
+    pub last_error_class: Option<String>,
+    pub last_error_at: Option<String>,
+    pub policy_lines: Vec<String>,
+    /// The remembered DANE verdict, when DANE precedence looked at the domain.
+    #[serde(default)]
+    pub dane: Option<DaneView>,
+}
+
+impl EntryView {
+    /// How `e` shows at `now`.
+    pub fn of(domain: &str, e: &Entry, now: u64) -> EntryView {
+        let valid = e.valid_policy(now);
+        let state = match valid {
+            Some(p) => p.policy.mode.as_str().to_owned(),
+            None if e.is_negative(now) => "no-policy".into(),
+            None => "expired".into(),
+        };
+        let p = e.policy.as_ref();
+        EntryView {
+            domain: domain.to_owned(),
+            state,
+            id: p.map(|p| p.id.clone()),
+            mx: p
+                .map(|p| p.policy.mx.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+            max_age: p.map(|p| p.policy.max_age),
+            fetched: p.map(|p| rfc3339(p.fetched_at)),
+            expires: p.map(|p| rfc3339(p.expires_at)),
+            last_check: (e.last_check > 0).then(|| rfc3339(e.last_check)),
+            no_policy_until: e.no_policy_until.filter(|t| *t > now).map(rfc3339),
+            last_error: e
+                .last_failure()
+                .map(|f| format!("{}: {}", f.class, f.message)),
+            last_error_class: e.last_failure().map(|f| f.class.as_str().to_owned()),
+            last_error_at: e.last_failure().map(|f| rfc3339(f.at)),
+            policy_lines: p.map(|p| p.policy.lines.clone()).unwrap_or_default(),
+            dane: None,
+        }
+    }
+}
+
+/// A remembered DANE verdict as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DaneView {
+    /// `dane_only`, `dane`, `no_dane` or `temp`.
+    pub verdict: String,
+    pub facts: MxFacts,
+    pub checked: String,
+    pub expires: String,
+}
+
+impl From<&Cached> for DaneView {
+    fn from(c: &Cached) -> Self {
+        DaneView {
+            verdict: c.verdict.as_str().to_owned(),
+            facts: c.mx.clone(),
+            checked: rfc3339(c.checked_at),
+            expires: rfc3339(c.expires_at),
+        }
+    }
+}
+
+/// The body of an import (`PUT /api/v1/policies/DOMAIN`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    /// The TXT record id the policy was fetched under (RFC 8461 §3.1).
+    pub id: String,
+    /// When it was fetched (seconds since the Unix epoch).
+    pub fetched_at: u64,
+    /// The policy file's text.
+    pub policy: String,
+}
+
+/// The answer to an import.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportResponse {
+    pub domain: String,
+    /// `imported`, `kept_newer` (the cache has one fetched at the same time or
+    /// later) or `expired`.
+    pub result: String,
+}
+
+/// The answer to a purge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PurgeResponse {
+    pub purged: String,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Imports are small; anything larger is not a policy (RFC 8461 §3.3: 64 KiB at most).
+pub const MAX_IMPORT_BODY: usize = 128 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_parses_back_from_its_own_request() {
+        for route in [
+            Route::List,
+            Route::Show("example.com".into()),
+            Route::Purge("example.com".into()),
+            Route::Import("example.com".into()),
+            Route::Refresh("example.com".into()),
+        ] {
+            let (method, path) = route.request();
+            assert_eq!(Route::parse(method, &path), Ok(route));
+        }
+    }
+
+    #[test]
+    fn domains_are_normalised_and_the_rest_refused() {
+        assert_eq!(
+            Route::parse("GET", "/api/v1/policies/Example.COM."),
+            Ok(Route::Show("example.com".into()))
+        );
+        assert_eq!(
+            Route::parse("GET", "/api/v1/policiesX"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(Route::parse("GET", "/metrics"), Err(RouteError::NotFound));
+        assert_eq!(
+            Route::parse("GET", "/api/v1/policies/not a domain"),
+            Err(RouteError::BadDomain)
+        );
+        assert_eq!(
+            Route::parse("POST", "/api/v1/policies"),
+            Err(RouteError::Method)
+        );
+        assert_eq!(
+            Route::parse("GET", "/api/v1/policies/example.com/refresh"),
+            Err(RouteError::Method)
+        );
+    }
+}

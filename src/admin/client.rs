@@ -1,0 +1,130 @@
+//! A typed client of the admin API, for the commands that work through the running
+//! daemon (`cache`, `warm`, `import`, `doctor`).
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use super::api::{EntryView, ErrorBody, ImportRequest, ImportResponse, PurgeResponse, Route};
+
+#[derive(Debug, Error)]
+pub enum AdminError {
+    /// No answer: the daemon is not running, or not at this address.
+    #[error("cannot reach the daemon's admin API at {base}: {message}")]
+    Unreachable { base: String, message: String },
+    /// The daemon refused the request, with its reason.
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    /// An answer that is not what the API promises.
+    #[error("unexpected admin API answer: {0}")]
+    BadAnswer(String),
+}
+
+impl AdminError {
+    /// Whether the daemon refused the request as wrong (4xx), rather than failing.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, AdminError::Refused { status, .. } if (400..500).contains(status))
+    }
+}
+
+/// The admin API of one daemon: `http://IP:PORT`.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client for the daemon at `base`; requests time out after `timeout` (a refresh
+    /// runs a whole discovery).
+    pub fn new(base: &str, timeout: Duration) -> Result<Self, AdminError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            // Loopback only: never through a proxy.
+            .no_proxy()
+            .build()
+            .map_err(|e| AdminError::Unreachable {
+                base: base.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn list(&self) -> Result<Vec<EntryView>, AdminError> {
+        self.call(&Route::List, None).await
+    }
+
+    pub async fn show(&self, domain: &str) -> Result<EntryView, AdminError> {
+        self.call(&Route::Show(domain.to_owned()), None).await
+    }
+
+    pub async fn purge(&self, domain: &str) -> Result<PurgeResponse, AdminError> {
+        self.call(&Route::Purge(domain.to_owned()), None).await
+    }
+
+    pub async fn refresh(&self, domain: &str) -> Result<EntryView, AdminError> {
+        self.call(&Route::Refresh(domain.to_owned()), None).await
+    }
+
+    pub async fn import(
+        &self,
+        domain: &str,
+        request: &ImportRequest,
+    ) -> Result<ImportResponse, AdminError> {
+        let body = serde_json::to_vec(request).map_err(|e| AdminError::BadAnswer(e.to_string()))?;
+        self.call(&Route::Import(domain.to_owned()), Some(body))
+            .await
+    }
+
+    /// The raw JSON text of a route's answer (for `--json`), or the refusal.
+    pub async fn raw(&self, route: &Route) -> Result<String, AdminError> {
+        self.send(route, None).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        route: &Route,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, AdminError> {
+        let text = self.send(route, body).await?;
+        serde_json::from_str(&text).map_err(|e| AdminError::BadAnswer(e.to_string()))
+    }
+
+    async fn send(&self, route: &Route, body: Option<Vec<u8>>) -> Result<String, AdminError> {
+        let (method, path) = route.request();
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| AdminError::BadAnswer(e.to_string()))?;
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let unreachable = |e: reqwest::Error| AdminError::Unreachable {
+            base: self.base.clone(),
+            message: crate::mtasts::discovery::error_chain(&e),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let text = response.text().await.map_err(unreachable)?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        // The daemon's reason, not its JSON.
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| format!("{status}: {}", text.trim()));
+        Err(AdminError::Refused {
+            status: status.as_u16(),
+            message,
+        })
+    }
+}
