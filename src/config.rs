@@ -211,9 +211,9 @@ impl Default for DaneConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// `"IP:PORT"` for TCP, `"unix:/path"` for a unix socket.
-    pub listen: Vec<String>,
-    /// Permissions of unix sockets, as an octal string.
-    pub socket_mode: String,
+    pub listen: Vec<ListenAddr>,
+    /// Permissions of unix sockets, written as an octal string.
+    pub socket_mode: SocketMode,
     /// Connections served at once; more wait to be accepted (back-pressure).
     pub max_connections: usize,
     /// Largest request accepted, in bytes.
@@ -231,8 +231,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: vec!["127.0.0.1:8461".into()],
-            socket_mode: "0666".into(),
+            listen: vec![ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8461)))],
+            socket_mode: SocketMode(0o666),
             max_connections: 1024,
             max_request_size: crate::protocol::codec::DEFAULT_MAX_REQUEST,
             idle_timeout: Duration::from_secs(30),
@@ -453,8 +453,8 @@ impl CacheConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// `"IP:PORT"` for Prometheus metrics and the admin API; empty turns both off.
-    pub listen: String,
+    /// `"IP:PORT"` for Prometheus metrics and the admin API; `""` turns both off.
+    pub listen: MetricsListen,
     /// Path of the metrics endpoint.
     pub path: String,
 }
@@ -462,24 +462,69 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:9461".into(),
+            listen: MetricsListen(Some(SocketAddr::from(([127, 0, 0, 1], 9461)))),
             path: "/metrics".into(),
         }
     }
 }
 
 impl MetricsConfig {
-    pub fn addr(&self) -> Result<Option<SocketAddr>, Problem> {
-        if self.listen.is_empty() {
-            return Ok(None);
-        }
-        self.listen.parse().map(Some).map_err(|_| {
-            invalid(
-                "metrics.listen",
-                format!("{:?} is not IP:PORT (or \"\" for off)", self.listen),
-            )
-        })
+    /// Where metrics and the admin API listen, if anywhere.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.0
     }
+}
+
+/// `metrics.listen`: an address, or `""` for off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl MetricsListen {
+    pub const OFF: MetricsListen = MetricsListen(None);
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(MetricsListen::OFF);
+        }
+        parse_socket_addr(s)
+            .map(|a| MetricsListen(Some(a)))
+            .ok_or_else(|| format!("{s:?} is not IP:PORT (or \"\" for off)"))
+    }
+}
+
+impl TryFrom<String> for MetricsListen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map_err(|e| format!("metrics.listen: {e}"))
+    }
+}
+
+/// Unix socket permissions, written as an octal string such as `"0660"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SocketMode(pub u32);
+
+impl TryFrom<String> for SocketMode {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        u32::from_str_radix(&s, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .map(SocketMode)
+            .ok_or_else(|| format!("server.socket_mode: {s:?} is not an octal mode like \"0660\""))
+    }
+}
+
+/// An `IP:PORT` socket address, IPv6 in brackets.
+fn parse_socket_addr(s: &str) -> Option<SocketAddr> {
+    s.parse().ok()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -510,11 +555,34 @@ impl Default for LogConfig {
     }
 }
 
-/// Where a server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a server listens: `"IP:PORT"` or `"unix:/path"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => Ok(ListenAddr::Unix(PathBuf::from(path))),
+            Some(_) => Err(format!("{s:?}: a unix socket needs an absolute path")),
+            None => parse_socket_addr(s)
+                .map(ListenAddr::Tcp)
+                .ok_or_else(|| format!("{s:?} is neither IP:PORT nor unix:/path")),
+        }
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map_err(|e| format!("server.listen: {e}"))
+    }
 }
 
 /// Whether two listeners would want the same socket: the same path, or the same
@@ -606,15 +674,6 @@ impl Config {
     /// Checks that need nothing beyond the values themselves (no files, no network).
     fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        if let Err(p) = self.listen_addrs() {
-            out.push(p);
-        }
-        if let Err(p) = self.socket_mode() {
-            out.push(p);
-        }
-        if let Err(p) = self.metrics.addr() {
-            out.push(p);
-        }
         self.listener_problems(&mut out);
         if !self.metrics.path.starts_with('/') {
             out.push(invalid("metrics.path", "must start with '/'"));
@@ -641,15 +700,13 @@ impl Config {
                 "is empty: the daemon would answer nobody (the default is [\"127.0.0.1:8461\"])",
             ));
         }
-        let Ok(addrs) = self.listen_addrs() else {
-            return;
-        };
+        let addrs = &self.server.listen;
         for (i, a) in addrs.iter().enumerate() {
             if addrs[..i].iter().any(|b| overlaps(a, b)) {
                 out.push(invalid("server.listen", format!("{a} is listed twice")));
             }
         }
-        if let Ok(Some(metrics)) = self.metrics.addr() {
+        if let Some(metrics) = self.metrics.addr() {
             let metrics = ListenAddr::Tcp(metrics);
             if let Some(clash) = addrs.iter().find(|a| overlaps(a, &metrics)) {
                 out.push(invalid(
@@ -752,41 +809,6 @@ impl Config {
         }
     }
 
-    pub fn listen_addrs(&self) -> Result<Vec<ListenAddr>, Problem> {
-        self.server
-            .listen
-            .iter()
-            .map(|s| match s.strip_prefix("unix:") {
-                Some(path) if path.starts_with('/') => Ok(ListenAddr::Unix(PathBuf::from(path))),
-                Some(_) => Err(invalid(
-                    "server.listen",
-                    format!("{s:?}: a unix socket needs an absolute path"),
-                )),
-                None => s.parse().map(ListenAddr::Tcp).map_err(|_| {
-                    invalid(
-                        "server.listen",
-                        format!("{s:?} is neither IP:PORT nor unix:/path"),
-                    )
-                }),
-            })
-            .collect()
-    }
-
-    pub fn socket_mode(&self) -> Result<u32, Problem> {
-        u32::from_str_radix(&self.server.socket_mode, 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| {
-                invalid(
-                    "server.socket_mode",
-                    format!(
-                        "{:?} is not an octal mode like \"0660\"",
-                        self.server.socket_mode
-                    ),
-                )
-            })
-    }
-
     /// Options for a socketmap name: `[zones.NAME]`, else `[zones.default]`, else defaults.
     pub fn zone(&self, name: &str) -> ZoneOptions {
         self.zones
@@ -805,10 +827,11 @@ mod tests {
     fn empty_file_is_the_defaults() {
         let c = Config::from_toml("", "test").unwrap();
         assert_eq!(
-            c.listen_addrs().unwrap(),
+            c.server.listen,
             vec![ListenAddr::Tcp("127.0.0.1:8461".parse().unwrap())]
         );
-        assert_eq!(c.socket_mode().unwrap(), 0o666);
+        assert_eq!(c.server.socket_mode, SocketMode(0o666));
+        assert_eq!(c.metrics.addr(), Some("127.0.0.1:9461".parse().unwrap()));
         assert_eq!(c.fetch.timeout, Duration::from_secs(15));
         assert!(!c.fetch.allow_private_addresses);
         assert_eq!(c.zone("postfix"), ZoneOptions::default());

@@ -14,6 +14,8 @@
 //!   validating DNSSEC lookups, and the service that remembers verdicts;
 //! - [`cache`]: a domain's cache entry, the cache rules as pure functions, the
 //!   policy service that applies them around discovery, and the persistent store;
+//! - [`answer`]: the one answer path from a request key to the reply (normalisation,
+//!   the DANE gate, MTA-STS, precedence), used by the daemon and by `query` alike;
 //! - [`setup`]: the one path from a configuration to the settings the daemon runs
 //!   on (start, reload, `query`, `check-config`), reporting every problem at once;
 //! - [`server`]: the socketmap and HTTP (metrics, admin API) listeners, systemd
@@ -26,6 +28,7 @@
 //!   binary's edge.
 
 pub mod admin;
+pub mod answer;
 pub mod cache;
 pub mod cli;
 pub mod clock;

@@ -15,6 +15,8 @@ use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
 #[derive(Debug)]
 pub struct Prepared {
     pub discovery: DiscoveryOptions,
+    /// Built from `discovery` once, here: the daemon runs on this very one.
+    pub discoverer: Discoverer,
     pub dane: DaneSettings,
     pub cache_dir: PathBuf,
 }
@@ -33,11 +35,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
     let discovery = DiscoveryOptions::from_config(config)
         .map_err(|e| problems.push(setup("fetch.ca_file", e)))
         .ok();
-    if let Some(opts) = &discovery
-        && let Err(e) = Discoverer::new(opts.clone())
-    {
-        problems.push(setup("resolver", e));
-    }
+    let discoverer = discovery.as_ref().and_then(|opts| {
+        Discoverer::new(opts.clone())
+            .map_err(|e| problems.push(setup("resolver", e)))
+            .ok()
+    });
     let dane = DaneSettings::resolve(&config.dane, &config.resolver)
         .map_err(|e| problems.push(setup("dane", e)))
         .ok();
@@ -48,12 +50,15 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
             message,
         });
     }
-    match (discovery, dane, cache_dir) {
-        (Some(discovery), Some(dane), Some(cache_dir)) if problems.is_empty() => Ok(Prepared {
-            discovery,
-            dane,
-            cache_dir,
-        }),
+    match (discovery, discoverer, dane, cache_dir) {
+        (Some(discovery), Some(discoverer), Some(dane), Some(cache_dir)) if problems.is_empty() => {
+            Ok(Prepared {
+                discovery,
+                discoverer,
+                dane,
+                cache_dir,
+            })
+        }
         _ => Err(ConfigError::Invalid {
             origin: config.origin.clone(),
             problems,

@@ -57,7 +57,7 @@ fn config(dir: &Path, extra: &str) -> Config {
     );
     let mut config = Config::from_toml(&text, "test").unwrap();
     config.cache.path = Some(dir.join("cache"));
-    config.metrics.listen = "127.0.0.1:0".into();
+    config.metrics.listen = "127.0.0.1:0".parse().unwrap();
     config
 }
 

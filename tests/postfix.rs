@@ -79,7 +79,7 @@ async fn postmap_queries_over_tcp_and_unix_socket() {
     )
     .unwrap();
     config.cache.path = Some(dir.path().join("cache"));
-    config.metrics.listen = String::new();
+    config.metrics.listen = mta_stsd::config::MetricsListen::OFF;
     let d = InProcess::start(&w, config, Arc::new(SystemClock)).await;
     let port = d.tcp.port();
 
@@ -144,7 +144,7 @@ async fn silent_connections_holding_every_slot_make_room_for_postfix() {
     )
     .unwrap();
     config.cache.path = Some(dir.path().join("cache"));
-    config.metrics.listen = String::new();
+    config.metrics.listen = mta_stsd::config::MetricsListen::OFF;
     let d = InProcess::start(&w, config, Arc::new(SystemClock)).await;
     let map = format!("socketmap:inet:127.0.0.1:{}:postfix", d.tcp.port());
 

@@ -84,7 +84,7 @@ async fn run_checks(args: &DoctorArgs) -> Vec<Check> {
         }
     };
     checks.push(Check::ok("mta-stsd.config", format!("{shown} is valid")));
-    let listeners = config.listen_addrs().unwrap_or_default();
+    let listeners = config.server.listen.clone();
 
     let used = postfix_checks(args, &config, &listeners, &mut checks);
     daemon_checks(&config, &listeners, &used, &mut checks).await;
@@ -387,7 +387,7 @@ async fn daemon_checks(
     }
 
     match config.metrics.addr() {
-        Ok(Some(addr)) => {
+        Some(addr) => {
             let redis = config.cache.backend == crate::config::CacheBackend::Redis;
             admin_checks(
                 &format!("http://{addr}"),
@@ -397,7 +397,7 @@ async fn daemon_checks(
             )
             .await
         }
-        _ => checks.push(Check::warning(
+        None => checks.push(Check::warning(
             "mta-stsd.metrics",
             "metrics.listen is off: no metrics, no admin API (cache, warm)",
             "set [metrics] listen = \"127.0.0.1:9461\"",

@@ -9,7 +9,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
-use crate::mtasts::discovery::Discoverer;
 
 mod cache;
 mod doctor;
@@ -179,7 +178,7 @@ fn admin_url(given: Option<String>, config: Option<&std::path::Path>) -> anyhow:
     let (config, _) = load_config(config)?;
     let addr = config
         .metrics
-        .addr()?
+        .addr()
         .context("metrics.listen is off, so there is no admin API to talk to")?;
     Ok(format!("http://{addr}"))
 }
@@ -227,7 +226,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (config, _) = load_config(config.as_deref())?;
             let report = current_thread()?.block_on(async {
                 let prepared = crate::setup::prepare(&config)?;
-                let discoverer = Discoverer::new(prepared.discovery)?;
+                let discoverer = prepared.discoverer;
                 let zone = config.zone(&zone);
                 let dane = prepared.dane;
                 let dane_query = query::DaneQuery {
@@ -320,7 +319,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "{}: OK (listen {})",
                 path.display(),
-                config.server.listen.join(", ")
+                config
+                    .server
+                    .listen
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -1,17 +1,18 @@
 //! `mta-stsd query DOMAIN`: one live discovery, explained step by step.
 
 use std::fmt::Write as _;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::answer::{DaneSource, PolicySource};
+use crate::cache::service::CacheOutcome;
 use crate::dane::lookup::DaneLookup;
 use crate::dane::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
-use crate::dane::service::dane_reply;
 use crate::mtasts::discovery::{Discoverer, FetchError, TxtLookup};
-use crate::mtasts::domain::normalize_key;
 use crate::mtasts::policy::Policy;
-use crate::protocol::answer::{ZoneOptions, render};
+use crate::protocol::answer::{Reply, ZoneOptions, render};
 
 /// How a query ended; also the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,83 +80,163 @@ pub struct QueryReport {
     pub outcome: Outcome,
 }
 
-/// Runs one live discovery for a next-hop key: DANE first (when it applies), then
-/// MTA-STS; the reply is what the daemon would answer.
+/// How long `query` lets its live lookups take: they are bounded by the resolver's
+/// and the fetch's own timeouts, not by the daemon's lookup deadline.
+const QUERY_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Runs one live discovery for a next-hop key through the daemon's answer path
+/// ([`crate::answer`]): DANE first (when it applies), then MTA-STS; the reply is what
+/// the daemon would answer, and the report explains each step.
 pub async fn query(
     discoverer: &Discoverer,
     key: &str,
     zone: &ZoneOptions,
     dane: Option<DaneQuery<'_>>,
 ) -> QueryReport {
-    let mut report = mta_sts(discoverer, key, zone).await;
-    let (Some(dane), Some(domain)) = (dane, report.domain.clone()) else {
-        return report;
+    let policies = LivePolicy {
+        discoverer,
+        report: Mutex::new(QueryReport::new(key)),
     };
-    let mut part = DaneReport {
-        enabled: dane.enabled,
-        reason: dane.reason,
-        validation: None,
-        mx: None,
-        verdict: None,
+    let dane = LiveDane {
+        query: dane,
+        part: Mutex::new(None),
     };
-    if dane.enabled {
-        let lookup = dane.lookup;
-        let validation = lookup.root_security().await;
-        part.validation = Some(validation);
-        // As the daemon: no DANE precedence while validation does not work.
-        if validation == Security::Secure {
-            let found = lookup.facts(&domain).await;
-            let verdict = rules::verdict(&found.mx);
-            // The same precedence as the daemon's answer path (`final_reply`).
-            if let Some(reply) = dane_reply(&verdict) {
-                report.reply = reply.wire().to_owned();
-            }
-            part.mx = Some(found.mx);
-            part.verdict = Some(verdict);
-        }
-    }
-    report.dane = Some(part);
+    let answer = crate::answer::answer(key, zone, QUERY_DEADLINE, &policies, &dane).await;
+    let mut report = policies
+        .report
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    report.skipped = answer.skipped;
+    report.dane = dane
+        .part
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    report.reply = answer.reply.wire().to_owned();
     report
 }
 
-async fn mta_sts(discoverer: &Discoverer, key: &str, zone: &ZoneOptions) -> QueryReport {
-    let mut report = QueryReport {
-        key: key.to_owned(),
-        domain: None,
-        skipped: None,
-        dane: None,
-        txt: None,
-        policy_url: None,
-        policy: None,
-        fetch_error: None,
-        valid_until: None,
-        reply: "NOTFOUND ".to_owned(),
-        outcome: Outcome::NoPolicy,
-    };
-    let domain = match normalize_key(key) {
-        Ok(d) => d,
-        Err(skip) => {
-            report.skipped = Some(skip.to_string());
-            return report;
+/// The MTA-STS side of a query: a live discovery, noted step by step.
+struct LivePolicy<'a> {
+    discoverer: &'a Discoverer,
+    report: Mutex<QueryReport>,
+}
+
+impl PolicySource for LivePolicy<'_> {
+    async fn policy_reply(&self, domain: String, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
+        let found = mta_sts(self.discoverer, &domain, zone).await;
+        let reply = found.reply.clone();
+        let mut report = self.report.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = std::mem::take(&mut report.key);
+        *report = QueryReport {
+            key,
+            ..found.report
+        };
+        (reply, CacheOutcome::Miss)
+    }
+}
+
+/// The DANE side of a query: the self-check and the MX/TLSA facts, looked up live.
+struct LiveDane<'a> {
+    query: Option<DaneQuery<'a>>,
+    part: Mutex<Option<DaneReport>>,
+}
+
+impl LiveDane<'_> {
+    fn note(&self, f: impl FnOnce(&mut DaneReport)) {
+        let mut part = self.part.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(part) = part.as_mut() {
+            f(part);
         }
-    };
-    report.domain = Some(domain.clone());
-    let txt = discoverer.lookup_txt(&domain).await;
+    }
+}
+
+impl DaneSource for LiveDane<'_> {
+    fn wanted(&self, _zone: &ZoneOptions) -> bool {
+        let Some(q) = &self.query else { return false };
+        // Reported whether or not it applies, so that the report says why.
+        *self.part.lock().unwrap_or_else(PoisonError::into_inner) = Some(DaneReport {
+            enabled: q.enabled,
+            reason: q.reason.clone(),
+            validation: None,
+            mx: None,
+            verdict: None,
+        });
+        q.enabled
+    }
+
+    async fn usable(&self, _zone: &ZoneOptions, _deadline: Duration) -> bool {
+        let Some(q) = &self.query else { return false };
+        let validation = q.lookup.root_security().await;
+        self.note(|part| part.validation = Some(validation));
+        validation == Security::Secure
+    }
+
+    async fn verdict(&self, domain: &str, _deadline: Duration) -> Verdict {
+        let Some(q) = &self.query else {
+            return Verdict::NoDane;
+        };
+        let found = q.lookup.facts(domain).await;
+        let verdict = rules::verdict(&found.mx);
+        self.note(|part| {
+            part.mx = Some(found.mx);
+            part.verdict = Some(verdict.clone());
+        });
+        verdict
+    }
+}
+
+/// What the MTA-STS discovery of a query found, and the reply it gives.
+struct Discovered {
+    report: QueryReport,
+    reply: Reply,
+}
+
+impl QueryReport {
+    fn new(key: &str) -> Self {
+        QueryReport {
+            key: key.to_owned(),
+            domain: None,
+            skipped: None,
+            dane: None,
+            txt: None,
+            policy_url: None,
+            policy: None,
+            fetch_error: None,
+            valid_until: None,
+            reply: "NOTFOUND ".to_owned(),
+            outcome: Outcome::NoPolicy,
+        }
+    }
+}
+
+async fn mta_sts(discoverer: &Discoverer, domain: &str, zone: &ZoneOptions) -> Discovered {
+    let mut report = QueryReport::new("");
+    report.domain = Some(domain.to_owned());
+    let txt = discoverer.lookup_txt(domain).await;
     report.txt = Some(txt.clone());
     match txt {
         TxtLookup::Found { .. } => {}
-        TxtLookup::NoPolicy { .. } => return report,
+        TxtLookup::NoPolicy { .. } => {
+            return Discovered {
+                report,
+                reply: Reply::NotFound,
+            };
+        }
         TxtLookup::Failed { .. } => {
             report.outcome = Outcome::Error;
-            return report;
+            return Discovered {
+                report,
+                reply: Reply::NotFound,
+            };
         }
     }
-    report.policy_url = Some(discoverer.policy_url(&domain));
-    match discoverer.fetch_policy(&domain).await {
+    report.policy_url = Some(discoverer.policy_url(domain));
+    let mut reply = Reply::NotFound;
+    match discoverer.fetch_policy(domain).await {
         Ok(policy) => {
             let until = SystemTime::now() + Duration::from_secs(policy.max_age);
             report.valid_until = Some(humantime::format_rfc3339_seconds(until).to_string());
-            report.reply = render(&domain, Some(&policy), zone).reply.wire().to_owned();
+            reply = render(domain, Some(&policy), zone).reply;
             report.policy = Some(policy);
             report.outcome = Outcome::Policy;
         }
@@ -164,7 +245,7 @@ async fn mta_sts(discoverer: &Discoverer, key: &str, zone: &ZoneOptions) -> Quer
             report.outcome = Outcome::Error;
         }
     }
-    report
+    Discovered { report, reply }
 }
 
 fn dane_text(out: &mut String, dane: &DaneReport) {

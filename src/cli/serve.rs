@@ -49,6 +49,7 @@ pub(super) async fn serve(
         log,
         store: None,
         dane: Some(prepared.dane),
+        discoverer: Some(prepared.discoverer),
     };
     let daemon =
         Daemon::build_with(config, prepared.discovery, Arc::new(SystemClock), parts).await?;

@@ -21,7 +21,7 @@ use crate::cache::shared::SharedCache;
 use crate::cache::store::guard::Reopen;
 use crate::cache::store::{GuardedStore, PolicyStore, SledStore, StoreError, Unavailable};
 use crate::clock::Clock;
-use crate::config::{CacheBackend, Config, ConfigError};
+use crate::config::{CacheBackend, Config};
 use crate::dane::service::{DaneService, DaneSettings};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
@@ -47,6 +47,9 @@ pub struct Parts {
     /// DANE settings already resolved (by [`crate::setup::prepare`]); else resolved
     /// here from the configuration.
     pub dane: Option<DaneSettings>,
+    /// The discoverer already built (by [`crate::setup::prepare`]); else built here
+    /// from the discovery options.
+    pub discoverer: Option<Discoverer>,
 }
 
 /// Remembered DANE verdicts, saved beside the policies in the cache directory.
@@ -168,7 +171,10 @@ impl Daemon {
         if restored > 0 {
             tracing::info!(verdicts = restored, "DANE verdicts restored");
         }
-        let discoverer = Discoverer::new(opts)?;
+        let discoverer = match parts.discoverer {
+            Some(discoverer) => discoverer,
+            None => Discoverer::new(opts)?,
+        };
         let settings = ServiceSettings::new(config.cache.clone(), config.lookup.clone());
         let service = PolicyService::new(discoverer, store, clock, settings, metrics.clone());
         if config.cache.backend == CacheBackend::Redis {
@@ -176,25 +182,26 @@ impl Daemon {
             service.share_with(SharedCache::new(&config.cache.redis, metrics)?);
             tracing::info!(prefix = %config.cache.redis.prefix, "policies shared with the fleet through Redis");
         }
-        let mode = config.socket_mode().map_err(ConfigError::from)?;
+        let mode = config.server.socket_mode.0;
         let listeners = match parts.activated {
             Some(l) => l,
             None => {
                 let mut listeners = Vec::new();
-                for addr in config.listen_addrs().map_err(ConfigError::from)? {
-                    let l = Listener::bind(&addr, mode).await.map_err(|source| {
-                        DaemonError::Listen {
-                            addr: addr.to_string(),
-                            message: crate::io_error_text(&source),
-                        }
-                    })?;
+                for addr in &config.server.listen {
+                    let l =
+                        Listener::bind(addr, mode)
+                            .await
+                            .map_err(|source| DaemonError::Listen {
+                                addr: addr.to_string(),
+                                message: crate::io_error_text(&source),
+                            })?;
                     listeners.push(l);
                 }
                 listeners
             }
         };
         let metrics_listener =
-            match config.metrics.addr().map_err(ConfigError::from)? {
+            match config.metrics.addr() {
                 Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
                     |source| DaemonError::Listen {
                         addr: addr.to_string(),

@@ -12,10 +12,9 @@ use thiserror::Error;
 
 use crate::cache::service::{CacheOutcome, PolicyService, ServiceSettings};
 use crate::config::{Config, ConfigError};
-use crate::dane::service::{DaneService, DaneSettings, final_reply};
+use crate::dane::service::{DaneService, DaneSettings};
 use crate::locks::{read, write};
 use crate::mtasts::discovery::{Discoverer, SetupError};
-use crate::mtasts::domain::normalize_key;
 use crate::protocol::answer::{Reply, ZoneOptions};
 
 #[derive(Debug, Error)]
@@ -77,32 +76,13 @@ impl State {
         self.path.as_deref()
     }
 
-    /// Answers one socketmap lookup: the MTA-STS answer, unless DANE takes precedence
-    /// for the domain (RFC 8461 §2). Both run at once, each with its own cache, and
-    /// the DANE side (self-check included) within the one lookup deadline.
+    /// Answers one socketmap lookup through the one answer path ([`crate::answer`]):
+    /// the MTA-STS answer from the policy cache, unless DANE takes precedence for the
+    /// domain (RFC 8461 §2), both within the one lookup deadline.
     pub async fn answer(&self, key: &str, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
-        if !self.dane.wanted_for(zone) {
-            return self.service.lookup(key, zone).await;
-        }
-        let Ok(domain) = normalize_key(key) else {
-            // No domain (an address literal, ...): the policy service says why.
-            return self.service.lookup(key, zone).await;
-        };
         let deadline = self.config().lookup.deadline;
-        let started = tokio::time::Instant::now();
-        let dane = async {
-            if !self.dane.enabled_for(zone, deadline).await {
-                return None;
-            }
-            let left = deadline.saturating_sub(started.elapsed());
-            Some(self.dane.verdict(&domain, left).await)
-        };
-        let (dane, (reply, outcome)) =
-            tokio::join!(dane, self.service.lookup_domain(domain.clone(), zone));
-        match dane {
-            Some(dane) => (final_reply(&dane.verdict, reply), outcome),
-            None => (reply, outcome),
-        }
+        let answer = crate::answer::answer(key, zone, deadline, &self.service, &self.dane).await;
+        (answer.reply, answer.outcome)
     }
 
     /// Re-reads the configuration file and applies it; on any error the running
@@ -113,8 +93,7 @@ impl State {
         // `prepare` runs the semantic checks with the file checks.
         let config = Config::read_unchecked(path)?;
         let prepared = crate::setup::prepare(&config)?;
-        let discoverer = Discoverer::new(prepared.discovery)?;
-        self.apply(config, discoverer, prepared.dane)
+        self.apply(config, prepared.discoverer, prepared.dane)
     }
 
     /// Applies a configuration with its discoverer and DANE settings (tests build

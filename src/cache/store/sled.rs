@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use super::format::{decode_entry, decode_outline, encode_entry};
 use super::{PolicyStore, StoreError, Visit, VisitOutline};
 use crate::cache::entry::Entry;
