@@ -117,3 +117,88 @@ async fn shutdown_is_bounded_with_thousands_of_hanging_refreshes() {
         .count();
     assert_eq!(valid, DUE);
 }
+
+/// An admin request in progress when shutdown begins (a refresh runs a whole
+/// discovery) is answered before the daemon stops. The daemon runs on a runtime of its
+/// own that is dropped when it returns, as in the binary, so a connection left behind
+/// would be cut off rather than finish on the test's runtime.
+#[test]
+fn an_admin_request_in_progress_at_shutdown_is_answered() {
+    let test_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let w = test_rt.block_on(World::start());
+    w.publish("slow.example", "1", common::ENFORCE);
+    w.https.set_response(
+        "slow.example",
+        HttpResponse::Delay(
+            Duration::from_millis(1500),
+            Box::new(HttpResponse::Policy(common::ENFORCE.into())),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::from_toml(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        "test",
+    )
+    .unwrap();
+    config.cache.path = Some(dir.path().join("cache"));
+    let opts = common::options(&w);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stopped = rt.block_on(async {
+            let daemon = Daemon::build(config, opts, Arc::new(SystemClock))
+                .await
+                .unwrap();
+            let admin = daemon.metrics_addr().unwrap();
+            ready_tx
+                .send((admin, daemon.state.service.clone()))
+                .unwrap();
+            daemon
+                .run(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        // Dropping the runtime ends whatever the daemon left running.
+        drop(rt);
+        stopped
+    });
+    let (admin, service) = ready_rx.recv().unwrap();
+    let stopped = test_rt.block_on(async {
+        let client = mta_stsd::admin::client::AdminClient::new(
+            &format!("http://{admin}"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let request = tokio::spawn(async move { client.refresh("slow.example").await });
+        // The refresh is running once its discovery is in flight.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while service.inflight() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the refresh started");
+        let _ = stop_tx.send(());
+        let stopped = tokio::task::spawn_blocking(move || daemon_thread.join().unwrap())
+            .await
+            .unwrap();
+        let entry = tokio::time::timeout(Duration::from_secs(5), request)
+            .await
+            .expect("an answer")
+            .unwrap()
+            .expect("the refresh was answered, not cut off");
+        assert_eq!(entry.state, "enforce");
+        stopped
+    });
+    assert!(stopped.settled);
+}

@@ -184,11 +184,14 @@ async fn handle(
     }
 }
 
-/// Serves metrics and the admin API until `stop` is cancelled.
+/// Serves metrics and the admin API until `stop` is cancelled, then waits for the
+/// requests in progress (an admin refresh runs a whole discovery) before returning:
+/// the daemon's shutdown bounds that wait and drops what is left.
 pub async fn run(listener: TcpListener, ctx: Arc<State>, stop: CancellationToken) {
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -199,7 +202,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<State>, stop: CancellationToken
             },
         };
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(handle(req, peer, ctx).await) }
@@ -211,5 +214,9 @@ pub async fn run(listener: TcpListener, ctx: Arc<State>, stop: CancellationToken
                 tracing::debug!(error = %e, "metrics connection timed out");
             }
         });
+        // Reap finished connections so the set does not grow without bound.
+        while conns.try_join_next().is_some() {}
     }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
 }
