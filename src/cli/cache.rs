@@ -3,15 +3,40 @@
 
 use std::process::ExitCode;
 
-use super::CacheAction;
+use super::AdminArgs;
 use crate::admin::api::{EntryView, ErrorBody, Route};
 use crate::admin::client::AdminError;
 
-pub(super) async fn command(
-    base: &str,
+/// `mta-stsd cache`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
     action: CacheAction,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
     json: bool,
-) -> anyhow::Result<ExitCode> {
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum CacheAction {
+    /// List every cached domain.
+    List,
+    /// Show one domain: policy, id, fetched, expires, last check, last error.
+    Show { domain: String },
+    /// Remove one domain from the cache.
+    Purge { domain: String },
+    /// Discover one domain now and show the result.
+    Refresh { domain: String },
+}
+
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let base = args.admin.url()?;
+    super::current_thread()?.block_on(command(&base, args.action, args.json))
+}
+
+async fn command(base: &str, action: CacheAction, json: bool) -> anyhow::Result<ExitCode> {
     let client = super::admin_client(base)?;
     let route = match &action {
         CacheAction::List => Route::List,

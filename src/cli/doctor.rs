@@ -23,15 +23,29 @@ use crate::protocol::codec::NetstringCodec;
 const PROBE_KEY: &str = "[192.0.2.1]";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct DoctorArgs {
+/// `mta-stsd doctor`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The daemon's configuration file (default: /etc/mta-stsd/mta-stsd.toml if it
+    /// exists, else built-in defaults).
+    #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Postfix's configuration directory.
+    #[arg(long, value_name = "DIR", default_value = "/etc/postfix")]
     pub postfix_config: PathBuf,
-    pub json: bool,
-    /// Postfix's resolver configuration (for `options trust-ad`).
+    /// The resolver configuration Postfix uses (for DNSSEC's `options trust-ad`).
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub async fn command(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::current_thread()?.block_on(command(args))
+}
+
+async fn command(args: Args) -> anyhow::Result<ExitCode> {
     let checks = run_checks(&args).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
@@ -64,7 +78,7 @@ fn to_text(checks: &[Check]) -> String {
     out
 }
 
-async fn run_checks(args: &DoctorArgs) -> Vec<Check> {
+async fn run_checks(args: &Args) -> Vec<Check> {
     let mut checks = Vec::new();
     let path = Config::path_or_default(args.config.as_deref());
     let shown = path
@@ -103,7 +117,7 @@ fn param(dir: &Path, name: &str) -> String {
 /// The Postfix checks; returns the socketmaps Postfix uses that reach a listener,
 /// with that listener, for the daemon's probes.
 fn postfix_checks(
-    args: &DoctorArgs,
+    args: &Args,
     config: &Config,
     listeners: &[ListenAddr],
     checks: &mut Vec<Check>,

@@ -247,7 +247,23 @@ impl std::fmt::Display for Summary {
     }
 }
 
-pub async fn command(url: &str, source: Source) -> anyhow::Result<ExitCode> {
+/// `mta-stsd import`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// postfix-mta-sts-resolver's cache: sqlite:PATH (cache type sqlite) or its Redis
+    /// URL, redis://HOST[:PORT][/DB] or unix:///PATH (cache type redis).
+    #[arg(long = "from", value_name = "SOURCE")]
+    from: Source,
+    #[command(flatten)]
+    admin: super::AdminArgs,
+}
+
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let url = args.admin.url()?;
+    super::current_thread()?.block_on(command(&url, args.from))
+}
+
+async fn command(url: &str, source: Source) -> anyhow::Result<ExitCode> {
     let (rows, unreadable) = match &source {
         Source::Sqlite(path) => {
             let path = path.clone();

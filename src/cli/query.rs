@@ -14,6 +14,51 @@ use crate::mtasts::discovery::{Discoverer, FetchError, TxtLookup};
 use crate::mtasts::policy::Policy;
 use crate::protocol::answer::{Reply, ZoneOptions, render};
 
+/// `mta-stsd query`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Domain or Postfix next-hop key (example.com, [mx.example.com]:587, ...).
+    domain: String,
+    /// Print a JSON report instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Configuration file (default: /etc/mta-stsd/mta-stsd.toml if it exists, else
+    /// built-in defaults).
+    #[arg(long, short)]
+    config: Option<std::path::PathBuf>,
+    /// Socketmap name whose [zones.NAME] options to apply.
+    #[arg(long, default_value = "postfix")]
+    zone: String,
+}
+
+/// Runs the command: the daemon's configuration and setup, one live query.
+pub(super) fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    super::logging::init("warn", crate::config::LogFormat::Auto);
+    let (config, _) = super::load_config(args.config.as_deref())?;
+    let report = super::current_thread()?.block_on(async {
+        let prepared = crate::setup::prepare(&config)?;
+        let zone = config.zone(&args.zone);
+        let dane = prepared.dane;
+        let dane_query = DaneQuery {
+            enabled: dane.wanted_for(&zone),
+            reason: match zone.dane {
+                Some(_) => "set for this zone".to_owned(),
+                None => dane.reason.clone(),
+            },
+            lookup: &dane.lookup,
+        };
+        anyhow::Ok(query(&prepared.discoverer, &args.domain, &zone, Some(dane_query)).await)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(std::process::ExitCode::from(
+        report.outcome.exit_code() as u8
+    ))
+}
+
 /// How a query ended; also the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -14,9 +14,34 @@ use crate::server::daemon::{Daemon, Parts};
 use crate::server::state::{LogReloader, ReloadError};
 use crate::server::systemd::{self, NotifyState};
 
+/// `mta-stsd serve`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Configuration file (default: /etc/mta-stsd/mta-stsd.toml if it exists, else
+    /// built-in defaults).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+/// Runs the command: configuration, logging, the runtime, then the daemon.
+pub(super) fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    // SAFETY: no other thread exists yet: the runtime starts below, and argument
+    // parsing and configuration loading spawn none.
+    let passed = unsafe { crate::server::systemd::take_listen_fds() }
+        .context("cannot read the sockets systemd passed")?;
+    let (config, path) = super::load_config(args.config.as_deref())?;
+    let log = super::logging::init(&config.log.level, config.log.format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, path, log, passed))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Runs the daemon. `passed` are the sockets systemd passed (taken from the
 /// environment before the runtime started).
-pub(super) async fn serve(
+async fn serve(
     config: Config,
     path: Option<PathBuf>,
     log: Option<FilterHandle>,

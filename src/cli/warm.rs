@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -130,14 +130,33 @@ impl Summary {
     }
 }
 
-pub(super) struct WarmArgs {
-    pub input: Option<std::path::PathBuf>,
-    pub from_maillog: Option<std::path::PathBuf>,
-    pub top: Option<usize>,
-    pub concurrency: usize,
+/// `mta-stsd warm`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// File with one domain per line, or - for standard input.
+    input: Option<PathBuf>,
+    /// Take recipient domains of delivered mail from Postfix's log (most frequent
+    /// first): a file such as /var/log/mail.log (rotated .gz ones too), or - for
+    /// standard input (`journalctl -t postfix/smtp --since -30d | mta-stsd warm
+    /// --from-maillog -`).
+    #[arg(long, value_name = "PATH")]
+    from_maillog: Option<PathBuf>,
+    /// Only the first N domains (with --from-maillog: the N most frequent).
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
+    /// Discoveries at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[command(flatten)]
+    admin: super::AdminArgs,
 }
 
-pub(super) async fn command(base: &str, args: WarmArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let base = args.admin.url()?;
+    super::current_thread()?.block_on(command(&base, args))
+}
+
+async fn command(base: &str, args: Args) -> anyhow::Result<ExitCode> {
     let mut domains = Vec::new();
     if let Some(path) = &args.from_maillog {
         let text = read_input(path)?;
