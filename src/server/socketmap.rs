@@ -3,26 +3,25 @@
 //! connections wait in the kernel's accept queue), and a connection waiting for a
 //! slot makes idle ones close, so silent clients cannot lock Postfix out. A malformed
 //! request closes only its own connection, and so does a client that stays silent
-//! too long (see `wait_limit`). On shutdown, accepting stops, idle connections close, and the
+//! too long (see `connection::wait_limit`). On shutdown, accepting stops, idle connections close, and the
 //! request in progress on each connection is answered first.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ListenAddr;
 use crate::protocol::answer::Reply;
-use crate::protocol::codec::{NetstringCodec, parse_request};
+use crate::protocol::codec::parse_request;
+use crate::server::connection::{Closed, Connection, Next, Wake};
 use crate::server::state::State;
 
 /// A bound listener.
@@ -83,8 +82,7 @@ struct Slots {
     pressure: Notify,
 }
 
-/// How long a connection must have been idle to be closed for a waiting one.
-const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
+use crate::server::connection::EVICT_IDLE_AFTER;
 
 /// Serves until `stop` is cancelled, then drains connections and returns.
 pub async fn run(listeners: Vec<Listener>, ctx: Arc<State>, stop: CancellationToken) {
@@ -197,54 +195,9 @@ async fn accept(listener: &Listener) -> std::io::Result<Conn> {
     }
 }
 
-/// Why a connection ended early; the label of `mta_stsd_connections_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Closed {
-    /// No request began within `server.idle_timeout`.
-    Idle,
-    /// A request began but did not complete within `server.read_timeout`.
-    Slow,
-    /// Idle while a new connection waited for a slot.
-    Evicted,
-}
-
-impl Closed {
-    fn as_str(self) -> &'static str {
-        match self {
-            Closed::Idle => "idle_timeout",
-            Closed::Slow => "read_timeout",
-            Closed::Evicted => "evicted",
-        }
-    }
-}
-
-/// How long to wait for more bytes: what is left of the idle timeout (counted from the
-/// last reply, or the connection's start) while no request has begun, otherwise what
-/// is left of the read timeout counted from the request's first byte.
-/// Postfix's socketmap client sends a request in one write and closes a connection it
-/// has not used for 10 s, so neither limit costs a real client anything; they stop a
-/// local process from holding every connection slot with silent connections.
-fn wait_limit(
-    request_began: Option<Instant>,
-    idle_since: Instant,
-    idle: Duration,
-    read: Duration,
-    now: Instant,
-) -> (Duration, Closed) {
-    match request_began {
-        None => (
-            idle.saturating_sub(now.saturating_duration_since(idle_since)),
-            Closed::Idle,
-        ),
-        Some(t) => (
-            read.saturating_sub(now.saturating_duration_since(t)),
-            Closed::Slow,
-        ),
-    }
-}
-
+/// Serves one connection: requests in order, each answered before the next is read.
 async fn serve_conn<S>(
-    mut stream: S,
+    stream: S,
     ctx: Arc<State>,
     slots: Arc<Slots>,
     stop: CancellationToken,
@@ -256,61 +209,26 @@ async fn serve_conn<S>(
     let metrics = ctx.service.metrics().clone();
     metrics.connections_open.inc();
     let _open = GaugeGuard(metrics.connections_open.clone());
-    let (idle, read) = (config.server.idle_timeout, config.server.read_timeout);
-    let mut codec = NetstringCodec::new(config.server.max_request_size);
-    let mut buf = BytesMut::with_capacity(512);
-    let mut out = BytesMut::with_capacity(512);
-    // When the first byte of the request now in `buf` arrived, and when the
-    // connection last became idle.
-    let mut request_began: Option<Instant> = None;
-    let mut idle_since = Instant::now();
+    let mut conn = Connection::new(stream, &config.server);
+    let wake = Wake {
+        pressure: &slots.pressure,
+        stop: &stop,
+    };
     loop {
-        let payload = match codec.decode(&mut buf) {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                let (limit, why) =
-                    wait_limit(request_began, idle_since, idle, read, Instant::now());
-                let idle_now = request_began.is_none();
-                let got = tokio::select! {
-                    r = tokio::time::timeout(limit, stream.read_buf(&mut buf)) => r,
-                    () = slots.pressure.notified(), if idle_now => {
-                        if idle_since.elapsed() >= EVICT_IDLE_AFTER {
-                            count_closed(&metrics, Closed::Evicted);
-                            return;
-                        }
-                        continue;
-                    }
-                    () = stop.cancelled() => return,
-                };
-                match got {
-                    Err(_elapsed) => {
-                        count_closed(&metrics, why);
-                        return;
-                    }
-                    Ok(Ok(0)) => {
-                        if !buf.is_empty() {
-                            tracing::debug!("connection closed in the middle of a request");
-                        }
-                        return;
-                    }
-                    Ok(Ok(_)) => {
-                        request_began.get_or_insert_with(Instant::now);
-                        continue;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "connection error");
-                        return;
-                    }
+        let payload = match conn.next_request(&wake).await {
+            Next::Request(payload) => payload,
+            Next::Closed(reason) => {
+                if let Some(why) = reason {
+                    count_closed(&metrics, why);
                 }
+                return;
             }
-            Err(e) => {
+            Next::Malformed(e) => {
                 metrics.malformed_requests.inc();
                 tracing::warn!(error = %e, "malformed socketmap request; closing the connection");
                 return;
             }
         };
-        // Bytes left over belong to a pipelined next request, which begins now.
-        request_began = (!buf.is_empty()).then(Instant::now);
         let reply = match parse_request(&payload) {
             Ok(request) => answer(&ctx, &request).await,
             // A whole netstring whose key is not UTF-8 (Latin-1 from an old client,
@@ -326,17 +244,8 @@ async fn serve_conn<S>(
                 return;
             }
         };
-        out.clear();
-        if let Err(e) = codec.encode(reply.wire().as_bytes(), &mut out) {
-            tracing::warn!(error = %e, "cannot send reply");
+        if conn.send(&reply).await.is_err() {
             return;
-        }
-        if let Err(e) = stream.write_all(&out).await {
-            tracing::debug!(error = %e, "cannot send reply");
-            return;
-        }
-        if request_began.is_none() {
-            idle_since = Instant::now();
         }
     }
 }
@@ -381,32 +290,5 @@ struct GaugeGuard(prometheus::IntGauge);
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn idle_connections_get_the_idle_limit_and_begun_requests_what_is_left_of_the_read_limit() {
-        let (idle, read) = (Duration::from_secs(30), Duration::from_secs(10));
-        let now = Instant::now();
-        assert_eq!(wait_limit(None, now, idle, read, now), (idle, Closed::Idle));
-        let idle_since = now - Duration::from_secs(20);
-        assert_eq!(
-            wait_limit(None, idle_since, idle, read, now),
-            (Duration::from_secs(10), Closed::Idle)
-        );
-        let began = now - Duration::from_secs(4);
-        assert_eq!(
-            wait_limit(Some(began), idle_since, idle, read, now),
-            (Duration::from_secs(6), Closed::Slow)
-        );
-        let long_ago = now - Duration::from_secs(60);
-        assert_eq!(
-            wait_limit(Some(long_ago), long_ago, idle, read, now),
-            (Duration::ZERO, Closed::Slow)
-        );
     }
 }
