@@ -541,7 +541,7 @@ fn main() {
     // 0: the daemon's own cost per cached lookup, in process (no sockets).
     let in_process_ns = rt.block_on(async {
         let service = inproc_service(&work.join("inproc"), &ca);
-        let zone = mta_stsd::protocol::answer::ZoneOptions::default();
+        let zone = mta_stsd::config::ZoneOptions::default();
         let (a, _) = service.lookup(HOT, &zone).await;
         assert!(a.wire().starts_with("OK secure"), "{}", a.wire());
         let n = if opts.smoke { 100_000 } else { 2_000_000 };
@@ -1142,10 +1142,10 @@ struct DaneFigures {
 }
 
 async fn dane_workload(work: &Path, ca: &TestCa, n: usize) -> DaneFigures {
+    use mta_stsd::config::ZoneOptions;
     use mta_stsd::config::{Config, DaneConfig, DaneMode, ResolverConfig};
     use mta_stsd::dane::rules::Verdict;
     use mta_stsd::dane::service::{DaneService, DaneSettings};
-    use mta_stsd::protocol::answer::ZoneOptions;
     use mta_stsd::server::state::State;
 
     let signed = TestDns::start_signed().await;

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::service::{CacheOutcome, PolicyService};
+use crate::config::ZoneOptions;
 use crate::dane::rules::Verdict;
 use crate::dane::service::{DaneService, final_reply};
 use crate::mtasts::domain::normalize_key;
-use crate::protocol::answer::{Reply, ZoneOptions};
+use crate::protocol::answer::Reply;
 
 /// Where the MTA-STS answer for a domain comes from.
 pub trait PolicySource {

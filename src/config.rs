@@ -9,8 +9,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::protocol::answer::ZoneOptions;
-
 /// Where the packaged configuration lives; every command reads it when it exists and
 /// no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/mta-stsd/mta-stsd.toml";
@@ -234,7 +232,7 @@ impl Default for ServerConfig {
             listen: vec![ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8461)))],
             socket_mode: SocketMode(0o666),
             max_connections: 1024,
-            max_request_size: crate::protocol::codec::DEFAULT_MAX_REQUEST,
+            max_request_size: DEFAULT_MAX_REQUEST,
             idle_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(10),
         }
@@ -551,6 +549,44 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Auto,
+        }
+    }
+}
+
+/// The largest socketmap request accepted by default, in bytes: Postfix caps a
+/// socketmap query at 10000 bytes (3.12).
+pub const DEFAULT_MAX_REQUEST: usize = 10_000;
+
+/// Per-socketmap-name options (`[zones.NAME]`): how replies are rendered for clients
+/// that ask by this name, and whether DANE takes precedence for them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZoneOptions {
+    /// Treat `mode: testing` as `enforce`.
+    pub strict_testing: bool,
+    /// Add `servername=hostname` (SNI = MX host name; Postfix >= 3.4).
+    pub require_sni: bool,
+    /// Add TLSRPT attributes (Postfix >= 3.10 only).
+    pub tlsrpt: bool,
+    /// DANE precedence for this zone: on, off, or (unset) the `[dane] mode`.
+    pub dane: Option<DaneSwitch>,
+}
+
+/// A zone's `dane = "on" | "off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaneSwitch {
+    On,
+    Off,
+}
+
+impl Default for ZoneOptions {
+    fn default() -> Self {
+        Self {
+            strict_testing: false,
+            require_sni: true,
+            tlsrpt: false,
+            dane: None,
         }
     }
 }

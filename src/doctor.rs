@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::config::ZoneOptions;
 use crate::config::{DaneMode, ListenAddr};
-use crate::protocol::answer::ZoneOptions;
 
 /// How bad a finding is. The order matters: the worst level is the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

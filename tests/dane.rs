@@ -511,7 +511,7 @@ async fn a_ds_anchor_naming_no_root_key_suspends_dane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_explains_the_dane_verdict_and_gives_the_daemons_reply() {
     use mta_stsd::cli::query::{DaneQuery, query};
-    use mta_stsd::protocol::answer::ZoneOptions;
+    use mta_stsd::config::ZoneOptions;
     let w = World::start_signed().await;
     publish_both(&w);
     w.dns.set_mx("bogus.test", &[(10, "mx.bogus.test")]);

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use common::{ENFORCE, discoverer, options};
 use mta_stsd::cli::query::{Outcome, QueryReport, query};
+use mta_stsd::config::ZoneOptions;
 use mta_stsd::mtasts::discovery::{Discoverer, FetchError, TxtLookup};
 use mta_stsd::mtasts::policy::{MAX_MAX_AGE, Mode};
-use mta_stsd::protocol::answer::ZoneOptions;
 use mta_stsd_testkit::{CertKind, DnsFault, HttpResponse, World, policy_text};
 
 async fn report(world: &World, key: &str) -> QueryReport {

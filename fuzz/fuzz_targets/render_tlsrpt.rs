@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mta_stsd::mtasts::policy::parse_policy;
-use mta_stsd::protocol::answer::{Reply, ZoneOptions, render};
+use mta_stsd::protocol::answer::{RenderOptions, Reply, render};
 use mta_stsd::protocol::codec::MAX_REPLY;
 
 const OPEN: &str = " { policy_string = ";
@@ -17,13 +17,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for variant in 0..8u8 {
-        let zone = ZoneOptions {
+        let zone = RenderOptions {
             strict_testing: variant & 1 != 0,
             require_sni: variant & 2 != 0,
             tlsrpt: variant & 4 != 0,
-            dane: None,
         };
-        let rendered = render("example.com", Some(&policy), &zone);
+        let rendered = render("example.com", Some(&policy), zone);
         let wire = rendered.reply.wire();
         assert!(wire.len() <= MAX_REPLY, "reply of {} bytes", wire.len());
         assert!(!wire.contains(['\n', '\r', '\0']), "{wire:?}");

@@ -11,7 +11,7 @@ use mta_stsd::cache::rules::{Rules, is_due, on_lookup, refresh_due_at};
 use mta_stsd::cache::entry::Outline;
 use mta_stsd::cache::store::format::{decode_entry, decode_outline, encode_entry};
 use mta_stsd::config::CacheConfig;
-use mta_stsd::protocol::answer::{ZoneOptions, render};
+use mta_stsd::protocol::answer::{RenderOptions, render};
 
 fuzz_target!(|data: &[u8]| {
     let outline = decode_outline("example.com", data);
@@ -42,8 +42,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = entry.is_live(now);
         let _ = entry.is_negative(now);
         if let Some(p) = entry.valid_policy(now) {
-            let zone = ZoneOptions { tlsrpt: true, ..ZoneOptions::default() };
-            let _ = render("example.com", Some(&p.policy), &zone);
+            let zone = RenderOptions { tlsrpt: true, ..RenderOptions::default() };
+            let _ = render("example.com", Some(&p.policy), zone);
         }
     }
 });

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use lru::LruCache;
 
 use super::entry::Entry;
+use crate::config::ZoneOptions;
 use crate::locks::{lock, read, write};
-use crate::protocol::answer::{Reply, ReplyMemo, ZoneOptions, render};
+use crate::protocol::answer::{RenderOptions, Reply, ReplyMemo, render};
 
 /// A policy entry in memory, with its rendered replies memoized per zone options.
 #[derive(Debug)]
@@ -49,11 +50,11 @@ impl Slot {
 
     /// The reply for this entry under `zone`, rendered once per zone options.
     pub fn reply(&self, domain: &str, zone: &ZoneOptions) -> Reply {
-        self.replies.get_or_render(zone, || {
+        self.replies.get_or_render(RenderOptions::from(zone), || {
             let Some(cached) = &self.entry.policy else {
                 return Reply::NotFound;
             };
-            let rendered = render(domain, Some(&cached.policy), zone);
+            let rendered = render(domain, Some(&cached.policy), RenderOptions::from(zone));
             if !rendered.dropped_lines.is_empty() {
                 tracing::warn!(domain, lines = ?rendered.dropped_lines, "policy lines with '{{' or '}}' left out of TLSRPT attributes");
             }

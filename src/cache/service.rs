@@ -35,13 +35,14 @@ use super::shared::{self, SharedCache};
 use super::store::PolicyStore;
 use super::survey::{Census, release_freed_memory, survey};
 use crate::clock::Clock;
+use crate::config::ZoneOptions;
 use crate::config::{CacheConfig, LookupConfig};
 use crate::flight::{Flight, SingleFlight};
 use crate::locks::{read, write};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::Discoverer;
 use crate::mtasts::domain::normalize_key;
-use crate::protocol::answer::{Reply, ZoneOptions};
+use crate::protocol::answer::Reply;
 
 /// How a lookup was served (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

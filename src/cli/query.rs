@@ -8,11 +8,12 @@ use serde::Serialize;
 
 use crate::answer::{DaneSource, PolicySource};
 use crate::cache::service::CacheOutcome;
+use crate::config::ZoneOptions;
 use crate::dane::lookup::DaneLookup;
 use crate::dane::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
 use crate::mtasts::discovery::{Discoverer, FetchError, TxtLookup};
 use crate::mtasts::policy::Policy;
-use crate::protocol::answer::{Reply, ZoneOptions, render};
+use crate::protocol::answer::{RenderOptions, Reply, render};
 
 /// `mta-stsd query`'s arguments.
 #[derive(clap::Args)]
@@ -281,7 +282,7 @@ async fn mta_sts(discoverer: &Discoverer, domain: &str, zone: &ZoneOptions) -> D
         Ok(policy) => {
             let until = SystemTime::now() + Duration::from_secs(policy.max_age);
             report.valid_until = Some(humantime::format_rfc3339_seconds(until).to_string());
-            reply = render(domain, Some(&policy), zone).reply;
+            reply = render(domain, Some(&policy), RenderOptions::from(zone)).reply;
             report.policy = Some(policy);
             report.outcome = Outcome::Policy;
         }

@@ -27,11 +27,12 @@ use super::lookup::{DaneLookup, Found};
 use super::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
 use crate::clock::Clock;
 use crate::config::{DaneConfig, DaneMode, DaneValidation, ResolverConfig};
+use crate::config::{DaneSwitch, ZoneOptions};
 use crate::flight::{Flight, SingleFlight};
 use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::SetupError;
-use crate::protocol::answer::{DaneSwitch, Reply, ZoneOptions};
+use crate::protocol::answer::Reply;
 
 /// A remembered verdict and the facts it rests on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

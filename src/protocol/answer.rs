@@ -11,45 +11,44 @@
 
 use std::sync::{Arc, OnceLock};
 
-use serde::Deserialize;
-
+use crate::config::ZoneOptions;
 use crate::mtasts::policy::{Mode, Policy};
 use crate::protocol::codec::MAX_REPLY;
 
-/// Per-socketmap-name options (`[zones.NAME]` in the configuration).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ZoneOptions {
+/// What rendering a reply depends on: the zone options of the socketmap name the
+/// request came by (`[zones.NAME]` in the configuration) that change the reply text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderOptions {
     /// Treat `mode: testing` as `enforce`.
     pub strict_testing: bool,
     /// Add `servername=hostname` (SNI = MX host name; Postfix >= 3.4).
     pub require_sni: bool,
     /// Add TLSRPT attributes (Postfix >= 3.10 only).
     pub tlsrpt: bool,
-    /// DANE precedence for this zone: on, off, or (unset) the `[dane] mode`.
-    pub dane: Option<DaneSwitch>,
 }
 
-/// A zone's `dane = "on" | "off"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DaneSwitch {
-    On,
-    Off,
-}
-
-impl Default for ZoneOptions {
+impl Default for RenderOptions {
     fn default() -> Self {
         Self {
             strict_testing: false,
             require_sni: true,
             tlsrpt: false,
-            dane: None,
         }
     }
 }
 
-impl ZoneOptions {
+impl From<&ZoneOptions> for RenderOptions {
+    /// What of a zone's options the reply's text depends on.
+    fn from(zone: &ZoneOptions) -> Self {
+        RenderOptions {
+            strict_testing: zone.strict_testing,
+            require_sni: zone.require_sni,
+            tlsrpt: zone.tlsrpt,
+        }
+    }
+}
+
+impl RenderOptions {
     /// A distinct index in `0..ZONE_VARIANTS` for each combination of options, so a
     /// rendered reply can be memoized per combination.
     pub fn variant(&self) -> usize {
@@ -59,7 +58,7 @@ impl ZoneOptions {
     }
 }
 
-/// How many distinct [`ZoneOptions`] combinations there are.
+/// How many distinct [`RenderOptions`] combinations there are.
 pub const ZONE_VARIANTS: usize = 8;
 
 /// A socketmap reply. Cloning is cheap (the text is shared).
@@ -130,7 +129,7 @@ pub struct Rendered {
 }
 
 /// Whether the policy is enforced under these zone options.
-pub fn is_enforced(policy: &Policy, zone: &ZoneOptions) -> bool {
+pub fn is_enforced(policy: &Policy, zone: RenderOptions) -> bool {
     match policy.mode {
         Mode::Enforce => true,
         Mode::Testing => zone.strict_testing,
@@ -139,24 +138,24 @@ pub fn is_enforced(policy: &Policy, zone: &ZoneOptions) -> bool {
 }
 
 /// Renders the reply for `domain` given its policy (or none).
-pub fn render(domain: &str, policy: Option<&Policy>, zone: &ZoneOptions) -> Rendered {
+pub fn render(domain: &str, policy: Option<&Policy>, zone: RenderOptions) -> Rendered {
     let rendered = render_unbounded(domain, policy, zone);
     if rendered.reply.wire().len() <= MAX_REPLY {
         return rendered;
     }
     // Only TLSRPT attributes (a policy's lines) can make a reply this long; Postfix
     // would refuse it whole, so keep enforcement and leave them out.
-    let plain = ZoneOptions {
+    let plain = RenderOptions {
         tlsrpt: false,
-        ..zone.clone()
+        ..zone
     };
     Rendered {
         tlsrpt_dropped_for_size: true,
-        ..render_unbounded(domain, policy, &plain)
+        ..render_unbounded(domain, policy, plain)
     }
 }
 
-fn render_unbounded(domain: &str, policy: Option<&Policy>, zone: &ZoneOptions) -> Rendered {
+fn render_unbounded(domain: &str, policy: Option<&Policy>, zone: RenderOptions) -> Rendered {
     let not_found = Rendered {
         reply: Reply::NotFound,
         dropped_lines: Vec::new(),
@@ -221,7 +220,7 @@ pub struct ReplyMemo([OnceLock<Reply>; ZONE_VARIANTS]);
 
 impl ReplyMemo {
     /// The memoized reply for `zone`, rendering it with `render` the first time.
-    pub fn get_or_render(&self, zone: &ZoneOptions, render: impl FnOnce() -> Reply) -> Reply {
+    pub fn get_or_render(&self, zone: RenderOptions, render: impl FnOnce() -> Reply) -> Reply {
         self.0[zone.variant()].get_or_init(render).clone()
     }
 }
@@ -245,7 +244,7 @@ mod tests {
         parse_policy(body.as_bytes()).unwrap()
     }
 
-    fn wire(domain: &str, body: &str, zone: &ZoneOptions) -> String {
+    fn wire(domain: &str, body: &str, zone: RenderOptions) -> String {
         render(domain, Some(&policy(body)), zone)
             .reply
             .wire()
@@ -256,15 +255,15 @@ mod tests {
     fn enforce_answer_is_exact() {
         let body = "version: STSv1\nmode: enforce\nmx: mx1.example.com\nmx: *.example.net\nmax_age: 604800\n";
         assert_eq!(
-            wire("example.com", body, &ZoneOptions::default()),
+            wire("example.com", body, RenderOptions::default()),
             "OK secure match=mx1.example.com:.example.net servername=hostname"
         );
-        let no_sni = ZoneOptions {
+        let no_sni = RenderOptions {
             require_sni: false,
             ..Default::default()
         };
         assert_eq!(
-            wire("example.com", body, &no_sni),
+            wire("example.com", body, no_sni),
             "OK secure match=mx1.example.com:.example.net"
         );
     }
@@ -273,7 +272,7 @@ mod tests {
     fn order_kept_and_duplicates_dropped() {
         let body = "version: STSv1\nmode: enforce\nmx: b.example\nmx: *.a.example\nmx: B.example\nmx: c.example\nmax_age: 1\n";
         assert_eq!(
-            wire("example", body, &ZoneOptions::default()),
+            wire("example", body, RenderOptions::default()),
             "OK secure match=b.example:.a.example:c.example servername=hostname"
         );
     }
@@ -282,21 +281,21 @@ mod tests {
     fn testing_and_none_are_not_found_unless_strict() {
         let testing = "version: STSv1\nmode: testing\nmx: mx.example.com\nmax_age: 1\n";
         let none = "version: STSv1\nmode: none\nmax_age: 1\n";
-        let strict = ZoneOptions {
+        let strict = RenderOptions {
             strict_testing: true,
             ..Default::default()
         };
         assert_eq!(
-            wire("example.com", testing, &ZoneOptions::default()),
+            wire("example.com", testing, RenderOptions::default()),
             "NOTFOUND "
         );
         assert_eq!(
-            wire("example.com", testing, &strict),
+            wire("example.com", testing, strict),
             "OK secure match=mx.example.com servername=hostname"
         );
-        assert_eq!(wire("example.com", none, &strict), "NOTFOUND ");
+        assert_eq!(wire("example.com", none, strict), "NOTFOUND ");
         assert_eq!(
-            render("example.com", None, &strict).reply.wire(),
+            render("example.com", None, strict).reply.wire(),
             "NOTFOUND "
         );
     }
@@ -306,7 +305,7 @@ mod tests {
         let mut p = policy("version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 1\n");
         p.mx.clear();
         assert_eq!(
-            render("example.com", Some(&p), &ZoneOptions::default()).reply,
+            render("example.com", Some(&p), RenderOptions::default()).reply,
             Reply::NotFound
         );
     }
@@ -314,12 +313,12 @@ mod tests {
     #[test]
     fn tlsrpt_attributes() {
         let body = "version: STSv1\nmode: enforce\n\nmx: mx1.example.com\nmx: *.example.net\nmax_age: 604800\n";
-        let zone = ZoneOptions {
+        let zone = RenderOptions {
             tlsrpt: true,
             ..Default::default()
         };
         assert_eq!(
-            wire("example.com", body, &zone),
+            wire("example.com", body, zone),
             "OK secure match=mx1.example.com:.example.net servername=hostname \
              policy_type=sts policy_domain=example.com \
              mx_host_pattern=mx1.example.com mx_host_pattern=*.example.net \
@@ -332,11 +331,11 @@ mod tests {
     #[test]
     fn tlsrpt_hostile_lines_never_reach_the_answer() {
         let body = "version: STSv1\nmode: enforce\nmx: mx.example.com\nevil: } policy_failure=sts-policy-invalid {\nx: {\nmax_age: 60\n";
-        let zone = ZoneOptions {
+        let zone = RenderOptions {
             tlsrpt: true,
             ..Default::default()
         };
-        let r = render("example.com", Some(&policy(body)), &zone);
+        let r = render("example.com", Some(&policy(body)), zone);
         let w = r.reply.wire();
         assert!(!w.contains("policy_failure"), "{w}");
         assert!(!w.contains("evil"), "{w}");
@@ -349,12 +348,10 @@ mod tests {
     fn every_zone_option_combination_has_its_own_variant() {
         let mut seen = std::collections::HashSet::new();
         for bits in 0..8u8 {
-            let z = ZoneOptions {
+            let z = RenderOptions {
                 strict_testing: bits & 1 != 0,
                 require_sni: bits & 2 != 0,
                 tlsrpt: bits & 4 != 0,
-                // Not part of the variant: DANE answers are not memoized renderings.
-                dane: None,
             };
             assert!(z.variant() < ZONE_VARIANTS);
             assert!(seen.insert(z.variant()));
@@ -368,11 +365,11 @@ mod tests {
         for i in 0..3000 {
             body.push_str(&format!("x-padding-{i}: {}\n", "a".repeat(30)));
         }
-        let zone = ZoneOptions {
+        let zone = RenderOptions {
             tlsrpt: true,
             ..Default::default()
         };
-        let r = render("example.com", Some(&policy(&body)), &zone);
+        let r = render("example.com", Some(&policy(&body)), zone);
         assert!(r.tlsrpt_dropped_for_size);
         assert_eq!(
             r.reply.wire(),

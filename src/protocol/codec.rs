@@ -9,9 +9,9 @@ use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 use tokio_util::codec::{Decoder, Encoder};
 
-/// Postfix caps a socketmap query at 10000 bytes (3.12) and a reply at 100000 bytes.
-pub const DEFAULT_MAX_REQUEST: usize = 10_000;
-/// The largest reply Postfix accepts by default.
+/// The default request limit (`server.max_request_size`).
+pub use crate::config::DEFAULT_MAX_REQUEST;
+/// The largest reply Postfix accepts by default (100000 bytes).
 pub const MAX_REPLY: usize = 100_000;
 
 /// Digits needed for any length we accept; more digits than this is an oversize request.

@@ -11,11 +11,12 @@ use std::sync::{Arc, RwLock};
 use thiserror::Error;
 
 use crate::cache::service::{CacheOutcome, PolicyService, ServiceSettings};
+use crate::config::ZoneOptions;
 use crate::config::{Config, ConfigError};
 use crate::dane::service::{DaneService, DaneSettings};
 use crate::locks::{read, write};
 use crate::mtasts::discovery::{Discoverer, SetupError};
-use crate::protocol::answer::{Reply, ZoneOptions};
+use crate::protocol::answer::Reply;
 
 #[derive(Debug, Error)]
 pub enum ReloadError {
