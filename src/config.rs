@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -190,7 +191,7 @@ pub struct DaneConfig {
     /// own default, /etc/postfix).
     pub postfix_config: Option<PathBuf>,
     /// DANE verdicts remembered in memory at most (least recently used forgotten).
-    pub cache_entries: usize,
+    pub cache_entries: NonZeroUsize,
 }
 
 impl Default for DaneConfig {
@@ -200,7 +201,7 @@ impl Default for DaneConfig {
             validation: DaneValidation::Internal,
             trust_anchor: None,
             postfix_config: None,
-            cache_entries: 50_000,
+            cache_entries: nonzero(50_000),
         }
     }
 }
@@ -213,7 +214,7 @@ pub struct ServerConfig {
     /// Permissions of unix sockets, written as an octal string.
     pub socket_mode: SocketMode,
     /// Connections served at once; more wait to be accepted (back-pressure).
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Largest request accepted, in bytes.
     pub max_request_size: usize,
     /// A connection with no request begun for this long is closed. Postfix closes its
@@ -231,7 +232,7 @@ impl Default for ServerConfig {
         Self {
             listen: vec![ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8461)))],
             socket_mode: SocketMode(0o666),
-            max_connections: 1024,
+            max_connections: nonzero(1024),
             max_request_size: DEFAULT_MAX_REQUEST,
             idle_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(10),
@@ -250,7 +251,7 @@ pub struct ResolverConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Attempts per query in all (the first try included) before it counts as failed.
-    pub attempts: usize,
+    pub attempts: NonZeroUsize,
 }
 
 /// `"IP:PORT"`, `"[IPv6]:PORT"`, or a bare IP address meaning port 53, as
@@ -276,7 +277,7 @@ impl Default for ResolverConfig {
         Self {
             nameservers: Vec::new(),
             timeout: Duration::from_secs(3),
-            attempts: 2,
+            attempts: nonzero(2),
         }
     }
 }
@@ -343,17 +344,17 @@ pub struct CacheConfig {
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
     /// Background refreshes run at once.
-    pub refresh_concurrency: usize,
+    pub refresh_concurrency: NonZeroUsize,
     /// Domains without a policy remembered in memory at most (least recently used
     /// forgotten first). They are never written to disk and never displace a policy.
     /// The default covers 50,000 distinct policy-less recipient domains per
     /// `negative_ttl` (166 new ones a second at 5 minutes) in about 20 MiB; one
     /// forgotten early costs only a repeated DNS query.
-    pub negative_entries: usize,
+    pub negative_entries: NonZeroUsize,
     /// Domains with a policy held in memory at most (the least recently used are
     /// dropped first; they stay in the store and are read back on their next lookup).
     /// Memory then stays bounded whatever the number of cached policies.
-    pub memory_entries: usize,
+    pub memory_entries: NonZeroUsize,
     /// Where policies are kept: `sled` (this machine only) or `redis` (shared by a
     /// fleet; the local sled cache stays as this daemon's own copy).
     pub backend: CacheBackend,
@@ -410,9 +411,9 @@ impl Default for CacheConfig {
             refresh_after: Duration::from_secs(86_400),
             retry_after: Duration::from_secs(300),
             refresh_interval: Duration::from_secs(60),
-            refresh_concurrency: 8,
-            negative_entries: 50_000,
-            memory_entries: 10_000,
+            refresh_concurrency: nonzero(8),
+            negative_entries: nonzero(50_000),
+            memory_entries: nonzero(10_000),
             backend: CacheBackend::Sled,
             redis: RedisConfig::default(),
         }
@@ -550,6 +551,15 @@ impl Default for LogConfig {
             level: "info".into(),
             format: LogFormat::Auto,
         }
+    }
+}
+
+/// A count the configuration gives as a literal; counts read from a file are
+/// `NonZeroUsize` from deserialisation on ("at least 1" needs no later check).
+const fn nonzero(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => NonZeroUsize::MIN,
     }
 }
 
@@ -764,12 +774,6 @@ impl Config {
                 out.push(invalid("cache.redis.url", e.to_string()));
             }
         }
-        if self.cache.memory_entries == 0 {
-            out.push(invalid("cache.memory_entries", "must be at least 1"));
-        }
-        if self.server.max_connections == 0 {
-            out.push(invalid("server.max_connections", "must be at least 1"));
-        }
         if self.server.max_request_size < 64 {
             out.push(invalid(
                 "server.max_request_size",
@@ -808,18 +812,6 @@ impl Config {
                 "cache.retry_after",
                 "must be at least 5m (RFC 8461 §3.3)",
             ));
-        }
-        if self.resolver.attempts == 0 {
-            out.push(invalid("resolver.attempts", "must be at least 1"));
-        }
-        if self.cache.negative_entries == 0 {
-            out.push(invalid("cache.negative_entries", "must be at least 1"));
-        }
-        if self.cache.refresh_concurrency == 0 {
-            out.push(invalid("cache.refresh_concurrency", "must be at least 1"));
-        }
-        if self.dane.cache_entries == 0 {
-            out.push(invalid("dane.cache_entries", "must be at least 1"));
         }
         if self.dane.validation == DaneValidation::Resolver {
             // An AD bit proves something only if nothing could alter it on the way.
@@ -925,6 +917,15 @@ mod tests {
             assert!(e.contains(setting), "{toml}: {e}");
         }
         assert!(Config::from_toml("[fetch]\ntimeout = \"soon\"", "x").is_err());
+        // Counts are at least 1 by their type; a 0 is refused where it is read.
+        for (toml, key) in [
+            ("[cache]\nmemory_entries = 0", "memory_entries"),
+            ("[resolver]\nattempts = 0", "attempts"),
+            ("[server]\nmax_connections = 0", "max_connections"),
+        ] {
+            let e = Config::from_toml(toml, "x").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("nonzero"), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn lookup_for(dns: &TestDns, anchors: TrustAnchors) -> DaneLookup {
         &ResolverConfig {
             nameservers: vec![dns.addr()],
             timeout: Duration::from_millis(500),
-            attempts: 1,
+            attempts: std::num::NonZeroUsize::MIN,
         },
         Arc::new(anchors),
     )
@@ -621,7 +621,7 @@ async fn a_validating_resolver_s_ad_bit_in_resolver_mode() {
     let l = DaneLookup::trusting_ad(&ResolverConfig {
         nameservers: vec![unbound.addr()],
         timeout: Duration::from_secs(2),
-        attempts: 1,
+        attempts: std::num::NonZeroUsize::MIN,
     });
     assert_eq!(
         l.root_security().await,

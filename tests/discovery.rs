@@ -203,7 +203,7 @@ async fn attempts_count_every_try_and_a_refusing_server_is_named() {
     w.dns
         .set_fault("_mta-sts.broken.example", Some(DnsFault::Drop));
     let mut opts = options(&w);
-    opts.resolver.attempts = 2;
+    opts.resolver.attempts = std::num::NonZeroUsize::new(2).unwrap();
     opts.resolver.timeout = Duration::from_secs(1);
     let silent = Discoverer::new(opts.clone()).expect("discoverer");
     let started = std::time::Instant::now();
@@ -223,7 +223,7 @@ async fn attempts_count_every_try_and_a_refusing_server_is_named() {
         s.local_addr().expect("addr")
     };
     opts.resolver.nameservers = vec![closed];
-    opts.resolver.attempts = 1;
+    opts.resolver.attempts = std::num::NonZeroUsize::MIN;
     let refused = Discoverer::new(opts).expect("discoverer");
     match refused.lookup_txt("example.com").await {
         TxtLookup::Failed { reason } => assert!(

@@ -183,8 +183,8 @@ impl HotSet {
     /// Keeps the policies within `cap`. When over, one sweep drops slots not used
     /// since the previous sweep (and clears the mark on the others) until a tenth of
     /// the room is free, so sweeps are rare and lookups only ever set a flag.
-    pub fn evict(&self, cap: usize) {
-        let cap = cap.max(1);
+    pub fn evict(&self, cap: NonZeroUsize) {
+        let cap = cap.get();
         if read(&self.entries).len() <= cap {
             return;
         }

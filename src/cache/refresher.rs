@@ -75,7 +75,7 @@ pub async fn pass(service: &Arc<PolicyService>, stop: &CancellationToken) -> usi
     if pruned > 0 {
         tracing::debug!(pruned, "expired cache entries pruned");
     }
-    let limit = Arc::new(Semaphore::new(settings.cache.refresh_concurrency));
+    let limit = Arc::new(Semaphore::new(settings.cache.refresh_concurrency.get()));
     let mut tasks = tokio::task::JoinSet::new();
     let mut started = 0;
     for domain in &due {

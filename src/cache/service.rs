@@ -663,5 +663,5 @@ impl PolicyService {
 }
 
 fn negative_cap(cache: &CacheConfig) -> NonZeroUsize {
-    NonZeroUsize::new(cache.negative_entries).unwrap_or(NonZeroUsize::MIN)
+    cache.negative_entries
 }

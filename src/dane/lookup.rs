@@ -114,7 +114,7 @@ impl DaneLookup {
             backend: Backend::Resolver(AdClient::new(
                 cfg.nameservers.clone(),
                 cfg.timeout,
-                cfg.attempts,
+                cfg.attempts.get(),
             )),
         }
     }
@@ -155,7 +155,7 @@ impl DaneLookup {
             tracing::warn!(error = %e, "dane.trust_anchor: cannot fetch the root's DNSKEYs");
             Security::Indeterminate
         })?;
-        let client = AdClient::new(servers, ds.cfg.timeout, ds.cfg.attempts);
+        let client = AdClient::new(servers, ds.cfg.timeout, ds.cfg.attempts.get());
         let answer = client.query(".", RecordType::DNSKEY).await.map_err(|e| {
             tracing::warn!(error = %e, "dane.trust_anchor: cannot fetch the root's DNSKEYs");
             Security::Indeterminate

@@ -107,7 +107,7 @@ pub struct DaneSettings {
     /// Why `on` is what it is (logged, shown by `query`).
     pub reason: String,
     pub lookup: DaneLookup,
-    pub cache_entries: usize,
+    pub cache_entries: NonZeroUsize,
 }
 
 impl DaneSettings {
@@ -205,7 +205,7 @@ fn verdict_index(v: &Verdict) -> usize {
 
 impl DaneService {
     pub fn new(settings: DaneSettings, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let cap = NonZeroUsize::new(settings.cache_entries).unwrap_or(NonZeroUsize::MIN);
+        let cap = settings.cache_entries;
         tracing::info!(on = settings.on, reason = %settings.reason, "DANE precedence");
         let this = Arc::new(Self {
             settings: RwLock::new(Arc::new(settings)),
@@ -229,9 +229,7 @@ impl DaneService {
     /// Applies new settings (reload); remembered verdicts stay (their facts do not
     /// depend on the settings), and the self-check runs again before DANE is used.
     pub fn reconfigure(self: &Arc<Self>, settings: DaneSettings) {
-        if let Some(cap) = NonZeroUsize::new(settings.cache_entries) {
-            lock(&self.verdicts).resize(cap);
-        }
+        lock(&self.verdicts).resize(settings.cache_entries);
         let (on, reason) = (settings.on, settings.reason.clone());
         *write(&self.settings) = Arc::new(settings);
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -240,7 +240,7 @@ pub fn build_resolver(
     let opts: &mut ResolverOpts = builder.options_mut();
     opts.timeout = cfg.timeout;
     // hickory counts retries after the first try; `resolver.attempts` counts them all.
-    opts.attempts = cfg.attempts.saturating_sub(1);
+    opts.attempts = cfg.attempts.get() - 1;
     // We always ask fully-qualified names; never append search domains.
     opts.ndots = 0;
     if let Some(anchors) = anchors {

@@ -88,7 +88,7 @@ use crate::server::connection::EVICT_IDLE_AFTER;
 pub async fn run(listeners: Vec<Listener>, ctx: Arc<State>, stop: CancellationToken) {
     let max = ctx.config().server.max_connections;
     let slots = Arc::new(Slots {
-        limit: Arc::new(Semaphore::new(max)),
+        limit: Arc::new(Semaphore::new(max.get())),
         pressure: Notify::new(),
     });
     let mut accept_tasks = JoinSet::new();

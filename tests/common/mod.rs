@@ -25,7 +25,7 @@ pub fn options(world: &World) -> DiscoveryOptions {
         resolver: ResolverConfig {
             nameservers: vec![world.dns.addr()],
             timeout: Duration::from_millis(500),
-            attempts: 1,
+            attempts: std::num::NonZeroUsize::MIN,
         },
         fetch: FetchConfig {
             timeout: Duration::from_secs(2),
