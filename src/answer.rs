@@ -20,7 +20,7 @@ use crate::cache::service::{CacheOutcome, PolicyService};
 use crate::config::ZoneOptions;
 use crate::dane::rules::Verdict;
 use crate::dane::service::{DaneService, final_reply};
-use crate::mtasts::domain::normalize_key;
+use crate::mtasts::domain::{Domain, normalize_key};
 use crate::protocol::answer::Reply;
 
 /// Where the MTA-STS answer for a domain comes from.
@@ -28,7 +28,7 @@ pub trait PolicySource {
     /// The MTA-STS reply for a normalised domain under `zone`.
     fn policy_reply(
         &self,
-        domain: String,
+        domain: Domain,
         zone: &ZoneOptions,
     ) -> impl Future<Output = (Reply, CacheOutcome)> + Send;
 }
@@ -106,7 +106,7 @@ pub async fn answer(
 impl PolicySource for Arc<PolicyService> {
     fn policy_reply(
         &self,
-        domain: String,
+        domain: Domain,
         zone: &ZoneOptions,
     ) -> impl Future<Output = (Reply, CacheOutcome)> + Send {
         self.lookup_domain(domain, zone)

@@ -50,7 +50,11 @@ impl Route {
             return Err(RouteError::NotFound);
         }
         let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-        let domain = |d: &str| normalize_host(d).map_err(|_| RouteError::BadDomain);
+        let domain = |d: &str| {
+            normalize_host(d)
+                .map(String::from)
+                .map_err(|_| RouteError::BadDomain)
+        };
         match (method, parts.as_slice()) {
             ("GET", []) => Ok(Route::List),
             (_, []) => Err(RouteError::Method),

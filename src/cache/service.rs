@@ -41,7 +41,7 @@ use crate::flight::{Flight, SingleFlight};
 use crate::locks::{read, write};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::Discoverer;
-use crate::mtasts::domain::normalize_key;
+use crate::mtasts::domain::{Domain, normalize_key};
 use crate::protocol::answer::Reply;
 
 /// How a lookup was served (for logs and metrics).
@@ -366,7 +366,7 @@ impl PolicyService {
     /// cached entry and a discovery, which the lookup waits for up to its deadline.
     pub async fn lookup_domain(
         self: &Arc<Self>,
-        domain: String,
+        domain: Domain,
         zone: &ZoneOptions,
     ) -> (Reply, CacheOutcome) {
         let settings = self.settings();
@@ -391,7 +391,7 @@ impl PolicyService {
         let flight = self.discovery(&domain, Trigger::Miss, true);
         if tokio::time::timeout(deadline, flight).await.is_err() {
             tracing::warn!(
-                domain,
+                domain = domain.as_str(),
                 ?deadline,
                 "discovery did not finish before the lookup deadline; answering NOTFOUND for now"
             );

@@ -291,7 +291,7 @@ async fn command(url: &str, source: Source) -> anyhow::Result<ExitCode> {
         let policy = match policy_text(&row.body) {
             Ok(t) => t,
             Err(e) => {
-                summary.invalid.push((domain, e));
+                summary.invalid.push((domain.into_string(), e));
                 continue;
             }
         };
@@ -307,8 +307,8 @@ async fn command(url: &str, source: Source) -> anyhow::Result<ExitCode> {
                 _ => summary.expired += 1,
             },
             // The daemon's reason (an invalid policy, a bad id).
-            Err(e) if e.is_refusal() => summary.invalid.push((domain, e.to_string())),
-            Err(e) => summary.failed.push((domain, e.to_string())),
+            Err(e) if e.is_refusal() => summary.invalid.push((domain.into_string(), e.to_string())),
+            Err(e) => summary.failed.push((domain.into_string(), e.to_string())),
         }
     }
     for (domain, why) in &summary.invalid {

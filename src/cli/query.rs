@@ -12,6 +12,7 @@ use crate::config::ZoneOptions;
 use crate::dane::lookup::DaneLookup;
 use crate::dane::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
 use crate::mtasts::discovery::{Discoverer, FetchError, TxtLookup};
+use crate::mtasts::domain::Domain;
 use crate::mtasts::policy::Policy;
 use crate::protocol::answer::{RenderOptions, Reply, render};
 
@@ -168,7 +169,7 @@ struct LivePolicy<'a> {
 }
 
 impl PolicySource for LivePolicy<'_> {
-    async fn policy_reply(&self, domain: String, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
+    async fn policy_reply(&self, domain: Domain, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
         let found = mta_sts(self.discoverer, &domain, zone).await;
         let reply = found.reply.clone();
         let mut report = self.report.lock().unwrap_or_else(PoisonError::into_inner);

@@ -31,7 +31,7 @@ pub fn domains_from_list(text: &str) -> (Vec<String>, Vec<String>) {
         match normalize_key(line) {
             Ok(d) => {
                 if seen.insert(d.clone()) {
-                    domains.push(d);
+                    domains.push(d.into_string());
                 }
             }
             Err(_) => invalid.push(line.to_owned()),
@@ -59,7 +59,7 @@ pub fn domains_from_maillog(text: &str) -> Vec<(String, usize)> {
             continue;
         };
         if let Ok(d) = normalize_key(domain) {
-            *counts.entry(d).or_default() += 1;
+            *counts.entry(d.into_string()).or_default() += 1;
         }
     }
     let mut ranked: Vec<(String, usize)> = counts.into_iter().collect();

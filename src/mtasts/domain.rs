@@ -9,6 +9,60 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
+/// A normalised domain name: lower-case ASCII (A-labels), no trailing dot, valid
+/// host-name syntax. Only [`normalize_key`] and [`normalize_host`] make one, so
+/// whatever takes a `Domain` knows it is the name every cache is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Domain(String);
+
+impl Domain {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Domain {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Domain {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<Domain> for String {
+    fn from(d: Domain) -> String {
+        d.0
+    }
+}
+
+impl PartialEq<str> for Domain {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Domain {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Why a key has no MTA-STS policy to look up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skip {
@@ -36,7 +90,7 @@ impl fmt::Display for Skip {
 ///
 /// Accepts `example.com`, `Example.COM.`, `[mx.example.com]`, `[mx.example.com]:587`,
 /// `example.com:2525` and UTF-8 names.
-pub fn normalize_key(key: &str) -> Result<String, Skip> {
+pub fn normalize_key(key: &str) -> Result<Domain, Skip> {
     let key = key.trim_matches(|c: char| c == ' ' || c == '\t');
     if key.starts_with('.') {
         return Err(Skip::ParentDomain);
@@ -84,7 +138,7 @@ fn is_port_suffix(s: &str) -> bool {
 }
 
 /// Validates and normalises a host name: case-folded, A-labels, no trailing dot.
-pub fn normalize_host(host: &str) -> Result<String, Skip> {
+pub fn normalize_host(host: &str) -> Result<Domain, Skip> {
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() {
         return Err(Skip::Invalid("empty name".into()));
@@ -99,7 +153,7 @@ pub fn normalize_host(host: &str) -> Result<String, Skip> {
         return Err(Skip::IpLiteral);
     }
     check_hostname(&ascii).map_err(Skip::Invalid)?;
-    Ok(ascii)
+    Ok(Domain(ascii))
 }
 
 /// Checks LDH host-name syntax of a lower-case ASCII name (no trailing dot):
@@ -225,7 +279,7 @@ mod tests {
         fn output_is_always_a_valid_lowercase_name(key in "[a-zA-Z0-9.\\-\\[\\]:]{0,40}") {
             if let Ok(d) = normalize_key(&key) {
                 prop_assert!(check_hostname(&d).is_ok());
-                prop_assert_eq!(d.to_ascii_lowercase(), d.clone());
+                prop_assert_eq!(d.to_ascii_lowercase(), d.as_str());
                 prop_assert_eq!(normalize_key(&d), Ok(d.clone()));
             }
         }
