@@ -13,15 +13,18 @@
 //! - [`dane`]: DANE precedence (RFC 8461 §2, RFC 7672): the verdict rules (pure), the
 //!   validating DNSSEC lookups, and the service that remembers verdicts;
 //! - [`cache`]: a domain's cache entry, the cache rules as pure functions, the
-//!   policy service that applies them around discovery, and the persistent store;
+//!   policy service that applies them around discovery with its components (what
+//!   memory holds, durability, walks of the store, the refresher, the fleet's steps,
+//!   logs and metrics), the persistent store and its entry format, and the cache a
+//!   fleet shares in Redis;
 //! - [`answer`]: the one answer path from a request key to the reply (normalisation,
 //!   the DANE gate, MTA-STS, precedence), used by the daemon and by `query` alike;
 //! - [`setup`]: the one path from a configuration to the settings the daemon runs
 //!   on (start, reload, `query`, `check-config`), reporting every problem at once;
-//! - [`server`]: the socketmap and HTTP (metrics, admin API) listeners, systemd
-//!   integration, the shared state with its reload, and the daemon's assembly and
-//!   shutdown;
 //! - [`admin`]: the admin API's contract (routes, JSON shapes) and its typed client;
+//! - [`server`]: the socketmap listener and one connection's framing and limits, the
+//!   HTTP listener (metrics, admin API), systemd integration, the shared state with its
+//!   reload, and the daemon's assembly and shutdown;
 //! - [`doctor`]: the verdicts of `mta-stsd doctor` on a Postfix + mta-stsd setup
 //!   (pure functions of the facts the command gathers);
 //! - [`cli`]: the command-line operations (`serve`, `query`, `cache`, ...), the

@@ -1,0 +1,405 @@
+//! The TOML configuration. Every setting has a default, so no file is needed;
+//! unknown keys are errors so that a typo never silently changes behaviour. Values are
+//! parsed into types when the file is read ([`values`]); the checks that relate
+//! settings to each other are [`Config::validate`], which reports every problem at once
+//! ([`error`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod error;
+mod sections;
+mod values;
+
+use error::invalid;
+pub use error::{ConfigError, Problem};
+pub use sections::*;
+use values::overlaps;
+pub use values::{ListenAddr, MetricsListen, SocketMode};
+
+/// Where the packaged configuration lives; every command reads it when it exists and
+/// no `--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/mta-stsd/mta-stsd.toml";
+
+/// The names `log.level` takes on its own.
+pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Whether `filter` is a log level or a list of tracing directives whose every part
+/// names a level: a bare word that is not a level (`warning`, `inof`) would be read
+/// by tracing as a module name and silence the daemon, so it is refused.
+pub fn log_filter_problem(filter: &str) -> Option<String> {
+    let allowed = || {
+        format!(
+            "{filter:?} is not a log level: use one of {} or directives like \"mta_stsd=debug,warn\"",
+            LOG_LEVELS.join(", ")
+        )
+    };
+    if filter.trim().is_empty() {
+        return Some(allowed());
+    }
+    for directive in filter.split(',') {
+        let directive = directive.trim();
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Some(allowed()),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Some(allowed());
+        }
+    }
+    if tracing_subscriber::EnvFilter::try_new(filter).is_err() {
+        return Some(allowed());
+    }
+    None
+}
+
+impl Config {
+    /// Parses TOML text and validates it; `origin` names the source in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config = Self::parse_toml(text, origin)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without the semantic checks, for callers that run them with
+    /// the file checks in [`crate::setup::prepare`] to report every problem at once.
+    pub fn parse_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.origin = origin.to_owned();
+        Ok(config)
+    }
+
+    /// Reads and parses a file without the semantic checks (see [`Self::parse_toml`]).
+    pub fn read_unchecked(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            message: crate::io_error_text(&e),
+        })?;
+        Config::parse_toml(&text, &path.display().to_string())
+    }
+
+    /// Reads a file, or returns the built-in defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::default()),
+            Some(path) => {
+                let config = Config::read_unchecked(path)?;
+                config.validate()?;
+                Ok(config)
+            }
+        }
+    }
+
+    /// The file every command reads: `given`, else [`DEFAULT_PATH`] when it exists,
+    /// else none (built-in defaults).
+    pub fn path_or_default(given: Option<&Path>) -> Option<PathBuf> {
+        given.map(Path::to_owned).or_else(|| {
+            let default = Path::new(DEFAULT_PATH);
+            default.exists().then(|| default.to_owned())
+        })
+    }
+
+    /// Every setting that cannot be used, as one error naming the file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                origin: self.origin.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// Checks that need nothing beyond the values themselves (no files, no network).
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        self.listener_problems(&mut out);
+        if !self.metrics.path.starts_with('/') {
+            out.push(invalid("metrics.path", "must start with '/'"));
+        }
+        if let Some(message) = log_filter_problem(&self.log.level) {
+            out.push(invalid("log.level", message));
+        }
+        if self.cache.resolved_path().is_none() {
+            out.push(invalid(
+                "cache.path",
+                "not set, and none of STATE_DIRECTORY, XDG_STATE_HOME or HOME gives a default: set it (the package uses /var/lib/mta-stsd/cache)",
+            ));
+        }
+        self.value_problems(&mut out);
+        out
+    }
+
+    /// Listen addresses that cannot all be bound: none at all, the same one twice, or
+    /// the metrics listener on a socketmap address.
+    fn listener_problems(&self, out: &mut Vec<Problem>) {
+        if self.server.listen.is_empty() {
+            out.push(invalid(
+                "server.listen",
+                "is empty: the daemon would answer nobody (the default is [\"127.0.0.1:8461\"])",
+            ));
+        }
+        let addrs = &self.server.listen;
+        for (i, a) in addrs.iter().enumerate() {
+            if addrs[..i].iter().any(|b| overlaps(a, b)) {
+                out.push(invalid("server.listen", format!("{a} is listed twice")));
+            }
+        }
+        if let Some(metrics) = self.metrics.addr() {
+            let metrics = ListenAddr::Tcp(metrics);
+            if let Some(clash) = addrs.iter().find(|a| overlaps(a, &metrics)) {
+                out.push(invalid(
+                    "metrics.listen",
+                    format!(
+                        "{metrics} is also a socketmap address ({clash}): give it a port of its own"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn value_problems(&self, out: &mut Vec<Problem>) {
+        if self.cache.backend == CacheBackend::Redis {
+            // Checked here so that a typo stops the start (or the reload) with a clear
+            // line, instead of surfacing as "Redis unreachable" forever.
+            if let Err(e) = redis::Client::open(self.cache.redis.url.as_str()) {
+                // Not the URL itself: it may hold a password.
+                out.push(invalid("cache.redis.url", e.to_string()));
+            }
+        }
+        if self.server.max_request_size < 64 {
+            out.push(invalid(
+                "server.max_request_size",
+                "must be at least 64 bytes",
+            ));
+        }
+        for (setting, d) in [
+            ("resolver.timeout", self.resolver.timeout),
+            ("fetch.timeout", self.fetch.timeout),
+            ("lookup.deadline", self.lookup.deadline),
+            ("cache.negative_ttl", self.cache.negative_ttl),
+            ("cache.refresh_after", self.cache.refresh_after),
+            ("cache.refresh_interval", self.cache.refresh_interval),
+            ("server.read_timeout", self.server.read_timeout),
+            ("cache.redis.timeout", self.cache.redis.timeout),
+            ("cache.redis.lock_ttl", self.cache.redis.lock_ttl),
+        ] {
+            if d.is_zero() {
+                out.push(invalid(setting, "must be longer than 0s"));
+            }
+        }
+        if self.server.idle_timeout <= Duration::from_secs(10) {
+            out.push(invalid(
+                "server.idle_timeout",
+                "must be longer than 10s (Postfix keeps an idle socketmap connection for 10s)",
+            ));
+        }
+        if self.lookup.deadline > Duration::from_secs(90) {
+            out.push(invalid(
+                "lookup.deadline",
+                "must be at most 90s (Postfix gives up on a lookup after 100s)",
+            ));
+        }
+        if self.cache.retry_after < Duration::from_secs(300) {
+            out.push(invalid(
+                "cache.retry_after",
+                "must be at least 5m (RFC 8461 §3.3)",
+            ));
+        }
+        if self.dane.validation == DaneValidation::Resolver {
+            // An AD bit proves something only if nothing could alter it on the way.
+            if self.resolver.nameservers.is_empty() {
+                out.push(invalid(
+                    "dane.validation",
+                    "\"resolver\" needs resolver.nameservers to name the local validating resolver (e.g. [\"127.0.0.1:53\"])",
+                ));
+            }
+            if let Some(far) = self
+                .resolver
+                .nameservers
+                .iter()
+                .find(|a| !a.ip().is_loopback())
+            {
+                out.push(invalid(
+                    "dane.validation",
+                    format!(
+                        "\"resolver\" trusts the AD bit, which proves nothing from {far}: every resolver.nameservers entry must be on loopback"
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Options for a socketmap name: `[zones.NAME]`, else `[zones.default]`, else defaults.
+    pub fn zone(&self, name: &str) -> ZoneOptions {
+        self.zones
+            .get(name)
+            .or_else(|| self.zones.get("default"))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::from_toml("", "test").unwrap();
+        assert_eq!(
+            c.server.listen,
+            vec![ListenAddr::Tcp("127.0.0.1:8461".parse().unwrap())]
+        );
+        assert_eq!(c.server.socket_mode, SocketMode(0o666));
+        assert_eq!(c.metrics.addr(), Some("127.0.0.1:9461".parse().unwrap()));
+        assert_eq!(c.fetch.timeout, Duration::from_secs(15));
+        assert!(!c.fetch.allow_private_addresses);
+        assert_eq!(c.zone("postfix"), ZoneOptions::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Config::from_toml("[fetch]\ntimout = \"5s\"\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("timout"), "{e}");
+        assert!(Config::from_toml("[zones.strict]\nstrict = true\n", "x").is_err());
+        assert!(Config::from_toml("[nope]\n", "x").is_err());
+    }
+
+    #[test]
+    fn durations_and_zones() {
+        let c = Config::from_toml(
+            "[resolver]\nnameservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\ntimeout = \"500ms\"\n\
+             [zones.default]\nrequire_sni = false\n[zones.strict]\nstrict_testing = true\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.resolver.timeout, Duration::from_millis(500));
+        assert_eq!(c.resolver.nameservers.len(), 2);
+        assert!(c.zone("strict").strict_testing);
+        assert!(!c.zone("other").require_sni);
+        assert!(c.zone("strict").require_sni);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_setting_name() {
+        for (toml, setting) in [
+            ("[server]\nlisten = [\"localhost\"]", "server.listen"),
+            (
+                "[server]\nlisten = [\"unix:relative.sock\"]",
+                "server.listen",
+            ),
+            ("[server]\nsocket_mode = \"999\"", "server.socket_mode"),
+            ("[fetch]\ntimeout = \"0s\"", "fetch.timeout"),
+            ("[lookup]\ndeadline = \"5m\"", "lookup.deadline"),
+            ("[cache]\nretry_after = \"1m\"", "cache.retry_after"),
+            ("[server]\nlisten = []", "server.listen"),
+            (
+                "[server]\nlisten = [\"127.0.0.1:8461\", \"127.0.0.1:8461\"]",
+                "server.listen",
+            ),
+            (
+                "[server]\nlisten = [\"0.0.0.0:8461\"]\n[metrics]\nlisten = \"127.0.0.1:8461\"",
+                "metrics.listen",
+            ),
+            ("[log]\nlevel = \"warning\"", "log.level"),
+            ("[log]\nlevel = \"inof\"", "log.level"),
+            ("[log]\nlevel = \"mta_stsd=loud\"", "log.level"),
+        ] {
+            let e = Config::from_toml(toml, "x").unwrap_err().to_string();
+            assert!(e.contains(setting), "{toml}: {e}");
+        }
+        assert!(Config::from_toml("[fetch]\ntimeout = \"soon\"", "x").is_err());
+        // Counts are at least 1 by their type; a 0 is refused where it is read.
+        for (toml, key) in [
+            ("[cache]\nmemory_entries = 0", "memory_entries"),
+            ("[resolver]\nattempts = 0", "attempts"),
+            ("[server]\nmax_connections = 0", "max_connections"),
+        ] {
+            let e = Config::from_toml(toml, "x").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("nonzero"), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_the_file_name() {
+        let e = Config::from_toml(
+            "[server]\nlisten = []\n[log]\nlevel = \"warning\"\n[cache]\nretry_after = \"1m\"\n",
+            "/etc/mta-stsd/mta-stsd.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems().len(), 3, "{e}");
+        let text = e.to_string();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        for line in text.lines() {
+            assert!(
+                line.starts_with("/etc/mta-stsd/mta-stsd.toml: invalid setting "),
+                "{line}"
+            );
+        }
+        assert!(
+            text.contains("use one of off, error, warn, info, debug, trace"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn real_levels_and_directives_are_accepted() {
+        for level in [
+            "info",
+            "DEBUG",
+            "warn,mta_stsd=debug",
+            "mta_stsd::dane=trace",
+            "off",
+        ] {
+            let toml = format!("[log]\nlevel = \"{level}\"");
+            assert!(Config::from_toml(&toml, "x").is_ok(), "{level}");
+        }
+    }
+
+    #[test]
+    fn a_nameserver_without_a_port_means_port_53() {
+        let c = Config::from_toml(
+            "[resolver]\nnameservers = [\"8.8.8.8\", \"::1\", \"127.0.0.1:5353\"]",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.resolver.nameservers,
+            vec![
+                "8.8.8.8:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]
+        );
+        let e = Config::from_toml("[resolver]\nnameservers = [\"dns.google\"]", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not an IP address or IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/mta-stsd.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let c = Config::from_toml(&text, path).unwrap();
+        // The example documents the defaults: it must not change behaviour.
+        let d = Config::default();
+        assert_eq!(c.server.listen, d.server.listen);
+        assert_eq!(c.fetch.timeout, d.fetch.timeout);
+        assert_eq!(c.lookup.deadline, d.lookup.deadline);
+        assert_eq!(c.cache.negative_ttl, d.cache.negative_ttl);
+        assert_eq!(c.zone("postfix"), d.zone("postfix"));
+        assert_eq!(c.dane.mode, d.dane.mode);
+        assert_eq!(c.dane.validation, d.dane.validation);
+        assert_eq!(c.dane.cache_entries, d.dane.cache_entries);
+    }
+}
