@@ -34,12 +34,81 @@ pub const DNSSEC_VALIDATION_FAILING: &str = "mta_stsd_dnssec_validation_failing"
 pub const REDIS_HEALTHY: &str = "mta_stsd_redis_healthy";
 pub const REDIS_ADOPTED_TOTAL: &str = "mta_stsd_redis_policies_adopted_total";
 
+/// The daemon's metric handles, grouped by the component that updates them, and the
+/// registry they are exported from.
 pub struct Metrics {
     registry: Registry,
     names: Vec<String>,
+    pub server: ServerMetrics,
+    pub discovery: DiscoveryMetrics,
+    pub cache: CacheMetrics,
+    pub store: StoreMetrics,
+    pub dane: DaneMetrics,
+    pub fleet: FleetMetrics,
+}
+
+/// The socketmap server: lookups answered, connections.
+pub struct ServerMetrics {
     /// zone, answer (secure|notfound|temp|perm), cache (hit|negative_hit|miss|timeout|skipped)
     pub lookups: IntCounterVec,
     pub lookup_duration: Histogram,
+    pub connections_open: IntGauge,
+    pub requests_in_flight: IntGauge,
+    pub malformed_requests: IntCounter,
+    /// reason (idle_timeout|read_timeout|evicted)
+    pub connections_closed: IntCounterVec,
+}
+
+impl ServerMetrics {
+    fn new() -> prometheus::Result<Self> {
+        let latency_buckets = vec![
+            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
+            0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        Ok(Self {
+            lookups: counter_vec(
+                LOOKUPS_TOTAL,
+                "Socketmap lookups answered.",
+                &["zone", "answer", "cache"],
+            )?,
+            lookup_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    LOOKUP_DURATION_SECONDS,
+                    "Time to answer a socketmap lookup.",
+                )
+                .buckets(latency_buckets),
+            )?,
+            connections_open: IntGauge::new(CONNECTIONS_OPEN, "Socketmap connections open.")?,
+            requests_in_flight: IntGauge::new(
+                REQUESTS_IN_FLIGHT,
+                "Socketmap requests being answered.",
+            )?,
+            malformed_requests: IntCounter::new(
+                MALFORMED_REQUESTS_TOTAL,
+                "Malformed or oversize socketmap requests (each closed its connection).",
+            )?,
+            connections_closed: counter_vec(
+                CONNECTIONS_CLOSED_TOTAL,
+                "Socketmap connections the daemon closed because the client stayed silent.",
+                &["reason"],
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.lookups.clone()),
+            Box::new(self.lookup_duration.clone()),
+            Box::new(self.connections_open.clone()),
+            Box::new(self.requests_in_flight.clone()),
+            Box::new(self.malformed_requests.clone()),
+            Box::new(self.connections_closed.clone()),
+        ]
+    }
+}
+
+/// Discovery: runs, policy fetches, failed refreshes, policy changes.
+pub struct DiscoveryMetrics {
     /// trigger (miss|recheck|refresh), result (fetched|unchanged|no_policy|txt_failed|fetch_failed|backoff|kept)
     pub discoveries: IntCounterVec,
     /// class (dns|tls|connect|timeout|http_status|content_type|too_large|parse|private_address|http)
@@ -50,24 +119,142 @@ pub struct Metrics {
     pub refresh_failures: IntCounterVec,
     /// from, to (modes; to = from for an mx-set change), change (mode|mx)
     pub transitions: IntCounterVec,
+}
+
+impl DiscoveryMetrics {
+    fn new() -> prometheus::Result<Self> {
+        let fetch_buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        Ok(Self {
+            discoveries: counter_vec(
+                DISCOVERIES_TOTAL,
+                "Discovery runs (TXT lookup and, when needed, policy fetch) by trigger and result.",
+                &["trigger", "result"],
+            )?,
+            fetch_failures: counter_vec(
+                FETCH_FAILURES_TOTAL,
+                "Failed policy fetches by failure class.",
+                &["class"],
+            )?,
+            fetch_duration: HistogramVec::new(
+                HistogramOpts::new(FETCH_DURATION_SECONDS, "Time to fetch a policy file.")
+                    .buckets(fetch_buckets),
+                &["result"],
+            )?,
+            refresh_failures: counter_vec(
+                REFRESH_FAILURES_TOTAL,
+                "Failed refreshes of cached policies whose mode is not none.",
+                &["mode"],
+            )?,
+            transitions: counter_vec(
+                POLICY_TRANSITIONS_TOTAL,
+                "Changes of a cached policy: mode changes (e.g. enforce to none) and mx-set changes.",
+                &["from", "to", "change"],
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.discoveries.clone()),
+            Box::new(self.fetch_failures.clone()),
+            Box::new(self.fetch_duration.clone()),
+            Box::new(self.refresh_failures.clone()),
+            Box::new(self.transitions.clone()),
+        ]
+    }
+}
+
+/// The policy cache: what it holds, and damage found at start.
+pub struct CacheMetrics {
     /// mode (enforce|testing|none|negative)
     pub cache_entries: IntGaugeVec,
     pub oldest_policy_age: IntGauge,
     pub expiring_soon: IntGauge,
     pub failing: IntGauge,
-    pub connections_open: IntGauge,
-    pub requests_in_flight: IntGauge,
-    pub malformed_requests: IntCounter,
-    /// reason (idle_timeout|read_timeout|evicted)
-    pub connections_closed: IntCounterVec,
-    /// 1 while the cache store works, 0 while it fails (answers come from memory).
-    pub store_healthy: IntGauge,
-    /// op (load|get|put|remove|flush|checkpoint; redis_get|redis_put|redis_lock|redis_remove|redis_subscribe)
-    pub store_errors: IntCounterVec,
     /// Caches that could not be opened and were moved aside.
     pub cache_moved_aside: IntCounter,
     /// Policies missing from the cache at start compared with its last checkpoint.
     pub cache_policies_lost: IntCounter,
+}
+
+impl CacheMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            cache_entries: IntGaugeVec::new(
+                Opts::new(
+                    CACHE_ENTRIES,
+                    "Cache entries by policy mode (negative: known to have no policy).",
+                ),
+                &["mode"],
+            )?,
+            oldest_policy_age: IntGauge::new(
+                OLDEST_POLICY_AGE_SECONDS,
+                "Age of the least recently fetched valid policy.",
+            )?,
+            expiring_soon: IntGauge::new(
+                POLICIES_EXPIRING_SOON,
+                "Valid policies that expire within 24 hours.",
+            )?,
+            failing: IntGauge::new(
+                POLICIES_FAILING,
+                "Valid policies (not mode none) whose last refresh or re-check failed.",
+            )?,
+            cache_moved_aside: IntCounter::new(
+                CACHE_MOVED_ASIDE_TOTAL,
+                "Caches that could not be opened and were moved aside (the daemon started with an empty one).",
+            )?,
+            cache_policies_lost: IntCounter::new(
+                CACHE_POLICIES_LOST_TOTAL,
+                "Policies missing from the cache at start compared with its last checkpoint (a damaged cache that opened without error).",
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.cache_entries.clone()),
+            Box::new(self.oldest_policy_age.clone()),
+            Box::new(self.expiring_soon.clone()),
+            Box::new(self.failing.clone()),
+            Box::new(self.cache_moved_aside.clone()),
+            Box::new(self.cache_policies_lost.clone()),
+        ]
+    }
+}
+
+/// The cache store's health.
+pub struct StoreMetrics {
+    /// 1 while the cache store works, 0 while it fails (answers come from memory).
+    pub store_healthy: IntGauge,
+    /// op (load|get|put|remove|flush|checkpoint; redis_get|redis_put|redis_lock|redis_remove|redis_subscribe)
+    pub store_errors: IntCounterVec,
+}
+
+impl StoreMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            store_healthy: IntGauge::new(
+                STORE_HEALTHY,
+                "1 while the cache store works; 0 while it fails and answers come from memory.",
+            )?,
+            store_errors: counter_vec(
+                STORE_ERRORS_TOTAL,
+                "Failed or panicked cache store operations.",
+                &["op"],
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.store_healthy.clone()),
+            Box::new(self.store_errors.clone()),
+        ]
+    }
+}
+
+/// DANE precedence and DNSSEC validation.
+pub struct DaneMetrics {
     /// verdict (dane_only|dane|no_dane|temp), cache (hit|miss|timeout)
     pub dane_verdicts: IntCounterVec,
     /// rrset (mx|address|tlsa)
@@ -76,11 +263,71 @@ pub struct Metrics {
     pub dane_enabled: IntGauge,
     /// 1 while the DNSSEC self-check fails (DANE precedence suspended).
     pub dnssec_validation_failing: IntGauge,
+}
+
+impl DaneMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            dane_verdicts: counter_vec(
+                DANE_VERDICTS_TOTAL,
+                "DANE verdicts used for lookups, by verdict and whether it was remembered.",
+                &["verdict", "cache"],
+            )?,
+            dnssec_bogus: counter_vec(
+                DNSSEC_BOGUS_TOTAL,
+                "DNSSEC validation failures (bogus RRsets) met by DANE lookups.",
+                &["rrset"],
+            )?,
+            dane_enabled: IntGauge::new(
+                DANE_ENABLED,
+                "1 while DANE takes precedence by default ([dane] mode) and DNSSEC validation works; 0 otherwise.",
+            )?,
+            dnssec_validation_failing: IntGauge::new(
+                DNSSEC_VALIDATION_FAILING,
+                "1 while the DNSSEC self-check (the root's DNSKEY RRset) fails and DANE precedence is suspended.",
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.dane_verdicts.clone()),
+            Box::new(self.dnssec_bogus.clone()),
+            Box::new(self.dane_enabled.clone()),
+            Box::new(self.dnssec_validation_failing.clone()),
+        ]
+    }
+}
+
+/// The fleet's shared cache (Redis).
+pub struct FleetMetrics {
     /// With `cache.backend = "redis"`: 1 while Redis answers, 0 while it does not
     /// (always 1 without Redis).
     pub redis_healthy: IntGauge,
     /// Policies taken from the fleet's shared cache instead of being fetched.
     pub redis_adopted: IntCounter,
+}
+
+impl FleetMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            redis_healthy: IntGauge::new(
+                REDIS_HEALTHY,
+                "With cache.backend = redis: 1 while the shared cache answers, 0 while the daemon works without it (always 1 without Redis).",
+            )?,
+            redis_adopted: IntCounter::new(
+                REDIS_ADOPTED_TOTAL,
+                "Policies taken from the fleet's shared cache (Redis) instead of being fetched.",
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.redis_healthy.clone()),
+            Box::new(self.redis_adopted.clone()),
+        ]
+    }
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -120,167 +367,35 @@ pub const STORE_OPS: [&str; 10] = [
 impl Metrics {
     /// Builds the registry. Fails only if a metric definition is invalid (a bug).
     pub fn new() -> prometheus::Result<Self> {
-        let latency_buckets = vec![
-            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
-            0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ];
-        let fetch_buckets = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
         let mut m = Metrics {
             registry: Registry::new(),
             names: Vec::new(),
-            lookups: counter_vec(
-                LOOKUPS_TOTAL,
-                "Socketmap lookups answered.",
-                &["zone", "answer", "cache"],
-            )?,
-            lookup_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    LOOKUP_DURATION_SECONDS,
-                    "Time to answer a socketmap lookup.",
-                )
-                .buckets(latency_buckets),
-            )?,
-            discoveries: counter_vec(
-                DISCOVERIES_TOTAL,
-                "Discovery runs (TXT lookup and, when needed, policy fetch) by trigger and result.",
-                &["trigger", "result"],
-            )?,
-            fetch_failures: counter_vec(
-                FETCH_FAILURES_TOTAL,
-                "Failed policy fetches by failure class.",
-                &["class"],
-            )?,
-            fetch_duration: HistogramVec::new(
-                HistogramOpts::new(FETCH_DURATION_SECONDS, "Time to fetch a policy file.")
-                    .buckets(fetch_buckets),
-                &["result"],
-            )?,
-            refresh_failures: counter_vec(
-                REFRESH_FAILURES_TOTAL,
-                "Failed refreshes of cached policies whose mode is not none.",
-                &["mode"],
-            )?,
-            transitions: counter_vec(
-                POLICY_TRANSITIONS_TOTAL,
-                "Changes of a cached policy: mode changes (e.g. enforce to none) and mx-set changes.",
-                &["from", "to", "change"],
-            )?,
-            cache_entries: IntGaugeVec::new(
-                Opts::new(
-                    CACHE_ENTRIES,
-                    "Cache entries by policy mode (negative: known to have no policy).",
-                ),
-                &["mode"],
-            )?,
-            oldest_policy_age: IntGauge::new(
-                OLDEST_POLICY_AGE_SECONDS,
-                "Age of the least recently fetched valid policy.",
-            )?,
-            expiring_soon: IntGauge::new(
-                POLICIES_EXPIRING_SOON,
-                "Valid policies that expire within 24 hours.",
-            )?,
-            failing: IntGauge::new(
-                POLICIES_FAILING,
-                "Valid policies (not mode none) whose last refresh or re-check failed.",
-            )?,
-            connections_open: IntGauge::new(CONNECTIONS_OPEN, "Socketmap connections open.")?,
-            requests_in_flight: IntGauge::new(
-                REQUESTS_IN_FLIGHT,
-                "Socketmap requests being answered.",
-            )?,
-            malformed_requests: IntCounter::new(
-                MALFORMED_REQUESTS_TOTAL,
-                "Malformed or oversize socketmap requests (each closed its connection).",
-            )?,
-            connections_closed: counter_vec(
-                CONNECTIONS_CLOSED_TOTAL,
-                "Socketmap connections the daemon closed because the client stayed silent.",
-                &["reason"],
-            )?,
-            store_healthy: IntGauge::new(
-                STORE_HEALTHY,
-                "1 while the cache store works; 0 while it fails and answers come from memory.",
-            )?,
-            store_errors: counter_vec(
-                STORE_ERRORS_TOTAL,
-                "Failed or panicked cache store operations.",
-                &["op"],
-            )?,
-            cache_moved_aside: IntCounter::new(
-                CACHE_MOVED_ASIDE_TOTAL,
-                "Caches that could not be opened and were moved aside (the daemon started with an empty one).",
-            )?,
-            cache_policies_lost: IntCounter::new(
-                CACHE_POLICIES_LOST_TOTAL,
-                "Policies missing from the cache at start compared with its last checkpoint (a damaged cache that opened without error).",
-            )?,
-            dane_verdicts: counter_vec(
-                DANE_VERDICTS_TOTAL,
-                "DANE verdicts used for lookups, by verdict and whether it was remembered.",
-                &["verdict", "cache"],
-            )?,
-            dnssec_bogus: counter_vec(
-                DNSSEC_BOGUS_TOTAL,
-                "DNSSEC validation failures (bogus RRsets) met by DANE lookups.",
-                &["rrset"],
-            )?,
-            dane_enabled: IntGauge::new(
-                DANE_ENABLED,
-                "1 while DANE takes precedence by default ([dane] mode) and DNSSEC validation works; 0 otherwise.",
-            )?,
-            dnssec_validation_failing: IntGauge::new(
-                DNSSEC_VALIDATION_FAILING,
-                "1 while the DNSSEC self-check (the root's DNSKEY RRset) fails and DANE precedence is suspended.",
-            )?,
-            redis_healthy: IntGauge::new(
-                REDIS_HEALTHY,
-                "With cache.backend = redis: 1 while the shared cache answers, 0 while the daemon works without it (always 1 without Redis).",
-            )?,
-            redis_adopted: IntCounter::new(
-                REDIS_ADOPTED_TOTAL,
-                "Policies taken from the fleet's shared cache (Redis) instead of being fetched.",
-            )?,
+            server: ServerMetrics::new()?,
+            discovery: DiscoveryMetrics::new()?,
+            cache: CacheMetrics::new()?,
+            store: StoreMetrics::new()?,
+            dane: DaneMetrics::new()?,
+            fleet: FleetMetrics::new()?,
         };
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.lookups.clone()),
-            Box::new(m.lookup_duration.clone()),
-            Box::new(m.discoveries.clone()),
-            Box::new(m.fetch_failures.clone()),
-            Box::new(m.fetch_duration.clone()),
-            Box::new(m.refresh_failures.clone()),
-            Box::new(m.transitions.clone()),
-            Box::new(m.cache_entries.clone()),
-            Box::new(m.oldest_policy_age.clone()),
-            Box::new(m.expiring_soon.clone()),
-            Box::new(m.failing.clone()),
-            Box::new(m.connections_open.clone()),
-            Box::new(m.requests_in_flight.clone()),
-            Box::new(m.malformed_requests.clone()),
-            Box::new(m.connections_closed.clone()),
-            Box::new(m.store_healthy.clone()),
-            Box::new(m.store_errors.clone()),
-            Box::new(m.cache_moved_aside.clone()),
-            Box::new(m.cache_policies_lost.clone()),
-            Box::new(m.dane_verdicts.clone()),
-            Box::new(m.dnssec_bogus.clone()),
-            Box::new(m.dane_enabled.clone()),
-            Box::new(m.dnssec_validation_failing.clone()),
-            Box::new(m.redis_healthy.clone()),
-            Box::new(m.redis_adopted.clone()),
-            Box::new(build),
-        ];
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = Vec::new();
+        collectors.extend(m.server.collectors());
+        collectors.extend(m.discovery.collectors());
+        collectors.extend(m.cache.collectors());
+        collectors.extend(m.store.collectors());
+        collectors.extend(m.dane.collectors());
+        collectors.extend(m.fleet.collectors());
+        collectors.push(Box::new(build));
         for c in collectors {
             m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c)?;
         }
         // Nothing to be unreachable without a shared cache: alerts fire on 0 only.
-        m.redis_healthy.set(1);
+        m.fleet.redis_healthy.set(1);
         // Pre-create the label sets dashboards plot, so they read 0 rather than absent.
         for mode in ["enforce", "testing", "none", "negative"] {
-            m.cache_entries.with_label_values(&[mode]).set(0);
+            m.cache.cache_entries.with_label_values(&[mode]).set(0);
         }
         m.zero_known_label_sets();
         Ok(m)
@@ -291,27 +406,31 @@ impl Metrics {
     /// the start instead of seeing nothing until the first failure.
     fn zero_known_label_sets(&self) {
         for class in FETCH_FAILURE_CLASSES {
-            self.fetch_failures.with_label_values(&[class]);
+            self.discovery.fetch_failures.with_label_values(&[class]);
         }
         for result in ["ok", "error"] {
-            self.fetch_duration.with_label_values(&[result]);
+            self.discovery.fetch_duration.with_label_values(&[result]);
         }
         for mode in ["enforce", "testing"] {
-            self.refresh_failures.with_label_values(&[mode]);
-            self.transitions.with_label_values(&[mode, mode, "mx"]);
+            self.discovery.refresh_failures.with_label_values(&[mode]);
+            self.discovery
+                .transitions
+                .with_label_values(&[mode, mode, "mx"]);
         }
         for from in ["enforce", "testing", "none"] {
             for to in ["enforce", "testing", "none"] {
                 if from != to {
-                    self.transitions.with_label_values(&[from, to, "mode"]);
+                    self.discovery
+                        .transitions
+                        .with_label_values(&[from, to, "mode"]);
                 }
             }
         }
         for op in STORE_OPS {
-            self.store_errors.with_label_values(&[op]);
+            self.store.store_errors.with_label_values(&[op]);
         }
         for rrset in ["mx", "address", "tlsa"] {
-            self.dnssec_bogus.with_label_values(&[rrset]);
+            self.dane.dnssec_bogus.with_label_values(&[rrset]);
         }
     }
 
@@ -337,7 +456,8 @@ mod tests {
     #[test]
     fn renders_names_with_prefix_and_build_info() {
         let m = Metrics::new().unwrap();
-        m.lookups
+        m.server
+            .lookups
             .with_label_values(&["postfix", "secure", "hit"])
             .inc();
         let text = m.render();

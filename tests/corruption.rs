@@ -167,8 +167,8 @@ async fn a_corrupt_cache_never_stops_the_daemon() {
         let found = d.service.policies();
         let metrics = d.service.metrics();
         let (moved_here, lost) = (
-            metrics.cache_moved_aside.get(),
-            metrics.cache_policies_lost.get(),
+            metrics.cache.cache_moved_aside.get(),
+            metrics.cache.cache_policies_lost.get(),
         );
         if moved_here == 0 && recorded == Some(TOTAL) {
             // A cache that opened: any shortfall is reported, exactly.
@@ -219,7 +219,7 @@ async fn a_silently_shortened_cache_is_noticed() {
     // An intact cache: nothing reported.
     let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
     d.service.wait_loaded().await;
-    assert_eq!(d.service.metrics().cache_policies_lost.get(), 0);
+    assert_eq!(d.service.metrics().cache.cache_policies_lost.get(), 0);
     assert!(d.shutdown().await.flushed);
 
     // 55 records vanish behind the daemon's back.
@@ -232,7 +232,7 @@ async fn a_silently_shortened_cache_is_noticed() {
     }
     let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
     d.service.wait_loaded().await;
-    assert_eq!(d.service.metrics().cache_policies_lost.get(), 55);
+    assert_eq!(d.service.metrics().cache.cache_policies_lost.get(), 55);
     // Lost domains are discovered again.
     assert_eq!(
         common::ask_once(d.tcp, "postfix", "p0.example").await,
@@ -243,7 +243,7 @@ async fn a_silently_shortened_cache_is_noticed() {
     // The next clean start has a new checkpoint, and reports nothing.
     let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
     d.service.wait_loaded().await;
-    assert_eq!(d.service.metrics().cache_policies_lost.get(), 0);
+    assert_eq!(d.service.metrics().cache.cache_policies_lost.get(), 0);
     assert!(d.shutdown().await.flushed);
 
     // sled's data file zeroed, then truncated to nothing: each time the loss is
@@ -261,7 +261,10 @@ async fn a_silently_shortened_cache_is_noticed() {
         let d = common::InProcess::start(&w, config(&cache), Arc::new(SystemClock)).await;
         d.service.wait_loaded().await;
         let m = d.service.metrics();
-        let (moved, lost) = (m.cache_moved_aside.get(), m.cache_policies_lost.get());
+        let (moved, lost) = (
+            m.cache.cache_moved_aside.get(),
+            m.cache.cache_policies_lost.get(),
+        );
         eprintln!("db {damage}: moved aside {moved}, lost {lost} of {policies}");
         assert!(
             moved == 1 || lost == policies,

@@ -631,7 +631,7 @@ async fn half_sent_requests_are_closed_after_the_read_timeout() {
     .unwrap_or(0);
     assert_eq!(n, 0, "no reply to an incomplete request: {buf:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(4));
-    let closed = &d.service.metrics().connections_closed;
+    let closed = &d.service.metrics().server.connections_closed;
     assert_eq!(closed.with_label_values(&["read_timeout"]).get(), 1);
     // Others are served as before.
     assert_eq!(d.ask("postfix", "ok.example").await, SECURE);

@@ -101,7 +101,7 @@ async fn what_one_daemon_learns_the_other_answers_without_network() {
     );
     assert_eq!(w.dns.total_queries(), queries, "B asked no DNS");
     assert_eq!(w.https.hits("shared.example"), 1, "B fetched nothing");
-    assert_eq!(f.b.service.metrics().redis_adopted.get(), 1);
+    assert_eq!(f.b.service.metrics().fleet.redis_adopted.get(), 1);
     // B keeps its own copy, which outlives Redis.
     assert_eq!(
         f.b.service
@@ -146,8 +146,8 @@ async fn twenty_concurrent_misses_over_two_daemons_fetch_once() {
         assert_eq!(reply.unwrap(), SECURE);
     }
     assert_eq!(w.https.hits("busy.example"), 1, "one fetch for the fleet");
-    let adopted =
-        f.a.service.metrics().redis_adopted.get() + f.b.service.metrics().redis_adopted.get();
+    let adopted = f.a.service.metrics().fleet.redis_adopted.get()
+        + f.b.service.metrics().fleet.redis_adopted.get();
     assert_eq!(adopted, 1, "the other daemon took the fetched policy");
     f.stop().await;
 }
@@ -340,6 +340,7 @@ async fn a_redis_restart_under_load_costs_no_answer() {
     let errors =
         f.a.service
             .metrics()
+            .store
             .store_errors
             .with_label_values(&["redis_get"]);
     assert!(errors.get() >= 1, "the outage was counted");
@@ -361,8 +362,8 @@ async fn a_daemon_starts_and_serves_with_redis_unreachable() {
         SECURE
     );
     let m = d.service.metrics();
-    assert_eq!(m.redis_healthy.get(), 0);
-    assert!(m.store_errors.with_label_values(&["redis_get"]).get() >= 1);
+    assert_eq!(m.fleet.redis_healthy.get(), 0);
+    assert!(m.store.store_errors.with_label_values(&["redis_get"]).get() >= 1);
 
     // Redis comes up: the daemon connects and shares what it learns from then on.
     assert!(RedisServer::installed());
@@ -372,7 +373,7 @@ async fn a_daemon_starts_and_serves_with_redis_unreachable() {
         common::ask_once(d.tcp, "postfix", "later.example").await,
         SECURE
     );
-    assert_eq!(m.redis_healthy.get(), 1);
+    assert_eq!(m.fleet.redis_healthy.get(), 1);
     assert_eq!(redis.cli(&["EXISTS", "mta-stsd:policy:later.example"]), "1");
     d.shutdown().await;
 }

@@ -165,7 +165,7 @@ async fn silent_connections_holding_every_slot_make_room_for_postfix() {
         waited < std::time::Duration::from_secs(10),
         "postmap waited {waited:?}"
     );
-    let closed = &d.service.metrics().connections_closed;
+    let closed = &d.service.metrics().server.connections_closed;
     assert_eq!(closed.with_label_values(&["evicted"]).get(), 8);
     // The hogs were closed by the daemon: reading gives EOF.
     for mut hog in hogs {

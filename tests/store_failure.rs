@@ -84,7 +84,7 @@ async fn lookups_are_answered_while_the_store_fails_or_panics() {
         let _ = rx.await;
     }));
     assert_eq!(common::ask_once(addr, "postfix", "a.example").await, SECURE);
-    let healthy = || service.metrics().store_healthy.get();
+    let healthy = || service.metrics().store.store_healthy.get();
     assert_eq!(healthy(), 1);
 
     for (mode, domain) in [(1, "b.example"), (2, "c.example")] {
@@ -110,6 +110,7 @@ async fn lookups_are_answered_while_the_store_fails_or_panics() {
     assert!(
         service
             .metrics()
+            .store
             .store_errors
             .with_label_values(&["put"])
             .get()

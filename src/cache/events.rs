@@ -21,6 +21,7 @@ pub fn fetched(
     }
     let label = if result.is_ok() { "ok" } else { "error" };
     metrics
+        .discovery
         .fetch_duration
         .with_label_values(&[label])
         .observe(started.elapsed().as_secs_f64());
@@ -29,7 +30,7 @@ pub fn fetched(
 /// Moves the per-mode entry gauges from `old` to `new` at once; each walk of the store
 /// sets them exactly again.
 pub fn count_modes(metrics: &Metrics, old: &Entry, new: &Entry, now: u64) {
-    let g = &metrics.cache_entries;
+    let g = &metrics.cache.cache_entries;
     if let Some(p) = old.valid_policy(now) {
         g.with_label_values(&[p.policy.mode.as_str()]).dec();
     }
@@ -40,7 +41,8 @@ pub fn count_modes(metrics: &Metrics, old: &Entry, new: &Entry, now: u64) {
 
 /// One log line and the counters for a discovery's decision.
 pub fn decided(m: &Metrics, domain: &str, trigger: Trigger, txt: &TxtLookup, d: &Decision) {
-    m.discoveries
+    m.discovery
+        .discoveries
         .with_label_values(&[trigger.as_str(), d.outcome.as_str()])
         .inc();
     let cached = d.kept_mode.is_some();
@@ -61,11 +63,15 @@ pub fn decided(m: &Metrics, domain: &str, trigger: Trigger, txt: &TxtLookup, d: 
         }
         Outcome::FetchFailed => {
             let Some(f) = &d.entry.failure else { return };
-            m.fetch_failures
+            m.discovery
+                .fetch_failures
                 .with_label_values(&[f.class.as_str()])
                 .inc();
             if let Some(mode) = d.kept_mode.filter(|m| *m != Mode::None) {
-                m.refresh_failures.with_label_values(&[mode.as_str()]).inc();
+                m.discovery
+                    .refresh_failures
+                    .with_label_values(&[mode.as_str()])
+                    .inc();
             }
             if cached {
                 tracing::warn!(domain, class = %f.class, error = %f.message, "policy fetch failed; cached policy stays in force");
@@ -83,10 +89,16 @@ pub fn decided(m: &Metrics, domain: &str, trigger: Trigger, txt: &TxtLookup, d: 
                 }) => {
                     let (from, to) = (from.as_str(), to.as_str());
                     if from != to {
-                        m.transitions.with_label_values(&[from, to, "mode"]).inc();
+                        m.discovery
+                            .transitions
+                            .with_label_values(&[from, to, "mode"])
+                            .inc();
                     }
                     if *mx_changed {
-                        m.transitions.with_label_values(&[from, to, "mx"]).inc();
+                        m.discovery
+                            .transitions
+                            .with_label_values(&[from, to, "mx"])
+                            .inc();
                     }
                     if d.transition.as_ref().is_some_and(Transition::is_downgrade) {
                         tracing::warn!(domain, from, to, id = %p.id, mx_changed, "policy downgraded");

@@ -86,7 +86,7 @@ pub async fn share(shared: &SharedCache, domain: &str, entry: Entry, metrics: &M
                     domain,
                     "the fleet has a newer policy than this fetch; keeping that one"
                 );
-                metrics.redis_adopted.inc();
+                metrics.fleet.redis_adopted.inc();
                 theirs
             }
             _ => entry,

@@ -240,7 +240,7 @@ impl PolicyService {
             tracing::error!(error = %e, "the cache could not be read to the end; the rest is discovered again on its next lookup");
         }
         if let Some(lost) = lost_policies(recorded, survey.policies) {
-            self.metrics.cache_policies_lost.inc_by(lost);
+            self.metrics.cache.cache_policies_lost.inc_by(lost);
             tracing::warn!(
                 lost,
                 recorded = recorded.unwrap_or_default(),
@@ -511,7 +511,7 @@ impl PolicyService {
         }
         self.persist(domain, &old, &entry);
         tracing::debug!(domain, "policy taken from the shared cache");
-        self.metrics.redis_adopted.inc();
+        self.metrics.fleet.redis_adopted.inc();
         self.publish(domain, entry, wanted);
     }
 
@@ -650,6 +650,7 @@ impl PolicyService {
     pub fn update_gauges(&self) {
         let negative = self.hot.live_negatives(self.clock.now());
         self.metrics
+            .cache
             .cache_entries
             .with_label_values(&["negative"])
             .set(i64::try_from(negative).unwrap_or(i64::MAX));

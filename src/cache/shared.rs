@@ -155,7 +155,7 @@ impl SharedCache {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        metrics.redis_healthy.set(1);
+        metrics.fleet.redis_healthy.set(1);
         Ok(Arc::new(SharedCache {
             client,
             conn,
@@ -229,11 +229,15 @@ impl SharedCache {
         h.up = true;
         h.retry_at = None;
         h.backoff = BACKOFF_FIRST;
-        self.metrics.redis_healthy.set(1);
+        self.metrics.fleet.redis_healthy.set(1);
     }
 
     fn mark_down(&self, op: &'static str, e: &SharedError) {
-        self.metrics.store_errors.with_label_values(&[op]).inc();
+        self.metrics
+            .store
+            .store_errors
+            .with_label_values(&[op])
+            .inc();
         let mut h = lock(&self.health);
         if h.up {
             tracing::warn!(op, error = %e, "Redis unreachable; answering from memory and discovering locally until it is back");
@@ -243,7 +247,7 @@ impl SharedCache {
         }
         h.up = false;
         h.retry_at = Some(Instant::now() + h.backoff);
-        self.metrics.redis_healthy.set(0);
+        self.metrics.fleet.redis_healthy.set(0);
     }
 
     /// The fleet's entry for `domain`, if any.
@@ -408,6 +412,7 @@ impl SharedCache {
                     }
                     self.subscribed.send_replace(false);
                     self.metrics
+                        .store
                         .store_errors
                         .with_label_values(&["redis_subscribe"])
                         .inc();
@@ -424,6 +429,7 @@ impl SharedCache {
                 }
                 _ => {
                     self.metrics
+                        .store
                         .store_errors
                         .with_label_values(&["redis_subscribe"])
                         .inc();
@@ -439,6 +445,7 @@ impl SharedCache {
 
     fn note_subscribe_failure(&self, error: &str) {
         self.metrics
+            .store
             .store_errors
             .with_label_values(&["redis_subscribe"])
             .inc();

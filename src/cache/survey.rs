@@ -97,15 +97,16 @@ pub struct Census {
 impl Census {
     /// Takes a survey's counts: sets the gauges that describe the store.
     pub fn apply(&self, s: &Survey, metrics: &Metrics) {
-        let g = &metrics.cache_entries;
+        let g = &metrics.cache.cache_entries;
         for (mode, n) in ["enforce", "testing", "none"].iter().zip(s.modes) {
             g.with_label_values(&[mode]).set(n);
         }
         metrics
+            .cache
             .oldest_policy_age
             .set(i64::try_from(s.oldest).unwrap_or(i64::MAX));
-        metrics.expiring_soon.set(s.expiring);
-        metrics.failing.set(s.failing);
+        metrics.cache.expiring_soon.set(s.expiring);
+        metrics.cache.failing.set(s.failing);
         self.policies.store(s.policies, Ordering::Release);
     }
 

@@ -219,7 +219,7 @@ impl DaneService {
             snapshot: Mutex::new(None),
             dirty: AtomicBool::new(false),
             hit_counters: ["dane_only", "dane", "no_dane", "temp"]
-                .map(|v| metrics.dane_verdicts.with_label_values(&[v, "hit"])),
+                .map(|v| metrics.dane.dane_verdicts.with_label_values(&[v, "hit"])),
             metrics,
         });
         this.update_gauge();
@@ -291,9 +291,11 @@ impl DaneService {
     fn update_gauge(&self) {
         let state = self.health.load(Ordering::Acquire);
         self.metrics
+            .dane
             .dane_enabled
             .set(i64::from(self.settings().on && state == HEALTH_OK));
         self.metrics
+            .dane
             .dnssec_validation_failing
             .set(i64::from(state == HEALTH_BROKEN));
     }
@@ -379,6 +381,7 @@ impl DaneService {
         match tokio::time::timeout(deadline, flight).await {
             Ok(c) => {
                 self.metrics
+                    .dane
                     .dane_verdicts
                     .with_label_values(&[c.verdict.as_str(), "miss"])
                     .inc();
@@ -391,6 +394,7 @@ impl DaneService {
                     "DANE lookups did not finish before the lookup deadline; deferring"
                 );
                 self.metrics
+                    .dane
                     .dane_verdicts
                     .with_label_values(&["temp", "timeout"])
                     .inc();
@@ -442,7 +446,11 @@ impl DaneService {
         let ttl = rules::verdict_ttl(&mx, min_ttl);
         let bogus = bogus_rrsets(&mx);
         for rrset in &bogus {
-            self.metrics.dnssec_bogus.with_label_values(&[rrset]).inc();
+            self.metrics
+                .dane
+                .dnssec_bogus
+                .with_label_values(&[rrset])
+                .inc();
         }
         if !bogus.is_empty() {
             // Remembered for at most 60 s, so this is once per domain per TTL.

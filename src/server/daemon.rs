@@ -79,7 +79,7 @@ pub fn open_sled(path: &Path, metrics: &Metrics) -> Result<Arc<dyn PolicyStore>,
     }
     let (store, moved) = SledStore::open_or_recover(path)?;
     if let Some((aside, why)) = moved {
-        metrics.cache_moved_aside.inc();
+        metrics.cache.cache_moved_aside.inc();
         tracing::error!(cache = %path.display(), moved_to = %aside.display(), reason = %why, "cache could not be opened; moved it aside and started with an empty cache");
     }
     Ok(Arc::new(store))

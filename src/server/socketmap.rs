@@ -207,8 +207,8 @@ async fn serve_conn<S>(
 {
     let config = ctx.config();
     let metrics = ctx.service.metrics().clone();
-    metrics.connections_open.inc();
-    let _open = GaugeGuard(metrics.connections_open.clone());
+    metrics.server.connections_open.inc();
+    let _open = GaugeGuard(metrics.server.connections_open.clone());
     let mut conn = Connection::new(stream, &config.server);
     let wake = Wake {
         pressure: &slots.pressure,
@@ -224,7 +224,7 @@ async fn serve_conn<S>(
                 return;
             }
             Next::Malformed(e) => {
-                metrics.malformed_requests.inc();
+                metrics.server.malformed_requests.inc();
                 tracing::warn!(error = %e, "malformed socketmap request; closing the connection");
                 return;
             }
@@ -239,7 +239,7 @@ async fn serve_conn<S>(
                 Reply::NotFound
             }
             Err(e) => {
-                metrics.malformed_requests.inc();
+                metrics.server.malformed_requests.inc();
                 tracing::warn!(error = %e, "malformed socketmap request; closing the connection");
                 return;
             }
@@ -254,22 +254,24 @@ async fn serve_conn<S>(
 async fn answer(ctx: &State, request: &crate::protocol::codec::Request) -> Reply {
     let metrics = ctx.service.metrics();
     let started = Instant::now();
-    metrics.requests_in_flight.inc();
+    metrics.server.requests_in_flight.inc();
     // The zone options are read per request, so a reload applies at once.
     let current = ctx.config();
     let zone = current.zone(&request.map);
     let (reply, outcome) = ctx.answer(&request.key, &zone).await;
-    metrics.requests_in_flight.dec();
+    metrics.server.requests_in_flight.dec();
     let zone_label = if current.zones.contains_key(&request.map) {
         request.map.as_str()
     } else {
         "default"
     };
     metrics
+        .server
         .lookups
         .with_label_values(&[zone_label, reply.kind(), outcome.as_str()])
         .inc();
     metrics
+        .server
         .lookup_duration
         .observe(started.elapsed().as_secs_f64());
     tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind(), "lookup");
@@ -278,6 +280,7 @@ async fn answer(ctx: &State, request: &crate::protocol::codec::Request) -> Reply
 
 fn count_closed(metrics: &crate::metrics::Metrics, why: Closed) {
     metrics
+        .server
         .connections_closed
         .with_label_values(&[why.as_str()])
         .inc();

@@ -36,7 +36,7 @@ pub struct GuardedStore {
 impl GuardedStore {
     /// Guards `inner`; `reopen`, if given, replaces a store that keeps failing.
     pub fn new(inner: Arc<dyn PolicyStore>, reopen: Option<Reopen>, metrics: Arc<Metrics>) -> Self {
-        metrics.store_healthy.set(1);
+        metrics.store.store_healthy.set(1);
         GuardedStore {
             inner: RwLock::new(inner),
             healthy: AtomicBool::new(true),
@@ -84,7 +84,11 @@ impl GuardedStore {
             Err(StoreError::Decode { .. }) => {}
             Err(e) => {
                 self.failed_once.store(true, Ordering::Release);
-                self.metrics.store_errors.with_label_values(&[op]).inc();
+                self.metrics
+                    .store
+                    .store_errors
+                    .with_label_values(&[op])
+                    .inc();
                 self.set_health(false, Some(e));
             }
         }
@@ -95,7 +99,7 @@ impl GuardedStore {
         if self.healthy.swap(ok, Ordering::AcqRel) == ok {
             return;
         }
-        self.metrics.store_healthy.set(i64::from(ok));
+        self.metrics.store.store_healthy.set(i64::from(ok));
         if ok {
             tracing::info!("cache store healthy again");
             *lock(&self.since) = None;
@@ -227,7 +231,7 @@ mod tests {
         flaky.0.store(1, Ordering::SeqCst);
         assert!(g.put("a.example", &Entry::default()).is_err());
         assert!(!g.is_healthy());
-        assert_eq!(metrics.store_healthy.get(), 0);
+        assert_eq!(metrics.store.store_healthy.get(), 0);
         flaky.0.store(2, Ordering::SeqCst);
         match g.get("a.example") {
             Err(StoreError::Panic { op, message }) => {
@@ -236,11 +240,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(metrics.store_errors.with_label_values(&["get"]).get(), 1);
+        assert_eq!(
+            metrics.store.store_errors.with_label_values(&["get"]).get(),
+            1
+        );
         flaky.0.store(0, Ordering::SeqCst);
         assert!(g.flush().is_ok());
         assert!(g.is_healthy());
-        assert_eq!(metrics.store_healthy.get(), 1);
+        assert_eq!(metrics.store.store_healthy.get(), 1);
     }
 
     #[test]
