@@ -70,82 +70,88 @@ async fn command(base: &str, action: CacheAction, json: bool) -> anyhow::Result<
         return Ok(ExitCode::SUCCESS);
     }
     match action {
-        CacheAction::List => {
-            let all: Vec<EntryView> = serde_json::from_str(&body)?;
-            println!(
-                "{:<40} {:<10} {:<20} {:<22} ERROR",
-                "DOMAIN", "STATE", "ID", "EXPIRES"
-            );
-            for e in &all {
-                println!(
-                    "{:<40} {:<10} {:<20} {:<22} {}",
-                    e.domain,
-                    e.state,
-                    e.id.as_deref().unwrap_or("-"),
-                    e.expires.as_deref().unwrap_or("-"),
-                    e.last_error.as_deref().unwrap_or("")
-                );
-            }
-            println!("{} entries", all.len());
-        }
+        CacheAction::List => print_list(&serde_json::from_str::<Vec<EntryView>>(&body)?),
         CacheAction::Purge { domain } => println!("{domain}: purged"),
         CacheAction::Show { .. } | CacheAction::Refresh { .. } => {
-            let e: EntryView = serde_json::from_str(&body)?;
-            println!("domain:      {}", e.domain);
-            println!("state:       {}", e.state);
-            println!("id:          {}", e.id.as_deref().unwrap_or("-"));
-            println!(
-                "mx:          {}",
-                if e.mx.is_empty() {
-                    "-".into()
-                } else {
-                    e.mx.join(", ")
-                }
-            );
-            println!(
-                "max_age:     {}",
-                e.max_age.map(|m| m.to_string()).unwrap_or("-".into())
-            );
-            println!("fetched:     {}", e.fetched.as_deref().unwrap_or("-"));
-            println!("expires:     {}", e.expires.as_deref().unwrap_or("-"));
-            println!("last check:  {}", e.last_check.as_deref().unwrap_or("-"));
-            if let Some(t) = &e.no_policy_until {
-                println!("no policy until: {t}");
-            }
-            println!(
-                "last error:  {}",
-                match (&e.last_error, &e.last_error_at) {
-                    (Some(m), Some(at)) => format!("{m} (at {at})"),
-                    _ => "-".into(),
-                }
-            );
-            if !e.policy_lines.is_empty() {
-                println!("policy:");
-                for l in &e.policy_lines {
-                    println!("    {l}");
-                }
-            }
-            if let Some(d) = &e.dane {
-                println!(
-                    "DANE:        {} (checked {}, until {})",
-                    d.verdict, d.checked, d.expires
-                );
-                if let crate::dane::rules::MxFacts::Hosts {
-                    security, hosts, ..
-                } = &d.facts
-                {
-                    println!("  MX:        {}", security.as_str());
-                    for h in hosts {
-                        println!(
-                            "  host:      {} (addresses {}; TLSA {})",
-                            h.name,
-                            h.address.as_str(),
-                            serde_json::to_string(&h.tlsa).unwrap_or_default()
-                        );
-                    }
-                }
-            }
+            print_entry(&serde_json::from_str(&body)?)
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cache list`: one line per cached domain.
+fn print_list(all: &[EntryView]) {
+    println!(
+        "{:<40} {:<10} {:<20} {:<22} ERROR",
+        "DOMAIN", "STATE", "ID", "EXPIRES"
+    );
+    for e in all {
+        println!(
+            "{:<40} {:<10} {:<20} {:<22} {}",
+            e.domain,
+            e.state,
+            e.id.as_deref().unwrap_or("-"),
+            e.expires.as_deref().unwrap_or("-"),
+            e.last_error.as_deref().unwrap_or("")
+        );
+    }
+    println!("{} entries", all.len());
+}
+
+/// `cache show` and `cache refresh`: one domain's entry, a field per line.
+fn print_entry(e: &EntryView) {
+    println!("domain:      {}", e.domain);
+    println!("state:       {}", e.state);
+    println!("id:          {}", e.id.as_deref().unwrap_or("-"));
+    println!(
+        "mx:          {}",
+        if e.mx.is_empty() {
+            "-".into()
+        } else {
+            e.mx.join(", ")
+        }
+    );
+    println!(
+        "max_age:     {}",
+        e.max_age.map(|m| m.to_string()).unwrap_or("-".into())
+    );
+    println!("fetched:     {}", e.fetched.as_deref().unwrap_or("-"));
+    println!("expires:     {}", e.expires.as_deref().unwrap_or("-"));
+    println!("last check:  {}", e.last_check.as_deref().unwrap_or("-"));
+    if let Some(t) = &e.no_policy_until {
+        println!("no policy until: {t}");
+    }
+    println!(
+        "last error:  {}",
+        match (&e.last_error, &e.last_error_at) {
+            (Some(m), Some(at)) => format!("{m} (at {at})"),
+            _ => "-".into(),
+        }
+    );
+    if !e.policy_lines.is_empty() {
+        println!("policy:");
+        for l in &e.policy_lines {
+            println!("    {l}");
+        }
+    }
+    if let Some(d) = &e.dane {
+        println!(
+            "DANE:        {} (checked {}, until {})",
+            d.verdict, d.checked, d.expires
+        );
+        if let crate::dane::rules::MxFacts::Hosts {
+            security, hosts, ..
+        } = &d.facts
+        {
+            println!("  MX:        {}", security.as_str());
+            for h in hosts {
+                println!(
+                    "  host:      {} (addresses {}; TLSA {})",
+                    h.name,
+                    h.address.as_str(),
+                    serde_json::to_string(&h.tlsa).unwrap_or_default()
+                );
+            }
+        }
+    }
 }
