@@ -110,6 +110,26 @@ pub enum DaemonError {
     Listen { addr: String, message: String },
 }
 
+/// Binds every `server.listen` address (a stale unix socket is replaced; unix sockets
+/// get `server.socket_mode`).
+async fn bind_socketmap(config: &Config) -> Result<Vec<Listener>, DaemonError> {
+    let mut listeners = Vec::new();
+    for addr in &config.server.listen {
+        let l = Listener::bind(addr, config.server.socket_mode.0)
+            .await
+            .map_err(|e| listen_error(addr, &e))?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+fn listen_error(addr: &impl std::fmt::Display, e: &std::io::Error) -> DaemonError {
+    DaemonError::Listen {
+        addr: addr.to_string(),
+        message: crate::io_error_text(e),
+    }
+}
+
 /// A daemon ready to serve: its shared state and bound listeners.
 pub struct Daemon {
     pub state: Arc<State>,
@@ -182,34 +202,18 @@ impl Daemon {
             service.share_with(SharedCache::new(&config.cache.redis, metrics)?);
             tracing::info!(prefix = %config.cache.redis.prefix, "policies shared with the fleet through Redis");
         }
-        let mode = config.server.socket_mode.0;
         let listeners = match parts.activated {
             Some(l) => l,
-            None => {
-                let mut listeners = Vec::new();
-                for addr in &config.server.listen {
-                    let l =
-                        Listener::bind(addr, mode)
-                            .await
-                            .map_err(|source| DaemonError::Listen {
-                                addr: addr.to_string(),
-                                message: crate::io_error_text(&source),
-                            })?;
-                    listeners.push(l);
-                }
-                listeners
-            }
+            None => bind_socketmap(&config).await?,
         };
-        let metrics_listener =
-            match config.metrics.addr() {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
-                    |source| DaemonError::Listen {
-                        addr: addr.to_string(),
-                        message: crate::io_error_text(&source),
-                    },
-                )?),
-                None => None,
-            };
+        let metrics_listener = match config.metrics.addr() {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| listen_error(&addr, &e))?,
+            ),
+            None => None,
+        };
         // Bound by now: said before "ready", which is the signal that all of them are.
         for l in &listeners {
             tracing::info!(listen = %l.describe(), "listening");
