@@ -258,13 +258,11 @@ async fn daemon_anchored(
     let anchor = dir.join("root.key");
     std::fs::write(&anchor, anchor_text).unwrap();
     let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [dane]\ntrust_anchor = \"{}\"\n{dane}\n{zones}\n",
+        "{}[dane]\ntrust_anchor = \"{}\"\n{dane}\n{zones}\n",
+        common::LOOPBACK,
         anchor.display()
     );
-    let mut config = Config::from_toml(&text, "t").unwrap();
-    config.cache.path = Some(dir.join("cache"));
-    InProcess::start(w, config, Arc::new(SystemClock)).await
+    InProcess::start(w, common::config_in(dir, &text), Arc::new(SystemClock)).await
 }
 
 /// dane.test: an enforced MTA-STS policy AND TLSA records on its only MX host.
@@ -410,9 +408,10 @@ async fn broken_validation_never_defers_the_first_lookup_after_start_or_reload()
     let w = World::start_signed().await;
     publish_both(&w);
     let dir = tempfile::tempdir().unwrap();
-    let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n[dane]\nmode = \"on\"\n";
-    let mut config = Config::from_toml(text, "t").unwrap();
-    config.cache.path = Some(dir.path().join("cache"));
+    let config = common::config_in(
+        dir.path(),
+        &format!("{}[dane]\nmode = \"on\"\n", common::LOOPBACK),
+    );
     let d = InProcess::start(&w, config.clone(), Arc::new(SystemClock)).await;
     let secure = "OK secure match=.dane.test servername=hostname";
     assert_eq!(ask_once(d.tcp, "postfix", "dane.test").await, secure);

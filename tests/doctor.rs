@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use common::InProcess;
 use mta_stsd::clock::SystemClock;
-use mta_stsd::config::Config;
 use mta_stsd_testkit::{RedisServer, World, free_port};
 
 /// Debian's public roots, as a Postfix CAfile.
@@ -82,9 +81,7 @@ async fn daemon(w: &World, root: &Path, listen: &[String], zones: &str) -> InPro
         "[server]\nlisten = [{}]\n[metrics]\nlisten = \"127.0.0.1:0\"\n{zones}\n",
         all.join(", ")
     );
-    let mut config = Config::from_toml(&text, "t").unwrap();
-    config.cache.path = Some(root.join("cache"));
-    InProcess::start(w, config, Arc::new(SystemClock)).await
+    InProcess::start(w, common::config_in(root, &text), Arc::new(SystemClock)).await
 }
 
 /// The configuration file doctor reads: the running daemon's real addresses.

@@ -11,19 +11,17 @@ use std::time::Duration;
 
 use common::{ENFORCE, InProcess, ask_once};
 use mta_stsd::clock::SystemClock;
-use mta_stsd::config::Config;
 use mta_stsd_testkit::World;
 
 const SECURE: &str = "OK secure match=mx1.example.com:.example.net servername=hostname";
 
 async fn start(w: &World, dir: &Path) -> InProcess {
-    let mut config = Config::from_toml(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        "t",
+    InProcess::start(
+        w,
+        common::config_in(dir, common::LOOPBACK),
+        Arc::new(SystemClock),
     )
-    .unwrap();
-    config.cache.path = Some(dir.join("cache"));
-    InProcess::start(w, config, Arc::new(SystemClock)).await
+    .await
 }
 
 fn metric(text: &str, series: &str) -> f64 {

@@ -139,12 +139,7 @@ fn an_admin_request_in_progress_at_shutdown_is_answered() {
         ),
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::from_toml(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        "test",
-    )
-    .unwrap();
-    config.cache.path = Some(dir.path().join("cache"));
+    let config = common::config_in(dir.path(), common::LOOPBACK);
     let opts = common::options(&w);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -18,6 +18,18 @@ use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
 use mta_stsd::server::daemon::{Daemon, Stopped};
 use mta_stsd_testkit::World;
 
+/// The listeners of a test daemon: the socketmap and the metrics/admin API on free
+/// loopback ports. Prefix it to a test's own sections.
+pub const LOOPBACK: &str =
+    "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+/// A test daemon's configuration: `toml` (which must parse), with the cache in `dir`.
+pub fn config_in(dir: &std::path::Path, toml: &str) -> Config {
+    let mut config = Config::from_toml(toml, "test").expect("test configuration");
+    config.cache.path = Some(dir.join("cache"));
+    config
+}
+
 /// Discovery options that use the world's DNS server, trust its CA (only), and fetch
 /// from its HTTPS port on loopback.
 pub fn options(world: &World) -> DiscoveryOptions {
