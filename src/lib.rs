@@ -3,9 +3,10 @@
 //!
 //! The modules, from the bottom up (each imports only from those above it in this
 //! list, never from those below):
-//! - [`clock`], [`config`], [`metrics`], [`postfix`], [`flight`]: wall-clock time, the
-//!   TOML configuration, the Prometheus registry, Postfix's own `postconf`, and
-//!   single-flight (one task per key, shared by its waiters);
+//! - [`clock`], [`config`], [`metrics`], [`postfix`], [`flight`], [`bounded`]:
+//!   wall-clock time, the TOML configuration, the Prometheus registry, Postfix's own
+//!   `postconf`, single-flight (one task per key, shared by its waiters), and the
+//!   bounded map of expiring values both answer caches keep;
 //! - [`protocol`]: the socketmap netstring codec and request parser, and the one
 //!   renderer of replies (pure, no I/O);
 //! - [`mtasts`]: next-hop key normalisation, the TXT record and policy file parsers
@@ -32,6 +33,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod bounded;
 pub mod cache;
 pub mod cli;
 pub mod clock;

@@ -118,6 +118,13 @@ impl Entry {
     }
 }
 
+/// In the bounded set of domains without a policy, an entry lasts while it says anything.
+impl crate::bounded::Expiring for Entry {
+    fn is_live(&self, now: u64) -> bool {
+        Entry::is_live(self, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,13 +13,12 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-
-use lru::LruCache;
+use std::sync::{Arc, RwLock};
 
 use super::entry::Entry;
+use crate::bounded::BoundedMap;
 use crate::config::ZoneOptions;
-use crate::locks::{lock, read, write};
+use crate::locks::{read, write};
 use crate::protocol::answer::{RenderOptions, Reply, ReplyMemo, render};
 
 /// A policy entry in memory, with its rendered replies memoized per zone options.
@@ -89,19 +88,19 @@ pub struct HotSet {
     /// Domains with a policy that lookups used recently.
     entries: RwLock<HashMap<String, Arc<Slot>>>,
     /// Domains without a policy, memory only, bounded.
-    negatives: Mutex<LruCache<String, Arc<Entry>>>,
+    negatives: BoundedMap<Entry>,
 }
 
 impl HotSet {
     pub fn new(negative_cap: NonZeroUsize) -> Self {
         Self {
             entries: RwLock::new(HashMap::new()),
-            negatives: Mutex::new(LruCache::new(negative_cap)),
+            negatives: BoundedMap::new(negative_cap),
         }
     }
 
     pub fn resize_negatives(&self, cap: NonZeroUsize) {
-        lock(&self.negatives).resize(cap);
+        self.negatives.resize(cap);
     }
 
     /// The domain's entry in memory, marked as used.
@@ -110,10 +109,7 @@ impl HotSet {
             slot.touch();
             return Some(Found::Policy(slot));
         }
-        lock(&self.negatives)
-            .get(domain)
-            .cloned()
-            .map(Found::Negative)
+        self.negatives.get(domain).map(Found::Negative)
     }
 
     /// The domain's entry in memory, leaving the marks as they are.
@@ -121,7 +117,7 @@ impl HotSet {
         if let Some(slot) = read(&self.entries).get(domain) {
             return Some(slot.entry.clone());
         }
-        lock(&self.negatives).peek(domain).map(|e| Entry::clone(e))
+        self.negatives.peek(domain).map(|e| Entry::clone(&e))
     }
 
     /// The policy slot for `domain`, if it is hot.
@@ -148,7 +144,7 @@ impl HotSet {
     /// never pushes the lookups' hot set out. Returns whether a policy was added.
     pub fn publish(&self, domain: &str, entry: Entry, wanted: bool) -> bool {
         if entry.policy.is_some() {
-            lock(&self.negatives).pop(domain);
+            self.negatives.remove(domain);
             let mut entries = write(&self.entries);
             if wanted || entries.contains_key(domain) {
                 entries.insert(domain.to_owned(), Slot::new(entry));
@@ -159,14 +155,15 @@ impl HotSet {
             if read(&self.entries).contains_key(domain) {
                 write(&self.entries).remove(domain);
             }
-            lock(&self.negatives).put(domain.to_owned(), Arc::new(entry));
+            self.negatives.put(domain, Arc::new(entry));
             false
         }
     }
 
     /// Keeps a negative entry (moved from the store) unless one is there already.
     pub fn keep_negative(&self, domain: &str, entry: &Entry) {
-        lock(&self.negatives).get_or_insert(domain.to_owned(), || Arc::new(entry.clone()));
+        self.negatives
+            .put_if_absent(domain, || Arc::new(entry.clone()));
     }
 
     /// Forgets the domain's policy.
@@ -177,7 +174,7 @@ impl HotSet {
     /// Forgets the domain altogether.
     pub fn remove(&self, domain: &str) {
         write(&self.entries).remove(domain);
-        lock(&self.negatives).pop(domain);
+        self.negatives.remove(domain);
     }
 
     /// Keeps the policies within `cap`. When over, one sweep drops slots not used
@@ -212,7 +209,7 @@ impl HotSet {
 
     /// Entries in memory, with and without a policy.
     pub fn len(&self) -> usize {
-        read(&self.entries).len() + lock(&self.negatives).len()
+        read(&self.entries).len() + self.negatives.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -221,10 +218,7 @@ impl HotSet {
 
     /// Negative entries still in force at `now`.
     pub fn live_negatives(&self, now: u64) -> usize {
-        lock(&self.negatives)
-            .iter()
-            .filter(|(_, e)| e.is_negative(now))
-            .count()
+        self.negatives.live(now)
     }
 
     /// Every entry in memory, policies first.
@@ -234,9 +228,10 @@ impl HotSet {
             .map(|(d, slot)| (d.clone(), slot.entry.clone()))
             .collect();
         out.extend(
-            lock(&self.negatives)
-                .iter()
-                .map(|(d, e)| (d.clone(), Entry::clone(e))),
+            self.negatives
+                .snapshot()
+                .into_iter()
+                .map(|(d, e)| (d, Entry::clone(&e))),
         );
         out
     }

@@ -20,11 +20,11 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use hickory_resolver::proto::dnssec::TrustAnchors;
-use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use super::lookup::{DaneLookup, Found};
 use super::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
+use crate::bounded::{BoundedMap, Expiring};
 use crate::clock::Clock;
 use crate::config::{DaneConfig, DaneMode, DaneValidation, ResolverConfig};
 use crate::config::{DaneSwitch, ZoneOptions};
@@ -56,6 +56,13 @@ impl Cached {
             checked_at: now,
             expires_at: now,
         })
+    }
+}
+
+/// A remembered verdict holds until its TTL (the lowest of its records') runs out.
+impl Expiring for Cached {
+    fn is_live(&self, now: u64) -> bool {
+        now < self.expires_at
     }
 }
 
@@ -175,7 +182,7 @@ const RECHECK_AFTER: u64 = 60;
 
 pub struct DaneService {
     settings: RwLock<Arc<DaneSettings>>,
-    verdicts: Mutex<LruCache<String, Arc<Cached>>>,
+    verdicts: BoundedMap<Cached>,
     inflight: SingleFlight<Arc<Cached>>,
     health: AtomicU8,
     health_checked_at: AtomicU64,
@@ -209,7 +216,7 @@ impl DaneService {
         tracing::info!(on = settings.on, reason = %settings.reason, "DANE precedence");
         let this = Arc::new(Self {
             settings: RwLock::new(Arc::new(settings)),
-            verdicts: Mutex::new(LruCache::new(cap)),
+            verdicts: BoundedMap::new(cap),
             inflight: SingleFlight::default(),
             health: AtomicU8::new(HEALTH_UNKNOWN),
             health_checked_at: AtomicU64::new(0),
@@ -229,7 +236,7 @@ impl DaneService {
     /// Applies new settings (reload); remembered verdicts stay (their facts do not
     /// depend on the settings), and the self-check runs again before DANE is used.
     pub fn reconfigure(self: &Arc<Self>, settings: DaneSettings) {
-        lock(&self.verdicts).resize(settings.cache_entries);
+        self.verdicts.resize(settings.cache_entries);
         let (on, reason) = (settings.on, settings.reason.clone());
         *write(&self.settings) = Arc::new(settings);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -367,8 +374,7 @@ impl DaneService {
     /// out, and the lookup goes on into the cache for the retry.
     pub async fn verdict(self: &Arc<Self>, domain: &str, deadline: Duration) -> Arc<Cached> {
         let now = self.clock.now();
-        let remembered = lock(&self.verdicts).get(domain).cloned();
-        if let Some(c) = remembered.filter(|c| now < c.expires_at) {
+        if let Some(c) = self.verdicts.get_live(domain, now) {
             // Refresh ahead in the last quarter of the TTL.
             let ttl = c.expires_at.saturating_sub(c.checked_at);
             if now >= c.expires_at.saturating_sub(ttl / 4) {
@@ -405,16 +411,16 @@ impl DaneService {
 
     /// The remembered verdict, if any (expired ones included).
     pub fn cached(&self, domain: &str) -> Option<Arc<Cached>> {
-        lock(&self.verdicts).peek(domain).cloned()
+        self.verdicts.peek(domain)
     }
 
     /// Forgets a domain's verdict.
     pub fn purge(&self, domain: &str) -> bool {
-        lock(&self.verdicts).pop(domain).is_some()
+        self.verdicts.remove(domain)
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.verdicts).len()
+        self.verdicts.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -462,7 +468,7 @@ impl DaneService {
             checked_at: now,
             expires_at: now.saturating_add(ttl),
         });
-        lock(&self.verdicts).put(domain.to_owned(), cached.clone());
+        self.verdicts.put(domain, cached.clone());
         self.dirty.store(true, Ordering::Release);
         cached
     }
@@ -475,9 +481,8 @@ impl DaneService {
         match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Vec<(String, Cached)>>(&bytes) {
                 Ok(saved) => {
-                    let mut verdicts = lock(&self.verdicts);
                     for (domain, c) in saved.into_iter().filter(|(_, c)| c.expires_at > now) {
-                        verdicts.put(domain, Arc::new(c));
+                        self.verdicts.put(&domain, Arc::new(c));
                         restored += 1;
                     }
                 }
@@ -505,10 +510,12 @@ impl DaneService {
             return Ok(false);
         }
         let now = self.clock.now();
-        let live: Vec<(String, Cached)> = lock(&self.verdicts)
-            .iter()
+        let live: Vec<(String, Cached)> = self
+            .verdicts
+            .snapshot()
+            .into_iter()
             .filter(|(_, c)| c.expires_at > now && !matches!(c.verdict, Verdict::Temp { .. }))
-            .map(|(d, c)| (d.clone(), (**c).clone()))
+            .map(|(d, c)| (d, Cached::clone(&c)))
             .collect();
         let result = (|| {
             let bytes = serde_json::to_vec(&live).map_err(std::io::Error::other)?;
