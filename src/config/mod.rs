@@ -1,8 +1,8 @@
 //! The TOML configuration. Every setting has a default, so no file is needed;
 //! unknown keys are errors so that a typo never silently changes behaviour. Values are
-//! parsed into types when the file is read ([`values`]); the checks that relate
+//! parsed into types when the file is read (`values.rs`); the checks that relate
 //! settings to each other are [`Config::validate`], which reports every problem at once
-//! ([`error`]).
+//! (`error.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Persistent storage of cache entries behind a small trait, so the store can be
 //! swapped (or shared by a fleet). The default is sled ([`sled`]), writing entries in the
-//! form of [`format`] (Redis uses it too); [`guard`] keeps any
+//! form of [`mod@format`] (Redis uses it too); [`guard`] keeps any
 //! store's failures, panics included, from reaching the rest of the daemon.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
