@@ -1228,11 +1228,11 @@ async fn dane_workload(work: &Path, ca: &TestCa, n: usize) -> DaneFigures {
             metrics.clone(),
         );
         let state = State::new(service.clone(), dane, Config::default(), None, None);
-        let (a, _) = state.answer(HOT, &zone).await;
+        let (a, _) = state.answer(HOT, &zone, deadline).await;
         assert!(a.wire().starts_with("OK secure"), "{}", a.wire());
         let t = Instant::now();
         for _ in 0..rounds {
-            std::hint::black_box(state.answer(HOT, &zone).await);
+            std::hint::black_box(state.answer(HOT, &zone, deadline).await);
         }
         per_call.push(t.elapsed().as_nanos() as f64 / rounds as f64);
     }

@@ -66,10 +66,6 @@ impl AdminClient {
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     pub async fn list(&self) -> Result<Vec<EntryView>, AdminError> {
         self.call(&Route::List, None).await
     }

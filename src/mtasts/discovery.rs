@@ -151,7 +151,7 @@ impl std::fmt::Display for FailureClass {
     }
 }
 
-/// Library-level options. [`Discoverer::from_config`] fills them from the config file;
+/// Library-level options. [`DiscoveryOptions::from_config`] fills them from the config file;
 /// tests and tools can set the hooks that have no config counterpart.
 #[derive(Debug, Clone)]
 pub struct DiscoveryOptions {
@@ -252,10 +252,6 @@ pub fn build_resolver(
 }
 
 impl Discoverer {
-    pub fn from_config(config: &Config) -> Result<Self, SetupError> {
-        Self::new(DiscoveryOptions::from_config(config)?)
-    }
-
     pub fn new(opts: DiscoveryOptions) -> Result<Self, SetupError> {
         let resolver = build_resolver(&opts.resolver, None)?;
         let tls = tls_config(&opts)?;

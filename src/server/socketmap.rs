@@ -258,7 +258,9 @@ async fn answer(ctx: &State, request: &crate::protocol::codec::Request) -> Reply
     // The zone options are read per request, so a reload applies at once.
     let current = ctx.config();
     let zone = current.zone(&request.map);
-    let (reply, outcome) = ctx.answer(&request.key, &zone).await;
+    let (reply, outcome) = ctx
+        .answer(&request.key, &zone, current.lookup.deadline)
+        .await;
     metrics.server.requests_in_flight.dec();
     let zone_label = if current.zones.contains_key(&request.map) {
         request.map.as_str()

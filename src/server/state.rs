@@ -79,9 +79,14 @@ impl State {
 
     /// Answers one socketmap lookup through the one answer path ([`crate::answer`]):
     /// the MTA-STS answer from the policy cache, unless DANE takes precedence for the
-    /// domain (RFC 8461 §2), both within the one lookup deadline.
-    pub async fn answer(&self, key: &str, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
-        let deadline = self.config().lookup.deadline;
+    /// domain (RFC 8461 §2), both within `deadline` (`lookup.deadline` of the
+    /// configuration the caller read for this request, with the zone options).
+    pub async fn answer(
+        &self,
+        key: &str,
+        zone: &ZoneOptions,
+        deadline: std::time::Duration,
+    ) -> (Reply, CacheOutcome) {
         let answer = crate::answer::answer(key, zone, deadline, &self.service, &self.dane).await;
         (answer.reply, answer.outcome)
     }
