@@ -142,17 +142,20 @@ pub async fn query(
 ) -> QueryReport {
     let policies = LivePolicy {
         discoverer,
-        report: Mutex::new(QueryReport::new(key)),
+        key,
+        report: Mutex::new(None),
     };
     let dane = LiveDane {
         query: dane,
         part: Mutex::new(None),
     };
     let answer = crate::answer::answer(key, zone, QUERY_DEADLINE, &policies, &dane).await;
+    // No MTA-STS report when the key named no domain.
     let mut report = policies
         .report
         .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
+        .unwrap_or_else(PoisonError::into_inner)
+        .unwrap_or_else(|| QueryReport::new(key));
     report.skipped = answer.skipped;
     report.dane = dane
         .part
@@ -165,19 +168,14 @@ pub async fn query(
 /// The MTA-STS side of a query: a live discovery, noted step by step.
 struct LivePolicy<'a> {
     discoverer: &'a Discoverer,
-    report: Mutex<QueryReport>,
+    key: &'a str,
+    report: Mutex<Option<QueryReport>>,
 }
 
 impl PolicySource for LivePolicy<'_> {
     async fn policy_reply(&self, domain: Domain, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
-        let found = mta_sts(self.discoverer, &domain, zone).await;
-        let reply = found.reply.clone();
-        let mut report = self.report.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = std::mem::take(&mut report.key);
-        *report = QueryReport {
-            key,
-            ..found.report
-        };
+        let (report, reply) = mta_sts(self.discoverer, self.key, &domain, zone).await;
+        *self.report.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
         (reply, CacheOutcome::Miss)
     }
 }
@@ -232,12 +230,6 @@ impl DaneSource for LiveDane<'_> {
     }
 }
 
-/// What the MTA-STS discovery of a query found, and the reply it gives.
-struct Discovered {
-    report: QueryReport,
-    reply: Reply,
-}
-
 impl QueryReport {
     fn new(key: &str) -> Self {
         QueryReport {
@@ -256,25 +248,25 @@ impl QueryReport {
     }
 }
 
-async fn mta_sts(discoverer: &Discoverer, domain: &str, zone: &ZoneOptions) -> Discovered {
-    let mut report = QueryReport::new("");
+/// The MTA-STS discovery of a query: what it found, and the reply it gives.
+async fn mta_sts(
+    discoverer: &Discoverer,
+    key: &str,
+    domain: &str,
+    zone: &ZoneOptions,
+) -> (QueryReport, Reply) {
+    let mut report = QueryReport::new(key);
     report.domain = Some(domain.to_owned());
     let txt = discoverer.lookup_txt(domain).await;
     report.txt = Some(txt.clone());
     match txt {
         TxtLookup::Found { .. } => {}
         TxtLookup::NoPolicy { .. } => {
-            return Discovered {
-                report,
-                reply: Reply::NotFound,
-            };
+            return (report, Reply::NotFound);
         }
         TxtLookup::Failed { .. } => {
             report.outcome = Outcome::Error;
-            return Discovered {
-                report,
-                reply: Reply::NotFound,
-            };
+            return (report, Reply::NotFound);
         }
     }
     report.policy_url = Some(discoverer.policy_url(domain));
@@ -292,7 +284,7 @@ async fn mta_sts(discoverer: &Discoverer, domain: &str, zone: &ZoneOptions) -> D
             report.outcome = Outcome::Error;
         }
     }
-    Discovered { report, reply }
+    (report, reply)
 }
 
 fn dane_text(out: &mut String, dane: &DaneReport) {
