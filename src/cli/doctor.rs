@@ -151,19 +151,52 @@ fn postfix_checks(
     }
     let (sockets, _others) = doctor::parse_policy_maps(&maps);
 
-    // One row per socketmap, and per smtp service for unix sockets (a chroot changes
-    // what the path means).
+    let resolved = resolve_socketmaps(&sockets, &services, &queue, listeners);
+    checks.extend(doctor::check_policy_maps(&maps, &resolved, listeners));
+    let used = check_socket_users(dir, &resolved, checks);
+    for s in distinct_names(&used) {
+        let configured: Vec<String> = config.zones.keys().cloned().collect();
+        checks.push(doctor::check_zone(s, &configured));
+        checks.push(doctor::check_version(
+            &version,
+            &s.name,
+            &config.zone(&s.name),
+        ));
+    }
+    let any_chroot = services.iter().any(|(_, c)| *c);
+    checks.push(trust_check(dir, &queue, any_chroot));
+
+    let trust_ad = std::fs::read_to_string(&args.resolv_conf)
+        .map(|t| doctor::resolv_conf_trusts_ad(&t))
+        .unwrap_or(false);
+    checks.push(doctor::check_dane(
+        &param(dir, "smtp_dns_support_level"),
+        &param(dir, "smtp_tls_security_level"),
+        trust_ad,
+        config.dane.mode,
+    ));
+    used
+}
+
+/// One row per socketmap, and per smtp service for unix sockets (a chroot changes
+/// what the path means), each with the daemon listener it reaches, if any.
+fn resolve_socketmaps(
+    sockets: &[Socketmap],
+    services: &[(String, bool)],
+    queue: &Path,
+    listeners: &[ListenAddr],
+) -> Vec<(Socketmap, Option<ListenAddr>)> {
     let mut resolved = Vec::new();
-    for s in &sockets {
+    for s in sockets {
         match &s.endpoint {
             doctor::Endpoint::Inet { .. } => {
-                let l = doctor::listener_for(&s.endpoint, None, &queue, listeners);
+                let l = doctor::listener_for(&s.endpoint, None, queue, listeners);
                 resolved.push((s.clone(), l));
             }
             doctor::Endpoint::Unix(_) => {
-                for (service, chrooted) in &services {
-                    let root = chrooted.then_some(queue.as_path());
-                    let l = doctor::listener_for(&s.endpoint, root, &queue, listeners);
+                for (service, chrooted) in services {
+                    let root = chrooted.then_some(queue);
+                    let l = doctor::listener_for(&s.endpoint, root, queue, listeners);
                     let mut shown = s.clone();
                     shown.table = format!(
                         "{} (service {service}{})",
@@ -179,12 +212,20 @@ fn postfix_checks(
             }
         }
     }
-    checks.extend(doctor::check_policy_maps(&maps, &resolved, listeners));
+    resolved
+}
 
+/// Checks that Postfix's user may connect to each unix socket it uses; returns the
+/// socketmaps that reach a listener, once per (name, listener).
+fn check_socket_users(
+    dir: &Path,
+    resolved: &[(Socketmap, Option<ListenAddr>)],
+    checks: &mut Vec<Check>,
+) -> Vec<(Socketmap, ListenAddr)> {
     let user = mail_owner(dir);
     let mut used: Vec<(Socketmap, ListenAddr)> = Vec::new();
     let mut sockets_checked = HashSet::new();
-    for (s, l) in &resolved {
+    for (s, l) in resolved {
         let Some(l) = l else { continue };
         if let ListenAddr::Unix(path) = l
             && sockets_checked.insert(path.clone())
@@ -205,52 +246,34 @@ fn postfix_checks(
             used.push((s.clone(), l.clone()));
         }
     }
+    used
+}
 
-    let configured: Vec<String> = config.zones.keys().cloned().collect();
+/// The socketmaps in use, one per table name.
+fn distinct_names(used: &[(Socketmap, ListenAddr)]) -> Vec<&Socketmap> {
     let mut names: Vec<&Socketmap> = Vec::new();
-    for (s, _) in &used {
+    for (s, _) in used {
         if !names.iter().any(|n| n.name == s.name) {
             names.push(s);
         }
     }
-    for s in &names {
-        checks.push(doctor::check_zone(s, &configured));
-        checks.push(doctor::check_version(
-            &version,
-            &s.name,
-            &config.zone(&s.name),
-        ));
-    }
+    names
+}
 
-    // CAfile is loaded when the smtp client starts, before it enters its chroot;
-    // CApath is searched at verification time, inside the chroot.
-    let any_chroot = services.iter().any(|(_, c)| *c);
+/// The smtp client's trust anchors. CAfile is loaded when the smtp client starts,
+/// before it enters its chroot; CApath is searched at verification time, inside the
+/// chroot.
+fn trust_check(dir: &Path, queue: &Path, any_chroot: bool) -> Check {
     let system = system_roots();
-    let ca_file = anchors(&param(dir, "smtp_tls_CAfile"), None, &queue, &system);
+    let ca_file = anchors(&param(dir, "smtp_tls_CAfile"), None, queue, &system);
     let ca_path = anchors(
         &param(dir, "smtp_tls_CApath"),
-        any_chroot.then_some(queue.as_path()),
-        &queue,
+        any_chroot.then_some(queue),
+        queue,
         &system,
     );
     let append = param(dir, "tls_append_default_CA").eq_ignore_ascii_case("yes");
-    checks.push(doctor::check_trust(
-        &ca_file,
-        &ca_path,
-        append,
-        system.len(),
-    ));
-
-    let trust_ad = std::fs::read_to_string(&args.resolv_conf)
-        .map(|t| doctor::resolv_conf_trusts_ad(&t))
-        .unwrap_or(false);
-    checks.push(doctor::check_dane(
-        &param(dir, "smtp_dns_support_level"),
-        &param(dir, "smtp_tls_security_level"),
-        trust_ad,
-        config.dane.mode,
-    ));
-    used
+    doctor::check_trust(&ca_file, &ca_path, append, system.len())
 }
 
 /// The uid and groups of the user Postfix's smtp client runs as (`mail_owner`).
@@ -485,6 +508,16 @@ async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut 
             return;
         }
     };
+    metrics_checks(&text, &format!("{base}{metrics_path}"), redis, checks);
+    if let Ok(admin) = crate::admin::client::AdminClient::new(base, PROBE_TIMEOUT)
+        && let Ok(entries) = admin.list().await
+    {
+        checks.push(refresh_check(&entries));
+    }
+}
+
+/// What the daemon's own metrics say: store failures, and Redis's health in a fleet.
+fn metrics_checks(text: &str, url: &str, redis: bool, checks: &mut Vec<Check>) {
     let store_errors: f64 = text
         .lines()
         .filter(|l| l.starts_with("mta_stsd_store_errors_total"))
@@ -493,11 +526,11 @@ async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut 
     checks.push(if store_errors > 0.0 {
         Check::warning(
             "mta-stsd.metrics",
-            format!("{base}{metrics_path} reachable; the cache store has failed {store_errors} times since start"),
+            format!("{url} reachable; the cache store has failed {store_errors} times since start"),
             "check the cache directory and the daemon's log (journalctl -u mta-stsd)",
         )
     } else {
-        Check::ok("mta-stsd.metrics", format!("{base}{metrics_path} reachable"))
+        Check::ok("mta-stsd.metrics", format!("{url} reachable"))
     });
     if redis {
         let healthy = text
@@ -517,13 +550,10 @@ async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut 
             )
         });
     }
+}
 
-    let Ok(admin) = crate::admin::client::AdminClient::new(base, PROBE_TIMEOUT) else {
-        return;
-    };
-    let Ok(entries) = admin.list().await else {
-        return;
-    };
+/// Cached policies whose refresh fails (the cached policy still applies until it expires).
+fn refresh_check(entries: &[crate::admin::api::EntryView]) -> Check {
     let policies = entries
         .iter()
         .filter(|e| e.state == "enforce" || e.state == "testing")
@@ -532,7 +562,7 @@ async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut 
         .iter()
         .filter(|e| (e.state == "enforce" || e.state == "testing") && e.last_error.is_some())
         .collect();
-    checks.push(if failing.is_empty() {
+    if failing.is_empty() {
         Check::ok(
             "mta-stsd.refresh",
             format!("{policies} cached policies, none failing refresh"),
@@ -552,7 +582,7 @@ async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut 
             ),
             "mta-stsd cache show DOMAIN for details; tell the domain's postmaster if it persists",
         )
-    });
+    }
 }
 
 /// The cache directory exists and this user can create a file in it (or, before the

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::logging::FilterHandle;
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::server::daemon::{Daemon, Parts};
-use crate::server::state::{LogReloader, ReloadError};
+use crate::server::state::{LogReloader, ReloadError, State};
 use crate::server::systemd::{self, NotifyState};
 
 /// `mta-stsd serve`'s arguments.
@@ -81,39 +81,8 @@ async fn serve(
     let state = daemon.state.clone();
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            systemd::notify(NotifyState::Reloading);
-            let file = state
-                .config_path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            // Reading the file and building a resolver are blocking work.
-            let s = state.clone();
-            let result = tokio::task::spawn_blocking(move || s.reload()).await;
-            match result {
-                Ok(Ok(report)) if report.needs_restart.is_empty() => {
-                    tracing::info!(config = %file, "configuration reloaded");
-                }
-                Ok(Ok(report)) => tracing::warn!(
-                    config = %file,
-                    needs_restart = ?report.needs_restart,
-                    "configuration reloaded; these settings change only at the next restart"
-                ),
-                Ok(Err(ReloadError::NoFile)) => {
-                    tracing::warn!(
-                        "SIGHUP ignored: running on built-in defaults, no configuration file to reload"
-                    )
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(config = %file, error = %e, "new configuration rejected; keeping the old one")
-                }
-                Err(e) => tracing::error!(error = %e, "reload failed"),
-            }
-            systemd::notify(NotifyState::Ready);
-        }
-    });
+    let hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(reload_on_hangup(hup, state));
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -124,4 +93,39 @@ async fn serve(
     systemd::notify(NotifyState::Ready);
     daemon.run(shutdown).await;
     Ok(())
+}
+
+/// SIGHUP reloads the configuration (through the one reload the state owns); a
+/// rejected file keeps the old configuration.
+async fn reload_on_hangup(mut hup: Signal, state: Arc<State>) {
+    while hup.recv().await.is_some() {
+        systemd::notify(NotifyState::Reloading);
+        let file = state
+            .config_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        // Reading the file and building a resolver are blocking work.
+        let s = state.clone();
+        let result = tokio::task::spawn_blocking(move || s.reload()).await;
+        match result {
+            Ok(Ok(report)) if report.needs_restart.is_empty() => {
+                tracing::info!(config = %file, "configuration reloaded");
+            }
+            Ok(Ok(report)) => tracing::warn!(
+                config = %file,
+                needs_restart = ?report.needs_restart,
+                "configuration reloaded; these settings change only at the next restart"
+            ),
+            Ok(Err(ReloadError::NoFile)) => {
+                tracing::warn!(
+                    "SIGHUP ignored: running on built-in defaults, no configuration file to reload"
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::error!(config = %file, error = %e, "new configuration rejected; keeping the old one")
+            }
+            Err(e) => tracing::error!(error = %e, "reload failed"),
+        }
+        systemd::notify(NotifyState::Ready);
+    }
 }

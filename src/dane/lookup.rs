@@ -30,6 +30,13 @@ pub struct Found {
     pub min_ttl: Option<u32>,
 }
 
+impl Found {
+    /// Facts with no TTL to remember them by.
+    fn only(mx: MxFacts) -> Self {
+        Self { mx, min_ttl: None }
+    }
+}
+
 /// Who validates: the daemon itself, or a validating resolver on loopback.
 #[derive(Clone)]
 enum Backend {
@@ -276,66 +283,28 @@ impl DaneLookup {
         let mut ttls = Vec::new();
         let (security, implicit, names) = match self.lookup(domain, RecordType::MX).await {
             Answer::Records {
+                security: Security::Bogus,
+                ..
+            }
+            | Answer::Bogus => return Found::only(MxFacts::Bogus),
+            Answer::Records {
                 security,
                 records,
                 ttl,
             } => {
                 ttls.extend(ttl);
-                if security == Security::Bogus {
-                    return Found {
-                        mx: MxFacts::Bogus,
-                        min_ttl: None,
-                    };
-                }
-                let mut mx: Vec<(u16, String)> = records
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::MX(mx) => Some((
-                            mx.preference,
-                            mx.exchange
-                                .to_ascii()
-                                .trim_end_matches('.')
-                                .to_ascii_lowercase(),
-                        )),
-                        _ => None,
-                    })
-                    .collect();
-                mx.sort();
-                mx.dedup_by(|a, b| a.1 == b.1);
                 // RFC 7505: a single "." exchange says the domain takes no mail.
-                if mx.iter().all(|(_, h)| h.is_empty()) {
+                let Some(names) = exchanges(&records) else {
                     return Found {
                         mx: MxFacts::NoDomain,
                         min_ttl: ttls.into_iter().min(),
                     };
-                }
-                let names: Vec<String> = mx
-                    .into_iter()
-                    .map(|(_, h)| h)
-                    .filter(|h| !h.is_empty())
-                    .take(MAX_HOSTS)
-                    .collect();
+                };
                 (security, false, names)
             }
             Answer::NoData => (Security::Insecure, true, vec![domain.to_owned()]),
-            Answer::NoDomain => {
-                return Found {
-                    mx: MxFacts::NoDomain,
-                    min_ttl: None,
-                };
-            }
-            Answer::Bogus => {
-                return Found {
-                    mx: MxFacts::Bogus,
-                    min_ttl: None,
-                };
-            }
-            Answer::Failed => {
-                return Found {
-                    mx: MxFacts::Failed,
-                    min_ttl: None,
-                };
-            }
+            Answer::NoDomain => return Found::only(MxFacts::NoDomain),
+            Answer::Failed => return Found::only(MxFacts::Failed),
         };
         // Only a secure MX RRset (or implicit MX, judged below by the domain's own
         // addresses) makes DANE apply; an insecure one ends the search.
@@ -356,23 +325,7 @@ impl DaneLookup {
             host_facts.push(facts);
         }
         let mx = if implicit {
-            // The implicit MX is the domain itself: its own addresses stand for the
-            // MX RRset (RFC 7672 §2.2.1).
-            match host_facts.first().map(|h| h.address) {
-                Some(Security::Bogus) => MxFacts::Bogus,
-                Some(Security::Indeterminate) => MxFacts::Failed,
-                Some(Security::Secure) => MxFacts::Hosts {
-                    security: Security::Secure,
-                    implicit,
-                    hosts: host_facts,
-                },
-                Some(Security::Insecure) => MxFacts::Hosts {
-                    security: Security::Insecure,
-                    implicit,
-                    hosts: host_facts,
-                },
-                None => MxFacts::NoDomain,
-            }
+            implicit_mx(host_facts)
         } else {
             MxFacts::Hosts {
                 security,
@@ -466,5 +419,51 @@ impl DaneLookup {
             },
             ttls,
         )
+    }
+}
+
+/// The MX exchanges of an MX RRset, by preference, without duplicates, at most
+/// `MAX_HOSTS`; `None` for a null MX (RFC 7505: only "." exchanges).
+fn exchanges(records: &[Record]) -> Option<Vec<String>> {
+    let mut mx: Vec<(u16, String)> = records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::MX(mx) => Some((
+                mx.preference,
+                mx.exchange
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
+            )),
+            _ => None,
+        })
+        .collect();
+    mx.sort();
+    mx.dedup_by(|a, b| a.1 == b.1);
+    if mx.iter().all(|(_, h)| h.is_empty()) {
+        return None;
+    }
+    Some(
+        mx.into_iter()
+            .map(|(_, h)| h)
+            .filter(|h| !h.is_empty())
+            .take(MAX_HOSTS)
+            .collect(),
+    )
+}
+
+/// The implicit MX is the domain itself: its own addresses stand for the MX RRset
+/// (RFC 7672 §2.2.1), so their security is the RRset's.
+fn implicit_mx(hosts: Vec<HostFacts>) -> MxFacts {
+    let security = match hosts.first().map(|h| h.address) {
+        Some(Security::Bogus) => return MxFacts::Bogus,
+        Some(Security::Indeterminate) => return MxFacts::Failed,
+        None => return MxFacts::NoDomain,
+        Some(security) => security,
+    };
+    MxFacts::Hosts {
+        security,
+        implicit: true,
+        hosts,
     }
 }

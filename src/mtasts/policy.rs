@@ -236,17 +236,7 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
         if line.trim_matches(is_wsp).is_empty() {
             continue;
         }
-        let (key, value) = line
-            .split_once(':')
-            .ok_or_else(|| line_err(n, format!("{line:?} is not a 'key: value' field")))?;
-        check_ext_name(key).map_err(|e| line_err(n, e))?;
-        let value = value.trim_matches(is_wsp);
-        if let Some(bad) = value.chars().find(|c| c.is_control() && *c != '\t') {
-            return Err(line_err(
-                n,
-                format!("{key} value contains control character {bad:?}"),
-            ));
-        }
+        let (key, value) = split_field(n, line)?;
         match key {
             "version" if version.is_none() => {
                 if value != "STSv1" {
@@ -254,34 +244,8 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
                 }
                 version = Some(());
             }
-            "mode" if mode.is_none() => {
-                mode = Some(match value {
-                    "enforce" => Mode::Enforce,
-                    "testing" => Mode::Testing,
-                    "none" => Mode::None,
-                    other => {
-                        return Err(line_err(
-                            n,
-                            format!("mode {other:?} is not enforce, testing or none"),
-                        ));
-                    }
-                });
-            }
-            "max_age" if max_age.is_none() => {
-                if value.is_empty()
-                    || value.len() > 10
-                    || !value.bytes().all(|b| b.is_ascii_digit())
-                {
-                    return Err(line_err(
-                        n,
-                        format!("max_age {value:?} must be 1 to 10 digits"),
-                    ));
-                }
-                let secs: u64 = value
-                    .parse()
-                    .map_err(|_| line_err(n, format!("max_age {value:?} is not a number")))?;
-                max_age = Some(secs.min(MAX_MAX_AGE));
-            }
+            "mode" if mode.is_none() => mode = Some(parse_mode(n, value)?),
+            "max_age" if max_age.is_none() => max_age = Some(parse_max_age(n, value)?),
             "mx" => {
                 let (pattern, dot) = parse_mx(value).map_err(|e| line_err(n, e))?;
                 if dot {
@@ -314,6 +278,49 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
         lines,
         notes,
     })
+}
+
+/// One `key: value` line (RFC 8461 §3.2: `sts-policy-field`), the value without the
+/// surrounding whitespace the grammar allows.
+fn split_field(n: usize, line: &str) -> Result<(&str, &str), PolicyError> {
+    let (key, value) = line
+        .split_once(':')
+        .ok_or_else(|| line_err(n, format!("{line:?} is not a 'key: value' field")))?;
+    check_ext_name(key).map_err(|e| line_err(n, e))?;
+    let value = value.trim_matches(is_wsp);
+    if let Some(bad) = value.chars().find(|c| c.is_control() && *c != '\t') {
+        return Err(line_err(
+            n,
+            format!("{key} value contains control character {bad:?}"),
+        ));
+    }
+    Ok((key, value))
+}
+
+fn parse_mode(n: usize, value: &str) -> Result<Mode, PolicyError> {
+    match value {
+        "enforce" => Ok(Mode::Enforce),
+        "testing" => Ok(Mode::Testing),
+        "none" => Ok(Mode::None),
+        other => Err(line_err(
+            n,
+            format!("mode {other:?} is not enforce, testing or none"),
+        )),
+    }
+}
+
+/// `max_age: 1*10DIGIT` seconds, capped at the RFC's maximum of 31557600.
+fn parse_max_age(n: usize, value: &str) -> Result<u64, PolicyError> {
+    if value.is_empty() || value.len() > 10 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(line_err(
+            n,
+            format!("max_age {value:?} must be 1 to 10 digits"),
+        ));
+    }
+    let secs: u64 = value
+        .parse()
+        .map_err(|_| line_err(n, format!("max_age {value:?} is not a number")))?;
+    Ok(secs.min(MAX_MAX_AGE))
 }
 
 /// `mx: ["*."] Domain`, in A-label form. Also returns whether one trailing dot was

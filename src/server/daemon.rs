@@ -262,61 +262,43 @@ impl Daemon {
             let service = service.clone();
             tokio::task::spawn_blocking(move || service.load())
         };
-        let mut refresher =
-            tokio::spawn(crate::cache::refresher::run(service.clone(), stop.clone()));
-        let mut fleet = service.shared().cloned().map(|shared| {
+        // Everything but the socketmap server stops on the same token and is waited
+        // for (or abandoned) together.
+        let mut background = vec![tokio::spawn(crate::cache::refresher::run(
+            service.clone(),
+            stop.clone(),
+        ))];
+        if let Some(shared) = service.shared().cloned() {
             let service = service.clone();
-            tokio::spawn(shared.run_subscriber(
+            background.push(tokio::spawn(shared.run_subscriber(
                 move |event| {
                     let service = service.clone();
                     async move { service.apply_fleet_event(event).await }
                 },
                 stop.clone(),
-            ))
-        });
-        let mut http = self.metrics_listener.map(|l| {
-            tokio::spawn(crate::server::http::run(
+            )));
+        }
+        if let Some(l) = self.metrics_listener {
+            background.push(tokio::spawn(crate::server::http::run(
                 l,
                 self.state.clone(),
                 stop.clone(),
-            ))
-        });
+            )));
+        }
         let mut server = tokio::spawn(socketmap::run(self.listeners, self.state, stop.clone()));
         shutdown.await;
         let started = Instant::now();
         stop.cancel();
         let settle = async {
             let _ = (&mut server).await;
-            let _ = (&mut refresher).await;
-            if let Some(h) = http.as_mut() {
-                let _ = h.await;
-            }
-            if let Some(f) = fleet.as_mut() {
-                let _ = f.await;
+            for task in &mut background {
+                let _ = task.await;
             }
             service.settle().await;
         };
         let settled = tokio::time::timeout(SHUTDOWN_SETTLE, settle).await.is_ok();
         if !settled {
-            tracing::warn!(
-                discoveries = service.inflight(),
-                settle = ?SHUTDOWN_SETTLE,
-                "shutdown: abandoning work still running"
-            );
-            service.abort_discoveries();
-            // Lookups waiting on abandoned discoveries now answer at once. (A task the
-            // settle step already saw finish must not be awaited again.)
-            if !server.is_finished()
-                && tokio::time::timeout(Duration::from_secs(1), &mut server)
-                    .await
-                    .is_err()
-            {
-                server.abort();
-            }
-            refresher.abort();
-            if let Some(h) = http {
-                h.abort();
-            }
+            abandon(&service, &mut server, &background).await;
         }
         if !loader.is_finished() {
             tracing::info!("shutdown while the cache was still loading");
@@ -336,5 +318,31 @@ impl Daemon {
             flushed,
             elapsed,
         }
+    }
+}
+
+/// Shutdown took longer than `SHUTDOWN_SETTLE`: abandon the discoveries still running,
+/// so that lookups waiting on them answer at once, and stop the tasks left.
+async fn abandon(
+    service: &PolicyService,
+    server: &mut tokio::task::JoinHandle<()>,
+    background: &[tokio::task::JoinHandle<()>],
+) {
+    tracing::warn!(
+        discoveries = service.inflight(),
+        settle = ?SHUTDOWN_SETTLE,
+        "shutdown: abandoning work still running"
+    );
+    service.abort_discoveries();
+    // (A task the settle step already saw finish must not be awaited again.)
+    if !server.is_finished()
+        && tokio::time::timeout(Duration::from_secs(1), &mut *server)
+            .await
+            .is_err()
+    {
+        server.abort();
+    }
+    for task in background {
+        task.abort();
     }
 }
