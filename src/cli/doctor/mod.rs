@@ -1,0 +1,97 @@
+//! `mta-stsd doctor`: checks the live Postfix + mta-stsd setup. The command gathers
+//! the facts, from Postfix's side ([`postfix`]) and from the running daemon
+//! ([`daemon`]); the verdicts are the pure functions of [`crate::doctor`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::doctor::{self, Check, Level};
+
+mod daemon;
+mod postfix;
+
+use daemon::daemon_checks;
+use postfix::postfix_checks;
+
+/// `mta-stsd doctor`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The daemon's configuration file (default: /etc/mta-stsd/mta-stsd.toml if it
+    /// exists, else built-in defaults).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Postfix's configuration directory.
+    #[arg(long, value_name = "DIR", default_value = "/etc/postfix")]
+    pub postfix_config: PathBuf,
+    /// The resolver configuration Postfix uses (for DNSSEC's `options trust-ad`).
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::current_thread()?.block_on(command(args))
+}
+
+async fn command(args: Args) -> anyhow::Result<ExitCode> {
+    let checks = run_checks(&args).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        print!("{}", to_text(&checks));
+    }
+    Ok(ExitCode::from(doctor::worst(&checks).exit_code()))
+}
+
+fn to_text(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        out.push_str(&format!(
+            "{:<8} {:<26} {}\n",
+            c.level.as_str(),
+            c.check,
+            c.message
+        ));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!("{:<8} {:<26} fix: {fix}\n", "", ""));
+        }
+    }
+    let count = |l| checks.iter().filter(|c| c.level == l).count();
+    out.push_str(&format!(
+        "doctor: ok {}, warning {}, problem {}\n",
+        count(Level::Ok),
+        count(Level::Warning),
+        count(Level::Problem)
+    ));
+    out
+}
+
+async fn run_checks(args: &Args) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let path = Config::path_or_default(args.config.as_deref());
+    let shown = path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
+    let config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            // Without the daemon's configuration nothing else can be compared.
+            checks.push(Check::problem(
+                "mta-stsd.config",
+                format!("{e}"),
+                "fix the file; mta-stsd check-config FILE shows the same error",
+            ));
+            return checks;
+        }
+    };
+    checks.push(Check::ok("mta-stsd.config", format!("{shown} is valid")));
+    let listeners = config.server.listen.clone();
+
+    let used = postfix_checks(args, &config, &listeners, &mut checks);
+    daemon_checks(&config, &listeners, &used, &mut checks).await;
+    checks
+}
