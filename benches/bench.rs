@@ -1227,7 +1227,7 @@ async fn dane_workload(work: &Path, ca: &TestCa, n: usize) -> DaneFigures {
             clock.clone(),
             metrics.clone(),
         );
-        let state = State::new(service.clone(), dane, Config::default(), None, None);
+        let state = State::new(service.clone(), dane, None, Config::default(), None, None);
         let (a, _) = state.answer(HOT, &zone, deadline).await;
         assert!(a.wire().starts_with("OK secure"), "{}", a.wire());
         let t = Instant::now();

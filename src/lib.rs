@@ -48,6 +48,7 @@ pub mod postfix;
 pub mod protocol;
 pub mod server;
 pub mod setup;
+pub mod tlsrpt;
 
 /// An I/O error's text without Rust's "(os error N)" suffix, for messages that name
 /// the file or address themselves.
@@ -56,5 +57,19 @@ pub fn io_error_text(e: &std::io::Error) -> String {
     match text.find(" (os error") {
         Some(at) => text[..at].to_owned(),
         None => text,
+    }
+}
+
+/// Removes a socket file left by an earlier run; anything else at `path` is an error.
+pub fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }

@@ -33,6 +33,11 @@ pub const DANE_ENABLED: &str = "mta_stsd_dane_enabled";
 pub const DNSSEC_VALIDATION_FAILING: &str = "mta_stsd_dnssec_validation_failing";
 pub const REDIS_HEALTHY: &str = "mta_stsd_redis_healthy";
 pub const REDIS_ADOPTED_TOTAL: &str = "mta_stsd_redis_policies_adopted_total";
+pub const TLSRPT_DATAGRAMS_TOTAL: &str = "mta_stsd_tlsrpt_datagrams_total";
+pub const TLSRPT_DATAGRAMS_UNSTORED: &str = "mta_stsd_tlsrpt_datagrams_unstored";
+pub const TLSRPT_REPORTS_TOTAL: &str = "mta_stsd_tlsrpt_reports_total";
+pub const TLSRPT_DELIVERIES_PENDING: &str = "mta_stsd_tlsrpt_deliveries_pending";
+pub const TLSRPT_OLDEST_PENDING_SECONDS: &str = "mta_stsd_tlsrpt_oldest_pending_delivery_seconds";
 
 /// The daemon's metric handles, grouped by the component that updates them, and the
 /// registry they are exported from.
@@ -45,6 +50,7 @@ pub struct Metrics {
     pub store: StoreMetrics,
     pub dane: DaneMetrics,
     pub fleet: FleetMetrics,
+    pub tlsrpt: TlsrptMetrics,
 }
 
 /// The socketmap server: lookups answered, connections.
@@ -330,6 +336,59 @@ impl FleetMetrics {
     }
 }
 
+/// TLSRPT: datagrams from Postfix, reports sent.
+pub struct TlsrptMetrics {
+    /// result (counted|malformed|oversized)
+    pub datagrams: IntCounterVec,
+    /// Datagrams counted in memory and not yet durable on disk.
+    pub unstored: IntGauge,
+    /// scheme (mailto|https), result (sent|failed|gave_up)
+    pub reports: IntCounterVec,
+    /// Deliveries of finished days not yet made.
+    pub pending: IntGauge,
+    /// Age of the oldest delivery still waiting past its first try.
+    pub oldest_pending: IntGauge,
+}
+
+impl TlsrptMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            datagrams: counter_vec(
+                TLSRPT_DATAGRAMS_TOTAL,
+                "TLSRPT datagrams received from Postfix, by result (counted, malformed, oversized).",
+                &["result"],
+            )?,
+            unstored: IntGauge::new(
+                TLSRPT_DATAGRAMS_UNSTORED,
+                "TLSRPT datagrams counted in memory and not yet stored on disk (stored within a second).",
+            )?,
+            reports: counter_vec(
+                TLSRPT_REPORTS_TOTAL,
+                "TLSRPT report deliveries, by scheme (mailto, https) and result (sent, failed, gave_up).",
+                &["scheme", "result"],
+            )?,
+            pending: IntGauge::new(
+                TLSRPT_DELIVERIES_PENDING,
+                "TLSRPT report deliveries of finished days not yet made.",
+            )?,
+            oldest_pending: IntGauge::new(
+                TLSRPT_OLDEST_PENDING_SECONDS,
+                "Seconds since the oldest pending TLSRPT delivery was first due (0 when none is late).",
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.datagrams.clone()),
+            Box::new(self.unstored.clone()),
+            Box::new(self.reports.clone()),
+            Box::new(self.pending.clone()),
+            Box::new(self.oldest_pending.clone()),
+        ]
+    }
+}
+
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
     IntCounterVec::new(Opts::new(name, help), labels)
 }
@@ -376,6 +435,7 @@ impl Metrics {
             store: StoreMetrics::new()?,
             dane: DaneMetrics::new()?,
             fleet: FleetMetrics::new()?,
+            tlsrpt: TlsrptMetrics::new()?,
         };
         let build = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information."), &["version"])?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -386,6 +446,7 @@ impl Metrics {
         collectors.extend(m.store.collectors());
         collectors.extend(m.dane.collectors());
         collectors.extend(m.fleet.collectors());
+        collectors.extend(m.tlsrpt.collectors());
         collectors.push(Box::new(build));
         for c in collectors {
             m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
@@ -407,6 +468,14 @@ impl Metrics {
     fn zero_known_label_sets(&self) {
         for class in FETCH_FAILURE_CLASSES {
             self.discovery.fetch_failures.with_label_values(&[class]);
+        }
+        for result in ["counted", "malformed", "oversized"] {
+            self.tlsrpt.datagrams.with_label_values(&[result]);
+        }
+        for scheme in ["mailto", "https"] {
+            for result in ["sent", "failed", "gave_up"] {
+                self.tlsrpt.reports.with_label_values(&[scheme, result]);
+            }
         }
         for result in ["ok", "error"] {
             self.discovery.fetch_duration.with_label_values(&[result]);

@@ -7,6 +7,12 @@
 //! - `DELETE /api/v1/policies/DOMAIN`           purge one entry
 //! - `POST   /api/v1/policies/DOMAIN/refresh`   discover now, return the entry
 //! - `PUT    /api/v1/policies/DOMAIN`           import a policy learned elsewhere
+//! - `GET    /api/v1/tlsrpt/DAY[/partial]`      a day's TLSRPT reports and deliveries
+//! - `GET    /api/v1/tlsrpt/DAY[/partial]/files` the same, with the mail each
+//!   `mailto:` destination would get (for `tlsrpt send --dry-run`)
+//! - `POST   /api/v1/tlsrpt/DAY[/partial]/send` send the day's reports now
+//!
+//! `partial` asks for a day that is not over (today's counts so far).
 //!
 //! Errors are `{"error": "..."}` with a 4xx or 5xx status.
 
@@ -17,8 +23,12 @@ use crate::clock::rfc3339;
 use crate::dane::rules::MxFacts;
 use crate::dane::service::Cached;
 use crate::mtasts::domain::normalize_host;
+use crate::tlsrpt::day::Day;
+use crate::tlsrpt::schedule::{Delivery, State as DeliveryState};
+use crate::tlsrpt::service::Outcome;
 
 const POLICIES: &str = "/api/v1/policies";
+const TLSRPT: &str = "/api/v1/tlsrpt";
 
 /// A request the admin API serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +38,16 @@ pub enum Route {
     Purge(String),
     Refresh(String),
     Import(String),
+    /// A day's TLSRPT reports: what to do, the day, whether partial.
+    Tlsrpt(TlsrptAction, Day, bool),
+}
+
+/// What is asked of a day's TLSRPT reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsrptAction {
+    Show,
+    Files,
+    Send,
 }
 
 /// Why a request matches no route.
@@ -37,6 +57,8 @@ pub enum RouteError {
     NotFound,
     /// A path segment that is not a domain name.
     BadDomain,
+    /// A path segment that is not a day (YYYY-MM-DD).
+    BadDay,
     /// A method the path does not take.
     Method,
 }
@@ -45,6 +67,9 @@ impl Route {
     /// The route for `method` and `path` (method names as HTTP spells them); the
     /// domain comes back normalised.
     pub fn parse(method: &str, path: &str) -> Result<Route, RouteError> {
+        if let Some(rest) = path.strip_prefix(TLSRPT) {
+            return Self::parse_tlsrpt(method, rest);
+        }
         let rest = path.strip_prefix(POLICIES).ok_or(RouteError::NotFound)?;
         if !rest.is_empty() && !rest.starts_with('/') {
             return Err(RouteError::NotFound);
@@ -69,9 +94,39 @@ impl Route {
         }
     }
 
+    fn parse_tlsrpt(method: &str, rest: &str) -> Result<Route, RouteError> {
+        let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        if !rest.starts_with('/') {
+            return Err(RouteError::NotFound);
+        }
+        let Some((day, rest)) = parts.split_first() else {
+            return Err(RouteError::NotFound);
+        };
+        let day = Day::parse(day).map_err(|_| RouteError::BadDay)?;
+        let (partial, rest) = match rest {
+            ["partial", rest @ ..] => (true, rest),
+            rest => (false, rest),
+        };
+        let action = match (method, rest) {
+            ("GET", []) => TlsrptAction::Show,
+            ("GET", ["files"]) => TlsrptAction::Files,
+            ("POST", ["send"]) => TlsrptAction::Send,
+            _ => return Err(RouteError::Method),
+        };
+        Ok(Route::Tlsrpt(action, day, partial))
+    }
+
     /// The request's method and path.
     pub fn request(&self) -> (&'static str, String) {
         match self {
+            Route::Tlsrpt(action, day, partial) => {
+                let base = format!("{TLSRPT}/{day}{}", if *partial { "/partial" } else { "" });
+                match action {
+                    TlsrptAction::Show => ("GET", base),
+                    TlsrptAction::Files => ("GET", format!("{base}/files")),
+                    TlsrptAction::Send => ("POST", format!("{base}/send")),
+                }
+            }
             Route::List => ("GET", POLICIES.to_owned()),
             Route::Show(d) => ("GET", format!("{POLICIES}/{d}")),
             Route::Purge(d) => ("DELETE", format!("{POLICIES}/{d}")),
@@ -191,6 +246,125 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// A day's TLSRPT reports (`GET /api/v1/tlsrpt/DAY`, and the answer to a send).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TlsrptDayView {
+    pub day: String,
+    /// Whether the day was not over (the counts so far).
+    pub partial: bool,
+    /// Datagrams counted in memory and not yet on disk (stored within a second).
+    pub unstored: u64,
+    pub reports: Vec<TlsrptReportView>,
+}
+
+/// One report: its counts, its RFC 8460 document, and its deliveries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TlsrptReportView {
+    pub id: String,
+    pub domain: String,
+    pub record: String,
+    pub file_name: String,
+    pub sessions: u64,
+    pub failures: u64,
+    /// The RFC 8460 §4 report.
+    pub report: serde_json::Value,
+    pub deliveries: Vec<DeliveryView>,
+    /// `rua` URIs not used, with why.
+    pub refused: Vec<RefusedView>,
+    /// With `/files`: the mail each `mailto:` destination gets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<MailView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeliveryView {
+    pub destination: String,
+    /// `pending`, `sent`, `gave_up`, or `not_scheduled` (the sender has not seen the
+    /// day yet).
+    pub state: String,
+    pub attempts: u32,
+    pub next_try: Option<String>,
+    pub last_error: Option<String>,
+    pub done_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefusedView {
+    pub uri: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MailView {
+    pub to: String,
+    pub message: String,
+}
+
+impl TlsrptReportView {
+    pub fn of(o: &Outcome) -> TlsrptReportView {
+        let report: serde_json::Value =
+            serde_json::from_str(&o.report.json).unwrap_or(serde_json::Value::Null);
+        let sum = |key: &str| -> u64 {
+            report["policies"]
+                .as_array()
+                .map(|ps| ps.iter().filter_map(|p| p["summary"][key].as_u64()).sum())
+                .unwrap_or(0)
+        };
+        let failures = sum("total-failure-session-count");
+        TlsrptReportView {
+            id: o.report.id.clone(),
+            domain: o.report.group.domain.clone(),
+            record: o.report.group.record.clone(),
+            file_name: o.report.file_name.clone(),
+            sessions: sum("total-successful-session-count") + failures,
+            failures,
+            deliveries: o
+                .destinations
+                .iter()
+                .map(|(dest, d)| DeliveryView::of(&dest.to_string(), d.as_ref()))
+                .collect(),
+            refused: o
+                .refused
+                .iter()
+                .map(|(uri, reason)| RefusedView {
+                    uri: uri.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            report,
+            messages: Vec::new(),
+        }
+    }
+}
+
+impl DeliveryView {
+    fn of(destination: &str, d: Option<&Delivery>) -> DeliveryView {
+        let Some(d) = d else {
+            return DeliveryView {
+                destination: destination.to_owned(),
+                state: "not_scheduled".into(),
+                attempts: 0,
+                next_try: None,
+                last_error: None,
+                done_at: None,
+            };
+        };
+        DeliveryView {
+            destination: destination.to_owned(),
+            state: match d.state {
+                DeliveryState::Pending => "pending",
+                DeliveryState::Sent => "sent",
+                DeliveryState::GaveUp => "gave_up",
+            }
+            .into(),
+            attempts: d.attempts,
+            next_try: (d.state == DeliveryState::Pending).then(|| rfc3339(d.next_try)),
+            last_error: d.last_error.clone(),
+            done_at: d.done_at.map(rfc3339),
+        }
+    }
+}
+
 /// Imports are small; anything larger is not a policy (RFC 8461 §3.3: 64 KiB at most).
 pub const MAX_IMPORT_BODY: usize = 128 * 1024;
 
@@ -206,6 +380,10 @@ mod tests {
             Route::Purge("example.com".into()),
             Route::Import("example.com".into()),
             Route::Refresh("example.com".into()),
+            Route::Tlsrpt(TlsrptAction::Show, Day(20_000), false),
+            Route::Tlsrpt(TlsrptAction::Files, Day(20_000), true),
+            Route::Tlsrpt(TlsrptAction::Send, Day(20_000), false),
+            Route::Tlsrpt(TlsrptAction::Send, Day(20_000), true),
         ] {
             let (method, path) = route.request();
             assert_eq!(Route::parse(method, &path), Ok(route));

@@ -92,6 +92,16 @@ impl AdminClient {
             .await
     }
 
+    /// A day's TLSRPT reports: shown, with their mail, or sent now.
+    pub async fn tlsrpt(
+        &self,
+        action: crate::admin::api::TlsrptAction,
+        day: crate::tlsrpt::day::Day,
+        partial: bool,
+    ) -> Result<crate::admin::api::TlsrptDayView, AdminError> {
+        self.call(&Route::Tlsrpt(action, day, partial), None).await
+    }
+
     /// The raw JSON text of a route's answer (for `--json`), or the refusal.
     pub async fn raw(&self, route: &Route) -> Result<String, AdminError> {
         self.send(route, None).await

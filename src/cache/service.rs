@@ -161,6 +161,11 @@ impl PolicyService {
         read(&self.discoverer).clone()
     }
 
+    /// Discovery's HTTPS client as currently configured (TLSRPT uploads use it).
+    pub fn http_client(&self) -> reqwest::Client {
+        read(&self.discoverer).http().clone()
+    }
+
     pub(super) fn settings(&self) -> Arc<ServiceSettings> {
         read(&self.settings).clone()
     }

@@ -17,6 +17,7 @@ mod import;
 mod logging;
 pub mod query;
 mod serve;
+mod tlsrpt;
 pub mod warm;
 
 #[derive(Parser)]
@@ -58,6 +59,9 @@ enum Command {
     ///
     /// Exit status: 0 done, 1 the admin API failed for some domains, 2 bad usage.
     Import(import::Args),
+    /// TLSRPT (RFC 8460): show what the running daemon collected from Postfix, or send
+    /// a day's reports now.
+    Tlsrpt(tlsrpt::Args),
     /// Validate a configuration exactly as `serve` would (everything but binding
     /// and serving), report every problem, and exit: 0 valid, 2 not.
     CheckConfig(check_config::Args),
@@ -138,6 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Warm(args) => warm::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Import(args) => import::run(args),
+        Command::Tlsrpt(args) => tlsrpt::run(args),
         Command::CheckConfig(args) => check_config::run(args),
     }
 }

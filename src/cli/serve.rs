@@ -75,6 +75,7 @@ async fn serve(
         store: None,
         dane: Some(prepared.dane),
         discoverer: Some(prepared.discoverer),
+        tlsrpt_store: None,
     };
     let daemon =
         Daemon::build_with(config, prepared.discovery, Arc::new(SystemClock), parts).await?;

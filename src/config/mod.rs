@@ -15,7 +15,7 @@ use error::invalid;
 pub use error::{ConfigError, Problem};
 pub use sections::*;
 use values::overlaps;
-pub use values::{ListenAddr, MetricsListen, SocketMode};
+pub use values::{ListenAddr, MetricsListen, SocketMode, check_address, is_host_name};
 
 /// Where the packaged configuration lives; every command reads it when it exists and
 /// no `--config` is given.
@@ -133,7 +133,63 @@ impl Config {
             ));
         }
         self.value_problems(&mut out);
+        self.tlsrpt_problems(&mut out);
         out
+    }
+
+    /// With `[tlsrpt] enable`, reports must be able to say who sent them (RFC 8460
+    /// §4.3: `organization-name`, `contact-info`) and mail must have a sender.
+    fn tlsrpt_problems(&self, out: &mut Vec<Problem>) {
+        let t = &self.tlsrpt;
+        if !t.enable {
+            return;
+        }
+        let printable =
+            |v: &str| !v.trim().is_empty() && v.chars().all(|c| c == ' ' || c.is_ascii_graphic());
+        if !printable(&t.organization_name) {
+            out.push(invalid(
+                "tlsrpt.organization_name",
+                "must be set (printable ASCII): reports name who sent them",
+            ));
+        }
+        if !printable(&t.contact_info) {
+            out.push(invalid(
+                "tlsrpt.contact_info",
+                "must be set (printable ASCII): an address or URL receivers can write to",
+            ));
+        }
+        if let Err(e) = check_address(&t.report_from) {
+            out.push(invalid(
+                "tlsrpt.report_from",
+                format!("must be the From: address of mailed reports: {e}"),
+            ));
+        }
+        if let Some(s) = &t.submitter
+            && !is_host_name(s)
+        {
+            out.push(invalid(
+                "tlsrpt.submitter",
+                format!("{s:?} is not a domain name"),
+            ));
+        }
+        if !t.socket.is_absolute() {
+            out.push(invalid("tlsrpt.socket", "must be an absolute path"));
+        }
+        if t.spread > Duration::from_secs(20 * 3600) {
+            out.push(invalid(
+                "tlsrpt.spread",
+                "must be at most 20h (a day's reports go out on the next day)",
+            ));
+        }
+        if t.retry_for < Duration::from_secs(3600) {
+            out.push(invalid("tlsrpt.retry_for", "must be at least 1h"));
+        }
+        if self.cache.tlsrpt_path(t).is_none() {
+            out.push(invalid(
+                "tlsrpt.path",
+                "not set, and the cache has no path to put it beside",
+            ));
+        }
     }
 
     /// Listen addresses that cannot all be bound: none at all, the same one twice, or

@@ -22,6 +22,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub dane: DaneConfig,
+    pub tlsrpt: TlsrptConfig,
     /// Options per socketmap name; `default` applies to names not listed.
     pub zones: BTreeMap<String, ZoneOptions>,
     /// Where this configuration came from (a file name, or "built-in defaults"), for
@@ -41,6 +42,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             dane: DaneConfig::default(),
+            tlsrpt: TlsrptConfig::default(),
             zones: BTreeMap::new(),
             origin: "built-in defaults".to_owned(),
         }
@@ -339,6 +341,17 @@ impl CacheConfig {
         }
         env("HOME").map(|home| home.join(".local/state/mta-stsd"))
     }
+
+    /// Where TLSRPT keeps its counters: `tlsrpt.path`, else this path with `-tlsrpt`
+    /// appended (beside the cache, so that a damaged cache moved aside leaves it).
+    pub fn tlsrpt_path(&self, tlsrpt: &TlsrptConfig) -> Option<PathBuf> {
+        if let Some(p) = &tlsrpt.path {
+            return Some(p.clone());
+        }
+        let mut p = self.resolved_path()?.into_os_string();
+        p.push("-tlsrpt");
+        Some(PathBuf::from(p))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -375,6 +388,76 @@ pub enum LogFormat {
     Human,
     Plain,
     Json,
+}
+
+/// TLSRPT (RFC 8460): the datagram socket Postfix reports to, and who sends the
+/// daily reports.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsrptConfig {
+    pub enable: bool,
+    /// The unix datagram socket Postfix's `smtp_tlsrpt_socket_name` names.
+    pub socket: PathBuf,
+    /// Permissions of the socket (Postfix's smtp client writes to it).
+    pub socket_mode: SocketMode,
+    /// Group of the socket, e.g. `"postfix"`; default: the daemon's own group.
+    pub socket_group: Option<String>,
+    /// Where counters and deliveries are kept; default: the cache's path with
+    /// `-tlsrpt` appended (/var/lib/mta-stsd/cache-tlsrpt in the package).
+    pub path: Option<PathBuf>,
+    /// `organization-name` of the reports.
+    pub organization_name: String,
+    /// `contact-info` of the reports (an address or a URL).
+    pub contact_info: String,
+    /// `From:` of mailed reports.
+    pub report_from: String,
+    /// The submitting domain; default: the domain of `report_from`.
+    pub submitter: Option<String>,
+    /// The local MTA's sendmail, run as `sendmail -i -t` with a report on its input.
+    pub sendmail: PathBuf,
+    /// Reports of a day are sent at random times within this long after it ends.
+    #[serde(with = "humantime_serde")]
+    pub spread: Duration,
+    /// A report that cannot be delivered is retried, with back-off, for this long
+    /// after its first try.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Days of counters and delivery records kept.
+    pub keep_days: NonZeroUsize,
+}
+
+impl Default for TlsrptConfig {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            socket: PathBuf::from("/var/spool/postfix/run/tlsrpt/tlsrpt.sock"),
+            socket_mode: SocketMode(0o660),
+            socket_group: None,
+            path: None,
+            organization_name: String::new(),
+            contact_info: String::new(),
+            report_from: String::new(),
+            submitter: None,
+            sendmail: PathBuf::from("/usr/sbin/sendmail"),
+            spread: Duration::from_secs(4 * 3600),
+            retry_for: Duration::from_secs(24 * 3600),
+            keep_days: nonzero(10),
+        }
+    }
+}
+
+impl TlsrptConfig {
+    /// The submitting domain: `submitter`, else the domain of `report_from`.
+    pub fn submitter_domain(&self) -> String {
+        match &self.submitter {
+            Some(s) => s.to_ascii_lowercase(),
+            None => self
+                .report_from
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

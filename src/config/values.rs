@@ -51,7 +51,7 @@ impl TryFrom<String> for SocketMode {
             .ok()
             .filter(|m| *m <= 0o777)
             .map(SocketMode)
-            .ok_or_else(|| format!("server.socket_mode: {s:?} is not an octal mode like \"0660\""))
+            .ok_or_else(|| format!("{s:?} is not an octal mode like \"0660\""))
     }
 }
 
@@ -121,4 +121,42 @@ impl std::fmt::Display for ListenAddr {
             ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
+}
+
+/// A plain mail address, `local@domain` in dot-atom form (RFC 5322 §3.4.1 without its
+/// quoted and bracketed forms): nothing that could end a header line, separate
+/// addresses, or read as a command-line option. Used for configured addresses and
+/// for the `mailto:` destinations of TLSRPT records alike.
+pub fn check_address(address: &str) -> Result<(), String> {
+    let (local, domain) = address
+        .rsplit_once('@')
+        .ok_or_else(|| format!("{address:?} is not local@domain"))?;
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
+    if local.is_empty()
+        || local.len() > 64
+        || local.starts_with(['.', '-'])
+        || local.ends_with('.')
+        || local.contains("..")
+        || !local.chars().all(atext)
+    {
+        return Err(format!("{address:?}: unusable local part"));
+    }
+    if !is_host_name(domain) {
+        return Err(format!("{address:?}: unusable domain"));
+    }
+    Ok(())
+}
+
+/// LDH labels (letters, digits, hyphens; not at a label's ends), at least two.
+pub fn is_host_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }

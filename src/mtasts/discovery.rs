@@ -280,6 +280,12 @@ impl Discoverer {
         })
     }
 
+    /// The HTTPS client of policy fetches (Web PKI, timeouts, private addresses
+    /// refused unless allowed), for other uploads that must follow the same rules.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Looks up and selects the `_mta-sts.DOMAIN` TXT record (`domain` normalised).
     pub async fn lookup_txt(&self, domain: &str) -> TxtLookup {
         let name = format!("_mta-sts.{domain}.");

@@ -50,6 +50,8 @@ pub struct Parts {
     /// The discoverer already built (by [`crate::setup::prepare`]); else built here
     /// from the discovery options.
     pub discoverer: Option<Discoverer>,
+    /// A TLSRPT store to use instead of the sled one at `tlsrpt.path`.
+    pub tlsrpt_store: Option<Arc<dyn crate::tlsrpt::store::ReportStore>>,
 }
 
 /// Remembered DANE verdicts, saved beside the policies in the cache directory.
@@ -136,6 +138,8 @@ pub struct Daemon {
     pub listeners: Vec<Listener>,
     /// Metrics and admin API, unless `metrics.listen` is empty.
     pub metrics_listener: Option<tokio::net::TcpListener>,
+    /// The TLSRPT collector's socket, with `[tlsrpt] enable`.
+    pub tlsrpt_socket: Option<tokio::net::UnixDatagram>,
 }
 
 impl Daemon {
@@ -196,7 +200,8 @@ impl Daemon {
             None => Discoverer::new(opts)?,
         };
         let settings = ServiceSettings::new(config.cache.clone(), config.lookup.clone());
-        let service = PolicyService::new(discoverer, store, clock, settings, metrics.clone());
+        let service =
+            PolicyService::new(discoverer, store, clock.clone(), settings, metrics.clone());
         if config.cache.backend == CacheBackend::Redis {
             // Connects lazily: the daemon starts and serves with Redis down.
             service.share_with(SharedCache::new(&config.cache.redis, metrics)?);
@@ -221,11 +226,19 @@ impl Daemon {
         if let Some(addr) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             tracing::info!(listen = %addr, "metrics and admin API listening");
         }
+        let (tlsrpt, tlsrpt_socket) = start_tlsrpt(
+            &config,
+            &service,
+            clock,
+            service.metrics().clone(),
+            parts.tlsrpt_store,
+        );
         tracing::info!(cache = %path.display(), "mta-stsd ready");
         Ok(Daemon {
-            state: State::new(service, dane, config, parts.config_path, parts.log),
+            state: State::new(service, dane, tlsrpt, config, parts.config_path, parts.log),
             listeners,
             metrics_listener,
+            tlsrpt_socket,
         })
     }
 
@@ -278,6 +291,10 @@ impl Daemon {
                 stop.clone(),
             )));
         }
+        if let (Some(tlsrpt), Some(socket)) = (self.state.tlsrpt.clone(), self.tlsrpt_socket) {
+            background.push(tokio::spawn(tlsrpt.clone().collect(socket, stop.clone())));
+            background.push(tokio::spawn(tlsrpt.send_loop(stop.clone())));
+        }
         if let Some(l) = self.metrics_listener {
             background.push(tokio::spawn(crate::server::http::run(
                 l,
@@ -319,6 +336,54 @@ impl Daemon {
             elapsed,
         }
     }
+}
+
+/// TLSRPT's service and socket, with `[tlsrpt] enable`. Reports are secondary to
+/// answering Postfix: a store or socket that cannot be opened is logged and leaves
+/// TLSRPT off, never stops the daemon (which would defer mail).
+fn start_tlsrpt(
+    config: &Config,
+    service: &Arc<PolicyService>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<crate::metrics::Metrics>,
+    store: Option<Arc<dyn crate::tlsrpt::store::ReportStore>>,
+) -> (
+    Option<Arc<crate::tlsrpt::service::Tlsrpt>>,
+    Option<tokio::net::UnixDatagram>,
+) {
+    let t = &config.tlsrpt;
+    if !t.enable {
+        return (None, None);
+    }
+    let store = match store {
+        Some(store) => store,
+        None => {
+            let Some(path) = config.cache.tlsrpt_path(t) else {
+                return (None, None);
+            };
+            match crate::tlsrpt::store::SledReports::open(&path) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot open the TLSRPT store; TLSRPT is off until restart");
+                    return (None, None);
+                }
+            }
+        }
+    };
+    let socket = match crate::tlsrpt::service::bind(t) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(socket = %t.socket.display(), error = %crate::io_error_text(&e), "cannot bind the TLSRPT socket; TLSRPT is off until restart");
+            return (None, None);
+        }
+    };
+    tracing::info!(socket = %t.socket.display(), "TLSRPT datagrams collected");
+    let http: crate::tlsrpt::service::HttpClient = {
+        let service = service.clone();
+        Box::new(move || service.http_client())
+    };
+    let tlsrpt = crate::tlsrpt::service::Tlsrpt::new(t.clone(), store, clock, metrics, http);
+    (Some(tlsrpt), Some(socket))
 }
 
 /// Shutdown took longer than `SHUTDOWN_SETTLE`: abandon the discoveries still running,

@@ -17,11 +17,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::api::{
-    DaneView, EntryView, ErrorBody, ImportRequest, ImportResponse, MAX_IMPORT_BODY, PurgeResponse,
-    Route, RouteError,
+    DaneView, EntryView, ErrorBody, ImportRequest, ImportResponse, MAX_IMPORT_BODY, MailView,
+    PurgeResponse, Route, RouteError, TlsrptAction, TlsrptDayView, TlsrptReportView,
 };
 use crate::mtasts::policy::is_valid_id;
 use crate::server::state::State;
+use crate::tlsrpt::day::Day;
+use crate::tlsrpt::record::Destination;
 
 async fn import(
     req: Request<Incoming>,
@@ -138,6 +140,7 @@ async fn handle(
     let route = match route {
         Ok(route) => route,
         Err(RouteError::BadDomain) => return error(StatusCode::BAD_REQUEST, "not a valid domain"),
+        Err(RouteError::BadDay) => return error(StatusCode::BAD_REQUEST, "not a day (YYYY-MM-DD)"),
         Err(RouteError::NotFound | RouteError::Method) => {
             return error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method or path");
         }
@@ -173,6 +176,7 @@ async fn handle(
             }
         }
         Route::Import(domain) => import(req, &domain, service).await,
+        Route::Tlsrpt(action, day, partial) => tlsrpt(&ctx, action, day, partial).await,
         Route::Refresh(domain) => {
             // The DANE verdict is looked up again on the next lookup.
             ctx.dane.purge(&domain);
@@ -182,6 +186,72 @@ async fn handle(
             }
         }
     }
+}
+
+/// A day's TLSRPT reports: shown, with the mail they make, or sent now.
+async fn tlsrpt(
+    ctx: &State,
+    action: TlsrptAction,
+    day: Day,
+    partial: bool,
+) -> Response<Full<Bytes>> {
+    let Some(tlsrpt) = ctx.tlsrpt.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "TLSRPT is not enabled ([tlsrpt] enable = true)",
+        );
+    };
+    let today = Day::of(tlsrpt.now());
+    if day >= today && !partial {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("{day} is not over yet: ask for the partial report (--partial)"),
+        );
+    }
+    let outcomes = match action {
+        TlsrptAction::Send => tlsrpt.deliver_day(day, true, partial).await,
+        TlsrptAction::Show | TlsrptAction::Files => {
+            let t = tlsrpt.clone();
+            match tokio::task::spawn_blocking(move || t.show(day, partial)).await {
+                Ok(r) => r,
+                Err(e) => Err(crate::cache::store::StoreError::Backend(e.to_string())),
+            }
+        }
+    };
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let reports = outcomes
+        .iter()
+        .map(|o| {
+            let mut view = TlsrptReportView::of(o);
+            if action == TlsrptAction::Files {
+                view.messages = o
+                    .destinations
+                    .iter()
+                    .filter_map(|(dest, _)| match dest {
+                        Destination::Mailto(to) => Some(MailView {
+                            to: to.clone(),
+                            message: String::from_utf8_lossy(&tlsrpt.message(&o.report, to)?)
+                                .into_owned(),
+                        }),
+                        Destination::Https(_) => None,
+                    })
+                    .collect();
+            }
+            view
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &TlsrptDayView {
+            day: day.to_string(),
+            partial,
+            unstored: tlsrpt.unstored(),
+            reports,
+        },
+    )
 }
 
 /// Serves metrics and the admin API until `stop` is cancelled, then waits for the

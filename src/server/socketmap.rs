@@ -7,7 +7,7 @@
 //! request in progress on each connection is answered first.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use std::time::Instant;
@@ -40,7 +40,7 @@ impl Listener {
         match addr {
             ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
             ListenAddr::Unix(path) => {
-                remove_stale_socket(path)?;
+                crate::remove_stale_socket(path)?;
                 let l = UnixListener::bind(path)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
                 Ok(Listener::Unix(l, path.clone()))
@@ -57,19 +57,6 @@ impl Listener {
             Listener::Unix(_, p) => format!("unix:{}", p.display()),
             Listener::Activated(_, p) => format!("unix:{} (socket-activated)", p.display()),
         }
-    }
-}
-
-fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
-        Ok(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", path.display()),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

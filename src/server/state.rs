@@ -46,6 +46,8 @@ pub type LogReloader = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 pub struct State {
     pub service: Arc<PolicyService>,
     pub dane: Arc<DaneService>,
+    /// TLSRPT's collector and sender, with `[tlsrpt] enable`.
+    pub tlsrpt: Option<Arc<crate::tlsrpt::service::Tlsrpt>>,
     config: RwLock<Arc<Config>>,
     /// The configuration file, if the daemon was started with one.
     path: Option<PathBuf>,
@@ -56,6 +58,7 @@ impl State {
     pub fn new(
         service: Arc<PolicyService>,
         dane: Arc<DaneService>,
+        tlsrpt: Option<Arc<crate::tlsrpt::service::Tlsrpt>>,
         config: Config,
         path: Option<PathBuf>,
         log: Option<LogReloader>,
@@ -63,6 +66,7 @@ impl State {
         Arc::new(Self {
             service,
             dane,
+            tlsrpt,
             config: RwLock::new(Arc::new(config)),
             path,
             log,
@@ -150,6 +154,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("cache.backend", old.cache.backend != new.cache.backend);
     check("cache.redis", old.cache.redis != new.cache.redis);
+    check("tlsrpt", old.tlsrpt != new.tlsrpt);
     changed
 }
 

@@ -32,11 +32,31 @@ pub enum HttpResponse {
     Delay(Duration, Box<HttpResponse>),
 }
 
+/// A request the server received, whole (for tests of uploads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Default)]
 struct Hosts {
     certs: HashMap<String, Arc<CertifiedKey>>,
     responses: HashMap<String, HttpResponse>,
     hits: HashMap<String, usize>,
+    received: HashMap<String, Vec<Received>>,
 }
 
 struct State {
@@ -126,7 +146,13 @@ impl TestHttps {
 
     /// Sets the response for `mta-sts.DOMAIN` (issuing a valid certificate if none).
     pub fn set_response(&self, domain: &str, response: HttpResponse) {
-        let host = format!("mta-sts.{}", domain.to_ascii_lowercase());
+        self.set_host_response(&format!("mta-sts.{domain}"), response);
+    }
+
+    /// Sets the response for the exact host name `host` (issuing a valid certificate
+    /// if none), e.g. a report receiver's.
+    pub fn set_host_response(&self, host: &str, response: HttpResponse) {
+        let host = host.to_ascii_lowercase();
         let mut hosts = self.state.hosts.lock().expect("hosts lock");
         if !hosts.certs.contains_key(&host) {
             let cert = self.state.ca.certified_key(&[&host], CertKind::Valid);
@@ -168,6 +194,30 @@ impl TestHttps {
             .unwrap_or(0)
     }
 
+    /// Every request received for the exact host name `host`, in order.
+    pub fn received(&self, host: &str) -> Vec<Received> {
+        self.state
+            .hosts
+            .lock()
+            .expect("hosts lock")
+            .received
+            .get(&host.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until at least `n` requests for the exact host name `host` arrived.
+    pub async fn wait_for_received(&self, host: &str, n: usize) -> Vec<Received> {
+        loop {
+            let notified = self.state.request_seen.notified();
+            let got = self.received(host);
+            if got.len() >= n {
+                return got;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until the server has received at least `n` requests for the domain.
     pub async fn wait_for_hits(&self, domain: &str, n: usize) {
         loop {
@@ -199,9 +249,15 @@ async fn handle(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+    let received = read_request(&mut tls, buf).await?;
     let response = {
         let mut hosts = state.hosts.lock().expect("hosts lock");
         *hosts.hits.entry(host.clone()).or_default() += 1;
+        hosts
+            .received
+            .entry(host.clone())
+            .or_default()
+            .push(received);
         hosts.responses.get(&host).cloned()
     };
     state.request_seen.notify_waiters();
@@ -236,6 +292,48 @@ async fn handle(
             }
         }
     }
+}
+
+/// The request whose head (and perhaps part of its body) is in `buf`, with the rest
+/// of its body (`Content-Length`, at most 1 MiB) read.
+async fn read_request(
+    tls: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    buf: Vec<u8>,
+) -> std::io::Result<Received> {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(buf.len());
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut body = buf.get(end + 4..).unwrap_or_default().to_vec();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_owned();
+    let path = first.next().unwrap_or_default().to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1 << 20);
+    let mut chunk = [0u8; 4096];
+    while body.len() < length {
+        let n = tls.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Received {
+        method,
+        path,
+        headers,
+        body,
+    })
 }
 
 async fn write_response(

@@ -13,7 +13,7 @@ mod unbound;
 pub use ca::{CertKind, TestCa};
 pub use dns::{DnsFault, SigFault, TestDns};
 pub use hickory_proto::rr::RecordType;
-pub use https::{HttpResponse, TestHttps};
+pub use https::{HttpResponse, Received, TestHttps};
 pub use redis::{RedisServer, free_port};
 pub use unbound::Unbound;
 

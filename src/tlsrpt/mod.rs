@@ -1,0 +1,28 @@
+//! TLSRPT (RFC 8460): the reporting half of MTA-STS. Postfix (3.10 and later, built
+//! with libtlsrpt) sends one datagram per delivery attempt to a domain that publishes
+//! a `_smtp._tls` record; the daemon counts them and, after each UTC day, sends each
+//! such domain the report its record asks for.
+//!
+//! The rooms, from the bottom up:
+//! - [`day`]: UTC days and the date forms reports and mail use (pure);
+//! - [`datagram`]: libtlsrpt's datagram, parsed strictly (pure);
+//! - [`record`]: the TLSRPT record and its `rua` destinations, refused when unsafe
+//!   (pure);
+//! - [`counts`]: the counters datagrams become (pure);
+//! - [`report`]: the RFC 8460 §4 report made from counters (pure);
+//! - [`mail`]: the §5.3 message that carries a report by mail (pure);
+//! - [`store`]: the counters and delivery records on disk;
+//! - [`deliver`]: sending one report to one destination (HTTPS, sendmail);
+//! - [`schedule`]: which deliveries are due, and their retries (pure);
+//! - [`service`]: the collector socket and the sender, around one store.
+
+pub mod counts;
+pub mod datagram;
+pub mod day;
+pub mod deliver;
+pub mod mail;
+pub mod record;
+pub mod report;
+pub mod schedule;
+pub mod service;
+pub mod store;

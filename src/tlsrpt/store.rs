@@ -1,0 +1,352 @@
+//! The counters and the delivery records on disk: a sled database of its own beside
+//! the policy cache (the same engine, but not the same files, so that a damaged cache
+//! moved aside does not take a day's reports with it). Two trees:
+//! - `counts`: day (8 bytes, big-endian) · domain · NUL · record · NUL · policy →
+//!   [`Counts`] as JSON;
+//! - `deliveries`: day · report id · NUL · destination → [`Delivery`] as JSON.
+//!
+//! Days lead the keys, so a day's groups are one range and pruning old days is a
+//! range delete.
+
+use std::path::Path;
+
+use crate::cache::store::{StoreError, contain};
+
+use super::counts::{Counts, Group, Tally};
+use super::day::Day;
+use super::schedule::Delivery;
+
+/// A day's counters, one group (report) at a time, each with its policies.
+pub type DayCounts = Vec<(Group, Vec<(String, Counts)>)>;
+
+/// Where TLSRPT keeps what it has counted and sent.
+pub trait ReportStore: Send + Sync + 'static {
+    /// Adds a tally's counters to the stored ones, all or nothing.
+    fn add(&self, tally: &Tally) -> Result<(), StoreError>;
+    /// The days that have counters, oldest first.
+    fn days(&self) -> Result<Vec<Day>, StoreError>;
+    /// One day's counters.
+    fn day(&self, day: Day) -> Result<DayCounts, StoreError>;
+    fn delivery(&self, day: Day, report: &str, dest: &str) -> Result<Option<Delivery>, StoreError>;
+    fn set_delivery(
+        &self,
+        day: Day,
+        report: &str,
+        dest: &str,
+        delivery: &Delivery,
+    ) -> Result<(), StoreError>;
+    /// Every delivery record of a day, as (report id, destination, record).
+    fn deliveries(&self, day: Day) -> Result<Vec<(String, String, Delivery)>, StoreError>;
+    /// Removes counters and deliveries of days before `day`; returns the keys removed.
+    fn prune_before(&self, day: Day) -> Result<usize, StoreError>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+pub struct SledReports {
+    db: sled::Db,
+    counts: sled::Tree,
+    deliveries: sled::Tree,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+        domain: what.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl SledReports {
+    /// Opens (or creates) the store at `path`. sled releases its lock from a
+    /// background thread a moment after a handle is dropped, so a locked store is
+    /// retried for up to two seconds.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut tries = 0;
+        loop {
+            match Self::open_once(path) {
+                Err(StoreError::Locked(_)) if tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, StoreError> {
+        contain("open", || {
+            let db = sled::Config::new()
+                .path(path)
+                .cache_capacity(8 * 1024 * 1024)
+                // The collector flushes what it adds itself, within a second.
+                .flush_every_ms(None)
+                .open()
+                .map_err(|e| match e {
+                    sled::Error::Io(io)
+                        if io.kind() == std::io::ErrorKind::WouldBlock
+                            || io.to_string().contains("could not acquire lock") =>
+                    {
+                        StoreError::Locked(path.display().to_string())
+                    }
+                    e => backend(e),
+                })?;
+            let counts = db.open_tree("counts").map_err(backend)?;
+            let deliveries = db.open_tree("deliveries").map_err(backend)?;
+            Ok(Self {
+                db,
+                counts,
+                deliveries,
+            })
+        })
+    }
+}
+
+fn counts_key(group: &Group, policy: &str) -> Vec<u8> {
+    let mut k = group.day.0.to_be_bytes().to_vec();
+    for (i, part) in [group.domain.as_str(), &group.record, policy]
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(part.as_bytes());
+    }
+    k
+}
+
+fn delivery_key(day: Day, report: &str, dest: &str) -> Vec<u8> {
+    let mut k = day.0.to_be_bytes().to_vec();
+    k.extend_from_slice(report.as_bytes());
+    k.push(0);
+    k.extend_from_slice(dest.as_bytes());
+    k
+}
+
+/// Splits a key after its 8-byte day into its NUL-separated text parts.
+fn key_parts(key: &[u8]) -> Option<(Day, Vec<String>)> {
+    let day = Day(u64::from_be_bytes(key.get(..8)?.try_into().ok()?));
+    let parts = key[8..]
+        .split(|b| *b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    Some((day, parts))
+}
+
+impl ReportStore for SledReports {
+    fn add(&self, tally: &Tally) -> Result<(), StoreError> {
+        contain("put", || {
+            let mut batch = sled::Batch::default();
+            for ((group, policy), delta) in &tally.counts {
+                let key = counts_key(group, policy);
+                let mut counts: Counts = match self.counts.get(&key).map_err(backend)? {
+                    Some(v) => decode(&group.domain, &v).unwrap_or_default(),
+                    None => Counts::default(),
+                };
+                counts.merge(delta);
+                let value = serde_json::to_vec(&counts).map_err(backend)?;
+                batch.insert(key, value);
+            }
+            self.counts.apply_batch(batch).map_err(backend)
+        })
+    }
+
+    fn days(&self) -> Result<Vec<Day>, StoreError> {
+        contain("load", || {
+            let mut days = Vec::new();
+            let mut from = 0u64;
+            while let Some((key, _)) = self
+                .counts
+                .range(from.to_be_bytes().to_vec()..)
+                .next()
+                .transpose()
+                .map_err(backend)?
+            {
+                let Some((day, _)) = key_parts(&key) else {
+                    break;
+                };
+                days.push(day);
+                from = day.0 + 1;
+            }
+            Ok(days)
+        })
+    }
+
+    fn day(&self, day: Day) -> Result<DayCounts, StoreError> {
+        contain("load", || {
+            let mut out: DayCounts = Vec::new();
+            for item in self.counts.scan_prefix(day.0.to_be_bytes()) {
+                let (key, value) = item.map_err(backend)?;
+                let Some((_, parts)) = key_parts(&key) else {
+                    continue;
+                };
+                let [domain, record, policy] = <[String; 3]>::try_from(parts).map_err(|_| {
+                    StoreError::Backend("TLSRPT counter key in an unknown form".into())
+                })?;
+                let counts: Counts = decode(&domain, &value)?;
+                let group = Group {
+                    day,
+                    domain,
+                    record,
+                };
+                match out.last_mut() {
+                    Some((g, policies)) if *g == group => policies.push((policy, counts)),
+                    _ => out.push((group, vec![(policy, counts)])),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn delivery(&self, day: Day, report: &str, dest: &str) -> Result<Option<Delivery>, StoreError> {
+        contain("get", || {
+            match self
+                .deliveries
+                .get(delivery_key(day, report, dest))
+                .map_err(backend)?
+            {
+                Some(v) => decode(report, &v).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn set_delivery(
+        &self,
+        day: Day,
+        report: &str,
+        dest: &str,
+        delivery: &Delivery,
+    ) -> Result<(), StoreError> {
+        contain("put", || {
+            let value = serde_json::to_vec(delivery).map_err(backend)?;
+            self.deliveries
+                .insert(delivery_key(day, report, dest), value)
+                .map_err(backend)?;
+            // A delivery's record is what keeps a report from going out twice.
+            self.deliveries.flush().map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn deliveries(&self, day: Day) -> Result<Vec<(String, String, Delivery)>, StoreError> {
+        contain("load", || {
+            let mut out = Vec::new();
+            for item in self.deliveries.scan_prefix(day.0.to_be_bytes()) {
+                let (key, value) = item.map_err(backend)?;
+                if let Some((_, mut parts)) = key_parts(&key)
+                    && parts.len() == 2
+                {
+                    let dest = parts.pop().unwrap_or_default();
+                    let report = parts.pop().unwrap_or_default();
+                    let d: Delivery = decode(&report, &value)?;
+                    out.push((report, dest, d));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn prune_before(&self, day: Day) -> Result<usize, StoreError> {
+        contain("remove", || {
+            let end = day.0.to_be_bytes().to_vec();
+            let mut removed = 0;
+            for tree in [&self.counts, &self.deliveries] {
+                let keys: Vec<sled::IVec> = tree
+                    .range(..end.clone())
+                    .keys()
+                    .collect::<Result<_, _>>()
+                    .map_err(backend)?;
+                let mut batch = sled::Batch::default();
+                for k in &keys {
+                    batch.remove(k);
+                }
+                tree.apply_batch(batch).map_err(backend)?;
+                removed += keys.len();
+            }
+            Ok(removed)
+        })
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        contain("checkpoint", || {
+            self.db.flush().map(|_| ()).map_err(backend)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tlsrpt::datagram::parse;
+
+    fn datagram(domain: &str, failed: u8) -> crate::tlsrpt::datagram::Datagram {
+        parse(
+            format!(
+                r#"{{"d":"{domain}","pr":"v=TLSRPTv1;rua=mailto:r@{domain}","policies":[{{"policy-type":9,"f":{failed}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn counters_add_up_across_tallies_and_reopen() {
+        let dir = tempdir();
+        let (d1, d2) = (Day(20_000), Day(20_001));
+        {
+            let store = SledReports::open(&dir).unwrap();
+            for _ in 0..2 {
+                let mut t = Tally::default();
+                t.add(d1, &datagram("a.test", 0));
+                t.add(d1, &datagram("a.test", 1));
+                t.add(d1, &datagram("b.test", 0));
+                t.add(d2, &datagram("a.test", 1));
+                store.add(&t).unwrap();
+            }
+            let mut d = Delivery::new(d1, 5, 10);
+            d.sent(d.first_try);
+            store.set_delivery(d1, "r1", "mailto:r@a.test", &d).unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledReports::open(&dir).unwrap();
+        assert_eq!(store.days().unwrap(), vec![d1, d2]);
+        let groups = store.day(d1).unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].0.domain, "a.test");
+        let c = &groups[0].1[0].1;
+        assert_eq!((c.sessions, c.failures), (4, 2));
+        assert_eq!(store.deliveries(d1).unwrap().len(), 1);
+        assert!(
+            store
+                .delivery(d1, "r1", "mailto:r@a.test")
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .delivery(d1, "r1", "mailto:x@a.test")
+                .unwrap()
+                .is_none()
+        );
+
+        assert!(store.prune_before(d2).unwrap() >= 3);
+        assert_eq!(store.days().unwrap(), vec![d2]);
+        assert!(store.deliveries(d1).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "mta-stsd-tlsrpt-store-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+}

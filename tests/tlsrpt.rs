@@ -1,0 +1,507 @@
+//! TLSRPT end to end: Postfix's datagrams (sent here over a real unix datagram socket,
+//! as libtlsrpt sends them) counted durably, and the RFC 8460 reports sent to the
+//! testkit's HTTPS server and to a capturing sendmail.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{InProcess, LOOPBACK, config_in};
+use mta_stsd::admin::api::TlsrptAction;
+use mta_stsd::admin::client::AdminClient;
+use mta_stsd::clock::{Clock, ManualClock, SystemClock};
+use mta_stsd::tlsrpt::day::Day;
+use mta_stsd_testkit::{HttpResponse, Received, World, free_port};
+
+const SENDER: &str = "organization_name = \"Example Mail\"\ncontact_info = \"postmaster@sender.test\"\nreport_from = \"tlsrpt@sender.test\"\n";
+
+/// One datagram as Postfix 3.10.13 (libtlsrpt 0.5) sends it: no `dpv`.
+fn datagram(domain: &str, record: &str, failed: bool) -> String {
+    let details = if failed {
+        format!(
+            r#","failure-details":[{{"c":202,"s":"127.0.0.1","n":"mx.{domain}","h":"250-mx\r\n250 HELP","r":"127.0.0.3"}}],"t":1"#
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"{{"d":"{domain}","pr":"{record}","policies":[{{"policy-type":2,"policy-domain":"{domain}","policy-string":["version: STSv1","mode: enforce","mx: mx.{domain}","max_age: 86400"],"mx-host":["mx.{domain}"]{details},"f":{}}}]}}"#,
+        u8::from(failed)
+    )
+}
+
+fn send(socket: &Path, datagrams: &[String]) {
+    let client = UnixDatagram::unbound().unwrap();
+    for d in datagrams {
+        client.send_to(d.as_bytes(), socket).unwrap();
+    }
+}
+
+/// A sendmail that keeps each message (and its arguments) in `dir`.
+fn capturing_sendmail(dir: &Path) -> PathBuf {
+    let script = dir.join("sendmail");
+    std::fs::create_dir_all(dir.join("mail")).unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(date +%s%N)\necho \"$@\" > {0}/$n.args\ncat > {0}/$n.eml\n",
+            dir.join("mail").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn mails(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("mail"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    names.sort();
+    for p in names {
+        let args = std::fs::read_to_string(p.with_extension("args")).unwrap();
+        out.push((args.trim().to_owned(), std::fs::read_to_string(&p).unwrap()));
+    }
+    out
+}
+
+fn gunzip(bytes: &[u8]) -> serde_json::Value {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_string(&mut text)
+        .expect("gzip");
+    serde_json::from_str(&text).expect("report JSON")
+}
+
+/// The report JSON a mailed report carries (its base64 gzip attachment).
+fn attached_report(message: &str) -> serde_json::Value {
+    let (_, after) = message
+        .split_once("Content-Type: application/tlsrpt+gzip")
+        .expect("attachment");
+    let (_, body) = after.split_once("\r\n\r\n").expect("attachment body");
+    let b64: String = body
+        .lines()
+        .take_while(|l| !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .concat();
+    gunzip(&decode_base64(&b64))
+}
+
+fn decode_base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            _ => 63,
+        }
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|b| *b != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, c)| n | (value(*c) << (18 - 6 * i)));
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    out
+}
+
+fn counts(report: &serde_json::Value) -> (u64, u64) {
+    let p = &report["policies"][0]["summary"];
+    (
+        p["total-successful-session-count"].as_u64().unwrap(),
+        p["total-failure-session-count"].as_u64().unwrap(),
+    )
+}
+
+/// Waits until the daemon has counted `n` datagrams of `result` and holds none in
+/// memory only (the metrics say so).
+async fn wait_stored(admin: &str, counted: u64, malformed: u64) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let want = [
+        format!("mta_stsd_tlsrpt_datagrams_total{{result=\"counted\"}} {counted}"),
+        format!("mta_stsd_tlsrpt_datagrams_total{{result=\"malformed\"}} {malformed}"),
+        "mta_stsd_tlsrpt_datagrams_unstored 0".to_owned(),
+    ];
+    for _ in 0..400 {
+        if let Ok(r) = client.get(format!("{admin}/metrics")).send().await
+            && let Ok(text) = r.text().await
+            && want.iter().all(|w| text.lines().any(|l| l == w))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the daemon did not store {counted} datagrams ({want:?})");
+}
+
+#[tokio::test]
+async fn reports_go_to_every_destination_once_and_survive_restarts() {
+    let w = World::start().await;
+    w.dns.set_a("reports.test", std::net::Ipv4Addr::LOCALHOST);
+    w.https.set_host_response(
+        "reports.test",
+        HttpResponse::Raw {
+            status: 503,
+            content_type: None,
+            headers: vec![],
+            body: vec![],
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sendmail = capturing_sendmail(dir.path());
+    let socket = dir.path().join("run/tlsrpt/tlsrpt.sock");
+    let toml = format!(
+        "{LOOPBACK}[tlsrpt]\nenable = true\nsocket = {socket:?}\nsendmail = {sendmail:?}\n{SENDER}"
+    );
+    let day = Day::parse("2026-12-04").unwrap();
+    let clock = ManualClock::new(day.start() + 3600);
+    let https_rua = format!("https://reports.test:{}/v1/tlsrpt", w.https.addr().port());
+    let good = format!("v=TLSRPTv1; rua=mailto:tlsrpt@bad.test,{https_rua}");
+    // A record from anyone: only its plain address may be used.
+    let hostile = "v=TLSRPTv1; rua=mailto:a@evil.test?cc=b@evil.test,mailto:x%0d%0aBcc:%20c@evil.test@evil.test,https://127.0.0.1/r";
+
+    let d = InProcess::start(&w, config_in(dir.path(), &toml), Arc::new(clock.clone())).await;
+    let admin = d.http.clone().unwrap();
+    send(
+        &socket,
+        &[
+            datagram("bad.test", &good, false),
+            datagram("bad.test", &good, true),
+            datagram("bad.test", &good, true),
+            datagram("evil.test", hostile, true),
+        ],
+    );
+    wait_stored(&admin, 4, 0).await;
+
+    // The day is not over: nothing is due, and the admin API refuses a final send.
+    let tlsrpt = d.state.tlsrpt.clone().expect("tlsrpt on");
+    tlsrpt.send_due().await.unwrap();
+    assert!(w.https.received("reports.test").is_empty());
+    let client = AdminClient::new(&admin, Duration::from_secs(30)).unwrap();
+    let e = client
+        .tlsrpt(TlsrptAction::Send, day, false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not over"), "{e}");
+
+    // After the day and the spread, each destination is tried once: HTTPS fails (503)
+    // and waits for its retry; mail is handed to sendmail.
+    clock.advance(24 * 3600 + 4 * 3600);
+    tlsrpt.send_due().await.unwrap();
+    let uploads = w.https.received("reports.test");
+    assert_eq!(uploads.len(), 1);
+    let mail = mails(dir.path());
+    assert_eq!(mail.len(), 2, "one per usable mailto: {mail:?}");
+    let (args, bad) = mail
+        .iter()
+        .find(|(_, m)| m.contains("\r\nTo: tlsrpt@bad.test\r\n"))
+        .expect("the report to bad.test");
+    assert_eq!(args, "-i -t");
+    assert!(bad.contains("TLS-Report-Domain: bad.test\r\n"), "{bad}");
+    assert!(bad.contains("TLS-Report-Submitter: sender.test\r\n"));
+    assert!(bad.contains("Subject: Report Domain: bad.test Submitter: sender.test Report-ID: <"));
+    assert!(bad.contains("multipart/report; report-type=\"tlsrpt\""));
+    let report = attached_report(bad);
+    assert_eq!(counts(&report), (1, 2));
+    assert_eq!(report["organization-name"], "Example Mail");
+    assert_eq!(
+        report["date-range"]["start-datetime"],
+        "2026-12-04T00:00:00Z"
+    );
+    assert_eq!(
+        report["policies"][0]["failure-details"][0]["result-type"],
+        "certificate-host-mismatch"
+    );
+    let (_, evil) = mail
+        .iter()
+        .find(|(_, m)| m.contains("TLS-Report-Domain: evil.test"))
+        .expect("the report to evil.test");
+    let head = evil.split("\r\n\r\n").next().unwrap();
+    assert!(head.contains("\r\nTo: a@evil.test\r\n"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("bcc") && !head.contains("b@evil.test"));
+
+    // The retry after the back-off reaches the now working receiver.
+    w.https.set_host_response(
+        "reports.test",
+        HttpResponse::Raw {
+            status: 200,
+            content_type: None,
+            headers: vec![],
+            body: vec![],
+        },
+    );
+    clock.advance(299);
+    tlsrpt.send_due().await.unwrap();
+    assert_eq!(
+        w.https.received("reports.test").len(),
+        1,
+        "not before the back-off"
+    );
+    clock.advance(1);
+    tlsrpt.send_due().await.unwrap();
+    let uploads = w.https.received("reports.test");
+    assert_eq!(uploads.len(), 2);
+    check_upload(&uploads[1], (1, 2));
+
+    // Sent is sent: not again, and not after a restart.
+    clock.advance(3 * 3600);
+    tlsrpt.send_due().await.unwrap();
+    drop(tlsrpt);
+    d.shutdown().await;
+    let d = InProcess::start(&w, config_in(dir.path(), &toml), Arc::new(clock.clone())).await;
+    let tlsrpt = d.state.tlsrpt.clone().expect("tlsrpt on");
+    tlsrpt.send_due().await.unwrap();
+    assert_eq!(w.https.received("reports.test").len(), 2);
+    assert_eq!(mails(dir.path()).len(), 2);
+    let client = AdminClient::new(d.http.as_deref().unwrap(), Duration::from_secs(30)).unwrap();
+    let view = client.tlsrpt(TlsrptAction::Show, day, false).await.unwrap();
+    let bad = view
+        .reports
+        .iter()
+        .find(|r| r.domain == "bad.test")
+        .unwrap();
+    assert!(bad.deliveries.iter().all(|d| d.state == "sent"), "{bad:?}");
+    let evil = view
+        .reports
+        .iter()
+        .find(|r| r.domain == "evil.test")
+        .unwrap();
+    assert_eq!(evil.refused.len(), 2, "{evil:?}");
+    d.shutdown().await;
+}
+
+fn check_upload(upload: &Received, expect: (u64, u64)) {
+    assert_eq!(upload.method, "POST");
+    assert_eq!(upload.path, "/v1/tlsrpt");
+    assert_eq!(
+        upload.header("content-type"),
+        Some("application/tlsrpt+gzip")
+    );
+    assert_eq!(counts(&gunzip(&upload.body)), expect);
+}
+
+/// Receives sd_notify messages from a daemon process.
+struct Notify {
+    sock: UnixDatagram,
+    path: PathBuf,
+}
+
+impl Notify {
+    fn new(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Notify { sock, path }
+    }
+
+    fn ready(&self) {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = self.sock.recv(&mut buf).expect("READY=1 from the daemon");
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                return;
+            }
+        }
+    }
+}
+
+fn serve(config: &Path, notify: &Notify) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("daemon: {line}");
+        }
+    });
+    notify.ready();
+    child
+}
+
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The daemon as packaged: counts survive kill -9 once stored, bad datagrams are
+/// counted and never stop it, and `tlsrpt show` / `tlsrpt send --partial` /
+/// `--dry-run` work against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_keeps_counts_across_kill_9_and_sends_on_request() {
+    let w = World::start().await;
+    w.dns.set_a("reports.test", std::net::Ipv4Addr::LOCALHOST);
+    w.https
+        .set_host_response("reports.test", HttpResponse::Policy(String::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let sendmail = capturing_sendmail(dir.path());
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, w.ca.cert_pem()).unwrap();
+    let socket = dir.path().join("run/tlsrpt/tlsrpt.sock");
+    let port = free_port();
+    let config = dir.path().join("mta-stsd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [cache]\npath = {:?}\n[resolver]\nnameservers = [\"{}\"]\n\
+             [fetch]\nca_file = {ca:?}\nallow_private_addresses = true\n\
+             [tlsrpt]\nenable = true\nsocket = {socket:?}\nsendmail = {sendmail:?}\n{SENDER}",
+            dir.path().join("cache"),
+            w.dns.addr()
+        ),
+    )
+    .unwrap();
+    let admin = format!("http://127.0.0.1:{port}");
+    let notify = Notify::new(dir.path());
+    let record = format!(
+        "v=TLSRPTv1;rua=mailto:tlsrpt@bad.test,https://reports.test:{}/r",
+        w.https.addr().port()
+    );
+
+    let mut child = serve(&config, &notify);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "socket_mode's default");
+    let mut datagrams: Vec<String> = (0..40)
+        .map(|i| datagram("bad.test", &record, i % 4 == 0))
+        .collect();
+    datagrams.extend((0..10).map(|_| datagram("good.test", &record, false)));
+    datagrams.push("{not json".into());
+    datagrams
+        .push(r#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":42,"f":0}]}"#.into());
+    datagrams.push(format!("{{\"d\":\"{}\"}}", "x".repeat(70_000)));
+    send(&socket, &datagrams);
+    wait_stored(&admin, 50, 2).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // The stale socket is replaced; what was stored is all there.
+    let mut child = serve(&config, &notify);
+    let today = Day::of(SystemClock.now()).to_string();
+    let c = config.to_str().unwrap();
+    let (code, out, err) = cli(&["tlsrpt", "show", "--config", c, "--day", &today, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let by_domain = |d: &str| {
+        view["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["domain"] == d)
+            .map(|r| {
+                (
+                    r["sessions"].as_u64().unwrap(),
+                    r["failures"].as_u64().unwrap(),
+                )
+            })
+    };
+    assert_eq!(by_domain("bad.test"), Some((40, 10)));
+    assert_eq!(by_domain("good.test"), Some((10, 0)));
+    let (code, text, _) = cli(&["tlsrpt", "show", "--config", c]);
+    assert_eq!(code, Some(0));
+    assert!(
+        text.contains("bad.test: 40 session(s), 10 failed"),
+        "{text}"
+    );
+
+    // A day not over needs --partial.
+    let (code, _, err) = cli(&["tlsrpt", "send", "--config", c, "--day", &today]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--partial"), "{err}");
+
+    // --dry-run writes what would be sent, and sends nothing.
+    let files = dir.path().join("dry");
+    let (code, out, err) = cli(&[
+        "tlsrpt",
+        "send",
+        "--config",
+        c,
+        "--day",
+        &today,
+        "--partial",
+        "--dry-run",
+        files.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let written: Vec<String> = std::fs::read_dir(&files)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        written.iter().filter(|f| f.ends_with(".json.gz")).count(),
+        2,
+        "{written:?}"
+    );
+    assert_eq!(
+        written.iter().filter(|f| f.ends_with(".eml")).count(),
+        2,
+        "{written:?}"
+    );
+    let gz = written
+        .iter()
+        .find(|f| f.starts_with("sender.test!bad.test!"))
+        .unwrap();
+    assert_eq!(
+        counts(&gunzip(&std::fs::read(files.join(gz)).unwrap())),
+        (30, 10)
+    );
+    assert!(w.https.received("reports.test").is_empty());
+    assert!(mails(dir.path()).is_empty());
+
+    // Sending now: both reports to both destinations.
+    let (code, out, err) = cli(&[
+        "tlsrpt",
+        "send",
+        "--config",
+        c,
+        "--day",
+        &today,
+        "--partial",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.matches(": sent").count(), 4, "{out}");
+    let uploads = w.https.received("reports.test");
+    assert_eq!(uploads.len(), 2);
+    assert!(
+        uploads
+            .iter()
+            .all(|u| u.header("content-type") == Some("application/tlsrpt+gzip"))
+    );
+    assert_eq!(mails(dir.path()).len(), 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
