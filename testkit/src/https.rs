@@ -80,16 +80,20 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// An HTTPS server on 127.0.0.1 that picks certificate and response by SNI.
+/// An HTTPS server on 127.0.0.1 that picks certificate and response by SNI. Clones
+/// are handles to the same server, which stops when the last one is dropped.
+#[derive(Clone)]
 pub struct TestHttps {
     addr: SocketAddr,
     state: Arc<State>,
-    task: tokio::task::JoinHandle<()>,
+    _task: Arc<AbortOnDrop>,
 }
 
-impl Drop for TestHttps {
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.task.abort();
+        self.0.abort();
     }
 }
 
@@ -132,7 +136,11 @@ impl TestHttps {
                 });
             }
         });
-        TestHttps { addr, state, task }
+        TestHttps {
+            addr,
+            state,
+            _task: Arc::new(AbortOnDrop(task)),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

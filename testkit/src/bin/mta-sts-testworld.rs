@@ -16,6 +16,10 @@
 //!   cert HOST valid|wrong-name|expired|untrusted   receiver certificate for HOST (SNI)
 //!   tlsa HOST match|mismatch           TLSA 3 0 1 at _25._tcp.HOST: the SHA-256 of
 //!                                      HOST's receiver certificate, or another digest
+//!   tlsrpt DOMAIN RUA[,RUA...]         TXT _smtp._tls.DOMAIN "v=TLSRPTv1; rua=..."
+//!   report-host HOST                   HOST -> 127.0.0.1, where the HTTPS server takes
+//!                                      report uploads (200); each upload's body is
+//!                                      written to MAIL_DIR/upload-HOST-N.gz
 //!   smtp IP tls|plain [KIND]           an SMTP receiver on IP:25, with or without
 //!                                      STARTTLS; KIND is the certificate for clients
 //!                                      that send no SNI (default: valid)
@@ -67,6 +71,7 @@ async fn main() {
     let https = TestHttps::serve(ca.clone(), https_listener);
     let certs = SmtpCerts::new(ca.clone());
     let mut receivers = Vec::new();
+    let mut uploads = Vec::new();
     println!("ready");
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -92,6 +97,23 @@ async fn main() {
             }
             ["down", domain] => {
                 https.remove(domain);
+                Ok(())
+            }
+            ["tlsrpt", domain, rua] => {
+                dns.set_txt(
+                    &format!("_smtp._tls.{domain}"),
+                    &[&format!("v=TLSRPTv1; rua={rua}")],
+                );
+                Ok(())
+            }
+            ["report-host", host] => {
+                dns.set_a(host, Ipv4Addr::LOCALHOST);
+                https.set_host_response(host, mta_stsd_testkit::HttpResponse::Policy(String::new()));
+                uploads.push(tokio::spawn(keep_uploads(
+                    https.clone(),
+                    host.to_string(),
+                    mail_dir.clone(),
+                )));
                 Ok(())
             }
             ["mx", domain, hosts @ ..] if !hosts.is_empty() && hosts.len() % 2 == 0 => {
@@ -152,6 +174,18 @@ async fn main() {
         match result {
             Ok(()) => println!("ok"),
             Err(e) => println!("error: {e}"),
+        }
+    }
+}
+
+/// Writes every upload to HOST into `dir` as `upload-HOST-N.gz`, as it arrives.
+async fn keep_uploads(https: TestHttps, host: String, dir: PathBuf) {
+    let mut written = 0;
+    loop {
+        let got = https.wait_for_received(&host, written + 1).await;
+        for r in &got[written..] {
+            written += 1;
+            let _ = std::fs::write(dir.join(format!("upload-{host}-{written}.gz")), &r.body);
         }
     }
 }
