@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 seconds=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(codec domain_key txt_record policy render_tlsrpt store_entry)
+[ ${#targets[@]} -gt 0 ] || targets=(codec domain_key txt_record policy render_tlsrpt store_entry tlsrpt_datagram)
 
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     fuzz=(cargo +nightly fuzz)

@@ -112,10 +112,60 @@ echo "postmap as postfix over $sock_dir/socketmap: NOTFOUND, as expected"
 kill -TERM "$upid"
 wait "$upid" || fail "unix-socket daemon did not exit 0 on SIGTERM"
 
+echo "== TLSRPT socket: the package's directory, the unit, a datagram from user postfix"
+rpt_dir=/var/spool/postfix/run/tlsrpt
+test -d "$rpt_dir" || fail "no $rpt_dir (postinst creates it when Postfix is installed)"
+[ "$(stat -c '%U:%G %a' "$rpt_dir")" = "_mta-stsd:postfix 2750" ] \
+    || fail "$rpt_dir is $(stat -c '%U:%G %a' "$rpt_dir"), want _mta-stsd:postfix 2750"
+grep -qx 'ReadWritePaths=-/var/spool/postfix/run/tlsrpt' "$unit" || fail "the unit may not write $rpt_dir"
+rpt_conf=$(mktemp)
+cat > "$rpt_conf" <<TOML
+[server]
+listen = ["127.0.0.1:18461"]
+[metrics]
+listen = "127.0.0.1:19461"
+[cache]
+path = "/var/lib/mta-stsd/cache-tlsrpt-test"
+[dane]
+mode = "off"
+[tlsrpt]
+enable = true
+organization_name = "Package Test"
+contact_info = "postmaster@example.com"
+report_from = "tlsrpt@example.com"
+TOML
+chmod 644 "$rpt_conf"
+mta-stsd check-config --config "$rpt_conf"
+(umask 0027; exec setpriv --reuid=_mta-stsd --regid=_mta-stsd --init-groups \
+    /usr/bin/mta-stsd serve --config "$rpt_conf") &
+rpid=$!
+for _ in $(seq 1 50); do
+    [ -S "$rpt_dir/tlsrpt.sock" ] && break
+    sleep 0.1
+done
+[ -S "$rpt_dir/tlsrpt.sock" ] || fail "no socket at $rpt_dir/tlsrpt.sock"
+[ "$(stat -c '%G %a' "$rpt_dir/tlsrpt.sock")" = "postfix 660" ] \
+    || fail "TLSRPT socket is $(stat -c '%G %a' "$rpt_dir/tlsrpt.sock"), want group postfix, 660"
+setpriv --reuid=postfix --regid=postfix --init-groups python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"{\"d\":\"example.net\",\"pr\":\"v=TLSRPTv1;rua=mailto:r@example.net\",\"policies\":[{\"policy-type\":9,\"f\":0}]}", sys.argv[1])
+' "$rpt_dir/tlsrpt.sock" || fail "user postfix cannot write to the TLSRPT socket"
+for _ in $(seq 1 50); do
+    mta-stsd tlsrpt show --config "$rpt_conf" 2>/dev/null | grep -q "example.net: 1 session" && break
+    sleep 0.1
+done
+mta-stsd tlsrpt show --config "$rpt_conf" | grep -q "example.net: 1 session" \
+    || fail "the datagram from user postfix was not counted"
+echo "TLSRPT datagram from user postfix over $rpt_dir/tlsrpt.sock: counted"
+kill -TERM "$rpid"
+wait "$rpid" || fail "TLSRPT daemon did not exit 0 on SIGTERM"
+
 echo "== dpkg --purge"
 dpkg --purge mta-stsd
 getent passwd _mta-stsd >/dev/null && fail "user left after purge"
 test ! -e /var/lib/mta-stsd || fail "state left after purge"
 test ! -e /etc/mta-stsd/mta-stsd.toml || fail "config left after purge"
 test ! -e /var/spool/postfix/mta-stsd || fail "socket directory left after purge"
+test ! -e /var/spool/postfix/run/tlsrpt || fail "TLSRPT socket directory left after purge"
 echo "package checks passed"

@@ -588,3 +588,83 @@ fn postfix_not_asking_the_daemon_and_a_broken_config() {
         "{maps}"
     );
 }
+
+/// Whether the installed Postfix's TLS library links libtlsrpt (trixie's does,
+/// bookworm-backports' 3.10.3 does not).
+fn installed_links_libtlsrpt() -> bool {
+    std::fs::read("/usr/lib/postfix/libpostfix-tls.so")
+        .map(|b| b.windows(9).any(|w| w == b"libtlsrpt"))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlsrpt_is_checked_on_both_sides() {
+    if !postfix_installed() {
+        return;
+    }
+    let w = World::start().await;
+    let root = world_dir();
+    let r = root.path();
+    let socket = r.join("spool/run/tlsrpt/tlsrpt.sock");
+    let tlsrpt = format!(
+        "[tlsrpt]\nenable = true\nsocket = {socket:?}\nsocket_mode = \"0666\"\n\
+         organization_name = \"Example\"\ncontact_info = \"postmaster@example.com\"\n\
+         report_from = \"tlsrpt@example.com\"\n"
+    );
+    let zones = format!("{}{tlsrpt}", fitting_zone());
+    let d = daemon(&w, r, &[], &zones).await;
+    assert!(socket.exists(), "the daemon made its TLSRPT socket");
+    let config = daemon_config(r, &d, None, &zones);
+    let maps = format!(
+        "smtp_tls_policy_maps = socketmap:inet:{}:postfix\nsmtp_tls_CAfile = {PUBLIC_ROOTS}\n",
+        d.tcp
+    );
+    let pf = postfix_dir(
+        r,
+        &format!(
+            "{maps}smtp_tlsrpt_enable = yes\nsmtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt.sock"
+        ),
+    );
+    let report = doctor(&config, &pf, &resolv(r)).await;
+    let message = report.message("tlsrpt");
+    if installed_version() < (3, 10) {
+        assert_eq!(report.level("tlsrpt"), ["warning"], "{}", report.text);
+        assert!(message.contains("3.10"), "{message}");
+    } else {
+        if installed_links_libtlsrpt() {
+            assert_eq!(report.level("tlsrpt"), ["ok"], "{}", report.text);
+        } else {
+            assert!(message.contains("built without libtlsrpt"), "{message}");
+        }
+        // The smtp service is chrooted: the relative name reaches the daemon's socket.
+        assert!(
+            message.contains(&format!(
+                "Postfix sends TLSRPT results to {}",
+                socket.display()
+            )),
+            "{message}"
+        );
+        assert_eq!(
+            report.level("tlsrpt.socket_access"),
+            ["ok"],
+            "{}",
+            report.text
+        );
+        assert_eq!(report.level("tlsrpt.dkim"), ["warning"], "{}", report.text);
+
+        // An absolute name in the chroot is another file.
+        let pf = postfix_dir(
+            r,
+            &format!(
+                "{maps}smtp_tlsrpt_enable = yes\nsmtp_tlsrpt_socket_name = {}",
+                socket.display()
+            ),
+        );
+        let report = doctor(&config, &pf, &resolv(r)).await;
+        let message = report.message("tlsrpt");
+        assert!(message.contains("does not reach"), "{message}");
+        assert!(message.contains("chrooted"), "{message}");
+        assert_eq!(report.code, Some(1), "warnings only: {}", report.text);
+    }
+    d.shutdown().await;
+}

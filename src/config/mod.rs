@@ -353,7 +353,8 @@ mod tests {
                 "[server]\nlisten = [\"unix:relative.sock\"]",
                 "server.listen",
             ),
-            ("[server]\nsocket_mode = \"999\"", "server.socket_mode"),
+            ("[server]\nsocket_mode = \"999\"", "socket_mode \"999\""),
+            ("[tlsrpt]\nsocket_mode = \"rw\"", "socket_mode \"rw\""),
             ("[fetch]\ntimeout = \"0s\"", "fetch.timeout"),
             ("[lookup]\ndeadline = \"5m\"", "lookup.deadline"),
             ("[cache]\nretry_after = \"1m\"", "cache.retry_after"),
@@ -457,5 +458,35 @@ mod tests {
         assert_eq!(c.dane.mode, d.dane.mode);
         assert_eq!(c.dane.validation, d.dane.validation);
         assert_eq!(c.dane.cache_entries, d.dane.cache_entries);
+        assert_eq!(c.tlsrpt, d.tlsrpt);
+    }
+
+    #[test]
+    fn tlsrpt_needs_a_sender_when_enabled() {
+        let e = Config::from_toml("[tlsrpt]\nenable = true\n", "t")
+            .unwrap_err()
+            .to_string();
+        for setting in [
+            "tlsrpt.organization_name",
+            "tlsrpt.contact_info",
+            "tlsrpt.report_from",
+        ] {
+            assert!(e.contains(setting), "{e}");
+        }
+        let e = Config::from_toml(
+            "[tlsrpt]\nenable = true\norganization_name = \"X\"\ncontact_info = \"a@b.test\"\nreport_from = \"-oQ@b.test\"\nsubmitter = \"not a domain\"\nsocket = \"rel.sock\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        for setting in ["tlsrpt.report_from", "tlsrpt.submitter", "tlsrpt.socket"] {
+            assert!(e.contains(setting), "{e}");
+        }
+        let ok = Config::from_toml(
+            "[tlsrpt]\nenable = true\norganization_name = \"Example\"\ncontact_info = \"postmaster@example.com\"\nreport_from = \"tlsrpt@Example.com\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.tlsrpt.submitter_domain(), "example.com");
     }
 }

@@ -51,7 +51,7 @@ impl TryFrom<String> for SocketMode {
             .ok()
             .filter(|m| *m <= 0o777)
             .map(SocketMode)
-            .ok_or_else(|| format!("{s:?} is not an octal mode like \"0660\""))
+            .ok_or_else(|| format!("socket_mode {s:?} is not an octal mode like \"0660\""))
     }
 }
 

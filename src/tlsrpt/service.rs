@@ -441,6 +441,11 @@ fn chgrp(path: &Path, group: &str) -> std::io::Result<()> {
             format!("no group named {group:?} (tlsrpt.socket_group)"),
         )
     })?;
+    // Already right (a setgid directory gives the socket its group): nothing to do,
+    // and no need to be a member of the group.
+    if std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(path)?) == gid {
+        return Ok(());
+    }
     std::os::unix::fs::chown(path, None, Some(gid))
 }
 

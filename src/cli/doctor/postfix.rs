@@ -73,6 +73,9 @@ pub(super) fn postfix_checks(
     }
     let any_chroot = services.iter().any(|(_, c)| *c);
     checks.push(trust_check(dir, &queue, any_chroot));
+    checks.extend(doctor::tlsrpt::check_tlsrpt(&tlsrpt_facts(
+        dir, config, &services, &queue,
+    )));
 
     let trust_ad = std::fs::read_to_string(&args.resolv_conf)
         .map(|t| doctor::resolv_conf_trusts_ad(&t))
@@ -210,6 +213,52 @@ fn mail_owner(dir: &Path) -> Result<User, String> {
         gids: id("-G")?,
         name,
     })
+}
+
+/// TLSRPT on both sides: the daemon's `[tlsrpt]`, Postfix's `smtp_tlsrpt_*` as each
+/// smtp service sees them, whether its TLS library links libtlsrpt, and the milters
+/// mail from sendmail passes (for DKIM).
+fn tlsrpt_facts(
+    dir: &Path,
+    config: &Config,
+    services: &[(String, bool)],
+    queue: &Path,
+) -> doctor::tlsrpt::TlsrptFacts {
+    // Postfix before 3.10 does not know the parameter: no default value.
+    let known = postconf(dir, &["-dh", "smtp_tlsrpt_enable"])
+        .map(|v| !v.trim().is_empty())
+        .unwrap_or(false);
+    let socket_name = param(dir, "smtp_tlsrpt_socket_name");
+    let seen_at = services
+        .iter()
+        .map(|(service, chrooted)| {
+            let root = chrooted.then_some(queue);
+            let p = doctor::host_path(Path::new(&socket_name), root, queue);
+            (service.clone(), *chrooted, p)
+        })
+        .collect();
+    let links = |p: PathBuf| -> Option<bool> {
+        let bytes = std::fs::read(p).ok()?;
+        Some(bytes.windows(9).any(|w| w == b"libtlsrpt"))
+    };
+    let built_with_libtlsrpt =
+        links(PathBuf::from(param(dir, "shlib_directory")).join("libpostfix-tls.so"))
+            .or_else(|| links(PathBuf::from(param(dir, "daemon_directory")).join("smtp")));
+    let socket = config.tlsrpt.socket.clone();
+    let access = mail_owner(dir).ok().map(|user| {
+        let (dirs, file) = path_access(&socket);
+        (dirs, file, user)
+    });
+    doctor::tlsrpt::TlsrptFacts {
+        daemon_enabled: config.tlsrpt.enable,
+        daemon_socket: socket,
+        postfix_enable: known.then(|| param(dir, "smtp_tlsrpt_enable")),
+        socket_name,
+        seen_at,
+        built_with_libtlsrpt,
+        access,
+        non_smtpd_milters: param(dir, "non_smtpd_milters"),
+    }
 }
 
 /// The metadata of every directory above `path` (outermost first) and of `path`.

@@ -108,7 +108,8 @@ async fn main() {
             }
             ["report-host", host] => {
                 dns.set_a(host, Ipv4Addr::LOCALHOST);
-                https.set_host_response(host, mta_stsd_testkit::HttpResponse::Policy(String::new()));
+                https
+                    .set_host_response(host, mta_stsd_testkit::HttpResponse::Policy(String::new()));
                 uploads.push(tokio::spawn(keep_uploads(
                     https.clone(),
                     host.to_string(),

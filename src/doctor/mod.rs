@@ -3,6 +3,8 @@
 //! `cli::doctor` gathers the facts (by running Postfix's own `postconf`, reading
 //! files, probing the daemon) and prints what these functions decide.
 
+pub mod tlsrpt;
+
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -314,17 +316,43 @@ pub fn check_socket_access(
     file: Option<Access>,
     user: &User,
 ) -> Check {
-    const NAME: &str = "postfix.socket_access";
+    socket_access(
+        "postfix.socket_access",
+        "server.socket_mode",
+        socket,
+        dirs,
+        file,
+        user,
+    )
+}
+
+/// [`check_socket_access`] under the check name `name`, whose fix names the mode
+/// setting `setting`.
+pub fn socket_access(
+    name: &str,
+    setting: &str,
+    socket: &Path,
+    dirs: &[(PathBuf, Access)],
+    file: Option<Access>,
+    user: &User,
+) -> Check {
     let Some(file) = file else {
         return Check::problem(
-            NAME,
+            name,
             format!("{} does not exist: is mta-stsd running?", socket.display()),
-            "start mta-stsd (systemctl start mta-stsd) and check server.listen",
+            format!(
+                "start mta-stsd (systemctl start mta-stsd) and check {}",
+                if setting.starts_with("tlsrpt") {
+                    "tlsrpt.socket"
+                } else {
+                    "server.listen"
+                }
+            ),
         );
     };
     if let Some((dir, _)) = dirs.iter().find(|(_, a)| !permits(user, *a, 0o1)) {
         return Check::problem(
-            NAME,
+            name,
             format!(
                 "user {} cannot enter {} on the way to {}",
                 user.name,
@@ -340,18 +368,18 @@ pub fn check_socket_access(
     }
     if !permits(user, file, 0o2) {
         return Check::problem(
-            NAME,
+            name,
             format!(
                 "user {} may not connect to {} (mode {:04o})",
                 user.name,
                 socket.display(),
                 file.mode & 0o7777
             ),
-            "set server.socket_mode = \"0666\" (or a group that includes Postfix's mail_owner)",
+            format!("set {setting} = \"0666\" (or a group that includes Postfix's mail_owner)"),
         );
     }
     Check::ok(
-        NAME,
+        name,
         format!("user {} can connect to {}", user.name, socket.display()),
     )
 }

@@ -1,0 +1,249 @@
+//! The verdicts on TLSRPT (RFC 8460) between Postfix and mta-stsd: does Postfix send
+//! its per-session TLS results (3.10 or later, built with libtlsrpt,
+//! `smtp_tlsrpt_enable`), to the daemon's socket, as a user that may write to it; and
+//! will mailed reports be DKIM-signed (RFC 8460 §5.3 requires it). None of this
+//! affects delivery, so nothing here is worse than a warning.
+
+use std::path::PathBuf;
+
+use super::{Access, Check, User, socket_access};
+
+/// What the command found about TLSRPT on both sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsrptFacts {
+    /// `[tlsrpt] enable`.
+    pub daemon_enabled: bool,
+    /// `[tlsrpt] socket`.
+    pub daemon_socket: PathBuf,
+    /// Postfix's `smtp_tlsrpt_enable`; `None` when Postfix does not know the
+    /// parameter (before 3.10).
+    pub postfix_enable: Option<String>,
+    /// Postfix's `smtp_tlsrpt_socket_name`, as written.
+    pub socket_name: String,
+    /// Where each smtp service (name, chrooted) finds that socket on the host.
+    pub seen_at: Vec<(String, bool, PathBuf)>,
+    /// Whether Postfix's TLS library links libtlsrpt (`None`: could not tell).
+    pub built_with_libtlsrpt: Option<bool>,
+    /// The socket's directories and file, for the access check, and Postfix's user.
+    pub access: Option<(Vec<(PathBuf, Access)>, Option<Access>, User)>,
+    /// Postfix's `non_smtpd_milters` (mail submitted with sendmail passes these).
+    pub non_smtpd_milters: String,
+}
+
+const NAME: &str = "tlsrpt";
+
+/// The TLSRPT checks; none when neither side has TLSRPT on.
+pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Check> {
+    let postfix_on = f
+        .postfix_enable
+        .as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+    let enable_fix = "postconf -e 'smtp_tlsrpt_enable = yes' 'smtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt.sock'; postfix reload";
+    if !f.daemon_enabled {
+        return if postfix_on {
+            vec![Check::warning(
+                NAME,
+                "Postfix sends TLSRPT results (smtp_tlsrpt_enable = yes), but mta-stsd does not collect them",
+                "set [tlsrpt] enable = true (with organization_name, contact_info, report_from) and restart mta-stsd",
+            )]
+        } else {
+            Vec::new()
+        };
+    }
+    let mut out = Vec::new();
+    if f.postfix_enable.is_none() {
+        out.push(Check::warning(
+            NAME,
+            "this Postfix has no TLSRPT support (Postfix 3.10 or later reports TLS results): mta-stsd will send no reports",
+            "upgrade Postfix (Debian trixie, or bookworm-backports), or set [tlsrpt] enable = false",
+        ));
+        return out;
+    }
+    if f.built_with_libtlsrpt == Some(false) {
+        out.push(Check::warning(
+            NAME,
+            "this Postfix is built without libtlsrpt: it sends no TLSRPT results",
+            "use a Postfix built with libtlsrpt (Debian trixie's is), or set [tlsrpt] enable = false",
+        ));
+    }
+    if !postfix_on {
+        out.push(Check::warning(
+            NAME,
+            "mta-stsd collects TLSRPT results, but Postfix does not send them (smtp_tlsrpt_enable is not yes)",
+            enable_fix,
+        ));
+        return out;
+    }
+    let elsewhere: Vec<String> = f
+        .seen_at
+        .iter()
+        .filter(|(_, _, p)| *p != f.daemon_socket)
+        .map(|(service, chrooted, p)| {
+            format!(
+                "service {service}{} writes to {}",
+                if *chrooted { " (chrooted)" } else { "" },
+                p.display()
+            )
+        })
+        .collect();
+    if !elsewhere.is_empty() {
+        out.push(Check::warning(
+            NAME,
+            format!(
+                "smtp_tlsrpt_socket_name = {} does not reach mta-stsd's socket {}: {}",
+                f.socket_name,
+                f.daemon_socket.display(),
+                elsewhere.join("; ")
+            ),
+            "set smtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt.sock (relative to queue_directory) and [tlsrpt] socket to the same file",
+        ));
+    } else {
+        out.push(Check::ok(
+            NAME,
+            format!(
+                "Postfix sends TLSRPT results to {}",
+                f.daemon_socket.display()
+            ),
+        ));
+    }
+    if let Some((dirs, file, user)) = &f.access {
+        let mut c = socket_access(
+            "tlsrpt.socket_access",
+            "tlsrpt.socket_mode",
+            &f.daemon_socket,
+            dirs,
+            *file,
+            user,
+        );
+        // Results that cannot be written are lost; mail is not affected.
+        c.level = c.level.min(super::Level::Warning);
+        out.push(c);
+    }
+    if f.non_smtpd_milters.trim().is_empty() {
+        out.push(Check::warning(
+            "tlsrpt.dkim",
+            "mailed reports will not be DKIM-signed (non_smtpd_milters is empty); RFC 8460 requires a signature, and receivers may discard unsigned reports",
+            "add your DKIM signer (OpenDKIM, rspamd, ...) to non_smtpd_milters, as for smtpd_milters",
+        ));
+    } else {
+        out.push(Check::ok(
+            "tlsrpt.dkim",
+            format!(
+                "mailed reports pass non_smtpd_milters ({}) for DKIM signing",
+                f.non_smtpd_milters.trim()
+            ),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Level;
+
+    fn facts() -> TlsrptFacts {
+        let sock = PathBuf::from("/var/spool/postfix/run/tlsrpt/tlsrpt.sock");
+        TlsrptFacts {
+            daemon_enabled: true,
+            daemon_socket: sock.clone(),
+            postfix_enable: Some("yes".into()),
+            socket_name: "run/tlsrpt/tlsrpt.sock".into(),
+            seen_at: vec![("smtp".into(), true, sock)],
+            built_with_libtlsrpt: Some(true),
+            access: None,
+            non_smtpd_milters: "inet:localhost:8891".into(),
+        }
+    }
+
+    fn levels(f: &TlsrptFacts) -> Vec<(String, Level)> {
+        check_tlsrpt(f)
+            .into_iter()
+            .map(|c| (c.check, c.level))
+            .collect()
+    }
+
+    #[test]
+    fn a_good_setup_is_ok() {
+        assert!(check_tlsrpt(&facts()).iter().all(|c| c.level == Level::Ok));
+    }
+
+    #[test]
+    fn each_gap_is_a_warning_with_a_fix() {
+        let mut off = facts();
+        off.daemon_enabled = false;
+        assert_eq!(levels(&off), vec![("tlsrpt".into(), Level::Warning)]);
+        off.postfix_enable = Some("no".into());
+        assert!(
+            check_tlsrpt(&off).is_empty(),
+            "neither side on: nothing to say"
+        );
+
+        let mut old = facts();
+        old.postfix_enable = None;
+        let c = check_tlsrpt(&old);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].message.contains("3.10"));
+
+        let mut unbuilt = facts();
+        unbuilt.built_with_libtlsrpt = Some(false);
+        assert!(check_tlsrpt(&unbuilt)[0].message.contains("libtlsrpt"));
+
+        let mut not_sending = facts();
+        not_sending.postfix_enable = Some("no".into());
+        let c = check_tlsrpt(&not_sending);
+        assert!(
+            c[0].fix
+                .as_deref()
+                .unwrap()
+                .contains("smtp_tlsrpt_enable = yes")
+        );
+
+        let mut elsewhere = facts();
+        elsewhere.seen_at[0].2 = PathBuf::from("/var/spool/postfix/var/run/tlsrpt.sock");
+        let c = check_tlsrpt(&elsewhere);
+        assert_eq!(c[0].level, Level::Warning);
+        assert!(c[0].message.contains("chrooted"), "{}", c[0].message);
+
+        let mut unsigned = facts();
+        unsigned.non_smtpd_milters = String::new();
+        assert!(levels(&unsigned).contains(&("tlsrpt.dkim".into(), Level::Warning)));
+    }
+
+    #[test]
+    fn a_socket_postfix_cannot_write_is_a_warning_not_a_problem() {
+        let mut f = facts();
+        let postfix = User {
+            name: "postfix".into(),
+            uid: 101,
+            gids: vec![102],
+        };
+        let dirs = vec![(
+            PathBuf::from("/var/spool/postfix/run/tlsrpt"),
+            Access {
+                mode: 0o2750,
+                uid: 999,
+                gid: 102,
+            },
+        )];
+        let file = Access {
+            mode: 0o640,
+            uid: 999,
+            gid: 102,
+        };
+        f.access = Some((dirs, Some(file), postfix));
+        let c = check_tlsrpt(&f);
+        let access = c
+            .iter()
+            .find(|c| c.check == "tlsrpt.socket_access")
+            .unwrap();
+        assert_eq!(access.level, Level::Warning);
+        assert!(
+            access
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("tlsrpt.socket_mode")
+        );
+    }
+}
