@@ -146,7 +146,7 @@ done
 [ -S "$rpt_dir/tlsrpt.sock" ] || fail "no socket at $rpt_dir/tlsrpt.sock"
 [ "$(stat -c '%G %a' "$rpt_dir/tlsrpt.sock")" = "postfix 660" ] \
     || fail "TLSRPT socket is $(stat -c '%G %a' "$rpt_dir/tlsrpt.sock"), want group postfix, 660"
-setpriv --reuid=postfix --regid=postfix --init-groups python3 -c '
+setpriv --reuid=postfix --regid=postfix --init-groups /usr/bin/python3 -c '
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.sendto(b"{\"d\":\"example.net\",\"pr\":\"v=TLSRPTv1;rua=mailto:r@example.net\",\"policies\":[{\"policy-type\":9,\"f\":0}]}", sys.argv[1])

@@ -505,3 +505,96 @@ async fn the_daemon_keeps_counts_across_kill_9_and_sends_on_request() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A session Postfix sent under no policy because the published policy could not be
+/// used is reported as that policy's failure, with the right RFC 8460 result type;
+/// a domain that publishes no policy stays `no-policy-found`. Nothing is counted
+/// twice.
+#[tokio::test]
+async fn policy_failures_mta_stsd_knows_replace_no_policy_sessions() {
+    let w = World::start().await;
+    w.publish(
+        "badcert.test",
+        "1",
+        &mta_stsd_testkit::policy_text("enforce", &["mx.badcert.test"], 86400),
+    );
+    w.https
+        .set_cert("badcert.test", mta_stsd_testkit::CertKind::WrongName);
+    w.publish(
+        "invalid.test",
+        "1",
+        "version: STSv1\nmode: enforce\nmax_age: 86400\n",
+    );
+    w.dns.set_txt("_mta-sts.down.test", &["v=STSv1; id=1;"]);
+    w.point_policy_host("down.test");
+    w.https.set_response(
+        "down.test",
+        HttpResponse::Raw {
+            status: 500,
+            content_type: None,
+            headers: vec![],
+            body: vec![],
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tlsrpt.sock");
+    let toml = format!("{LOOPBACK}[tlsrpt]\nenable = true\nsocket = {socket:?}\n{SENDER}");
+    let day = Day::parse("2026-12-04").unwrap();
+    let clock = ManualClock::new(day.start() + 3600);
+    let d = InProcess::start(&w, config_in(dir.path(), &toml), Arc::new(clock.clone())).await;
+    for domain in ["badcert.test", "invalid.test", "down.test", "plain.test"] {
+        assert_eq!(
+            common::ask_once(d.tcp, "postfix", domain).await,
+            "NOTFOUND ",
+            "{domain}"
+        );
+    }
+    let no_policy = |domain: &str| {
+        format!(
+            r#"{{"d":"{domain}","pr":"v=TLSRPTv1;rua=mailto:r@{domain}","policies":[{{"policy-type":9,"f":0}}]}}"#
+        )
+    };
+    let datagrams: Vec<String> = [
+        "badcert.test",
+        "invalid.test",
+        "down.test",
+        "plain.test",
+        "badcert.test",
+    ]
+    .iter()
+    .map(|d| no_policy(d))
+    .collect();
+    send(&socket, &datagrams);
+    wait_stored(d.http.as_deref().unwrap(), 5, 0).await;
+    let client = AdminClient::new(d.http.as_deref().unwrap(), Duration::from_secs(30)).unwrap();
+    let view = client.tlsrpt(TlsrptAction::Show, day, true).await.unwrap();
+    let report = |domain: &str| {
+        view.reports
+            .iter()
+            .find(|r| r.domain == domain)
+            .unwrap_or_else(|| panic!("{domain}: {view:?}"))
+            .report
+            .clone()
+    };
+    for (domain, result, sessions) in [
+        ("badcert.test", "sts-webpki-invalid", 2),
+        ("invalid.test", "sts-policy-invalid", 1),
+        ("down.test", "sts-policy-fetch-error", 1),
+    ] {
+        let r = report(domain);
+        let p = &r["policies"][0];
+        assert_eq!(r["policies"].as_array().unwrap().len(), 1, "{r}");
+        assert_eq!(p["policy"]["policy-type"], "sts", "{r}");
+        assert_eq!(p["policy"]["policy-domain"], domain);
+        assert_eq!(counts(&r), (0, sessions));
+        assert_eq!(p["failure-details"][0]["result-type"], result, "{r}");
+        assert_eq!(p["failure-details"][0]["failed-session-count"], sessions);
+    }
+    let plain = report("plain.test");
+    assert_eq!(
+        plain["policies"][0]["policy"]["policy-type"],
+        "no-policy-found"
+    );
+    assert_eq!(counts(&plain), (1, 0));
+    d.shutdown().await;
+}

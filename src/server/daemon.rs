@@ -382,8 +382,29 @@ fn start_tlsrpt(
         let service = service.clone();
         Box::new(move || service.http_client())
     };
-    let tlsrpt = crate::tlsrpt::service::Tlsrpt::new(t.clone(), store, clock, metrics, http);
+    let known: crate::tlsrpt::service::KnownFailures = {
+        let service = service.clone();
+        Box::new(move |domain| known_failure(&service, domain))
+    };
+    let tlsrpt = crate::tlsrpt::service::Tlsrpt::new(t.clone(), store, clock, metrics, http, known);
     (Some(tlsrpt), Some(socket))
+}
+
+/// Whether `domain` is answered "no policy" now because its published policy could
+/// not be used: no valid policy, the back-off after a failed fetch (RFC 8461 §3.3)
+/// still running, and that failure recorded (a TXT record without a policy clears it).
+fn known_failure(
+    service: &PolicyService,
+    domain: &str,
+) -> Option<(crate::tlsrpt::known::PolicyFailure, String)> {
+    let entry = service.cached(domain)?;
+    let now = service.now();
+    if entry.valid_policy(now).is_some() || !entry.is_negative(now) {
+        return None;
+    }
+    let failure = entry.failure.as_ref()?;
+    let kind = crate::tlsrpt::known::PolicyFailure::of(failure.class)?;
+    Some((kind, format!("{}: {}", failure.class, failure.message)))
 }
 
 /// Shutdown took longer than `SHUTDOWN_SETTLE`: abandon the discoveries still running,

@@ -8,6 +8,8 @@
 //! - [`datagram`]: libtlsrpt's datagram, parsed strictly (pure);
 //! - [`record`]: the TLSRPT record and its `rua` destinations, refused when unsafe
 //!   (pure);
+//! - [`known`]: sessions Postfix reports under no policy that were policy failures
+//!   mta-stsd knows of (pure);
 //! - [`counts`]: the counters datagrams become (pure);
 //! - [`report`]: the RFC 8460 §4 report made from counters (pure);
 //! - [`mail`]: the §5.3 message that carries a report by mail (pure);
@@ -20,6 +22,7 @@ pub mod counts;
 pub mod datagram;
 pub mod day;
 pub mod deliver;
+pub mod known;
 pub mod mail;
 pub mod record;
 pub mod report;

@@ -16,6 +16,7 @@ use super::counts::Tally;
 use super::datagram::{self, DatagramError, MAX_DATAGRAM};
 use super::day::Day;
 use super::deliver;
+use super::known::{PolicyFailure, reclassify};
 use super::mail::{self, Envelope};
 use super::record::{self, Destination};
 use super::report::{self, Report, Submitter};
@@ -37,6 +38,10 @@ const BAD_LOG_EVERY: u64 = 10;
 /// Where the HTTPS client comes from: discovery's, as currently configured.
 pub type HttpClient = Box<dyn Fn() -> reqwest::Client + Send + Sync>;
 
+/// Whether a domain's published policy could not be used when it was last looked up
+/// (and why): the cache knows.
+pub type KnownFailures = Box<dyn Fn(&str) -> Option<(PolicyFailure, String)> + Send + Sync>;
+
 pub struct Tlsrpt {
     config: TlsrptConfig,
     submitter: Submitter,
@@ -49,6 +54,7 @@ pub struct Tlsrpt {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     http: HttpClient,
+    known: KnownFailures,
 }
 
 /// One report of a day, with its destinations and what is recorded of each delivery
@@ -67,6 +73,7 @@ impl Tlsrpt {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         http: HttpClient,
+        known: KnownFailures,
     ) -> Arc<Self> {
         let submitter = Submitter {
             organization: config.organization_name.clone(),
@@ -83,6 +90,7 @@ impl Tlsrpt {
             clock,
             metrics,
             http,
+            known,
         })
     }
 
@@ -99,7 +107,8 @@ impl Tlsrpt {
             datagram::parse(bytes)
         };
         match parsed {
-            Ok(d) => {
+            Ok(mut d) => {
+                self.apply_known_failures(&mut d);
                 let day = Day::of(self.clock.now());
                 let mut pending = lock(&self.pending);
                 pending.add(day, &d);
@@ -121,6 +130,24 @@ impl Tlsrpt {
                     .with_label_values(&[result])
                     .inc();
                 self.log_bad(&e);
+            }
+        }
+    }
+
+    /// Sessions Postfix sent under no policy because the domain's policy could not be
+    /// used are reported as that policy's failure (see [`super::known`]).
+    fn apply_known_failures(&self, d: &mut super::datagram::Datagram) {
+        let mut known = None;
+        for result in &mut d.results {
+            if !result.policy.contains("\"policy-type\":9") {
+                continue;
+            }
+            let Some((failure, message)) = known.get_or_insert_with(|| (self.known)(&d.domain))
+            else {
+                return;
+            };
+            if let Some(moved) = reclassify(result, &d.domain, *failure, message) {
+                *result = moved;
             }
         }
     }
