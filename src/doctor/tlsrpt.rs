@@ -25,9 +25,20 @@ pub struct TlsrptFacts {
     /// Whether Postfix's TLS library links libtlsrpt (`None`: could not tell).
     pub built_with_libtlsrpt: Option<bool>,
     /// The socket's directories and file, for the access check, and Postfix's user.
-    pub access: Option<(Vec<(PathBuf, Access)>, Option<Access>, User)>,
+    pub access: Option<SocketAccess>,
     /// Postfix's `non_smtpd_milters` (mail submitted with sendmail passes these).
     pub non_smtpd_milters: String,
+}
+
+/// What decides whether Postfix's user may write to the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// Every directory on the way, outermost first.
+    pub dirs: Vec<(PathBuf, Access)>,
+    /// The socket itself, if it exists.
+    pub file: Option<Access>,
+    /// Postfix's `mail_owner`.
+    pub user: User,
 }
 
 const NAME: &str = "tlsrpt";
@@ -106,14 +117,14 @@ pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Check> {
             ),
         ));
     }
-    if let Some((dirs, file, user)) = &f.access {
+    if let Some(a) = &f.access {
         let mut c = socket_access(
             "tlsrpt.socket_access",
             "tlsrpt.socket_mode",
             &f.daemon_socket,
-            dirs,
-            *file,
-            user,
+            &a.dirs,
+            a.file,
+            &a.user,
         );
         // Results that cannot be written are lost; mail is not affected.
         c.level = c.level.min(super::Level::Warning);
@@ -231,7 +242,11 @@ mod tests {
             uid: 999,
             gid: 102,
         };
-        f.access = Some((dirs, Some(file), postfix));
+        f.access = Some(SocketAccess {
+            dirs,
+            file: Some(file),
+            user: postfix,
+        });
         let c = check_tlsrpt(&f);
         let access = c
             .iter()

@@ -247,7 +247,7 @@ fn tlsrpt_facts(
     let socket = config.tlsrpt.socket.clone();
     let access = mail_owner(dir).ok().map(|user| {
         let (dirs, file) = path_access(&socket);
-        (dirs, file, user)
+        doctor::tlsrpt::SocketAccess { dirs, file, user }
     });
     doctor::tlsrpt::TlsrptFacts {
         daemon_enabled: config.tlsrpt.enable,
