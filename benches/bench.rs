@@ -21,6 +21,9 @@ use mta_stsd::cache::store::{PolicyStore, SledStore};
 use mta_stsd::mtasts::policy::parse_policy;
 use mta_stsd_testkit::{RecordType, TestCa, TestDns, TestHttps, policy_text};
 
+#[path = "tlsrpt/ingest.rs"]
+mod tlsrpt_ingest;
+
 const HOT: &str = "hot.bench.test";
 const ECHO_REPLY: &[u8] = b"OK secure match=mx1.hot.bench.test:.mx.bench.test servername=hostname";
 
@@ -28,6 +31,8 @@ struct Opts {
     smoke: bool,
     daemon: PathBuf,
     python: Option<PathBuf>,
+    /// A venv with tlsrpt-reporter, for section 9's reference collector.
+    tlsrpt_venv: Option<PathBuf>,
     report: PathBuf,
 }
 
@@ -44,6 +49,7 @@ fn opts() -> Opts {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("target/release/mta-stsd")),
         python: value("--python").map(PathBuf::from),
+        tlsrpt_venv: value("--tlsrpt-venv").map(PathBuf::from),
         report: value("--report")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("benches/REPORT.md")),
@@ -565,6 +571,32 @@ fn main() {
     let dane = rt.block_on(dane_workload(&work, &ca, dane_n));
     eprintln!("DANE: {dane:?}");
 
+    // 9: TLSRPT datagram ingest, against the reference collector when its venv is
+    // given. BENCH_TLSRPT=N,DOMAINS overrides the size.
+    let (tlsrpt_n, tlsrpt_domains) = std::env::var("BENCH_TLSRPT")
+        .ok()
+        .and_then(|v| {
+            let (a, b) = v.split_once(',')?;
+            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+        })
+        .unwrap_or(if opts.smoke {
+            (20_000, 1_000)
+        } else {
+            (1_000_000, 10_000)
+        });
+    let tlsrpt = tlsrpt_ingest::run(
+        &opts.daemon,
+        &work,
+        tlsrpt_n,
+        tlsrpt_domains,
+        opts.tlsrpt_venv.as_deref(),
+    );
+    eprintln!(
+        "TLSRPT ingest: {:.0} datagrams/s, peak RSS {} KiB",
+        tlsrpt.ours.rate(tlsrpt_n),
+        tlsrpt.ours.peak_rss_kib
+    );
+
     // 4: cold start, 256 connections over distinct domains.
     let cold: Vec<String> = (0..cold_n).map(|i| format!("cold{i}.bench.test")).collect();
     let t0 = Instant::now();
@@ -1059,6 +1091,7 @@ fn main() {
             fill.as_secs_f64()
         ));
     }
+    report.push_str(&tlsrpt_ingest::section(&tlsrpt));
     if let Some(parent) = opts.report.parent() {
         let _ = std::fs::create_dir_all(parent);
     }

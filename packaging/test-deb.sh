@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deb=$(ls target/debian/mta-stsd_*.deb | tail -n 1)
-fail() { echo "package check failed: $*" >&2; exit 1; }
+# A failed check stops the daemons this script started, so none is left running.
+fail() { echo "package check failed: $*" >&2; kill $(jobs -p) 2>/dev/null || true; exit 1; }
 
 echo "== lintian $deb"
 lintian --fail-on error "$deb"

@@ -36,6 +36,7 @@ pub const REDIS_ADOPTED_TOTAL: &str = "mta_stsd_redis_policies_adopted_total";
 pub const TLSRPT_DATAGRAMS_TOTAL: &str = "mta_stsd_tlsrpt_datagrams_total";
 pub const TLSRPT_DATAGRAMS_UNSTORED: &str = "mta_stsd_tlsrpt_datagrams_unstored";
 pub const TLSRPT_REPORTS_TOTAL: &str = "mta_stsd_tlsrpt_reports_total";
+pub const TLSRPT_BATCHES_UNSYNCED: &str = "mta_stsd_tlsrpt_batches_unsynced";
 pub const TLSRPT_DELIVERIES_PENDING: &str = "mta_stsd_tlsrpt_deliveries_pending";
 pub const TLSRPT_OLDEST_PENDING_SECONDS: &str = "mta_stsd_tlsrpt_oldest_pending_delivery_seconds";
 
@@ -344,6 +345,8 @@ pub struct TlsrptMetrics {
     pub unstored: IntGauge,
     /// scheme (mailto|https), result (sent|failed|gave_up)
     pub reports: IntCounterVec,
+    /// In a fleet: batches of counters stored here and not yet in Redis.
+    pub unsynced: IntGauge,
     /// Deliveries of finished days not yet made.
     pub pending: IntGauge,
     /// Age of the oldest delivery still waiting past its first try.
@@ -367,6 +370,10 @@ impl TlsrptMetrics {
                 "TLSRPT report deliveries, by scheme (mailto, https) and result (sent, failed, gave_up).",
                 &["scheme", "result"],
             )?,
+            unsynced: IntGauge::new(
+                TLSRPT_BATCHES_UNSYNCED,
+                "With cache.backend = redis: batches of TLSRPT counters stored here and not yet added to the fleet's (Redis down).",
+            )?,
             pending: IntGauge::new(
                 TLSRPT_DELIVERIES_PENDING,
                 "TLSRPT report deliveries of finished days not yet made.",
@@ -383,6 +390,7 @@ impl TlsrptMetrics {
             Box::new(self.datagrams.clone()),
             Box::new(self.unstored.clone()),
             Box::new(self.reports.clone()),
+            Box::new(self.unsynced.clone()),
             Box::new(self.pending.clone()),
             Box::new(self.oldest_pending.clone()),
         ]

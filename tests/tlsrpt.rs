@@ -326,7 +326,25 @@ impl Notify {
     }
 }
 
-fn serve(config: &Path, notify: &Notify) -> Child {
+/// A daemon process, killed (SIGKILL) when dropped, so that a failing test leaves
+/// none behind.
+struct Daemon(Child);
+
+impl Daemon {
+    fn kill_9(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(config: &Path, notify: &Notify) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
         .args(["serve", "--config"])
         .arg(config)
@@ -343,7 +361,7 @@ fn serve(config: &Path, notify: &Notify) -> Child {
         }
     });
     notify.ready();
-    child
+    Daemon(child)
 }
 
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
@@ -393,7 +411,7 @@ async fn the_daemon_keeps_counts_across_kill_9_and_sends_on_request() {
         w.https.addr().port()
     );
 
-    let mut child = serve(&config, &notify);
+    let child = serve(&config, &notify);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o660, "socket_mode's default");
     let mut datagrams: Vec<String> = (0..40)
@@ -406,11 +424,10 @@ async fn the_daemon_keeps_counts_across_kill_9_and_sends_on_request() {
     datagrams.push(format!("{{\"d\":\"{}\"}}", "x".repeat(70_000)));
     send(&socket, &datagrams);
     wait_stored(&admin, 50, 2).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill_9();
 
     // The stale socket is replaced; what was stored is all there.
-    let mut child = serve(&config, &notify);
+    let child = serve(&config, &notify);
     let today = Day::of(SystemClock.now()).to_string();
     let c = config.to_str().unwrap();
     let (code, out, err) = cli(&["tlsrpt", "show", "--config", c, "--day", &today, "--json"]);
@@ -502,8 +519,7 @@ async fn the_daemon_keeps_counts_across_kill_9_and_sends_on_request() {
             .all(|u| u.header("content-type") == Some("application/tlsrpt+gzip"))
     );
     assert_eq!(mails(dir.path()).len(), 2);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill_9();
 }
 
 /// A session Postfix sent under no policy because the published policy could not be
@@ -597,4 +613,157 @@ async fn policy_failures_mta_stsd_knows_replace_no_policy_sessions() {
     );
     assert_eq!(counts(&plain), (1, 0));
     d.shutdown().await;
+}
+
+/// The sessions a daemon's admin API shows for `domain` on `day` (fleet-wide in a
+/// fleet), once they reach `want`.
+async fn wait_sessions(client: &AdminClient, day: Day, domain: &str, want: u64) {
+    let mut seen = 0;
+    // Up to 30 s: Redis coming back is noticed after the shared cache's back-off.
+    for _ in 0..1200 {
+        if let Ok(view) = client.tlsrpt(TlsrptAction::Show, day, true).await {
+            seen = view
+                .reports
+                .iter()
+                .filter(|r| r.domain == domain)
+                .map(|r| r.sessions)
+                .sum();
+            if seen == want {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{domain}: {seen} sessions, not {want}");
+}
+
+/// Two daemons sharing Redis count together (a datagram counted while Redis is down
+/// is added once it is back, never twice) and send each report once, even when the
+/// daemon that took a delivery's lease dies before it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_counts_together_and_sends_each_report_once() {
+    assert!(
+        mta_stsd_testkit::RedisServer::installed(),
+        "this test needs Debian's redis-server (apt-get install redis-server)"
+    );
+    let port = free_port();
+    let mut redis = mta_stsd_testkit::RedisServer::start_on_port(port);
+    let w = World::start().await;
+    w.dns.set_a("reports.test", std::net::Ipv4Addr::LOCALHOST);
+    w.https
+        .set_host_response("reports.test", HttpResponse::Policy(String::new()));
+    let https_rua = format!("https://reports.test:{}/v1/tlsrpt", w.https.addr().port());
+    let record = format!("v=TLSRPTv1; rua=mailto:tlsrpt@bad.test,{https_rua}");
+    let mail_dir = tempfile::tempdir().unwrap();
+    let sendmail = capturing_sendmail(mail_dir.path());
+    let day = Day::parse("2026-12-04").unwrap();
+    let clock = ManualClock::new(day.start() + 3600);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = |dir: &Path| {
+        let socket = dir.join("tlsrpt.sock");
+        let toml = format!(
+            "{LOOPBACK}[cache]\nbackend = \"redis\"\n[cache.redis]\nurl = \"{}\"\ntimeout = \"2s\"\n\
+             [tlsrpt]\nenable = true\nsocket = {socket:?}\nsendmail = {sendmail:?}\n{SENDER}",
+            redis.url()
+        );
+        InProcess::start(&w, config_in(dir, &toml), Arc::new(clock.clone()))
+    };
+    let a = start(dir_a.path()).await;
+    let b = start(dir_b.path()).await;
+    let admin_a = AdminClient::new(a.http.as_deref().unwrap(), Duration::from_secs(30)).unwrap();
+    send(
+        &dir_a.path().join("tlsrpt.sock"),
+        &[
+            datagram("bad.test", &record, false),
+            datagram("bad.test", &record, true),
+            datagram("bad.test", &record, true),
+        ],
+    );
+    send(
+        &dir_b.path().join("tlsrpt.sock"),
+        &[
+            datagram("bad.test", &record, false),
+            datagram("bad.test", &record, false),
+        ],
+    );
+    wait_sessions(&admin_a, day, "bad.test", 5).await;
+
+    // Redis down (it keeps its data, as a persistent Redis does): A keeps counting on
+    // its own and adds what it counted when Redis is back, once.
+    assert_eq!(redis.cli(&["SAVE"]), "OK");
+    redis.stop();
+    send(
+        &dir_a.path().join("tlsrpt.sock"),
+        &[datagram("bad.test", &record, true)],
+    );
+    wait_stored(a.http.as_deref().unwrap(), 4, 0).await;
+    redis.start();
+    wait_sessions(&admin_a, day, "bad.test", 6).await;
+    let tlsrpt_a = a.state.tlsrpt.clone().unwrap();
+    let tlsrpt_b = b.state.tlsrpt.clone().unwrap();
+    tlsrpt_a.sync_fleet().await;
+    clock.advance(24 * 3600 + 4 * 3600);
+    // B sees the same counts (its first command after Redis restarted may fail and
+    // reconnect).
+    let admin_b = AdminClient::new(b.http.as_deref().unwrap(), Duration::from_secs(30)).unwrap();
+    wait_sessions(&admin_b, day, "bad.test", 6).await;
+    let view = admin_a
+        .tlsrpt(TlsrptAction::Show, day, false)
+        .await
+        .unwrap();
+    assert_eq!(view.reports.len(), 1, "one report for the fleet: {view:?}");
+    assert_eq!((view.reports[0].sessions, view.reports[0].failures), (6, 3));
+    let report_id = view.reports[0].id.clone();
+
+    // A batch replayed after a crash (applied, but not yet removed from the outbox) is
+    // not added again.
+    let fleet = mta_stsd::tlsrpt::fleet::FleetReports::new(a.service.shared().unwrap().clone(), 10);
+    let mut batch = mta_stsd::tlsrpt::counts::Tally::default();
+    let other = "v=TLSRPTv1; rua=ftp://nowhere.test/";
+    batch.add(
+        day,
+        &mta_stsd::tlsrpt::datagram::parse(datagram("replay.test", other, false).as_bytes())
+            .unwrap(),
+    );
+    assert!(fleet.apply("replay-1", &batch).await.unwrap());
+    assert!(!fleet.apply("replay-1", &batch).await.unwrap());
+    let replayed = fleet.day(day).await.unwrap();
+    let (_, policies) = replayed
+        .iter()
+        .find(|(g, _)| g.domain == "replay.test")
+        .unwrap();
+    assert_eq!(policies[0].1.sessions, 1);
+
+    // A daemon that died while sending left its lease on the HTTPS delivery: the
+    // others skip that delivery until the lease expires, then one of them sends it.
+    let lease = format!("mta-stsd:tlsrpt:lease:{report_id}:{https_rua}");
+    assert_eq!(
+        redis.cli(&["SET", &lease, "dead-daemon", "PX", "1500"]),
+        "OK"
+    );
+    let (ra, rb) = tokio::join!(tlsrpt_a.send_due(), tlsrpt_b.send_due());
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(mails(mail_dir.path()).len(), 1, "one mail from the fleet");
+    assert!(
+        w.https.received("reports.test").is_empty(),
+        "the lease holds"
+    );
+    while redis.cli(&["EXISTS", &lease]) == "1" {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ra, rb) = tokio::join!(tlsrpt_a.send_due(), tlsrpt_b.send_due());
+    ra.unwrap();
+    rb.unwrap();
+    let uploads = w.https.received("reports.test");
+    assert_eq!(uploads.len(), 1, "one upload from the fleet");
+    check_upload(&uploads[0], (3, 3));
+    let (ra, rb) = tokio::join!(tlsrpt_a.send_due(), tlsrpt_b.send_due());
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(w.https.received("reports.test").len(), 1);
+    assert_eq!(mails(mail_dir.path()).len(), 1);
+    drop((tlsrpt_a, tlsrpt_b));
+    a.shutdown().await;
+    b.shutdown().await;
 }

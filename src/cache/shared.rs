@@ -197,8 +197,22 @@ impl SharedCache {
         format!("{} {kind} {domain}", self.node)
     }
 
+    /// The connection, the key prefix and this daemon's name on the channel, for
+    /// other fleet-wide state kept in the same Redis (TLSRPT's counters).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Runs one Redis operation within the timeout, unless Redis is backing off.
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         op: &'static str,
         f: impl Future<Output = redis::RedisResult<T>>,

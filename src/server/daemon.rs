@@ -370,7 +370,7 @@ fn start_tlsrpt(
             }
         }
     };
-    let socket = match crate::tlsrpt::service::bind(t) {
+    let socket = match crate::tlsrpt::socket::bind(t) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(socket = %t.socket.display(), error = %crate::io_error_text(&e), "cannot bind the TLSRPT socket; TLSRPT is off until restart");
@@ -386,7 +386,19 @@ fn start_tlsrpt(
         let service = service.clone();
         Box::new(move |domain| known_failure(&service, domain))
     };
-    let tlsrpt = crate::tlsrpt::service::Tlsrpt::new(t.clone(), store, clock, metrics, http, known);
+    let fleet = service.shared().map(|shared| {
+        Arc::new(crate::tlsrpt::fleet::FleetReports::new(
+            shared.clone(),
+            t.keep_days.get() as u64,
+        ))
+    });
+    if fleet.is_some() {
+        tracing::info!(
+            "TLSRPT counters shared with the fleet through Redis; one daemon sends each report"
+        );
+    }
+    let links = crate::tlsrpt::service::Links { http, known, fleet };
+    let tlsrpt = crate::tlsrpt::service::Tlsrpt::new(t.clone(), store, clock, metrics, links);
     (Some(tlsrpt), Some(socket))
 }
 

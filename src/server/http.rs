@@ -210,13 +210,7 @@ async fn tlsrpt(
     }
     let outcomes = match action {
         TlsrptAction::Send => tlsrpt.deliver_day(day, true, partial).await,
-        TlsrptAction::Show | TlsrptAction::Files => {
-            let t = tlsrpt.clone();
-            match tokio::task::spawn_blocking(move || t.show(day, partial)).await {
-                Ok(r) => r,
-                Err(e) => Err(crate::cache::store::StoreError::Backend(e.to_string())),
-            }
-        }
+        TlsrptAction::Show | TlsrptAction::Files => tlsrpt.show(day, partial).await,
     };
     let outcomes = match outcomes {
         Ok(o) => o,

@@ -15,17 +15,23 @@
 //! - [`mail`]: the §5.3 message that carries a report by mail (pure);
 //! - [`store`]: the counters and delivery records on disk;
 //! - [`deliver`]: sending one report to one destination (HTTPS, sendmail);
+//! - [`fleet`]: the fleet's counters, deliveries and leases in Redis;
 //! - [`schedule`]: which deliveries are due, and their retries (pure);
-//! - [`service`]: the collector socket and the sender, around one store.
+//! - [`service`]: the collector, and where counters and deliveries are kept;
+//! - [`sender`]: the daily reports to their destinations;
+//! - [`socket`]: the collector's unix datagram socket.
 
 pub mod counts;
 pub mod datagram;
 pub mod day;
 pub mod deliver;
+pub mod fleet;
 pub mod known;
 pub mod mail;
 pub mod record;
 pub mod report;
 pub mod schedule;
+pub mod sender;
 pub mod service;
+pub mod socket;
 pub mod store;

@@ -1,11 +1,9 @@
-//! The TLSRPT service: the collector (Postfix's datagrams into counters, stored
-//! within a second) and the sender (each finished day's reports to their
-//! destinations, each delivery recorded), around one [`ReportStore`].
+//! The TLSRPT service: its state, the collector (Postfix's datagrams into counters,
+//! stored within a second; in a fleet, moved on to Redis), and where counters and
+//! delivery records are kept (this daemon's store, or the fleet's Redis). The sender
+//! is [`super::sender`].
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 use super::counts::Tally;
 use super::datagram::{self, DatagramError, MAX_DATAGRAM};
 use super::day::Day;
-use super::deliver;
+use super::fleet::FleetReports;
 use super::known::{PolicyFailure, reclassify};
-use super::mail::{self, Envelope};
-use super::record::{self, Destination};
-use super::report::{self, Report, Submitter};
-use super::schedule::{Delivery, State};
-use super::store::ReportStore;
+use super::record::Destination;
+use super::report::{Report, Submitter};
+use super::schedule::Delivery;
+use super::store::{DayCounts, ReportStore};
+use crate::cache::shared::SharedError;
 use crate::cache::store::StoreError;
 use crate::clock::Clock;
 use crate::config::TlsrptConfig;
@@ -30,8 +28,10 @@ use crate::metrics::Metrics;
 
 /// Counters reach the disk at least this often.
 pub const PERSIST_EVERY: Duration = Duration::from_millis(500);
+/// How long a daemon of a fleet may take to send one report before another may.
+const LEASE: Duration = Duration::from_secs(300);
 /// How often the sender looks for due deliveries.
-const SEND_EVERY: Duration = Duration::from_secs(60);
+pub(super) const SEND_EVERY: Duration = Duration::from_secs(60);
 /// At most one log line about bad datagrams this often (with how many were not logged).
 const BAD_LOG_EVERY: u64 = 10;
 
@@ -42,19 +42,28 @@ pub type HttpClient = Box<dyn Fn() -> reqwest::Client + Send + Sync>;
 /// (and why): the cache knows.
 pub type KnownFailures = Box<dyn Fn(&str) -> Option<(PolicyFailure, String)> + Send + Sync>;
 
+/// What the service takes from the rest of the daemon.
+pub struct Links {
+    pub http: HttpClient,
+    pub known: KnownFailures,
+    /// With `cache.backend = "redis"`: the fleet's counters, deliveries and leases.
+    pub fleet: Option<Arc<FleetReports>>,
+}
+
 pub struct Tlsrpt {
-    config: TlsrptConfig,
-    submitter: Submitter,
-    store: Arc<dyn ReportStore>,
+    pub(super) config: TlsrptConfig,
+    pub(super) submitter: Submitter,
+    pub(super) store: Arc<dyn ReportStore>,
     /// Counted and not yet stored.
-    pending: Mutex<Tally>,
+    pub(super) pending: Mutex<Tally>,
     /// Days whose every delivery is done (sent or given up), not looked at again.
-    finished: Mutex<HashSet<Day>>,
-    bad_log: Mutex<(u64, u64)>,
-    clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
-    http: HttpClient,
-    known: KnownFailures,
+    pub(super) finished: Mutex<HashSet<Day>>,
+    pub(super) bad_log: Mutex<(u64, u64)>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) http: HttpClient,
+    pub(super) known: KnownFailures,
+    pub(super) fleet: Option<Arc<FleetReports>>,
 }
 
 /// One report of a day, with its destinations and what is recorded of each delivery
@@ -72,8 +81,7 @@ impl Tlsrpt {
         store: Arc<dyn ReportStore>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
-        http: HttpClient,
-        known: KnownFailures,
+        links: Links,
     ) -> Arc<Self> {
         let submitter = Submitter {
             organization: config.organization_name.clone(),
@@ -89,8 +97,9 @@ impl Tlsrpt {
             bad_log: Mutex::new((0, 0)),
             clock,
             metrics,
-            http,
-            known,
+            http: links.http,
+            known: links.known,
+            fleet: links.fleet,
         })
     }
 
@@ -172,7 +181,11 @@ impl Tlsrpt {
         if tally.is_empty() {
             return Ok(0);
         }
-        let stored = self.store.add(&tally).and_then(|()| self.store.flush());
+        let added = match self.fleet {
+            Some(_) => self.store.outbox_add(&tally),
+            None => self.store.add(&tally),
+        };
+        let stored = added.and_then(|()| self.store.flush());
         let mut pending = lock(&self.pending);
         let n = tally.datagrams;
         if stored.is_err() {
@@ -199,10 +212,14 @@ impl Tlsrpt {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                _ = tick.tick() => failing = self.persist_logged(failing).await,
+                _ = tick.tick() => {
+                    failing = self.persist_logged(failing).await;
+                    self.sync_fleet().await;
+                }
             }
         }
         self.persist_logged(failing).await;
+        self.sync_fleet().await;
     }
 
     /// [`Self::persist`] off the async threads, logging a failure once until it
@@ -227,274 +244,124 @@ impl Tlsrpt {
         }
     }
 
-    /// Sends due reports every minute until `stop`.
-    pub async fn send_loop(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            let me = self.clone();
-            if let Err(e) = me.send_due().await {
-                tracing::warn!(error = %e, "TLSRPT sender cannot read its store; retrying");
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(SEND_EVERY) => {}
-            }
-        }
-    }
-
-    /// One pass of the sender: every finished day's due deliveries, then pruning.
-    pub async fn send_due(&self) -> Result<(), StoreError> {
-        let now = self.clock.now();
-        let today = Day::of(now);
-        let (mut pending, mut oldest) = (0i64, 0u64);
-        for day in self.store.days()? {
-            if day >= today || lock(&self.finished).contains(&day) {
-                continue;
-            }
-            let mut open = false;
-            for outcome in self.deliver_day(day, false, false).await? {
-                for d in outcome.destinations.iter().filter_map(|(_, d)| d.as_ref()) {
-                    if d.state == State::Pending {
-                        open = true;
-                        pending += 1;
-                        if d.first_try < now {
-                            oldest = oldest.max(now - d.first_try);
-                        }
-                    }
-                }
-            }
-            if !open {
-                lock(&self.finished).insert(day);
-            }
-        }
-        self.metrics.tlsrpt.pending.set(pending);
-        self.metrics.tlsrpt.oldest_pending.set(oldest as i64);
-        let keep = self.config.keep_days.get() as u64;
-        let removed = self.store.prune_before(today.minus(keep))?;
-        if removed > 0 {
-            tracing::info!(keys = removed, keep_days = keep, "TLSRPT: old days pruned");
-            lock(&self.finished).retain(|d| *d >= today.minus(keep));
-        }
-        Ok(())
-    }
-
-    /// The reports of `day` as they stand now; `partial` marks them as covering a
-    /// day not yet over (a distinct report id, never recorded as the day's report).
-    pub fn reports(&self, day: Day, partial: bool) -> Result<Vec<Report>, StoreError> {
-        let now = self.clock.now();
-        Ok(self
-            .store
-            .day(day)?
-            .iter()
-            .map(|(group, policies)| {
-                if partial {
-                    report::partial(&self.submitter, group, policies, now)
-                } else {
-                    report::build(&self.submitter, group, policies)
-                }
-            })
-            .collect())
-    }
-
-    /// `day`'s reports as they stand, with what is recorded of their deliveries.
-    pub fn show(&self, day: Day, partial: bool) -> Result<Vec<Outcome>, StoreError> {
-        let mut outcomes = Vec::new();
-        for report in self.reports(day, partial)? {
-            let dests = record::destinations(&report.group.record).unwrap_or_default();
-            let mut destinations = Vec::new();
-            for dest in dests.usable {
-                let d = self.store.delivery(day, &report.id, &dest.to_string())?;
-                destinations.push((dest, d));
-            }
-            outcomes.push(Outcome {
-                report,
-                destinations,
-                refused: dests.refused,
-            });
-        }
-        Ok(outcomes)
-    }
-
     /// Datagrams counted in memory and not yet stored.
     pub fn unstored(&self) -> u64 {
         lock(&self.pending).datagrams
     }
 
-    /// Delivers `day`'s reports: the due ones, or with `now_all` every one not yet
-    /// sent. A partial report (`partial`, for a day not over) is sent to every
-    /// destination and recorded under its own id.
-    pub async fn deliver_day(
+    /// Where counters are read from and deliveries recorded: the fleet's Redis, or
+    /// this daemon's store.
+    pub(super) async fn days(&self) -> Result<Vec<Day>, StoreError> {
+        match &self.fleet {
+            Some(f) => f.days().await.map_err(fleet_error),
+            None => self.store.days(),
+        }
+    }
+
+    pub(super) async fn day_counts(&self, day: Day) -> Result<DayCounts, StoreError> {
+        match &self.fleet {
+            Some(f) => f.day(day).await.map_err(fleet_error),
+            None => self.store.day(day),
+        }
+    }
+
+    pub(super) async fn delivery(
         &self,
         day: Day,
-        now_all: bool,
-        partial: bool,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let mut outcomes = Vec::new();
-        for report in self.reports(day, partial)? {
-            let dests = match record::destinations(&report.group.record) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(domain = %report.group.domain, error = %e, "TLSRPT: record unusable; no report sent");
-                    continue;
-                }
-            };
-            let mut outcome = Outcome {
-                report,
-                destinations: Vec::new(),
-                refused: dests.refused,
-            };
-            for dest in dests.usable {
-                let d = self.deliver_one(&outcome.report, &dest, now_all).await?;
-                outcome.destinations.push((dest, Some(d)));
-            }
-            outcomes.push(outcome);
+        report: &str,
+        dest: &str,
+    ) -> Result<Option<Delivery>, StoreError> {
+        match &self.fleet {
+            Some(f) => f.delivery(day, report, dest).await.map_err(fleet_error),
+            None => self.store.delivery(day, report, dest),
         }
-        Ok(outcomes)
     }
 
-    async fn deliver_one(
+    /// Records a delivery; with `only_new`, keeps one already recorded (by another
+    /// daemon of the fleet) and returns that.
+    pub(super) async fn record_delivery(
         &self,
-        report: &Report,
-        dest: &Destination,
-        now_all: bool,
+        day: Day,
+        report: &str,
+        dest: &str,
+        d: &Delivery,
+        only_new: bool,
     ) -> Result<Delivery, StoreError> {
-        let day = report.group.day;
-        let key = dest.to_string();
-        let mut d = match self.store.delivery(day, &report.id, &key)? {
-            Some(d) => d,
-            None => {
-                let spread = self.config.spread.as_secs();
-                let d = Delivery::new(day, random_offset(&report.id, &key), spread);
-                self.store.set_delivery(day, &report.id, &key, &d)?;
-                d
-            }
-        };
-        let now = self.clock.now();
-        let due = d.due(now) || (now_all && d.state != State::Sent);
-        if !due {
-            return Ok(d);
+        match &self.fleet {
+            Some(f) => f
+                .set_delivery(day, report, dest, d, only_new)
+                .await
+                .map_err(fleet_error),
+            None => self
+                .store
+                .set_delivery(day, report, dest, d)
+                .map(|()| d.clone()),
         }
-        if d.state == State::GaveUp {
-            d.state = State::Pending;
+    }
+
+    /// The right to send a delivery now: always for a single daemon; in a fleet, a
+    /// lease no other daemon holds (`None` while one does).
+    pub(super) async fn lease(
+        &self,
+        report: &str,
+        dest: &str,
+    ) -> Result<Option<String>, StoreError> {
+        match &self.fleet {
+            Some(f) => f.lease(report, dest, LEASE).await.map_err(fleet_error),
+            None => Ok(Some(String::new())),
         }
-        let scheme = dest.scheme();
-        match self.send(report, dest).await {
-            Ok(()) => {
-                d.sent(self.clock.now());
-                self.metrics
-                    .tlsrpt
-                    .reports
-                    .with_label_values(&[scheme, "sent"])
-                    .inc();
-                tracing::info!(domain = %report.group.domain, destination = %key, report = %report.id, "TLSRPT report sent");
+    }
+
+    pub(super) async fn release(&self, report: &str, dest: &str, token: &str) {
+        if let Some(f) = &self.fleet {
+            f.release(report, dest, token).await;
+        }
+    }
+
+    pub(super) async fn prune_before(&self, day: Day) -> Result<usize, StoreError> {
+        if let Some(f) = &self.fleet {
+            f.prune_before(day).await.map_err(fleet_error)?;
+        }
+        self.store.prune_before(day)
+    }
+
+    /// Moves stored outbox batches into the fleet's counters, oldest first, until the
+    /// outbox is empty or Redis fails (the rest waits for the next call).
+    pub async fn sync_fleet(&self) {
+        let Some(fleet) = &self.fleet else { return };
+        loop {
+            let batches = match self.store.outbox(64) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the TLSRPT outbox");
+                    break;
+                }
+            };
+            if batches.is_empty() {
+                break;
             }
-            Err(e) => {
-                let state = d.failed(self.clock.now(), e.clone(), self.config.retry_for.as_secs());
-                let result = if state == State::GaveUp {
-                    "gave_up"
-                } else {
-                    "failed"
-                };
-                self.metrics
-                    .tlsrpt
-                    .reports
-                    .with_label_values(&[scheme, result])
-                    .inc();
-                if state == State::GaveUp {
-                    tracing::error!(domain = %report.group.domain, destination = %key, attempts = d.attempts, error = %e, "TLSRPT report given up");
-                } else {
-                    tracing::warn!(domain = %report.group.domain, destination = %key, attempts = d.attempts, error = %e, "TLSRPT report not delivered; will retry");
+            for (key, id, tally) in batches {
+                if fleet.apply(&id, &tally).await.is_err() {
+                    // Logged by the shared cache; kept for the next try.
+                    self.metrics
+                        .tlsrpt
+                        .unsynced
+                        .set(self.store.outbox_len() as i64);
+                    return;
+                }
+                if let Err(e) = self.store.outbox_remove(key) {
+                    tracing::warn!(error = %e, "cannot remove a TLSRPT outbox batch the fleet holds");
+                    return;
                 }
             }
         }
-        self.store.set_delivery(day, &report.id, &key, &d)?;
-        Ok(d)
-    }
-
-    async fn send(&self, report: &Report, dest: &Destination) -> Result<(), String> {
-        match dest {
-            Destination::Https(url) => deliver::https(&(self.http)(), url, report.gzip()).await,
-            Destination::Mailto(to) => {
-                let message = self
-                    .message(report, to)
-                    .ok_or_else(|| "a header value is not safe to write".to_owned())?;
-                deliver::sendmail(&self.config.sendmail, &message, deliver::SENDMAIL_TIMEOUT).await
-            }
-        }
-    }
-
-    /// The mail carrying `report` to `to`.
-    pub fn message(&self, report: &Report, to: &str) -> Option<Vec<u8>> {
-        mail::message(
-            report,
-            &Envelope {
-                from: &self.config.report_from,
-                to,
-                submitter: &self.submitter.domain,
-                organization: &self.submitter.organization,
-                now: self.clock.now(),
-            },
-        )
+        self.metrics
+            .tlsrpt
+            .unsynced
+            .set(self.store.outbox_len() as i64);
     }
 }
 
-/// A random offset for a delivery's first try, drawn once and then recorded.
-fn random_offset(report: &str, dest: &str) -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write(report.as_bytes());
-    h.write(dest.as_bytes());
-    h.finish()
-}
-
-/// Binds the collector's socket: the parent directory created if missing, a stale
-/// socket replaced, the mode and group applied.
-pub fn bind(config: &TlsrptConfig) -> std::io::Result<UnixDatagram> {
-    let path = &config.socket;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    crate::remove_stale_socket(path)?;
-    let socket = UnixDatagram::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode.0))?;
-    if let Some(group) = &config.socket_group {
-        chgrp(path, group)?;
-    }
-    Ok(socket)
-}
-
-fn chgrp(path: &Path, group: &str) -> std::io::Result<()> {
-    let gid = group_id(group).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("no group named {group:?} (tlsrpt.socket_group)"),
-        )
-    })?;
-    // Already right (a setgid directory gives the socket its group): nothing to do,
-    // and no need to be a member of the group.
-    if std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(path)?) == gid {
-        return Ok(());
-    }
-    std::os::unix::fs::chown(path, None, Some(gid))
-}
-
-/// A group's id, by name or number.
-fn group_id(name: &str) -> Option<u32> {
-    if let Ok(gid) = name.parse() {
-        return Some(gid);
-    }
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getgrnam_r writes only into `group` and `buf` (whose length it is
-    // given) and sets `result` to null or to `group`.
-    let mut group: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    let rc = unsafe {
-        libc::getgrnam_r(
-            c.as_ptr(),
-            &mut group,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(group.gr_gid)
+fn fleet_error(e: SharedError) -> StoreError {
+    StoreError::Backend(e.to_string())
 }

@@ -41,12 +41,32 @@ pub trait ReportStore: Send + Sync + 'static {
     fn prune_before(&self, day: Day) -> Result<usize, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// In a fleet: keeps a tally as one batch for the fleet's counters, under an id no
+    /// other batch of any store has.
+    fn outbox_add(&self, tally: &Tally) -> Result<(), StoreError>;
+    /// The oldest batches not yet in the fleet's counters: (key, batch id, tally).
+    fn outbox(&self, max: usize) -> Result<Vec<(u64, String, Tally)>, StoreError>;
+    /// Removes a batch the fleet's counters now hold.
+    fn outbox_remove(&self, key: u64) -> Result<(), StoreError>;
+    /// Batches waiting for the fleet.
+    fn outbox_len(&self) -> usize;
+}
+
+/// An outbox batch as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Batch {
+    id: String,
+    datagrams: u64,
+    counts: Vec<(Group, String, Counts)>,
 }
 
 pub struct SledReports {
     db: sled::Db,
     counts: sled::Tree,
     deliveries: sled::Tree,
+    outbox: sled::Tree,
+    /// This store's name, part of every outbox batch id (drawn once, kept).
+    node: String,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -96,10 +116,24 @@ impl SledReports {
                 })?;
             let counts = db.open_tree("counts").map_err(backend)?;
             let deliveries = db.open_tree("deliveries").map_err(backend)?;
+            let outbox = db.open_tree("outbox").map_err(backend)?;
+            let node = match db.get("node").map_err(backend)? {
+                Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                None => {
+                    use std::hash::{BuildHasher, Hasher};
+                    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                    h.write_u32(std::process::id());
+                    let node = format!("{:016x}", h.finish());
+                    db.insert("node", node.as_bytes()).map_err(backend)?;
+                    node
+                }
+            };
             Ok(Self {
                 db,
                 counts,
                 deliveries,
+                outbox,
+                node,
             })
         })
     }
@@ -276,6 +310,62 @@ impl ReportStore for SledReports {
         contain("checkpoint", || {
             self.db.flush().map(|_| ()).map_err(backend)
         })
+    }
+
+    fn outbox_add(&self, tally: &Tally) -> Result<(), StoreError> {
+        contain("put", || {
+            let seq = self.db.generate_id().map_err(backend)?;
+            let batch = Batch {
+                id: format!("{}-{seq}", self.node),
+                datagrams: tally.datagrams,
+                counts: tally
+                    .counts
+                    .iter()
+                    .map(|((g, p), c)| (g.clone(), p.clone(), c.clone()))
+                    .collect(),
+            };
+            let value = serde_json::to_vec(&batch).map_err(backend)?;
+            self.outbox
+                .insert(seq.to_be_bytes(), value)
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn outbox(&self, max: usize) -> Result<Vec<(u64, String, Tally)>, StoreError> {
+        contain("load", || {
+            let mut out = Vec::new();
+            for item in self.outbox.iter().take(max) {
+                let (k, v) = item.map_err(backend)?;
+                let key = u64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Backend("TLSRPT outbox key".into()))?,
+                );
+                let batch: Batch = decode("outbox", &v)?;
+                let mut tally = Tally {
+                    datagrams: batch.datagrams,
+                    ..Tally::default()
+                };
+                for (g, p, c) in batch.counts {
+                    tally.counts.insert((g, p), c);
+                }
+                out.push((key, batch.id, tally));
+            }
+            Ok(out)
+        })
+    }
+
+    fn outbox_remove(&self, key: u64) -> Result<(), StoreError> {
+        contain("remove", || {
+            self.outbox.remove(key.to_be_bytes()).map_err(backend)?;
+            self.outbox.flush().map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn outbox_len(&self) -> usize {
+        self.outbox.len()
     }
 }
 

@@ -1,0 +1,329 @@
+//! TLSRPT across a fleet (`cache.backend = "redis"`): every daemon adds its counters
+//! to the same counters in Redis, and exactly one sends each report, so that a
+//! receiving domain gets one report per day from the organisation, not one per MTA.
+//!
+//! - Counting stays local first: a daemon stores what it counted in its own store's
+//!   outbox (durable within a second, Redis up or down) and moves each outbox batch
+//!   to Redis with one script that applies the batch only if its id was never applied
+//!   (`SET ... NX` on the id). A batch applied just before a crash is skipped when the
+//!   outbox is replayed: never lost, never counted twice. While Redis is down the
+//!   outbox grows, and is merged when Redis is back.
+//! - Keys (under the cache's prefix): `tlsrpt:days` (a sorted set of days with
+//!   counters), `tlsrpt:DAY:groups` (the group hashes of a day), one hash per group
+//!   `tlsrpt:DAY:DOMAIN:TAG` (`domain`, `record`, and `s\tPOLICY`, `f\tPOLICY`,
+//!   `d\tPOLICY\tDETAIL` counters), `tlsrpt:DAY:deliveries` (report id and
+//!   destination → delivery record), `tlsrpt:lease:REPORT:DEST` (who is sending).
+//!   Everything expires after `keep_days`.
+//! - Sending: a daemon takes a delivery's lease (`SET NX PX`) before it sends and
+//!   records the outcome before it releases it. A daemon that dies mid-send leaves a
+//!   lease that expires, and another daemon takes the delivery over.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::shared::{SharedCache, SharedError};
+
+use super::counts::{Counts, Group, Tally};
+use super::day::Day;
+use super::report::record_tag;
+use super::schedule::Delivery;
+use super::store::DayCounts;
+
+/// Applies one outbox batch once: KEYS[1] the batch's id key, KEYS[2] the days set;
+/// ARGV[1] the TTL in seconds, then per counter: hash, field, value, day, groups set.
+/// Field `domain` and `record` are set, every other field is incremented.
+const APPLY_SCRIPT: &str = r"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local i = 2
+while i <= #ARGV do
+  local h, f, v, day, set = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  if f == 'domain' or f == 'record' then
+    redis.call('HSET', h, f, v)
+  else
+    redis.call('HINCRBY', h, f, v)
+  end
+  redis.call('EXPIRE', h, ARGV[1])
+  redis.call('SADD', set, h)
+  redis.call('EXPIRE', set, ARGV[1])
+  redis.call('ZADD', KEYS[2], day, day)
+  i = i + 5
+end
+return 1
+";
+
+/// Releases a lease only if this daemon still holds it.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+pub struct FleetReports {
+    shared: Arc<SharedCache>,
+    /// How long everything is kept (keep_days, plus a day for the last one's sending).
+    ttl: Duration,
+    apply: redis::Script,
+    release: redis::Script,
+}
+
+impl FleetReports {
+    pub fn new(shared: Arc<SharedCache>, keep_days: u64) -> Self {
+        Self {
+            shared,
+            ttl: Duration::from_secs((keep_days + 1) * 86_400),
+            apply: redis::Script::new(APPLY_SCRIPT),
+            release: redis::Script::new(RELEASE_SCRIPT),
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}tlsrpt:{rest}", self.shared.prefix())
+    }
+
+    fn group_key(&self, g: &Group) -> String {
+        self.key(&format!(
+            "{}:{}:{}",
+            g.day.0,
+            g.domain,
+            record_tag(&g.record)
+        ))
+    }
+
+    fn groups_key(&self, day: Day) -> String {
+        self.key(&format!("{}:groups", day.0))
+    }
+
+    fn deliveries_key(&self, day: Day) -> String {
+        self.key(&format!("{}:deliveries", day.0))
+    }
+
+    /// Applies an outbox batch unless a batch with this id was applied before; returns
+    /// whether it was applied now.
+    pub async fn apply(&self, batch: &str, tally: &Tally) -> Result<bool, SharedError> {
+        let ttl = self.ttl.as_secs();
+        let mut call = self.apply.key(self.key(&format!("applied:{batch}")));
+        call.key(self.key("days")).arg(ttl);
+        for ((group, policy), counts) in &tally.counts {
+            let (h, set, day) = (
+                self.group_key(group),
+                self.groups_key(group.day),
+                group.day.0,
+            );
+            let mut field = |f: &str, v: String| {
+                call.arg(&h).arg(f).arg(v).arg(day).arg(&set);
+            };
+            field("domain", group.domain.clone());
+            field("record", group.record.clone());
+            field(&format!("s\t{policy}"), counts.sessions.to_string());
+            field(&format!("f\t{policy}"), counts.failures.to_string());
+            for (detail, n) in &counts.details {
+                field(&format!("d\t{policy}\t{detail}"), n.to_string());
+            }
+        }
+        let mut conn = self.shared.connection();
+        let applied: i64 = self
+            .shared
+            .call(
+                "redis_put",
+                async move { call.invoke_async(&mut conn).await },
+            )
+            .await?;
+        Ok(applied == 1)
+    }
+
+    /// The days with counters in the fleet, oldest first.
+    pub async fn days(&self) -> Result<Vec<Day>, SharedError> {
+        let mut conn = self.shared.connection();
+        let key = self.key("days");
+        let days: Vec<u64> = self
+            .shared
+            .call("redis_get", async move {
+                redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(days.into_iter().map(Day).collect())
+    }
+
+    /// One day's counters, fleet-wide.
+    pub async fn day(&self, day: Day) -> Result<DayCounts, SharedError> {
+        let mut conn = self.shared.connection();
+        let set = self.groups_key(day);
+        let mut hashes: Vec<String> = self
+            .shared
+            .call("redis_get", async move {
+                redis::cmd("SMEMBERS").arg(set).query_async(&mut conn).await
+            })
+            .await?;
+        hashes.sort();
+        let mut out = Vec::new();
+        for h in hashes {
+            let mut conn = self.shared.connection();
+            let fields: BTreeMap<String, String> = self
+                .shared
+                .call("redis_get", async move {
+                    redis::cmd("HGETALL").arg(h).query_async(&mut conn).await
+                })
+                .await?;
+            if let Some(group) = group_of(day, &fields) {
+                out.push(group);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delivery(
+        &self,
+        day: Day,
+        report: &str,
+        dest: &str,
+    ) -> Result<Option<Delivery>, SharedError> {
+        let mut conn = self.shared.connection();
+        let (key, field) = (self.deliveries_key(day), format!("{report}\n{dest}"));
+        let text: Option<String> = self
+            .shared
+            .call("redis_get", async move {
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg(field)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Records a delivery; with `only_new`, only if none is recorded yet (the first
+    /// daemon to schedule a delivery fixes its time). Returns the recorded one.
+    pub async fn set_delivery(
+        &self,
+        day: Day,
+        report: &str,
+        dest: &str,
+        d: &Delivery,
+        only_new: bool,
+    ) -> Result<Delivery, SharedError> {
+        let mut conn = self.shared.connection();
+        let (key, field) = (self.deliveries_key(day), format!("{report}\n{dest}"));
+        let value = serde_json::to_string(d).map_err(|e| SharedError::Entry(e.to_string()))?;
+        let ttl = self.ttl.as_secs();
+        let cmd = if only_new { "HSETNX" } else { "HSET" };
+        self.shared
+            .call("redis_put", async move {
+                redis::pipe()
+                    .cmd(cmd)
+                    .arg(&key)
+                    .arg(field)
+                    .arg(value)
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(ttl)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await?;
+        if only_new {
+            return Ok(self
+                .delivery(day, report, dest)
+                .await?
+                .unwrap_or_else(|| d.clone()));
+        }
+        Ok(d.clone())
+    }
+
+    /// Takes the lease on a delivery for `ttl`; the token to release it with, or
+    /// `None` while another daemon holds it.
+    pub async fn lease(
+        &self,
+        report: &str,
+        dest: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, SharedError> {
+        let token = format!("{}-{}", self.shared.node(), std::process::id());
+        let mut conn = self.shared.connection();
+        let (key, value) = (self.key(&format!("lease:{report}:{dest}")), token.clone());
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let set: Option<String> = self
+            .shared
+            .call("redis_lock", async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(set.map(|_| token))
+    }
+
+    pub async fn release(&self, report: &str, dest: &str, token: &str) {
+        let mut conn = self.shared.connection();
+        let mut call = self
+            .release
+            .key(self.key(&format!("lease:{report}:{dest}")));
+        call.arg(token);
+        // A lease left behind expires by itself.
+        let _: Result<i64, _> = self
+            .shared
+            .call(
+                "redis_lock",
+                async move { call.invoke_async(&mut conn).await },
+            )
+            .await;
+    }
+
+    /// Forgets days before `day` in the days set (their keys expire by themselves).
+    pub async fn prune_before(&self, day: Day) -> Result<(), SharedError> {
+        let mut conn = self.shared.connection();
+        let key = self.key("days");
+        let last = day.0.saturating_sub(1);
+        self.shared
+            .call("redis_put", async move {
+                redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(last)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// A group's counters from its hash's fields.
+fn group_of(day: Day, fields: &BTreeMap<String, String>) -> Option<(Group, Vec<(String, Counts)>)> {
+    let group = Group {
+        day,
+        domain: fields.get("domain")?.clone(),
+        record: fields.get("record")?.clone(),
+    };
+    let mut policies: BTreeMap<String, Counts> = BTreeMap::new();
+    for (field, value) in fields {
+        let n: u64 = value.parse().unwrap_or(0);
+        let mut parts = field.splitn(3, '\t');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("s"), Some(p), None) => policies.entry(p.to_owned()).or_default().sessions += n,
+            (Some("f"), Some(p), None) => policies.entry(p.to_owned()).or_default().failures += n,
+            (Some("d"), Some(p), Some(detail)) => {
+                *policies
+                    .entry(p.to_owned())
+                    .or_default()
+                    .details
+                    .entry(detail.to_owned())
+                    .or_default() += n;
+            }
+            _ => {}
+        }
+    }
+    Some((group, policies.into_iter().collect()))
+}

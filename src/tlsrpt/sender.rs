@@ -1,0 +1,250 @@
+//! The TLSRPT sender: after each UTC day, each report to each destination of its
+//! record, at the time [`super::schedule`] gives, each delivery recorded before and
+//! after it is tried; in a fleet, under a lease so that one daemon sends it.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::day::Day;
+use super::deliver;
+use super::mail::{self, Envelope};
+use super::record::{self, Destination};
+use super::report::{self, Report};
+use super::schedule::{Delivery, State};
+use super::service::{Outcome, SEND_EVERY, Tlsrpt};
+use crate::cache::store::StoreError;
+use crate::locks::lock;
+
+impl Tlsrpt {
+    /// Sends due reports every minute until `stop`.
+    pub async fn send_loop(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let me = self.clone();
+            if let Err(e) = me.send_due().await {
+                tracing::warn!(error = %e, "TLSRPT sender cannot read its store; retrying");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(SEND_EVERY) => {}
+            }
+        }
+    }
+
+    /// One pass of the sender: every finished day's due deliveries, then pruning.
+    pub async fn send_due(&self) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let today = Day::of(now);
+        let (mut pending, mut oldest) = (0i64, 0u64);
+        for day in self.days().await? {
+            if day >= today || lock(&self.finished).contains(&day) {
+                continue;
+            }
+            let mut open = false;
+            for outcome in self.deliver_day(day, false, false).await? {
+                for d in outcome.destinations.iter().filter_map(|(_, d)| d.as_ref()) {
+                    if d.state == State::Pending {
+                        open = true;
+                        pending += 1;
+                        if d.first_try < now {
+                            oldest = oldest.max(now - d.first_try);
+                        }
+                    }
+                }
+            }
+            if !open {
+                lock(&self.finished).insert(day);
+            }
+        }
+        self.metrics.tlsrpt.pending.set(pending);
+        self.metrics.tlsrpt.oldest_pending.set(oldest as i64);
+        let keep = self.config.keep_days.get() as u64;
+        let removed = self.prune_before(today.minus(keep)).await?;
+        if removed > 0 {
+            tracing::info!(keys = removed, keep_days = keep, "TLSRPT: old days pruned");
+            lock(&self.finished).retain(|d| *d >= today.minus(keep));
+        }
+        Ok(())
+    }
+
+    /// The reports of `day` as they stand now; `partial` marks them as covering a
+    /// day not yet over (a distinct report id, never recorded as the day's report).
+    pub async fn reports(&self, day: Day, partial: bool) -> Result<Vec<Report>, StoreError> {
+        let now = self.now();
+        Ok(self
+            .day_counts(day)
+            .await?
+            .iter()
+            .map(|(group, policies)| {
+                if partial {
+                    report::partial(&self.submitter, group, policies, now)
+                } else {
+                    report::build(&self.submitter, group, policies)
+                }
+            })
+            .collect())
+    }
+
+    /// `day`'s reports as they stand, with what is recorded of their deliveries.
+    pub async fn show(&self, day: Day, partial: bool) -> Result<Vec<Outcome>, StoreError> {
+        let mut outcomes = Vec::new();
+        for report in self.reports(day, partial).await? {
+            let dests = record::destinations(&report.group.record).unwrap_or_default();
+            let mut destinations = Vec::new();
+            for dest in dests.usable {
+                let d = self.delivery(day, &report.id, &dest.to_string()).await?;
+                destinations.push((dest, d));
+            }
+            outcomes.push(Outcome {
+                report,
+                destinations,
+                refused: dests.refused,
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Delivers `day`'s reports: the due ones, or with `now_all` every one not yet
+    /// sent. A partial report (`partial`, for a day not over) is sent to every
+    /// destination and recorded under its own id.
+    pub async fn deliver_day(
+        &self,
+        day: Day,
+        now_all: bool,
+        partial: bool,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut outcomes = Vec::new();
+        for report in self.reports(day, partial).await? {
+            let dests = match record::destinations(&report.group.record) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(domain = %report.group.domain, error = %e, "TLSRPT: record unusable; no report sent");
+                    continue;
+                }
+            };
+            let mut outcome = Outcome {
+                report,
+                destinations: Vec::new(),
+                refused: dests.refused,
+            };
+            for dest in dests.usable {
+                let d = self.deliver_one(&outcome.report, &dest, now_all).await?;
+                outcome.destinations.push((dest, Some(d)));
+            }
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn deliver_one(
+        &self,
+        report: &Report,
+        dest: &Destination,
+        now_all: bool,
+    ) -> Result<Delivery, StoreError> {
+        let day = report.group.day;
+        let key = dest.to_string();
+        let d = match self.delivery(day, &report.id, &key).await? {
+            Some(d) => d,
+            None => {
+                let spread = self.config.spread.as_secs();
+                let d = Delivery::new(day, random_offset(&report.id, &key), spread);
+                self.record_delivery(day, &report.id, &key, &d, true)
+                    .await?
+            }
+        };
+        let now = self.clock.now();
+        if !(d.due(now) || (now_all && d.state != State::Sent)) {
+            return Ok(d);
+        }
+        let Some(lease) = self.lease(&report.id, &key).await? else {
+            // Another daemon of the fleet is sending it.
+            return Ok(d);
+        };
+        // It may have been sent while this daemon waited for the lease.
+        let result = match self.delivery(day, &report.id, &key).await {
+            Ok(Some(current)) if current.state == State::Sent => Ok(current),
+            Ok(current) => {
+                let d = self.try_send(report, dest, current.unwrap_or(d)).await;
+                self.record_delivery(day, &report.id, &key, &d, false).await
+            }
+            Err(e) => Err(e),
+        };
+        self.release(&report.id, &key, &lease).await;
+        result
+    }
+
+    /// One try, and what it makes of the delivery record.
+    async fn try_send(&self, report: &Report, dest: &Destination, mut d: Delivery) -> Delivery {
+        if d.state == State::GaveUp {
+            d.state = State::Pending;
+        }
+        let key = dest.to_string();
+        let scheme = dest.scheme();
+        match self.send(report, dest).await {
+            Ok(()) => {
+                d.sent(self.clock.now());
+                self.metrics
+                    .tlsrpt
+                    .reports
+                    .with_label_values(&[scheme, "sent"])
+                    .inc();
+                tracing::info!(domain = %report.group.domain, destination = %key, report = %report.id, "TLSRPT report sent");
+            }
+            Err(e) => {
+                let state = d.failed(self.clock.now(), e.clone(), self.config.retry_for.as_secs());
+                let result = if state == State::GaveUp {
+                    "gave_up"
+                } else {
+                    "failed"
+                };
+                self.metrics
+                    .tlsrpt
+                    .reports
+                    .with_label_values(&[scheme, result])
+                    .inc();
+                if state == State::GaveUp {
+                    tracing::error!(domain = %report.group.domain, destination = %key, attempts = d.attempts, error = %e, "TLSRPT report given up");
+                } else {
+                    tracing::warn!(domain = %report.group.domain, destination = %key, attempts = d.attempts, error = %e, "TLSRPT report not delivered; will retry");
+                }
+            }
+        }
+        d
+    }
+
+    async fn send(&self, report: &Report, dest: &Destination) -> Result<(), String> {
+        match dest {
+            Destination::Https(url) => deliver::https(&(self.http)(), url, report.gzip()).await,
+            Destination::Mailto(to) => {
+                let message = self
+                    .message(report, to)
+                    .ok_or_else(|| "a header value is not safe to write".to_owned())?;
+                deliver::sendmail(&self.config.sendmail, &message, deliver::SENDMAIL_TIMEOUT).await
+            }
+        }
+    }
+
+    /// The mail carrying `report` to `to`.
+    pub fn message(&self, report: &Report, to: &str) -> Option<Vec<u8>> {
+        mail::message(
+            report,
+            &Envelope {
+                from: &self.config.report_from,
+                to,
+                submitter: &self.submitter.domain,
+                organization: &self.submitter.organization,
+                now: self.clock.now(),
+            },
+        )
+    }
+}
+
+/// A random offset for a delivery's first try, drawn once and then recorded.
+fn random_offset(report: &str, dest: &str) -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(report.as_bytes());
+    h.write(dest.as_bytes());
+    h.finish()
+}
