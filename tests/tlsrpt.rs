@@ -767,3 +767,51 @@ async fn a_fleet_counts_together_and_sends_each_report_once() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Uploads go through the policy fetcher's HTTPS client: with
+/// `allow_private_addresses = false` (the default) a `rua` host that resolves only to
+/// a private address is refused, as a policy host would be, and nothing is sent.
+#[tokio::test]
+async fn uploads_to_private_addresses_are_refused_by_default() {
+    let w = World::start().await;
+    w.dns.set_a("reports.test", std::net::Ipv4Addr::LOCALHOST);
+    w.https
+        .set_host_response("reports.test", HttpResponse::Policy(String::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tlsrpt.sock");
+    let toml = format!("{LOOPBACK}[tlsrpt]\nenable = true\nsocket = {socket:?}\n{SENDER}");
+    let day = Day::parse("2026-12-04").unwrap();
+    let clock = ManualClock::new(day.start() + 3600);
+    let mut options = common::options(&w);
+    options.fetch.allow_private_addresses = false;
+    let daemon = mta_stsd::server::daemon::Daemon::build(
+        config_in(dir.path(), &toml),
+        options,
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let tlsrpt = daemon.state.tlsrpt.clone().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let admin = format!("http://{}", daemon.metrics_addr().unwrap());
+    let task = tokio::spawn(daemon.run(async {
+        let _ = rx.await;
+    }));
+    let record = format!(
+        "v=TLSRPTv1; rua=https://reports.test:{}/v1/tlsrpt",
+        w.https.addr().port()
+    );
+    send(&socket, &[datagram("bad.test", &record, true)]);
+    wait_stored(&admin, 1, 0).await;
+    clock.advance(24 * 3600 + 4 * 3600);
+    let outcomes = tlsrpt.deliver_day(day, true, false).await.unwrap();
+    let (_, delivery) = &outcomes[0].destinations[0];
+    let delivery = delivery.as_ref().unwrap();
+    assert_eq!(delivery.state, mta_stsd::tlsrpt::schedule::State::Pending);
+    let error = delivery.last_error.as_deref().unwrap();
+    assert!(error.contains("non-public"), "{error}");
+    assert!(w.https.received("reports.test").is_empty());
+    drop(tlsrpt);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
