@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::{ENFORCE, InProcess, ask_once};
 use mta_stsd::clock::SystemClock;
@@ -191,39 +189,6 @@ async fn admin_api_through_the_cache_command() {
     d.shutdown().await;
 }
 
-/// Receives sd_notify messages sent by the daemon.
-struct Notify {
-    sock: UnixDatagram,
-    path: PathBuf,
-}
-
-impl Notify {
-    fn new(dir: &Path) -> Notify {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Notify { sock, path }
-    }
-
-    /// Blocks until a message containing `want` arrives.
-    fn expect(&self, want: &str) {
-        self.wait_for(want)
-            .unwrap_or_else(|e| panic!("waiting for {want}: {e}"));
-    }
-
-    /// Like `expect`, but returns the receive error (a timeout) to the caller.
-    fn wait_for(&self, want: &str) -> std::io::Result<()> {
-        let mut buf = [0u8; 512];
-        loop {
-            let n = self.sock.recv(&mut buf)?;
-            if String::from_utf8_lossy(&buf[..n]).contains(want) {
-                return Ok(());
-            }
-        }
-    }
-}
-
 fn serve(config: &Path, notify_socket: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
         .args(["serve", "--config"])
@@ -268,7 +233,7 @@ async fn binary_lifecycle_notify_reload_and_stop() {
         dir.path().join("cache").display()
     );
     std::fs::write(&cfg, &base).unwrap();
-    let notify = Notify::new(dir.path());
+    let notify = common::Notify::new(dir.path());
     let child = serve(&cfg, &notify.path);
     let notify = Arc::new(notify);
     let wait = |want: &'static str| {
@@ -349,7 +314,7 @@ async fn socket_activation_replaces_listen() {
         ),
     )
     .unwrap();
-    let notify = Notify::new(dir.path());
+    let notify = common::Notify::new(dir.path());
     let log = dir.path().join("stderr.log");
     let fd = listener.as_raw_fd();
     // LISTEN_PID must be the daemon's own pid: sh sets it to $$ and execs in place.

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{InProcess, LOOPBACK, config_in};
+use common::{InProcess, LOOPBACK, Notify, config_in};
 use mta_stsd::admin::api::TlsrptAction;
 use mta_stsd::admin::client::AdminClient;
 use mta_stsd::clock::{Clock, ManualClock, SystemClock};
@@ -300,32 +300,6 @@ fn check_upload(upload: &Received, expect: (u64, u64)) {
     assert_eq!(counts(&gunzip(&upload.body)), expect);
 }
 
-/// Receives sd_notify messages from a daemon process.
-struct Notify {
-    sock: UnixDatagram,
-    path: PathBuf,
-}
-
-impl Notify {
-    fn new(dir: &Path) -> Notify {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Notify { sock, path }
-    }
-
-    fn ready(&self) {
-        let mut buf = [0u8; 512];
-        loop {
-            let n = self.sock.recv(&mut buf).expect("READY=1 from the daemon");
-            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                return;
-            }
-        }
-    }
-}
-
 /// A daemon process, killed (SIGKILL) when dropped, so that a failing test leaves
 /// none behind.
 struct Daemon(Child);
@@ -360,7 +334,7 @@ fn serve(config: &Path, notify: &Notify) -> Daemon {
             eprintln!("daemon: {line}");
         }
     });
-    notify.ready();
+    notify.expect("READY=1");
     Daemon(child)
 }
 

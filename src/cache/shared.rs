@@ -332,9 +332,23 @@ impl SharedCache {
             self.node,
             self.tokens.fetch_add(1, Ordering::Relaxed)
         );
+        let set = self
+            .set_nx(self.lock_key(domain), &token, self.lock_ttl)
+            .await?;
+        Ok(if set { Lock::Held(token) } else { Lock::Busy })
+    }
+
+    /// Sets `key` to `value` for `ttl` unless it exists (a lock or lease); whether it
+    /// was set.
+    pub(crate) async fn set_nx(
+        &self,
+        key: String,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, SharedError> {
         let mut conn = self.conn.clone();
-        let (key, value) = (self.lock_key(domain), token.clone());
-        let ms = u64::try_from(self.lock_ttl.as_millis()).unwrap_or(u64::MAX);
+        let value = value.to_owned();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let set: Option<String> = self
             .call("redis_lock", async move {
                 redis::cmd("SET")
@@ -347,11 +361,7 @@ impl SharedCache {
                     .await
             })
             .await?;
-        Ok(if set.is_some() {
-            Lock::Held(token)
-        } else {
-            Lock::Busy
-        })
+        Ok(set.is_some())
     }
 
     /// Releases a lock this daemon holds (if it expired meanwhile, nothing happens).

@@ -246,23 +246,9 @@ impl FleetReports {
         ttl: Duration,
     ) -> Result<Option<String>, SharedError> {
         let token = format!("{}-{}", self.shared.node(), std::process::id());
-        let mut conn = self.shared.connection();
-        let (key, value) = (self.key(&format!("lease:{report}:{dest}")), token.clone());
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let set: Option<String> = self
-            .shared
-            .call("redis_lock", async move {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(set.map(|_| token))
+        let key = self.key(&format!("lease:{report}:{dest}"));
+        let set = self.shared.set_nx(key, &token, ttl).await?;
+        Ok(set.then_some(token))
     }
 
     pub async fn release(&self, report: &str, dest: &str, token: &str) {

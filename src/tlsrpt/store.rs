@@ -105,15 +105,7 @@ impl SledReports {
                 // The collector flushes what it adds itself, within a second.
                 .flush_every_ms(None)
                 .open()
-                .map_err(|e| match e {
-                    sled::Error::Io(io)
-                        if io.kind() == std::io::ErrorKind::WouldBlock
-                            || io.to_string().contains("could not acquire lock") =>
-                    {
-                        StoreError::Locked(path.display().to_string())
-                    }
-                    e => backend(e),
-                })?;
+                .map_err(|e| crate::cache::store::sled::open_error(path, e))?;
             let counts = db.open_tree("counts").map_err(backend)?;
             let deliveries = db.open_tree("deliveries").map_err(backend)?;
             let outbox = db.open_tree("outbox").map_err(backend)?;

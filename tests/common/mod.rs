@@ -131,3 +131,36 @@ pub async fn ask_once(addr: SocketAddr, map: &str, key: &str) -> String {
         .expect("a reply within 20s")
         .expect("a reply")
 }
+
+/// Receives sd_notify messages sent by the daemon.
+pub struct Notify {
+    sock: std::os::unix::net::UnixDatagram,
+    pub path: std::path::PathBuf,
+}
+
+impl Notify {
+    pub fn new(dir: &std::path::Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Notify { sock, path }
+    }
+
+    /// Blocks until a message containing `want` arrives.
+    pub fn expect(&self, want: &str) {
+        self.wait_for(want)
+            .unwrap_or_else(|e| panic!("waiting for {want}: {e}"));
+    }
+
+    /// Like `expect`, but returns the receive error (a timeout) to the caller.
+    pub fn wait_for(&self, want: &str) -> std::io::Result<()> {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = self.sock.recv(&mut buf)?;
+            if String::from_utf8_lossy(&buf[..n]).contains(want) {
+                return Ok(());
+            }
+        }
+    }
+}

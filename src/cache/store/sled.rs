@@ -24,6 +24,20 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// A sled open error as a store error: a lock held by another handle is
+/// [`StoreError::Locked`] (sled reports it as an I/O error whose text names it).
+pub fn open_error(path: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock") =>
+        {
+            StoreError::Locked(path.display().to_string())
+        }
+        e => backend(e),
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store at `path`, checking its format version. A panic
     /// inside sled while it reads a damaged file is returned as an error.
@@ -52,16 +66,7 @@ impl SledStore {
             .cache_capacity(16 * 1024 * 1024)
             .flush_every_ms(Some(1000))
             .open()
-            .map_err(|e| match e {
-                // sled reports a held lock as an Io error whose text names it.
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    StoreError::Locked(path.display().to_string())
-                }
-                e => backend(e),
-            })?;
+            .map_err(|e| open_error(path, e))?;
         match db.get(FORMAT_KEY).map_err(backend)? {
             Some(v) if v.as_ref() == FORMAT => {}
             Some(v) => {
