@@ -18,6 +18,8 @@
 //!   memory holds, durability, walks of the store, the refresher, the fleet's steps,
 //!   logs and metrics), the persistent store and its entry format, and the cache a
 //!   fleet shares in Redis;
+//! - [`tlsrpt`]: TLSRPT (RFC 8460): Postfix's datagrams into daily counters, and the
+//!   reports sent from them (alone, or once for a whole fleet through Redis);
 //! - [`answer`]: the one answer path from a request key to the reply (normalisation,
 //!   the DANE gate, MTA-STS, precedence), used by the daemon and by `query` alike;
 //! - [`setup`]: the one path from a configuration to the settings the daemon runs
