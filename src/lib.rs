@@ -30,6 +30,8 @@
 //!   reload, and the daemon's assembly and shutdown;
 //! - [`doctor`]: the verdicts of `mta-stsd doctor` on a Postfix + mta-stsd setup
 //!   (pure functions of the facts the command gathers);
+//! - [`check`]: the verdicts of `mta-stsd check DOMAIN` on a domain's MTA-STS setup
+//!   (pure) and its TLS and SMTP probes;
 //! - [`cli`]: the command-line operations (`serve`, `query`, `cache`, ...), the
 //!   binary's edge.
 
@@ -37,6 +39,7 @@ pub mod admin;
 pub mod answer;
 pub mod bounded;
 pub mod cache;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 mod cache;
+pub mod check;
 mod check_config;
 mod doctor;
 mod import;
@@ -62,6 +63,12 @@ enum Command {
     /// TLSRPT (RFC 8460): show what the running daemon collected from Postfix, or send
     /// a day's reports now.
     Tlsrpt(tlsrpt::Args),
+    /// Check a domain's whole MTA-STS setup from this server: TXT record, policy host
+    /// and file, MX coverage, each MX over SMTP (STARTTLS, certificate), TLSRPT, and
+    /// what this daemon answers Postfix for it.
+    ///
+    /// Exit status: 0 all ok, 1 warnings only, 2 a problem.
+    Check(check::Args),
     /// Validate a configuration exactly as `serve` would (everything but binding
     /// and serving), report every problem, and exit: 0 valid, 2 not.
     CheckConfig(check_config::Args),
@@ -143,6 +150,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(args),
         Command::Import(args) => import::run(args),
         Command::Tlsrpt(args) => tlsrpt::run(args),
+        Command::Check(args) => check::run(args),
         Command::CheckConfig(args) => check_config::run(args),
     }
 }

@@ -202,6 +202,9 @@ pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Setup
 pub struct Discoverer {
     resolver: TokioResolver,
     http: reqwest::Client,
+    /// The TLS settings of `http` (trust anchors), for other TLS checks
+    /// (`mta-stsd check`'s probes of MX hosts).
+    tls: Arc<rustls::ClientConfig>,
     https_port: Option<u16>,
     fetch_timeout: Duration,
     /// The DNS servers the resolver asks, to tell a refusal from a timeout.
@@ -255,6 +258,7 @@ impl Discoverer {
     pub fn new(opts: DiscoveryOptions) -> Result<Self, SetupError> {
         let resolver = build_resolver(&opts.resolver, None)?;
         let tls = tls_config(&opts)?;
+        let shared_tls = Arc::new(tls.clone());
         let guarded = GuardedResolver {
             resolver: resolver.clone(),
             allow_private: opts.fetch.allow_private_addresses,
@@ -274,10 +278,26 @@ impl Discoverer {
         Ok(Self {
             resolver,
             http,
+            tls: shared_tls,
             https_port: opts.https_port,
             fetch_timeout: opts.fetch.timeout,
             nameservers: dns_reach::servers_of(&opts.resolver).unwrap_or_default(),
         })
+    }
+
+    /// The resolver discovery asks (`[resolver]`).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
+    /// The TLS settings (trust anchors) policy fetches use.
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
+    /// The port policy hosts are reached on (443, or a test server's).
+    pub fn https_port(&self) -> u16 {
+        self.https_port.unwrap_or(443)
     }
 
     /// The HTTPS client of policy fetches (Web PKI, timeouts, private addresses
@@ -349,11 +369,18 @@ impl Discoverer {
     }
 
     async fn fetch_inner(&self, domain: &str) -> Result<Policy, FetchError> {
-        let url = self.policy_url(domain);
+        let body = self.fetch_body(&self.policy_url(domain), domain).await?;
+        parse_policy(&body).map_err(FetchError::Parse)
+    }
+
+    /// GETs a policy file's bytes under RFC 8461 §3.3's rules: status 200 (no
+    /// redirects followed), `text/plain`, at most 64 KiB; `domain` names the policy
+    /// domain in errors.
+    pub async fn fetch_body(&self, url: &str, domain: &str) -> Result<Vec<u8>, FetchError> {
         let started = Instant::now();
         let mut resp = self
             .http
-            .get(&url)
+            .get(url)
             .header(reqwest::header::CACHE_CONTROL, "no-cache")
             .send()
             .await
@@ -391,7 +418,7 @@ impl Discoverer {
             body.extend_from_slice(&chunk);
         }
         tracing::debug!(domain, bytes = body.len(), elapsed = ?started.elapsed(), "policy fetched");
-        parse_policy(&body).map_err(FetchError::Parse)
+        Ok(body)
     }
 
     fn classify(&self, err: &reqwest::Error, domain: &str) -> FetchError {

@@ -169,6 +169,19 @@ pub struct MxPattern {
     pub domain: String,
 }
 
+impl MxPattern {
+    /// Whether the MX host `host` (lower case, no trailing dot) matches (RFC 8461
+    /// §4.1): the same name, or for `*.` a name with exactly one more label.
+    pub fn matches(&self, host: &str) -> bool {
+        if !self.wildcard {
+            return host == self.domain;
+        }
+        host.strip_suffix(&self.domain)
+            .and_then(|rest| rest.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+    }
+}
+
 impl fmt::Display for MxPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.wildcard {
@@ -359,6 +372,24 @@ fn parse_mx(value: &str) -> Result<(MxPattern, bool), String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn mx_patterns_match_as_rfc_8461_section_4_1_says() {
+        let exact = MxPattern {
+            wildcard: false,
+            domain: "mx.example.com".into(),
+        };
+        let star = MxPattern {
+            wildcard: true,
+            domain: "example.net".into(),
+        };
+        assert!(exact.matches("mx.example.com"));
+        assert!(!exact.matches("mx2.example.com"));
+        assert!(star.matches("mx1.example.net"));
+        assert!(!star.matches("a.b.example.net"));
+        assert!(!star.matches("example.net"));
+        assert!(!star.matches("xexample.net"));
+    }
 
     #[test]
     fn txt_selection() {

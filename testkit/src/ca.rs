@@ -20,6 +20,8 @@ pub enum CertKind {
     Expired,
     /// For the right name, but from a CA nobody trusts.
     Untrusted,
+    /// Valid, for the requested names, but expiring in 5 days.
+    ExpiresSoon,
 }
 
 struct Inner {
@@ -93,6 +95,9 @@ impl TestCa {
         if kind == CertKind::Expired {
             params.not_before = now - Duration::days(30);
             params.not_after = now - Duration::days(1);
+        } else if kind == CertKind::ExpiresSoon {
+            params.not_before = now - Duration::days(80);
+            params.not_after = now + Duration::days(5) + Duration::hours(1);
         } else {
             params.not_before = now - Duration::days(1);
             params.not_after = now + Duration::days(30);

@@ -1,0 +1,62 @@
+//! `mta-stsd check DOMAIN`: a domain's whole MTA-STS setup judged from this server,
+//! with the daemon's resolver, trust anchors and rules. [`rules`] holds the verdicts
+//! (pure), [`probe`] the TLS and SMTP probes; the command in `cli::check` gathers the
+//! facts concurrently under one deadline.
+
+pub mod probe;
+pub mod rules;
+
+use serde::Serialize;
+
+use crate::doctor::Level;
+use rules::Line;
+
+/// Everything `check` found, in the shape `--json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub domain: String,
+    pub checks: Vec<Line>,
+    /// The reply this daemon gives Postfix for the domain now.
+    pub answer: String,
+}
+
+impl Report {
+    /// 0 all ok, 1 warnings only, 2 a problem.
+    pub fn exit_code(&self) -> u8 {
+        self.checks
+            .iter()
+            .map(|c| c.level)
+            .max()
+            .unwrap_or(Level::Ok)
+            .exit_code()
+    }
+
+    /// One line per check, grouped by id in the report's order; `colour` on a tty.
+    pub fn to_text(&self, colour: bool) -> String {
+        let mut out = format!("{}\n", self.domain);
+        let mut last = "";
+        for c in &self.checks {
+            if c.id != last {
+                out.push_str(&format!("\n[{}]\n", c.id));
+                last = c.id;
+            }
+            let level = c.level.as_str();
+            let shown = if colour {
+                let code = match c.level {
+                    Level::Ok => "32",
+                    Level::Warning => "33",
+                    Level::Problem => "31",
+                };
+                format!("\x1b[{code}m{level:<8}\x1b[0m")
+            } else {
+                format!("{level:<8}")
+            };
+            out.push_str(&format!("{shown} {}: {}\n", c.subject, c.message));
+            if let Some(fix) = &c.fix {
+                out.push_str(&format!("         fix: {fix}\n"));
+            }
+        }
+        out.push_str(&format!("\nmta-stsd answers Postfix: {}\n", self.answer));
+        out
+    }
+}

@@ -1,0 +1,463 @@
+//! The verdicts of `mta-stsd check` (pure): what the gathered facts mean for mail to
+//! the domain, one [`Line`] per finding, each problem with its fix. RFC 8461 (MTA-STS)
+//! and RFC 8460 (TLSRPT) are the measure; what the seed documents' validators report
+//! is covered, plus the hygiene they miss.
+
+use serde::Serialize;
+
+use super::probe::{CertFacts, SmtpProbe};
+use crate::doctor::Level;
+use crate::mtasts::discovery::FetchError;
+use crate::mtasts::policy::{Mode, Policy, parse_policy, parse_sts_record};
+use crate::tlsrpt::record::destinations;
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Line {
+    /// `txt`, `policy-host`, `policy-syntax`, `policy-hygiene`, `mx-coverage`,
+    /// `mx-starttls`, `mx-certificate`, `tlsrpt`.
+    pub id: &'static str,
+    pub level: Level,
+    /// What the finding is about (a DNS name, a URL, an MX host).
+    pub subject: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn ok(id: &'static str, subject: impl Into<String>, message: impl Into<String>) -> Line {
+    Line {
+        id,
+        level: Level::Ok,
+        subject: subject.into(),
+        message: message.into(),
+        fix: None,
+    }
+}
+
+fn warn(
+    id: &'static str,
+    subject: impl Into<String>,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> Line {
+    Line {
+        id,
+        level: Level::Warning,
+        subject: subject.into(),
+        message: message.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+fn problem(
+    id: &'static str,
+    subject: impl Into<String>,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> Line {
+    Line {
+        id,
+        level: Level::Problem,
+        subject: subject.into(),
+        message: message.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// The certificate's remaining validity: under 14 days is a warning.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+/// RFC 8461 §3.2 advises a `max_age` of weeks; under a day is far below it.
+const MAX_AGE_ADVICE: u64 = 86_400;
+
+/// `_mta-sts.DOMAIN` (RFC 8461 §3.1): exactly one `v=STSv1` record with a valid id.
+pub fn txt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Line> {
+    let name = format!("_mta-sts.{domain}");
+    let records = match records {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![problem(
+                "txt",
+                name,
+                format!("the TXT lookup failed: {e}"),
+                "check the zone's name servers (dig TXT _mta-sts.DOMAIN)",
+            )];
+        }
+    };
+    let sts: Vec<&String> = records
+        .iter()
+        .filter(|r| r.starts_with("v=STSv1"))
+        .collect();
+    let mut out = Vec::new();
+    match sts.as_slice() {
+        [] => out.push(problem(
+            "txt",
+            &name,
+            "no v=STSv1 TXT record: senders will never look for the policy, whatever is served",
+            format!("publish {name}. TXT \"v=STSv1; id=20260101000000\" (a new id whenever the policy changes)"),
+        )),
+        [one] => match parse_sts_record(one) {
+            Ok(r) => out.push(ok("txt", &name, format!("\"{one}\": id {}", r.id))),
+            Err(e) => out.push(problem(
+                "txt",
+                &name,
+                format!("\"{one}\": {e}"),
+                "write it as v=STSv1; id=ID, the id 1 to 32 letters and digits",
+            )),
+        },
+        many => out.push(problem(
+            "txt",
+            &name,
+            format!(
+                "{} v=STSv1 records: senders treat the domain as having no policy (RFC 8461 §3.1)",
+                many.len()
+            ),
+            "keep exactly one v=STSv1 record",
+        )),
+    }
+    for stray in records.iter().filter(|r| !r.starts_with("v=STSv1")) {
+        out.push(warn(
+            "txt",
+            &name,
+            format!("stray TXT record \"{stray}\" beside the policy record"),
+            "remove it: only the v=STSv1 record belongs here",
+        ));
+    }
+    out
+}
+
+/// The policy host and the policy file (RFC 8461 §3.2, §3.3). `fetched` is the
+/// fetch of `https://mta-sts.DOMAIN/.well-known/mta-sts.txt` under the daemon's
+/// rules; `cert` the policy host's certificate; `at_domain` the same path on the
+/// domain itself (only looked at when the policy host fails).
+pub fn policy(
+    domain: &str,
+    fetched: &Result<Vec<u8>, FetchError>,
+    cert: Option<&Result<CertFacts, String>>,
+    at_domain: Option<&Result<Vec<u8>, FetchError>>,
+    now: u64,
+) -> (Vec<Line>, Option<Policy>) {
+    let url = format!("https://mta-sts.{domain}/.well-known/mta-sts.txt");
+    let mut out = Vec::new();
+    let body = match fetched {
+        Ok(b) => b,
+        Err(e) => {
+            out.push(problem(
+                "policy-host",
+                &url,
+                e.to_string(),
+                fetch_fix(e, domain),
+            ));
+            if let Some(Ok(_)) = at_domain {
+                out.push(problem(
+                    "policy-host",
+                    format!("https://{domain}/.well-known/mta-sts.txt"),
+                    "a policy is served on the domain itself, but senders fetch it only from the mta-sts host (RFC 8461 §3.3)",
+                    format!("serve the same file at {url} (an A/AAAA or CNAME record for mta-sts.{domain} and a certificate for it)"),
+                ));
+            }
+            return (out, None);
+        }
+    };
+    out.push(ok(
+        "policy-host",
+        &url,
+        format!("served, text/plain, {} bytes", body.len()),
+    ));
+    if let Some(cert) = cert {
+        out.push(certificate(
+            "policy-host",
+            &format!("mta-sts.{domain}"),
+            cert,
+            now,
+        ));
+    }
+    match parse_policy(body) {
+        Ok(p) => {
+            out.push(ok(
+                "policy-syntax",
+                &url,
+                format!(
+                    "mode {}, {} mx pattern(s) ({}), max_age {}",
+                    p.mode,
+                    p.mx.len(),
+                    p.mx.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    p.max_age
+                ),
+            ));
+            out.extend(hygiene(&url, &String::from_utf8_lossy(body), &p));
+            (out, Some(p))
+        }
+        Err(e) => {
+            let text = String::from_utf8_lossy(body);
+            let fix = if text.lines().any(|l| l.contains('#')) {
+                "remove the comments: RFC 8461's grammar has none (\"max_age: 86400   # 1 day\" is not a number)"
+            } else {
+                "each line is \"key: value\" with version, mode, mx and max_age (RFC 8461 §3.2)"
+            };
+            out.push(problem("policy-syntax", &url, e.to_string(), fix));
+            (out, None)
+        }
+    }
+}
+
+fn fetch_fix(e: &FetchError, domain: &str) -> String {
+    use crate::mtasts::discovery::FailureClass as C;
+    match e.class() {
+        C::Dns => format!("publish an A or AAAA record (or a CNAME) for mta-sts.{domain}"),
+        C::Tls => format!("serve a certificate from a public CA valid for mta-sts.{domain}"),
+        C::HttpStatus => {
+            "answer 200 at that URL itself: redirects are not followed (RFC 8461 §3.3)".into()
+        }
+        C::ContentType => "serve the file as text/plain".into(),
+        C::TooLarge => "keep the policy under 64 KiB".into(),
+        C::PrivateAddress => format!("mta-sts.{domain} must resolve to a public address"),
+        _ => format!("make https://mta-sts.{domain}/.well-known/mta-sts.txt reachable"),
+    }
+}
+
+/// What the seed documents themselves get wrong, in a policy that parses.
+fn hygiene(url: &str, text: &str, p: &Policy) -> Vec<Line> {
+    let mut out = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("mx:").map(str::trim) {
+            if seen.contains(&v) {
+                out.push(warn(
+                    "policy-hygiene",
+                    url,
+                    format!("mx: {v} is listed twice"),
+                    "list each MX pattern once",
+                ));
+            }
+            seen.push(v);
+        }
+    }
+    if p.mode == Mode::None {
+        out.push(warn(
+            "policy-hygiene",
+            url,
+            "mode: none: senders drop the policy (the way to withdraw it, not to keep it)",
+            "if MTA-STS should protect the domain, use mode: testing or enforce",
+        ));
+    }
+    if p.max_age < MAX_AGE_ADVICE {
+        out.push(warn(
+            "policy-hygiene",
+            url,
+            format!("max_age {} is far below RFC 8461's advice of weeks: a downgrade attack need only wait it out", p.max_age),
+            "max_age: 604800 (a week) or more",
+        ));
+    }
+    out
+}
+
+/// A certificate's remaining validity.
+fn certificate(id: &'static str, name: &str, cert: &Result<CertFacts, String>, now: u64) -> Line {
+    match cert {
+        Err(e) => problem(
+            id,
+            name,
+            e.clone(),
+            format!("serve a certificate from a public CA valid for {name}"),
+        ),
+        Ok(CertFacts { not_after: Some(t) }) => {
+            let days = (*t as i64 - now as i64).div_euclid(86_400);
+            if days < EXPIRY_WARNING_DAYS {
+                warn(
+                    id,
+                    name,
+                    format!("the certificate expires in {days} day(s)"),
+                    "renew it now",
+                )
+            } else {
+                ok(
+                    id,
+                    name,
+                    format!("certificate valid for {name}, {days} more days"),
+                )
+            }
+        }
+        Ok(_) => ok(id, name, format!("certificate valid for {name}")),
+    }
+}
+
+/// MX coverage (RFC 8461 §4.1): every MX matched by a pattern, every pattern used.
+pub fn mx_coverage(domain: &str, mx: &Result<Vec<String>, String>, p: &Policy) -> Vec<Line> {
+    let hosts = match mx {
+        Err(e) => {
+            return vec![problem(
+                "mx-coverage",
+                domain,
+                format!("the MX lookup failed: {e}"),
+                "check the zone's name servers",
+            )];
+        }
+        // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
+        Ok(h) if h.is_empty() => vec![domain.to_owned()],
+        Ok(h) => h.clone(),
+    };
+    let mut out = Vec::new();
+    if p.mode == Mode::None {
+        return out;
+    }
+    for host in &hosts {
+        if p.mx.iter().any(|m| m.matches(host)) {
+            out.push(ok("mx-coverage", host, "matched by the policy"));
+            continue;
+        }
+        let deeper =
+            p.mx.iter()
+                .filter(|m| m.wildcard && host.ends_with(&format!(".{}", m.domain)))
+                .map(|m| format!(" (*.{} matches exactly one label, not {host})", m.domain))
+                .next()
+                .unwrap_or_default();
+        let message = format!("no mx pattern matches this MX{deeper}");
+        out.push(match p.mode {
+            Mode::Enforce => problem(
+                "mx-coverage",
+                host,
+                format!("{message}: mail to it will be refused"),
+                format!("add mx: {host} to the policy (and change the TXT id)"),
+            ),
+            _ => warn(
+                "mx-coverage",
+                host,
+                format!("{message}: mail to it would be refused once the policy is enforced"),
+                format!("add mx: {host} to the policy before enforcing"),
+            ),
+        });
+    }
+    for m in &p.mx {
+        if !hosts.iter().any(|h| m.matches(h)) {
+            out.push(warn(
+                "mx-coverage",
+                m.to_string(),
+                "pattern matches none of the domain's MX hosts (stale?)",
+                "remove it, or publish the MX it was meant for",
+            ));
+        }
+    }
+    out
+}
+
+/// One MX host over SMTP: STARTTLS offered, and its certificate under the Web PKI.
+pub fn smtp(probe: &SmtpProbe, mode: Option<Mode>, now: u64) -> Vec<Line> {
+    let host = &probe.host;
+    let enforced = mode == Some(Mode::Enforce);
+    let bad = |id, message: String, fix: &str| {
+        if enforced {
+            problem(
+                id,
+                host,
+                format!("{message}: mail to it will be refused"),
+                fix,
+            )
+        } else {
+            warn(id, host, message, fix)
+        }
+    };
+    if let Err(e) = &probe.reached {
+        return vec![bad(
+            "mx-starttls",
+            format!("SMTP not reached: {e}"),
+            "check that port 25 is open and the server answers",
+        )];
+    }
+    if !probe.starttls {
+        return vec![bad(
+            "mx-starttls",
+            "STARTTLS is not offered".into(),
+            "enable STARTTLS on the receiving MTA",
+        )];
+    }
+    let mut out = vec![ok("mx-starttls", host, "STARTTLS offered")];
+    match &probe.tls {
+        Some(Err(e)) => out.push(bad(
+            "mx-certificate",
+            e.clone(),
+            "serve a certificate from a public CA valid for the MX host name",
+        )),
+        Some(Ok(c)) => out.push(certificate("mx-certificate", host, &Ok(c.clone()), now)),
+        None => {}
+    }
+    out
+}
+
+/// `_smtp._tls.DOMAIN` (RFC 8460 §3): exactly one `v=TLSRPTv1` record with usable
+/// `rua` URIs.
+pub fn tlsrpt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Line> {
+    let name = format!("_smtp._tls.{domain}");
+    let records = match records {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![warn(
+                "tlsrpt",
+                name,
+                format!("the TXT lookup failed: {e}"),
+                "check the zone's name servers",
+            )];
+        }
+    };
+    let rpt: Vec<&String> = records
+        .iter()
+        .filter(|r| r.starts_with("v=TLSRPTv1"))
+        .collect();
+    match rpt.as_slice() {
+        [] => vec![warn(
+            "tlsrpt",
+            &name,
+            "no TLSRPT record: senders cannot tell you when TLS to your MX hosts fails",
+            format!("publish {name}. TXT \"v=TLSRPTv1; rua=mailto:tls-reports@{domain}\""),
+        )],
+        [one] => match destinations(one) {
+            Err(e) => vec![problem(
+                "tlsrpt",
+                &name,
+                e,
+                "write it as v=TLSRPTv1; rua=mailto:ADDRESS (or https:URL)",
+            )],
+            Ok(d) if d.usable.is_empty() => vec![problem(
+                "tlsrpt",
+                &name,
+                format!("no usable rua URI in \"{one}\""),
+                "rua=mailto:ADDRESS or rua=https://HOST/PATH",
+            )],
+            Ok(d) => {
+                let mut out = vec![ok(
+                    "tlsrpt",
+                    &name,
+                    format!(
+                        "reports go to {}",
+                        d.usable
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )];
+                for (uri, why) in d.refused {
+                    out.push(warn(
+                        "tlsrpt",
+                        &name,
+                        format!("rua {uri} is not usable: {why}"),
+                        "use a mailto: address or an https: URL",
+                    ));
+                }
+                out
+            }
+        },
+        many => vec![problem(
+            "tlsrpt",
+            &name,
+            format!(
+                "{} v=TLSRPTv1 records: senders use none (RFC 8460 §3)",
+                many.len()
+            ),
+            "keep exactly one",
+        )],
+    }
+}

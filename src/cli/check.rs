@@ -1,0 +1,298 @@
+//! `mta-stsd check DOMAIN`: gathers every fact about a domain's MTA-STS setup at
+//! once, with the daemon's resolver, trust anchors and rules (the same discovery code,
+//! not a second implementation), and prints what [`crate::check::rules`] makes of
+//! them. Library callers (the tests) use [`check`] with their own options.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures::future::join_all;
+use hickory_resolver::proto::rr::{RData, RecordType};
+
+use super::query::{DaneQuery, query};
+use crate::check::Report;
+use crate::check::probe::{smtp_probe, tls_probe};
+use crate::check::rules::{self, Line};
+use crate::config::ZoneOptions;
+use crate::doctor::Level;
+use crate::mtasts::discovery::Discoverer;
+use crate::mtasts::domain::normalize_key;
+
+/// `mta-stsd check`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The domain to check (a recipient domain, or your own).
+    domain: String,
+    /// The daemon's configuration (resolver, trust anchors, zone options); default:
+    /// /etc/mta-stsd/mta-stsd.toml if it exists, else built-in defaults.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print JSON: {"domain", "checks": [{"id", "level", "subject", "message"}], "answer"}.
+    #[arg(long)]
+    json: bool,
+    /// Do not connect to the MX hosts over SMTP.
+    #[arg(long)]
+    no_smtp: bool,
+    /// The whole check's deadline.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
+    /// The socketmap name whose zone options the answer uses.
+    #[arg(long, default_value = "postfix")]
+    zone: String,
+}
+
+/// How a check is run (the command's defaults; tests reach other ports).
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Probe the MX hosts over SMTP.
+    pub smtp: bool,
+    pub smtp_port: u16,
+    /// Each TLS or SMTP probe's own limit.
+    pub probe_timeout: Duration,
+    pub deadline: Duration,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            smtp: true,
+            smtp_port: 25,
+            probe_timeout: Duration::from_secs(10),
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::logging::init("error", crate::config::LogFormat::Auto);
+    let (config, _) = super::load_config(args.config.as_deref())?;
+    let options = CheckOptions {
+        smtp: !args.no_smtp,
+        deadline: args.deadline,
+        ..CheckOptions::default()
+    };
+    let report = super::current_thread()?.block_on(async {
+        let prepared = crate::setup::prepare(&config)?;
+        let zone = config.zone(&args.zone);
+        let dane = DaneQuery {
+            enabled: prepared.dane.wanted_for(&zone),
+            reason: prepared.dane.reason.clone(),
+            lookup: &prepared.dane.lookup,
+        };
+        anyhow::Ok(
+            check(
+                &prepared.discoverer,
+                &args.domain,
+                &zone,
+                Some(dane),
+                &options,
+            )
+            .await,
+        )
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text(std::io::stdout().is_terminal()));
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+/// Checks `domain`: every probe at once, the whole bounded by `options.deadline`.
+pub async fn check(
+    discoverer: &Discoverer,
+    domain: &str,
+    zone: &ZoneOptions,
+    dane: Option<DaneQuery<'_>>,
+    options: &CheckOptions,
+) -> Report {
+    let Ok(domain) = normalize_key(domain) else {
+        return Report {
+            domain: domain.to_owned(),
+            checks: vec![Line {
+                id: "txt",
+                level: Level::Problem,
+                subject: domain.to_owned(),
+                message: "not a domain name".into(),
+                fix: None,
+            }],
+            answer: String::new(),
+        };
+    };
+    let domain = domain.to_string();
+    let work = gather(discoverer, &domain, zone, dane, options);
+    match tokio::time::timeout(options.deadline, work).await {
+        Ok(report) => report,
+        Err(_) => Report {
+            domain: domain.clone(),
+            checks: vec![Line {
+                id: "deadline",
+                level: Level::Problem,
+                subject: domain,
+                message: format!("the checks did not finish within {:?}", options.deadline),
+                fix: Some("a DNS, web or mail server of the domain does not answer; --no-smtp skips the MX hosts".into()),
+            }],
+            answer: String::new(),
+        },
+    }
+}
+
+async fn gather(
+    discoverer: &Discoverer,
+    domain: &str,
+    zone: &ZoneOptions,
+    dane: Option<DaneQuery<'_>>,
+    options: &CheckOptions,
+) -> Report {
+    let port = discoverer.https_port();
+    let policy_host = format!("mta-sts.{domain}");
+    let at_host = discoverer.policy_url(domain);
+    let at_domain = if port == 443 {
+        format!("https://{domain}/.well-known/mta-sts.txt")
+    } else {
+        format!("https://{domain}:{port}/.well-known/mta-sts.txt")
+    };
+    let (sts_name, rpt_name) = (format!("_mta-sts.{domain}"), format!("_smtp._tls.{domain}"));
+    let (txt, rpt, mx, fetched, fetched_at_domain, cert, verdict) = tokio::join!(
+        txt_records(discoverer, &sts_name),
+        txt_records(discoverer, &rpt_name),
+        mx_hosts(discoverer, domain),
+        discoverer.fetch_body(&at_host, domain),
+        discoverer.fetch_body(&at_domain, domain),
+        async {
+            let ip = first_address(discoverer, &policy_host).await?;
+            Some(
+                tls_probe(
+                    SocketAddr::new(ip, port),
+                    &policy_host,
+                    discoverer.tls_config(),
+                    options.probe_timeout,
+                )
+                .await,
+            )
+        },
+        query(discoverer, domain, zone, dane),
+    );
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let mut checks = rules::txt(domain, &txt);
+    let (policy_lines, policy) = rules::policy(
+        domain,
+        &fetched,
+        cert.as_ref(),
+        Some(&fetched_at_domain),
+        now,
+    );
+    checks.extend(policy_lines);
+    if let Some(p) = &policy {
+        checks.extend(rules::mx_coverage(domain, &mx, p));
+    }
+    if options.smtp {
+        let hosts = match &mx {
+            Ok(h) if h.is_empty() => vec![domain.to_owned()],
+            Ok(h) => h.clone(),
+            Err(_) => Vec::new(),
+        };
+        let probes = join_all(hosts.iter().map(|h| async move {
+            let ip = first_address(discoverer, h).await;
+            smtp_probe(
+                h,
+                ip,
+                options.smtp_port,
+                discoverer.tls_config(),
+                options.probe_timeout,
+            )
+            .await
+        }))
+        .await;
+        for p in &probes {
+            checks.extend(rules::smtp(p, policy.as_ref().map(|p| p.mode), now));
+        }
+    }
+    checks.extend(rules::tlsrpt(domain, &rpt));
+    Report {
+        domain: domain.to_owned(),
+        checks,
+        answer: verdict.reply,
+    }
+}
+
+/// The TXT records at `name` as text; none for NXDOMAIN or no records.
+async fn txt_records(d: &Discoverer, name: &str) -> Result<Vec<String>, String> {
+    match d
+        .resolver()
+        .lookup(format!("{name}.").as_str(), RecordType::TXT)
+        .await
+    {
+        Ok(lookup) => Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s))
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect()),
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The domain's MX hosts by preference (lower case, no trailing dot); none for no MX
+/// (the domain itself is then the MX) and for a null MX.
+async fn mx_hosts(d: &Discoverer, domain: &str) -> Result<Vec<String>, String> {
+    match d
+        .resolver()
+        .lookup(format!("{domain}.").as_str(), RecordType::MX)
+        .await
+    {
+        Ok(lookup) => {
+            let mut mx: Vec<(u16, String)> = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some((
+                        mx.preference,
+                        mx.exchange
+                            .to_ascii()
+                            .trim_end_matches('.')
+                            .to_ascii_lowercase(),
+                    )),
+                    _ => None,
+                })
+                .filter(|(_, h)| !h.is_empty())
+                .collect();
+            mx.sort();
+            mx.dedup_by(|a, b| a.1 == b.1);
+            Ok(mx.into_iter().map(|(_, h)| h).collect())
+        }
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn first_address(d: &Discoverer, host: &str) -> Option<IpAddr> {
+    for rtype in [RecordType::A, RecordType::AAAA] {
+        if let Ok(lookup) = d
+            .resolver()
+            .lookup(format!("{host}.").as_str(), rtype)
+            .await
+        {
+            let ip = lookup.answers().iter().find_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            });
+            if ip.is_some() {
+                return ip;
+            }
+        }
+    }
+    None
+}
