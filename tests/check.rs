@@ -468,3 +468,64 @@ async fn the_command_prints_a_stable_json_shape() {
         "{ids:?}"
     );
 }
+
+/// DANE (RFC 7672), looked at as the daemon does when DANE precedence is on: secure
+/// TLSA records matching the presented certificate, and ones that do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_tlsa_records_are_matched_against_the_certificate() {
+    let w = World::start_signed().await;
+    let r = receivers(&w).await;
+    let mut anchors = hickory_resolver::proto::dnssec::TrustAnchors::empty();
+    anchors.insert(&w.dns.trust_anchor_key().expect("signed"));
+    let lookup = mta_stsd::dane::lookup::DaneLookup::new(
+        &mta_stsd::config::ResolverConfig {
+            nameservers: vec![w.dns.addr()],
+            timeout: Duration::from_millis(500),
+            attempts: std::num::NonZeroUsize::MIN,
+        },
+        std::sync::Arc::new(anchors),
+    )
+    .unwrap();
+    for (domain, matching) in [("daneok.test", true), ("danebad.test", false)] {
+        let host = format!("mx.{domain}");
+        w.publish(domain, "1", &policy_text("enforce", &[&host], 604800));
+        mx(&w, &r, domain, &[(&host, TLS, CertKind::Valid)]);
+        let mut digest = r.certs.sha256(&host).unwrap();
+        if !matching {
+            digest[0] ^= 0xff;
+        }
+        w.dns
+            .set_tlsa(&format!("_25._tcp.{host}"), &[(3, 0, 1, &digest)]);
+        let dane = mta_stsd::cli::query::DaneQuery {
+            enabled: true,
+            reason: "test".into(),
+            lookup: &lookup,
+        };
+        let report = check(
+            &common::discoverer(&w),
+            domain,
+            &ZoneOptions::default(),
+            Some(dane),
+            &options(&r),
+        )
+        .await;
+        let text = report.to_text(false);
+        if matching {
+            assert!(
+                has(
+                    &report,
+                    "mx-dane",
+                    Level::Ok,
+                    "matches the presented certificate"
+                ),
+                "{text}"
+            );
+            assert_eq!(report.answer, "OK dane-only", "{text}");
+        } else {
+            assert!(
+                has(&report, "mx-dane", Level::Problem, "none matching"),
+                "{text}"
+            );
+        }
+    }
+}

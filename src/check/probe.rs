@@ -17,6 +17,9 @@ use tokio::net::TcpStream;
 pub struct CertFacts {
     /// The leaf certificate's notAfter, epoch seconds.
     pub not_after: Option<u64>,
+    /// The chain the server presented (DER, leaf first), for DANE's TLSA matching.
+    #[serde(skip)]
+    pub chain: Vec<Vec<u8>>,
 }
 
 /// What an SMTP session with one MX host found.
@@ -63,14 +66,15 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .connect(server, stream)
         .await
         .map_err(|e| certificate_error(&e))?;
-    let leaf = conn
+    let chain: Vec<Vec<u8>> = conn
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.as_ref().to_vec());
+        .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+        .unwrap_or_default();
     Ok(CertFacts {
-        not_after: leaf.as_deref().and_then(not_after),
+        not_after: chain.first().and_then(|leaf| not_after(leaf)),
+        chain,
     })
 }
 
@@ -214,6 +218,24 @@ pub fn not_after(der: &[u8]) -> Option<u64> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_secs())
+}
+
+/// The SubjectPublicKeyInfo of an X.509 certificate (DER, whole), what a TLSA record
+/// with selector 1 is about (RFC 6698 §2.1.2).
+pub fn spki(der: &[u8]) -> Option<&[u8]> {
+    let (_, cert, _) = tlv(der)?;
+    let (_, mut tbs, _) = tlv(cert)?;
+    let (tag, _, rest) = tlv(tbs)?;
+    if tag == 0xa0 {
+        tbs = rest;
+    }
+    // serial, signature, issuer, validity, subject
+    for _ in 0..5 {
+        let (_, _, rest) = tlv(tbs)?;
+        tbs = rest;
+    }
+    let (_, _, rest) = tlv(tbs)?;
+    Some(&tbs[..tbs.len() - rest.len()])
 }
 
 /// One DER TLV: (tag, value, rest).

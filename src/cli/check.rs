@@ -156,7 +156,8 @@ async fn gather(
         format!("https://{domain}:{port}/.well-known/mta-sts.txt")
     };
     let (sts_name, rpt_name) = (format!("_mta-sts.{domain}"), format!("_smtp._tls.{domain}"));
-    let (txt, rpt, mx, fetched, fetched_at_domain, cert, verdict) = tokio::join!(
+    let dane_lookup = dane.as_ref().filter(|d| d.enabled).map(|d| d.lookup);
+    let (txt, rpt, mx, fetched, fetched_at_domain, cert, verdict, dane_facts) = tokio::join!(
         txt_records(discoverer, &sts_name),
         txt_records(discoverer, &rpt_name),
         mx_hosts(discoverer, domain),
@@ -175,6 +176,12 @@ async fn gather(
             )
         },
         query(discoverer, domain, zone, dane),
+        async {
+            match dane_lookup {
+                Some(l) => Some(l.facts(domain).await.mx),
+                None => None,
+            }
+        },
     );
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     let mut checks = rules::txt(domain, &txt);
@@ -197,18 +204,25 @@ async fn gather(
         };
         let probes = join_all(hosts.iter().map(|h| async move {
             let ip = first_address(discoverer, h).await;
-            smtp_probe(
-                h,
-                ip,
-                options.smtp_port,
-                discoverer.tls_config(),
-                options.probe_timeout,
-            )
-            .await
+            let (probe, tlsa) = tokio::join!(
+                smtp_probe(
+                    h,
+                    ip,
+                    options.smtp_port,
+                    discoverer.tls_config(),
+                    options.probe_timeout,
+                ),
+                tlsa_records(discoverer, h),
+            );
+            (probe, tlsa)
         }))
         .await;
-        for p in &probes {
+        for (p, tlsa) in &probes {
             checks.extend(rules::smtp(p, policy.as_ref().map(|p| p.mode), now));
+            if let Some(facts) = &dane_facts {
+                let presented = p.tls.as_ref().and_then(|t| t.as_ref().ok());
+                checks.extend(rules::dane(&p.host, facts, tlsa, presented));
+            }
         }
     }
     checks.extend(rules::tlsrpt(domain, &rpt));
@@ -274,6 +288,28 @@ async fn mx_hosts(d: &Discoverer, domain: &str) -> Result<Vec<String>, String> {
         }
         Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The TLSA records of `_25._tcp.HOST` with their data (whether they are secure is
+/// the DANE lookup's to say).
+async fn tlsa_records(d: &Discoverer, host: &str) -> Vec<rules::TlsaRecord> {
+    let name = format!("_25._tcp.{host}.");
+    match d.resolver().lookup(name.as_str(), RecordType::TLSA).await {
+        Ok(lookup) => lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TLSA(t) => Some(rules::TlsaRecord {
+                    usage: t.cert_usage.into(),
+                    selector: t.selector.into(),
+                    matching: t.matching.into(),
+                    data: t.cert_data.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
