@@ -244,6 +244,32 @@ async fn each_fault_gets_its_verdict() {
         "certificate valid for mta-sts.good.test"
     ));
 
+    // The TXT record through a CNAME (a hosted policy): fine, and said.
+    w.dns
+        .set_cname("_mta-sts.alias.test", "_mta-sts.host.provider.test");
+    w.dns
+        .set_txt("_mta-sts.host.provider.test", &["v=STSv1; id=7"]);
+    w.point_policy_host("alias.test");
+    w.https
+        .set_policy("alias.test", &enforce(&["mx.alias.test"]));
+    mx(
+        &w,
+        &r,
+        "alias.test",
+        &[("mx.alias.test", TLS, CertKind::Valid)],
+    );
+    let report = run(&w, &r, "alias.test").await;
+    assert!(
+        has(
+            &report,
+            "txt",
+            Level::Ok,
+            "through CNAME _mta-sts.host.provider.test"
+        ),
+        "{}",
+        report.to_text(false)
+    );
+
     // A policy served without the TXT record.
     w.point_policy_host("notxt.test");
     w.https
@@ -405,6 +431,45 @@ async fn each_fault_gets_its_verdict() {
             Level::Problem,
             "served on the domain itself"
         ),
+        "{}",
+        report.to_text(false)
+    );
+
+    // A redirect (not followed, RFC 8461 §3.3) and a wrong content type.
+    w.publish("moved.test", "1", &enforce(&["mx.moved.test"]));
+    w.https.set_response(
+        "moved.test",
+        HttpResponse::Raw {
+            status: 301,
+            content_type: None,
+            headers: vec![("Location".into(), "https://moved.test/mta-sts.txt".into())],
+            body: vec![],
+        },
+    );
+    let report = run(&w, &r, "moved.test").await;
+    assert!(
+        has(
+            &report,
+            "policy-host",
+            Level::Problem,
+            "redirect to https://moved.test/mta-sts.txt not followed"
+        ),
+        "{}",
+        report.to_text(false)
+    );
+    w.publish("html.test", "1", &enforce(&["mx.html.test"]));
+    w.https.set_response(
+        "html.test",
+        HttpResponse::Raw {
+            status: 200,
+            content_type: Some("text/html".into()),
+            headers: vec![],
+            body: enforce(&["mx.html.test"]).into_bytes(),
+        },
+    );
+    let report = run(&w, &r, "html.test").await;
+    assert!(
+        has(&report, "policy-host", Level::Problem, "is not text/plain"),
         "{}",
         report.to_text(false)
     );

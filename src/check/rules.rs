@@ -70,8 +70,10 @@ const EXPIRY_WARNING_DAYS: i64 = 14;
 /// RFC 8461 §3.2 advises a `max_age` of weeks; under a day is far below it.
 const MAX_AGE_ADVICE: u64 = 86_400;
 
-/// `_mta-sts.DOMAIN` (RFC 8461 §3.1): exactly one `v=STSv1` record with a valid id.
-pub fn txt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Line> {
+/// `_mta-sts.DOMAIN` (RFC 8461 §3.1): exactly one `v=STSv1` record with a valid id;
+/// `cnames` are the aliases the lookup followed (allowed, and worth knowing about when
+/// the policy is hosted by someone else).
+pub fn txt(domain: &str, records: &Result<Vec<String>, String>, cnames: &[String]) -> Vec<Line> {
     let name = format!("_mta-sts.{domain}");
     let records = match records {
         Ok(r) => r,
@@ -97,7 +99,14 @@ pub fn txt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Line> {
             format!("publish {name}. TXT \"v=STSv1; id=20260101000000\" (a new id whenever the policy changes)"),
         )),
         [one] => match parse_sts_record(one) {
-            Ok(r) => out.push(ok("txt", &name, format!("\"{one}\": id {}", r.id))),
+            Ok(r) => {
+                let via = if cnames.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (through CNAME {})", cnames.join(" -> "))
+                };
+                out.push(ok("txt", &name, format!("\"{one}\": id {}{via}", r.id)))
+            }
             Err(e) => out.push(problem(
                 "txt",
                 &name,

@@ -184,7 +184,9 @@ async fn gather(
         },
     );
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-    let mut checks = rules::txt(domain, &txt);
+    let (txt, cnames) = txt;
+    let (rpt, _) = rpt;
+    let mut checks = rules::txt(domain, &txt, &cnames);
     let (policy_lines, policy) = rules::policy(
         domain,
         &fetched,
@@ -233,28 +235,35 @@ async fn gather(
     }
 }
 
-/// The TXT records at `name` as text; none for NXDOMAIN or no records.
-async fn txt_records(d: &Discoverer, name: &str) -> Result<Vec<String>, String> {
+/// The TXT records at `name` as text (none for NXDOMAIN or no records), and the
+/// CNAME targets the answer went through.
+async fn txt_records(d: &Discoverer, name: &str) -> (Result<Vec<String>, String>, Vec<String>) {
     match d
         .resolver()
         .lookup(format!("{name}.").as_str(), RecordType::TXT)
         .await
     {
-        Ok(lookup) => Ok(lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(txt) => Some(
-                    txt.txt_data
-                        .iter()
-                        .map(|s| String::from_utf8_lossy(s))
-                        .collect::<String>(),
-                ),
-                _ => None,
-            })
-            .collect()),
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
-        Err(e) => Err(e.to_string()),
+        Ok(lookup) => {
+            let mut texts = Vec::new();
+            let mut cnames = Vec::new();
+            for r in lookup.answers() {
+                match &r.data {
+                    RData::TXT(txt) => texts.push(
+                        txt.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s))
+                            .collect::<String>(),
+                    ),
+                    RData::CNAME(target) => {
+                        cnames.push(target.0.to_ascii().trim_end_matches('.').to_owned())
+                    }
+                    _ => {}
+                }
+            }
+            (Ok(texts), cnames)
+        }
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => (Ok(Vec::new()), Vec::new()),
+        Err(e) => (Err(e.to_string()), Vec::new()),
     }
 }
 
