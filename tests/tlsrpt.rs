@@ -464,7 +464,7 @@ async fn the_daemon_keeps_counts_across_kill_9_and_sends_on_request() {
     );
     let gz = written
         .iter()
-        .find(|f| f.starts_with("sender.test!bad.test!"))
+        .find(|f| f.starts_with("sender.test!bad.test!") && f.ends_with(".json.gz"))
         .unwrap();
     assert_eq!(
         counts(&gunzip(&std::fs::read(files.join(gz)).unwrap())),
