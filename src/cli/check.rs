@@ -275,26 +275,8 @@ async fn mx_hosts(d: &Discoverer, domain: &str) -> Result<Vec<String>, String> {
         .lookup(format!("{domain}.").as_str(), RecordType::MX)
         .await
     {
-        Ok(lookup) => {
-            let mut mx: Vec<(u16, String)> = lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::MX(mx) => Some((
-                        mx.preference,
-                        mx.exchange
-                            .to_ascii()
-                            .trim_end_matches('.')
-                            .to_ascii_lowercase(),
-                    )),
-                    _ => None,
-                })
-                .filter(|(_, h)| !h.is_empty())
-                .collect();
-            mx.sort();
-            mx.dedup_by(|a, b| a.1 == b.1);
-            Ok(mx.into_iter().map(|(_, h)| h).collect())
-        }
+        // A null MX (RFC 7505) names no host: the checks of MX hosts have none.
+        Ok(lookup) => Ok(crate::dane::lookup::exchanges(lookup.answers()).unwrap_or_default()),
         Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
         Err(e) => Err(e.to_string()),
     }

@@ -424,7 +424,7 @@ impl DaneLookup {
 
 /// The MX exchanges of an MX RRset, by preference, without duplicates, at most
 /// `MAX_HOSTS`; `None` for a null MX (RFC 7505: only "." exchanges).
-fn exchanges(records: &[Record]) -> Option<Vec<String>> {
+pub fn exchanges(records: &[Record]) -> Option<Vec<String>> {
     let mut mx: Vec<(u16, String)> = records
         .iter()
         .filter_map(|r| match &r.data {
