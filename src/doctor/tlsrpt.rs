@@ -28,6 +28,9 @@ pub struct TlsrptFacts {
     pub access: Option<SocketAccess>,
     /// Postfix's `non_smtpd_milters` (mail submitted with sendmail passes these).
     pub non_smtpd_milters: String,
+    /// The socketmap names Postfix uses whose zone sends no TLSRPT attributes
+    /// (`tlsrpt = false`): Postfix then does not know the policy it applied.
+    pub zones_without_attributes: Vec<String>,
 }
 
 /// What decides whether Postfix's user may write to the socket.
@@ -130,6 +133,19 @@ pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Check> {
         c.level = c.level.min(super::Level::Warning);
         out.push(c);
     }
+    if !f.zones_without_attributes.is_empty() {
+        out.push(Check::warning(
+            NAME,
+            format!(
+                "zone(s) {} answer Postfix without the TLSRPT attributes: Postfix cannot say which policy a session was under, so reports lack it",
+                f.zones_without_attributes.join(", ")
+            ),
+            format!(
+                "set tlsrpt = true in [zones.{}] (Postfix 3.10 or later)",
+                f.zones_without_attributes[0]
+            ),
+        ));
+    }
     if f.non_smtpd_milters.trim().is_empty() {
         out.push(Check::warning(
             "tlsrpt.dkim",
@@ -164,6 +180,7 @@ mod tests {
             built_with_libtlsrpt: Some(true),
             access: None,
             non_smtpd_milters: "inet:localhost:8891".into(),
+            zones_without_attributes: Vec::new(),
         }
     }
 
@@ -215,6 +232,16 @@ mod tests {
         let c = check_tlsrpt(&elsewhere);
         assert_eq!(c[0].level, Level::Warning);
         assert!(c[0].message.contains("chrooted"), "{}", c[0].message);
+
+        let mut bare = facts();
+        bare.zones_without_attributes = vec!["postfix".into()];
+        let c = check_tlsrpt(&bare);
+        assert!(c.iter().any(|c| {
+            c.level == Level::Warning
+                && c.fix
+                    .as_deref()
+                    .is_some_and(|f| f.contains("[zones.postfix]"))
+        }));
 
         let mut unsigned = facts();
         unsigned.non_smtpd_milters = String::new();

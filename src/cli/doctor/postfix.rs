@@ -73,9 +73,13 @@ pub(super) fn postfix_checks(
     }
     let any_chroot = services.iter().any(|(_, c)| *c);
     checks.push(trust_check(dir, &queue, any_chroot));
-    checks.extend(doctor::tlsrpt::check_tlsrpt(&tlsrpt_facts(
-        dir, config, &services, &queue,
-    )));
+    let mut tlsrpt = tlsrpt_facts(dir, config, &services, &queue);
+    tlsrpt.zones_without_attributes = distinct_names(&used)
+        .iter()
+        .filter(|s| !config.zone(&s.name).tlsrpt)
+        .map(|s| s.name.clone())
+        .collect();
+    checks.extend(doctor::tlsrpt::check_tlsrpt(&tlsrpt));
 
     let trust_ad = std::fs::read_to_string(&args.resolv_conf)
         .map(|t| doctor::resolv_conf_trusts_ad(&t))
@@ -258,6 +262,7 @@ fn tlsrpt_facts(
         built_with_libtlsrpt,
         access,
         non_smtpd_milters: param(dir, "non_smtpd_milters"),
+        zones_without_attributes: Vec::new(),
     }
 }
 
