@@ -2,7 +2,7 @@
 //! the policy cache (the same engine, but not the same files, so that a damaged cache
 //! moved aside does not take a day's reports with it). Two trees:
 //! - `counts`: day (8 bytes, big-endian) · domain · NUL · record · NUL · policy →
-//!   [`Counts`] as JSON;
+//!   [`Counts`] (postcard);
 //! - `deliveries`: day · report id · NUL · destination → [`Delivery`] as JSON.
 //!
 //! Days lead the keys, so a day's groups are one range and pruning old days is a
@@ -75,6 +75,15 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+        domain: what.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Counters are rewritten every round for every key touched: kept in postcard's
+/// compact binary form, not JSON.
+fn decode_counts(what: &str, bytes: &[u8]) -> Result<Counts, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Decode {
         domain: what.to_owned(),
         message: e.to_string(),
     })
@@ -170,11 +179,11 @@ impl ReportStore for SledReports {
             for ((group, policy), delta) in &tally.counts {
                 let key = counts_key(group, policy);
                 let mut counts: Counts = match self.counts.get(&key).map_err(backend)? {
-                    Some(v) => decode(&group.domain, &v).unwrap_or_default(),
+                    Some(v) => decode_counts(&group.domain, &v).unwrap_or_default(),
                     None => Counts::default(),
                 };
                 counts.merge(delta);
-                let value = serde_json::to_vec(&counts).map_err(backend)?;
+                let value = postcard::to_allocvec(&counts).map_err(backend)?;
                 batch.insert(key, value);
             }
             self.counts.apply_batch(batch).map_err(backend)
@@ -213,7 +222,7 @@ impl ReportStore for SledReports {
                 let [domain, record, policy] = <[String; 3]>::try_from(parts).map_err(|_| {
                     StoreError::Backend("TLSRPT counter key in an unknown form".into())
                 })?;
-                let counts: Counts = decode(&domain, &value)?;
+                let counts = decode_counts(&domain, &value)?;
                 let group = Group {
                     day,
                     domain,
