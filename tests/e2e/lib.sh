@@ -55,3 +55,40 @@ wait_tcp() {
     done
     return 1
 }
+
+# sender_postfix EXTRA: a private Postfix instance in $W that sends as sender.test
+# through mta-stsd on 127.0.0.1:8461, trusting the test world's CA: configuration in
+# $W/etc (bind-mounted over $ROOT/etc/postfix), queue in $W/spool, log in $W/maillog,
+# no chroot; EXTRA is appended to main.cf. The script defines `pf` (Postfix's commands,
+# the host's or those of the Debian root $ROOT).
+sender_postfix() {
+    mkdir -p "$W/etc" "$W/spool" "$W/data"
+    cp -a "$ROOT/etc/postfix/." "$W/etc/"
+    cp "$ROOT/usr/share/postfix/master.cf.dist" "$W/etc/master.cf"
+    pf chown postfix "$W/data"
+    cat > "$W/etc/main.cf" <<CFG
+compatibility_level = 3.6
+queue_directory = $W/spool
+data_directory = $W/data
+myhostname = sender.test
+mydomain = sender.test
+myorigin = sender.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+maillog_file = $W/maillog
+maillog_file_prefixes = /tmp
+smtp_host_lookup = dns
+smtp_tls_security_level = may
+smtp_tls_CAfile = $W/ca.pem
+smtp_tls_loglevel = 1
+smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
+smtp_connect_timeout = 5s
+delay_warning_time = 0
+$1
+CFG
+    mount --bind "$W/etc" "$ROOT/etc/postfix"
+    pf postconf -F '*/*/chroot = n'
+    pf postconf -M postlog/unix-dgram="postlog unix-dgram n - n - 1 postlogd"
+    pf postfix check >/dev/null
+}

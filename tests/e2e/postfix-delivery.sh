@@ -162,37 +162,9 @@ CFG
 $DANE || sed -i '/^trust_anchor = /d' "$W/mta-stsd.toml"
 
 # --- Postfix, the sender ----------------------------------------------------------
-mkdir -p "$W/etc" "$W/spool" "$W/data"
-cp -a "$ROOT/etc/postfix/." "$W/etc/"
-cp "$ROOT/usr/share/postfix/master.cf.dist" "$W/etc/master.cf"
-pf chown postfix "$W/data"
-cat > "$W/etc/main.cf" <<CFG
-compatibility_level = 3.6
-queue_directory = $W/spool
-data_directory = $W/data
-myhostname = sender.test
-mydomain = sender.test
-myorigin = sender.test
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-maillog_file = $W/maillog
-maillog_file_prefixes = /tmp
-smtp_host_lookup = dns
-smtp_dns_support_level = $($DANE && echo dnssec || echo enabled)
-smtp_tls_security_level = may
-smtp_tls_CAfile = $W/ca.pem
-smtp_tls_loglevel = 1
-smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
-smtp_connect_timeout = 5s
-delay_warning_time = 0
+sender_postfix "smtp_dns_support_level = $($DANE && echo dnssec || echo enabled)
 bounce_queue_lifetime = 1d
-maximal_queue_lifetime = 1d
-CFG
-mount --bind "$W/etc" "$ROOT/etc/postfix"
-pf postconf -F '*/*/chroot = n'
-pf postconf -M postlog/unix-dgram="postlog unix-dgram n - n - 1 postlogd"
-pf postfix check >/dev/null
+maximal_queue_lifetime = 1d"
 pf postfix start >/dev/null 2>&1
 pf postconf -h mail_version > "$W/postfix-version"
 # mta-stsd starts after Postfix's configuration exists: dane.mode = "auto" reads it.

@@ -109,39 +109,11 @@ sendmail = "$W/sendmail"
 CFG
 
 # --- Postfix ------------------------------------------------------------------------
-mkdir -p "$W/etc" "$W/spool" "$W/data"
-cp -a "$ROOT/etc/postfix/." "$W/etc/"
-cp "$ROOT/usr/share/postfix/master.cf.dist" "$W/etc/master.cf"
-pf chown postfix "$W/data"
-cat > "$W/etc/main.cf" <<CFG
-compatibility_level = 3.6
-queue_directory = $W/spool
-data_directory = $W/data
-myhostname = sender.test
-mydomain = sender.test
-myorigin = sender.test
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-maillog_file = $W/maillog
-maillog_file_prefixes = /tmp
-smtp_host_lookup = dns
-smtp_tls_security_level = may
-smtp_tls_CAfile = $W/ca.pem
-smtp_tls_loglevel = 1
-smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
-smtp_connect_timeout = 5s
-delay_warning_time = 0
 # One session per message, so that sessions can be counted.
-smtp_connection_cache_on_demand = no
+sender_postfix "smtp_connection_cache_on_demand = no
 smtp_tls_connection_reuse = no
 smtp_tlsrpt_enable = yes
-smtp_tlsrpt_socket_name = $W/tlsrpt/mta-stsd.sock
-CFG
-mount --bind "$W/etc" "$ROOT/etc/postfix"
-pf postconf -F '*/*/chroot = n'
-pf postconf -M postlog/unix-dgram="postlog unix-dgram n - n - 1 postlogd"
-pf postfix check >/dev/null
+smtp_tlsrpt_socket_name = $W/tlsrpt/mta-stsd.sock"
 "$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
 pids+=($!)
 wait_tcp 127.0.0.1 8461 || { echo "mta-stsd did not start"; cat "$W/mta-stsd.log"; exit 1; }
