@@ -789,3 +789,169 @@ async fn uploads_to_private_addresses_are_refused_by_default() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// A TLSRPT store that fails while `broken` is set, around a real one: how the
+/// collector survives a failing disk.
+struct Flaky {
+    inner: mta_stsd::tlsrpt::store::SledReports,
+    broken: std::sync::atomic::AtomicBool,
+    /// Calls refused while broken.
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), mta_stsd::cache::store::StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(mta_stsd::cache::store::StoreError::Backend(
+                "disk on fire".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl mta_stsd::tlsrpt::store::ReportStore for Flaky {
+    fn add(
+        &self,
+        t: &mta_stsd::tlsrpt::counts::Tally,
+    ) -> Result<(), mta_stsd::cache::store::StoreError> {
+        self.check()?;
+        self.inner.add(t)
+    }
+    fn days(&self) -> Result<Vec<Day>, mta_stsd::cache::store::StoreError> {
+        self.inner.days()
+    }
+    fn day(
+        &self,
+        d: Day,
+    ) -> Result<mta_stsd::tlsrpt::store::DayCounts, mta_stsd::cache::store::StoreError> {
+        self.inner.day(d)
+    }
+    fn delivery(
+        &self,
+        d: Day,
+        r: &str,
+        dest: &str,
+    ) -> Result<Option<mta_stsd::tlsrpt::schedule::Delivery>, mta_stsd::cache::store::StoreError>
+    {
+        self.inner.delivery(d, r, dest)
+    }
+    fn set_delivery(
+        &self,
+        d: Day,
+        r: &str,
+        dest: &str,
+        x: &mta_stsd::tlsrpt::schedule::Delivery,
+    ) -> Result<(), mta_stsd::cache::store::StoreError> {
+        self.inner.set_delivery(d, r, dest, x)
+    }
+    fn deliveries(
+        &self,
+        d: Day,
+    ) -> Result<
+        Vec<(String, String, mta_stsd::tlsrpt::schedule::Delivery)>,
+        mta_stsd::cache::store::StoreError,
+    > {
+        self.inner.deliveries(d)
+    }
+    fn prune_before(&self, d: Day) -> Result<usize, mta_stsd::cache::store::StoreError> {
+        self.inner.prune_before(d)
+    }
+    fn flush(&self) -> Result<(), mta_stsd::cache::store::StoreError> {
+        self.check()?;
+        self.inner.flush()
+    }
+    fn outbox_add(
+        &self,
+        t: &mta_stsd::tlsrpt::counts::Tally,
+    ) -> Result<(), mta_stsd::cache::store::StoreError> {
+        self.check()?;
+        self.inner.outbox_add(t)
+    }
+    fn outbox(
+        &self,
+        max: usize,
+    ) -> Result<
+        Vec<(u64, String, mta_stsd::tlsrpt::counts::Tally)>,
+        mta_stsd::cache::store::StoreError,
+    > {
+        self.inner.outbox(max)
+    }
+    fn outbox_remove(&self, key: u64) -> Result<(), mta_stsd::cache::store::StoreError> {
+        self.inner.outbox_remove(key)
+    }
+    fn outbox_len(&self) -> usize {
+        self.inner.outbox_len()
+    }
+}
+
+/// While the TLSRPT store fails, datagrams are still counted (in memory) and the
+/// socketmap keeps answering; when it works again, every count is stored once.
+#[tokio::test]
+async fn a_failing_tlsrpt_store_keeps_counts_in_memory_until_it_works() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tlsrpt.sock");
+    let toml = format!("{LOOPBACK}[tlsrpt]\nenable = true\nsocket = {socket:?}\n{SENDER}");
+    let day = Day::parse("2026-12-04").unwrap();
+    let clock = ManualClock::new(day.start() + 3600);
+    let flaky = Arc::new(Flaky {
+        inner: mta_stsd::tlsrpt::store::SledReports::open(&dir.path().join("reports")).unwrap(),
+        broken: std::sync::atomic::AtomicBool::new(true),
+        refused: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let parts = mta_stsd::server::daemon::Parts {
+        tlsrpt_store: Some(flaky.clone()),
+        ..Default::default()
+    };
+    let daemon = mta_stsd::server::daemon::Daemon::build_with(
+        config_in(dir.path(), &toml),
+        common::options(&w),
+        Arc::new(clock.clone()),
+        parts,
+    )
+    .await
+    .unwrap();
+    let tcp = daemon.tcp_addrs()[0];
+    let admin = format!("http://{}", daemon.metrics_addr().unwrap());
+    let tlsrpt = daemon.state.tlsrpt.clone().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(daemon.run(async {
+        let _ = rx.await;
+    }));
+    let record = "v=TLSRPTv1;rua=mailto:r@bad.test";
+    send(
+        &socket,
+        &[
+            datagram("bad.test", record, false),
+            datagram("bad.test", record, true),
+        ],
+    );
+    // Counted, not stored: the store refuses two half-second rounds.
+    while flaky.refused.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        mta_stsd::tlsrpt::store::ReportStore::day(&*flaky, day)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        common::ask_once(tcp, "postfix", "[192.0.2.1]").await,
+        "NOTFOUND "
+    );
+    send(&socket, &[datagram("bad.test", record, true)]);
+    flaky
+        .broken
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_stored(&admin, 3, 0).await;
+    let groups = mta_stsd::tlsrpt::store::ReportStore::day(&*flaky, day).unwrap();
+    let c = &groups[0].1[0].1;
+    assert_eq!((c.sessions, c.failures), (3, 2), "every count stored once");
+    drop(tlsrpt);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
