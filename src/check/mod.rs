@@ -1,8 +1,9 @@
 //! `mta-stsd check DOMAIN`: a domain's whole MTA-STS setup judged from this server,
 //! with the daemon's resolver, trust anchors and rules. [`rules`] holds the verdicts
-//! (pure), [`probe`] the TLS and SMTP probes; the command in `cli::check` gathers the
+//! (pure), [`dane`] those about DANE, [`probe`] the TLS and SMTP probes; the command in `cli::check` gathers the
 //! facts concurrently under one deadline.
 
+pub mod dane;
 pub mod probe;
 pub mod rules;
 
@@ -21,6 +22,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report of one problem that stopped the checks (no answer to show).
+    pub fn failed(domain: &str, id: &'static str, message: String, fix: Option<&str>) -> Report {
+        Report {
+            domain: domain.to_owned(),
+            checks: vec![Line {
+                id,
+                level: Level::Problem,
+                subject: domain.to_owned(),
+                message,
+                fix: fix.map(str::to_owned),
+            }],
+            answer: String::new(),
+        }
+    }
+
     /// 0 all ok, 1 warnings only, 2 a problem.
     pub fn exit_code(&self) -> u8 {
         self.checks

@@ -25,7 +25,7 @@ pub struct Line {
     pub fix: Option<String>,
 }
 
-fn ok(id: &'static str, subject: impl Into<String>, message: impl Into<String>) -> Line {
+pub(super) fn ok(id: &'static str, subject: impl Into<String>, message: impl Into<String>) -> Line {
     Line {
         id,
         level: Level::Ok,
@@ -35,7 +35,7 @@ fn ok(id: &'static str, subject: impl Into<String>, message: impl Into<String>) 
     }
 }
 
-fn warn(
+pub(super) fn warn(
     id: &'static str,
     subject: impl Into<String>,
     message: impl Into<String>,
@@ -50,7 +50,7 @@ fn warn(
     }
 }
 
-fn problem(
+pub(super) fn problem(
     id: &'static str,
     subject: impl Into<String>,
     message: impl Into<String>,
@@ -470,132 +470,5 @@ pub fn tlsrpt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Line> 
             ),
             "keep exactly one",
         )],
-    }
-}
-
-/// A TLSA record as published (RFC 6698 §2.1), its data included.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsaRecord {
-    pub usage: u8,
-    pub selector: u8,
-    pub matching: u8,
-    pub data: Vec<u8>,
-}
-
-/// Whether `record` matches the presented chain (DER, leaf first): DANE-EE(3) the
-/// leaf, DANE-TA(2) a certificate above it; selector 0 the whole certificate, 1 its
-/// SubjectPublicKeyInfo; matching 0 exact, 1 SHA-256, 2 SHA-512 (RFC 7672 §3.1).
-pub fn tlsa_matches(record: &TlsaRecord, chain: &[Vec<u8>]) -> bool {
-    let candidates: Vec<&Vec<u8>> = match record.usage {
-        3 => chain.iter().take(1).collect(),
-        2 => chain.iter().skip(1).collect(),
-        _ => return false,
-    };
-    candidates.into_iter().any(|cert| {
-        let selected: &[u8] = match record.selector {
-            0 => cert,
-            1 => match super::probe::spki(cert) {
-                Some(s) => s,
-                None => return false,
-            },
-            _ => return false,
-        };
-        match record.matching {
-            0 => selected == record.data.as_slice(),
-            1 => ring::digest::digest(&ring::digest::SHA256, selected).as_ref() == record.data,
-            2 => ring::digest::digest(&ring::digest::SHA512, selected).as_ref() == record.data,
-            _ => false,
-        }
-    })
-}
-
-/// DANE for one MX host (RFC 7672), when this daemon looks at DANE: whether it
-/// applies (a DNSSEC-signed MX RRset and host), and whether a TLSA record matches the
-/// certificate the host presented. Postfix's DANE, not the MTA-STS policy, then
-/// decides delivery.
-pub fn dane(
-    host: &str,
-    mx: &crate::dane::rules::MxFacts,
-    records: &[TlsaRecord],
-    presented: Option<&CertFacts>,
-) -> Vec<Line> {
-    use crate::dane::rules::{MxFacts, Security, TlsaFacts};
-    let id = "mx-dane";
-    let hosts = match mx {
-        MxFacts::Bogus => {
-            return vec![problem(
-                id,
-                host,
-                "the MX RRset is DNSSEC-bogus: Postfix defers the mail",
-                "fix the zone's DNSSEC signatures",
-            )];
-        }
-        MxFacts::Failed => {
-            return vec![warn(
-                id,
-                host,
-                "the DNSSEC lookup of the MX RRset failed",
-                "check the zone's name servers",
-            )];
-        }
-        MxFacts::NoDomain => return Vec::new(),
-        MxFacts::Hosts { security, .. } if *security != Security::Secure => {
-            return vec![ok(
-                id,
-                host,
-                "the MX RRset is not DNSSEC-signed: DANE does not apply (MTA-STS does)",
-            )];
-        }
-        MxFacts::Hosts { hosts, .. } => hosts,
-    };
-    let Some(facts) = hosts.iter().find(|h| h.name == host) else {
-        return Vec::new();
-    };
-    match &facts.tlsa {
-        TlsaFacts::NotApplicable => vec![ok(
-            id,
-            host,
-            "its addresses are not DNSSEC-signed: DANE does not apply",
-        )],
-        TlsaFacts::None => vec![ok(
-            id,
-            host,
-            "no TLSA records: DANE does not apply (MTA-STS does)",
-        )],
-        TlsaFacts::Bogus => vec![problem(
-            id,
-            host,
-            "its TLSA RRset is DNSSEC-bogus: Postfix's DANE defers the mail",
-            "fix the TLSA records' signatures",
-        )],
-        TlsaFacts::Failed => vec![warn(
-            id,
-            host,
-            "the TLSA lookup failed",
-            "check the zone's name servers",
-        )],
-        TlsaFacts::Records { .. } => {
-            let Some(cert) = presented else {
-                return vec![ok(
-                    id,
-                    host,
-                    "secure TLSA records (the certificate was not seen to compare)",
-                )];
-            };
-            if records.iter().any(|r| tlsa_matches(r, &cert.chain)) {
-                vec![ok(
-                    id,
-                    host,
-                    "secure TLSA records; one matches the presented certificate",
-                )]
-            } else {
-                vec![problem(
-                    id,
-                    host,
-                    "secure TLSA records, none matching the presented certificate: Postfix's DANE refuses delivery",
-                    "publish a TLSA record for the current certificate (or key) before rolling it",
-                )]
-            }
-        }
     }
 }

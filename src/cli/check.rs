@@ -14,11 +14,12 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 
 use super::query::{DaneQuery, query};
 use crate::check::Report;
+use crate::check::dane::TlsaRecord;
+use crate::check::probe::{CertFacts, SmtpProbe};
 use crate::check::probe::{smtp_probe, tls_probe};
-use crate::check::rules::{self, Line};
+use crate::check::rules;
 use crate::config::ZoneOptions;
-use crate::doctor::Level;
-use crate::mtasts::discovery::Discoverer;
+use crate::mtasts::discovery::{Discoverer, FetchError};
 use crate::mtasts::domain::normalize_key;
 
 /// `mta-stsd check`'s arguments.
@@ -110,33 +111,20 @@ pub async fn check(
     options: &CheckOptions,
 ) -> Report {
     let Ok(domain) = normalize_key(domain) else {
-        return Report {
-            domain: domain.to_owned(),
-            checks: vec![Line {
-                id: "txt",
-                level: Level::Problem,
-                subject: domain.to_owned(),
-                message: "not a domain name".into(),
-                fix: None,
-            }],
-            answer: String::new(),
-        };
+        return Report::failed(domain, "txt", "not a domain name".into(), None);
     };
     let domain = domain.to_string();
     let work = gather(discoverer, &domain, zone, dane, options);
     match tokio::time::timeout(options.deadline, work).await {
         Ok(report) => report,
-        Err(_) => Report {
-            domain: domain.clone(),
-            checks: vec![Line {
-                id: "deadline",
-                level: Level::Problem,
-                subject: domain,
-                message: format!("the checks did not finish within {:?}", options.deadline),
-                fix: Some("a DNS, web or mail server of the domain does not answer; --no-smtp skips the MX hosts".into()),
-            }],
-            answer: String::new(),
-        },
+        Err(_) => Report::failed(
+            &domain,
+            "deadline",
+            format!("the checks did not finish within {:?}", options.deadline),
+            Some(
+                "a DNS, web or mail server of the domain does not answer; --no-smtp skips the MX hosts",
+            ),
+        ),
     }
 }
 
@@ -147,34 +135,22 @@ async fn gather(
     dane: Option<DaneQuery<'_>>,
     options: &CheckOptions,
 ) -> Report {
-    let port = discoverer.https_port();
-    let policy_host = format!("mta-sts.{domain}");
-    let at_host = discoverer.policy_url(domain);
-    let at_domain = if port == 443 {
-        format!("https://{domain}/.well-known/mta-sts.txt")
-    } else {
-        format!("https://{domain}:{port}/.well-known/mta-sts.txt")
-    };
     let (sts_name, rpt_name) = (format!("_mta-sts.{domain}"), format!("_smtp._tls.{domain}"));
     let dane_lookup = dane.as_ref().filter(|d| d.enabled).map(|d| d.lookup);
-    let (txt, rpt, mx, fetched, fetched_at_domain, cert, verdict, dane_facts) = tokio::join!(
+    // The MX hosts are probed as soon as they are known, while the rest still runs.
+    let mx_and_probes = async {
+        let mx = mx_hosts(discoverer, domain).await;
+        let probes = match options.smtp {
+            true => probe_mx_hosts(discoverer, domain, &mx, options).await,
+            false => Vec::new(),
+        };
+        (mx, probes)
+    };
+    let ((txt, cnames), (rpt, _), (mx, probes), (fetched, at_domain, cert), verdict, dane_facts) = tokio::join!(
         txt_records(discoverer, &sts_name),
         txt_records(discoverer, &rpt_name),
-        mx_hosts(discoverer, domain),
-        discoverer.fetch_body(&at_host, domain),
-        discoverer.fetch_body(&at_domain, domain),
-        async {
-            let ip = first_address(discoverer, &policy_host).await?;
-            Some(
-                tls_probe(
-                    SocketAddr::new(ip, port),
-                    &policy_host,
-                    discoverer.tls_config(),
-                    options.probe_timeout,
-                )
-                .await,
-            )
-        },
+        mx_and_probes,
+        policy_facts(discoverer, domain, options),
         query(discoverer, domain, zone, dane),
         async {
             match dane_lookup {
@@ -184,47 +160,18 @@ async fn gather(
         },
     );
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-    let (txt, cnames) = txt;
-    let (rpt, _) = rpt;
     let mut checks = rules::txt(domain, &txt, &cnames);
-    let (policy_lines, policy) = rules::policy(
-        domain,
-        &fetched,
-        cert.as_ref(),
-        Some(&fetched_at_domain),
-        now,
-    );
+    let (policy_lines, policy) =
+        rules::policy(domain, &fetched, cert.as_ref(), at_domain.as_ref(), now);
     checks.extend(policy_lines);
     if let Some(p) = &policy {
         checks.extend(rules::mx_coverage(domain, &mx, p));
     }
-    if options.smtp {
-        let hosts = match &mx {
-            Ok(h) if h.is_empty() => vec![domain.to_owned()],
-            Ok(h) => h.clone(),
-            Err(_) => Vec::new(),
-        };
-        let probes = join_all(hosts.iter().map(|h| async move {
-            let ip = first_address(discoverer, h).await;
-            let (probe, tlsa) = tokio::join!(
-                smtp_probe(
-                    h,
-                    ip,
-                    options.smtp_port,
-                    discoverer.tls_config(),
-                    options.probe_timeout,
-                ),
-                tlsa_records(discoverer, h),
-            );
-            (probe, tlsa)
-        }))
-        .await;
-        for (p, tlsa) in &probes {
-            checks.extend(rules::smtp(p, policy.as_ref().map(|p| p.mode), now));
-            if let Some(facts) = &dane_facts {
-                let presented = p.tls.as_ref().and_then(|t| t.as_ref().ok());
-                checks.extend(rules::dane(&p.host, facts, tlsa, presented));
-            }
+    for (p, tlsa) in &probes {
+        checks.extend(rules::smtp(p, policy.as_ref().map(|p| p.mode), now));
+        if let Some(facts) = &dane_facts {
+            let presented = p.tls.as_ref().and_then(|t| t.as_ref().ok());
+            checks.extend(crate::check::dane::dane(&p.host, facts, tlsa, presented));
         }
     }
     checks.extend(rules::tlsrpt(domain, &rpt));
@@ -233,6 +180,69 @@ async fn gather(
         checks,
         answer: verdict.reply,
     }
+}
+
+/// The policy file at the policy host (discovery's own fetch), the policy host's
+/// certificate, and, only when the fetch failed, the same path on the bare domain (a
+/// common misplacement worth explaining).
+async fn policy_facts(
+    discoverer: &Discoverer,
+    domain: &str,
+    options: &CheckOptions,
+) -> (
+    Result<Vec<u8>, FetchError>,
+    Option<Result<Vec<u8>, FetchError>>,
+    Option<Result<CertFacts, String>>,
+) {
+    let port = discoverer.https_port();
+    let host = format!("mta-sts.{domain}");
+    let certificate = async {
+        let ip = first_address(discoverer, &host).await?;
+        let addr = SocketAddr::new(ip, port);
+        Some(tls_probe(addr, &host, discoverer.tls_config(), options.probe_timeout).await)
+    };
+    let url = discoverer.policy_url(domain);
+    let (fetched, cert) = tokio::join!(discoverer.fetch_body(&url, domain), certificate);
+    let at_domain = match &fetched {
+        Ok(_) => None,
+        Err(_) => {
+            let url = match port {
+                443 => format!("https://{domain}/.well-known/mta-sts.txt"),
+                port => format!("https://{domain}:{port}/.well-known/mta-sts.txt"),
+            };
+            Some(discoverer.fetch_body(&url, domain).await)
+        }
+    };
+    (fetched, at_domain, cert)
+}
+
+/// Each MX host (or the domain itself, the implicit MX) over SMTP, all at once, each
+/// with its TLSA records.
+async fn probe_mx_hosts(
+    discoverer: &Discoverer,
+    domain: &str,
+    mx: &Result<Vec<String>, String>,
+    options: &CheckOptions,
+) -> Vec<(SmtpProbe, Vec<TlsaRecord>)> {
+    let hosts = match mx {
+        Ok(h) if h.is_empty() => vec![domain.to_owned()],
+        Ok(h) => h.clone(),
+        Err(_) => Vec::new(),
+    };
+    join_all(hosts.iter().map(|h| async move {
+        let ip = first_address(discoverer, h).await;
+        tokio::join!(
+            smtp_probe(
+                h,
+                ip,
+                options.smtp_port,
+                discoverer.tls_config(),
+                options.probe_timeout
+            ),
+            tlsa_records(discoverer, h),
+        )
+    }))
+    .await
 }
 
 /// The TXT records at `name` as text (none for NXDOMAIN or no records), and the
@@ -284,14 +294,14 @@ async fn mx_hosts(d: &Discoverer, domain: &str) -> Result<Vec<String>, String> {
 
 /// The TLSA records of `_25._tcp.HOST` with their data (whether they are secure is
 /// the DANE lookup's to say).
-async fn tlsa_records(d: &Discoverer, host: &str) -> Vec<rules::TlsaRecord> {
+async fn tlsa_records(d: &Discoverer, host: &str) -> Vec<TlsaRecord> {
     let name = format!("_25._tcp.{host}.");
     match d.resolver().lookup(name.as_str(), RecordType::TLSA).await {
         Ok(lookup) => lookup
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
-                RData::TLSA(t) => Some(rules::TlsaRecord {
+                RData::TLSA(t) => Some(TlsaRecord {
                     usage: t.cert_usage.into(),
                     selector: t.selector.into(),
                     matching: t.matching.into(),
