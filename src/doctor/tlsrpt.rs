@@ -52,27 +52,38 @@ pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Check> {
         .postfix_enable
         .as_deref()
         .is_some_and(|v| v.eq_ignore_ascii_case("yes"));
-    let enable_fix = "postconf -e 'smtp_tlsrpt_enable = yes' 'smtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt.sock'; postfix reload";
     if !f.daemon_enabled {
-        return if postfix_on {
-            vec![Check::warning(
+        return match postfix_on {
+            true => vec![Check::warning(
                 NAME,
                 "Postfix sends TLSRPT results (smtp_tlsrpt_enable = yes), but mta-stsd does not collect them",
                 "set [tlsrpt] enable = true (with organization_name, contact_info, report_from) and restart mta-stsd",
-            )]
-        } else {
-            Vec::new()
+            )],
+            false => Vec::new(),
         };
     }
-    let mut out = Vec::new();
+    let mut out = postfix_sends(f, postfix_on);
+    if !postfix_on || f.postfix_enable.is_none() {
+        return out;
+    }
+    out.push(socket_reached(f));
+    out.extend(socket_writable(f));
+    out.extend(zones_with_attributes(f));
+    out.push(dkim(f));
+    out
+}
+
+/// Whether this Postfix can send TLSRPT results (3.10 or later, linked with
+/// libtlsrpt) and is told to.
+fn postfix_sends(f: &TlsrptFacts, postfix_on: bool) -> Vec<Check> {
     if f.postfix_enable.is_none() {
-        out.push(Check::warning(
+        return vec![Check::warning(
             NAME,
             "this Postfix has no TLSRPT support (Postfix 3.10 or later reports TLS results): mta-stsd will send no reports",
             "upgrade Postfix (Debian trixie, or bookworm-backports), or set [tlsrpt] enable = false",
-        ));
-        return out;
+        )];
     }
+    let mut out = Vec::new();
     if f.built_with_libtlsrpt == Some(false) {
         out.push(Check::warning(
             NAME,
@@ -84,10 +95,15 @@ pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Check> {
         out.push(Check::warning(
             NAME,
             "mta-stsd collects TLSRPT results, but Postfix does not send them (smtp_tlsrpt_enable is not yes)",
-            enable_fix,
+            "postconf -e 'smtp_tlsrpt_enable = yes' 'smtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt.sock'; postfix reload",
         ));
-        return out;
     }
+    out
+}
+
+/// Whether `smtp_tlsrpt_socket_name`, as each smtp service sees it, is the daemon's
+/// socket.
+fn socket_reached(f: &TlsrptFacts) -> Check {
     let elsewhere: Vec<String> = f
         .seen_at
         .iter()
@@ -100,68 +116,71 @@ pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Check> {
             )
         })
         .collect();
-    if !elsewhere.is_empty() {
-        out.push(Check::warning(
-            NAME,
-            format!(
-                "smtp_tlsrpt_socket_name = {} does not reach mta-stsd's socket {}: {}",
-                f.socket_name,
-                f.daemon_socket.display(),
-                elsewhere.join("; ")
-            ),
-            "set smtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt.sock (relative to queue_directory) and [tlsrpt] socket to the same file",
-        ));
-    } else {
-        out.push(Check::ok(
+    if elsewhere.is_empty() {
+        return Check::ok(
             NAME,
             format!(
                 "Postfix sends TLSRPT results to {}",
                 f.daemon_socket.display()
             ),
-        ));
-    }
-    if let Some(a) = &f.access {
-        let mut c = socket_access(
-            "tlsrpt.socket_access",
-            "tlsrpt.socket_mode",
-            &f.daemon_socket,
-            &a.dirs,
-            a.file,
-            &a.user,
         );
-        // Results that cannot be written are lost; mail is not affected.
-        c.level = c.level.min(super::Level::Warning);
-        out.push(c);
     }
-    if !f.zones_without_attributes.is_empty() {
-        out.push(Check::warning(
-            NAME,
-            format!(
-                "zone(s) {} answer Postfix without the TLSRPT attributes: Postfix cannot say which policy a session was under, so reports lack it",
-                f.zones_without_attributes.join(", ")
-            ),
-            format!(
-                "set tlsrpt = true in [zones.{}] (Postfix 3.10 or later)",
-                f.zones_without_attributes[0]
-            ),
-        ));
-    }
-    if f.non_smtpd_milters.trim().is_empty() {
-        out.push(Check::warning(
+    Check::warning(
+        NAME,
+        format!(
+            "smtp_tlsrpt_socket_name = {} does not reach mta-stsd's socket {}: {}",
+            f.socket_name,
+            f.daemon_socket.display(),
+            elsewhere.join("; ")
+        ),
+        "set smtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt.sock (relative to queue_directory) and [tlsrpt] socket to the same file",
+    )
+}
+
+/// Whether Postfix's user may write to the socket. Results that cannot be written are
+/// lost, mail is not: a warning at worst.
+fn socket_writable(f: &TlsrptFacts) -> Option<Check> {
+    let a = f.access.as_ref()?;
+    let mut c = socket_access(
+        "tlsrpt.socket_access",
+        "tlsrpt.socket_mode",
+        &f.daemon_socket,
+        &a.dirs,
+        a.file,
+        &a.user,
+    );
+    c.level = c.level.min(super::Level::Warning);
+    Some(c)
+}
+
+/// Zones answering without the TLSRPT attributes leave Postfix not knowing the policy.
+fn zones_with_attributes(f: &TlsrptFacts) -> Option<Check> {
+    let first = f.zones_without_attributes.first()?;
+    Some(Check::warning(
+        NAME,
+        format!(
+            "zone(s) {} answer Postfix without the TLSRPT attributes: Postfix cannot say which policy a session was under, so reports lack it",
+            f.zones_without_attributes.join(", ")
+        ),
+        format!("set tlsrpt = true in [zones.{first}] (Postfix 3.10 or later)"),
+    ))
+}
+
+/// Mailed reports need a DKIM signature (RFC 8460 §5.3): a milter mail from sendmail
+/// passes.
+fn dkim(f: &TlsrptFacts) -> Check {
+    let milters = f.non_smtpd_milters.trim();
+    if milters.is_empty() {
+        return Check::warning(
             "tlsrpt.dkim",
             "mailed reports will not be DKIM-signed (non_smtpd_milters is empty); RFC 8460 requires a signature, and receivers may discard unsigned reports",
             "add your DKIM signer (OpenDKIM, rspamd, ...) to non_smtpd_milters, as for smtpd_milters",
-        ));
-    } else {
-        out.push(Check::ok(
-            "tlsrpt.dkim",
-            format!(
-                "mailed reports pass non_smtpd_milters ({}) for DKIM signing",
-                f.non_smtpd_milters.trim()
-            ),
-        ));
+        );
     }
-    out
+    Check::ok(
+        "tlsrpt.dkim",
+        format!("mailed reports pass non_smtpd_milters ({milters}) for DKIM signing"),
+    )
 }
 
 #[cfg(test)]
