@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use common::{ENFORCE, InProcess, ask_once};
+use common::{ENFORCE, InProcess, ask_once, cli};
 use mta_stsd::clock::SystemClock;
 use mta_stsd_testkit::World;
 
@@ -122,18 +122,6 @@ async fn metrics_after_real_lookups() {
         Err(_) => eprintln!("skipped promtool check: promtool not installed"),
     }
     d.shutdown().await;
-}
-
-fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 async fn cli_async(args: Vec<String>) -> (Option<i32>, String, String) {

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{InProcess, LOOPBACK, Notify, config_in};
+use common::{InProcess, LOOPBACK, Notify, cli, config_in};
 use mta_stsd::admin::api::TlsrptAction;
 use mta_stsd::admin::client::AdminClient;
 use mta_stsd::clock::{Clock, ManualClock, SystemClock};
@@ -336,18 +336,6 @@ fn serve(config: &Path, notify: &Notify) -> Daemon {
     });
     notify.expect("READY=1");
     Daemon(child)
-}
-
-fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The daemon as packaged: counts survive kill -9 once stored, bad datagrams are

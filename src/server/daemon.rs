@@ -226,13 +226,7 @@ impl Daemon {
         if let Some(addr) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             tracing::info!(listen = %addr, "metrics and admin API listening");
         }
-        let (tlsrpt, tlsrpt_socket) = start_tlsrpt(
-            &config,
-            &service,
-            clock,
-            service.metrics().clone(),
-            parts.tlsrpt_store,
-        );
+        let (tlsrpt, tlsrpt_socket) = start_tlsrpt(&config, &service, clock, parts.tlsrpt_store);
         tracing::info!(cache = %path.display(), "mta-stsd ready");
         Ok(Daemon {
             state: State::new(service, dane, tlsrpt, config, parts.config_path, parts.log),
@@ -345,7 +339,6 @@ fn start_tlsrpt(
     config: &Config,
     service: &Arc<PolicyService>,
     clock: Arc<dyn Clock>,
-    metrics: Arc<crate::metrics::Metrics>,
     store: Option<Arc<dyn crate::tlsrpt::store::ReportStore>>,
 ) -> (
     Option<Arc<crate::tlsrpt::service::Tlsrpt>>,
@@ -398,7 +391,13 @@ fn start_tlsrpt(
         );
     }
     let links = crate::tlsrpt::service::Links { http, known, fleet };
-    let tlsrpt = crate::tlsrpt::service::Tlsrpt::new(t.clone(), store, clock, metrics, links);
+    let tlsrpt = crate::tlsrpt::service::Tlsrpt::new(
+        t.clone(),
+        store,
+        clock,
+        service.metrics().clone(),
+        links,
+    );
     (Some(tlsrpt), Some(socket))
 }
 

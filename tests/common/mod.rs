@@ -164,3 +164,16 @@ impl Notify {
         }
     }
 }
+
+/// Runs the mta-stsd binary with `args`: exit status, standard output, standard error.
+pub fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
