@@ -264,6 +264,11 @@ pub struct TlsrptReportView {
     pub domain: String,
     pub record: String,
     pub file_name: String,
+    /// The period it covers (`date-range`), RFC 3339.
+    #[serde(default)]
+    pub begin: String,
+    #[serde(default)]
+    pub end: String,
     pub sessions: u64,
     pub failures: u64,
     /// The RFC 8460 §4 report.
@@ -316,6 +321,8 @@ impl TlsrptReportView {
             domain: o.report.group.domain.clone(),
             record: o.report.group.record.clone(),
             file_name: o.report.file_name.clone(),
+            begin: crate::tlsrpt::day::rfc3339(o.report.begin),
+            end: crate::tlsrpt::day::rfc3339(o.report.end),
             sessions: sum("total-successful-session-count") + failures,
             failures,
             deliveries: o

@@ -112,8 +112,8 @@ fn print_day(view: &TlsrptDayView) {
 
 fn print_report(r: &TlsrptReportView) {
     println!(
-        "{}: {} session(s), {} failed  [{}]",
-        r.domain, r.sessions, r.failures, r.id
+        "{}: {} session(s), {} failed, {} to {}  [{}]",
+        r.domain, r.sessions, r.failures, r.begin, r.end, r.id
     );
     for p in r.report["policies"].as_array().into_iter().flatten() {
         let policy = &p["policy"];
@@ -148,7 +148,10 @@ fn print_report(r: &TlsrptReportView) {
 fn print_sent(view: &TlsrptDayView) -> ExitCode {
     let mut failed = false;
     if view.reports.is_empty() {
-        println!("{}: nothing collected, no report to send", view.day);
+        println!(
+            "{}: no report to send (nothing counted since the last report, or every report already sent)",
+            view.day
+        );
     }
     for r in &view.reports {
         for d in &r.deliveries {
@@ -179,7 +182,17 @@ fn print_sent(view: &TlsrptDayView) -> ExitCode {
 /// Writes each report as its §5.3 file (gzip) and each mail as `.eml`.
 fn write_files(dir: &Path, view: &TlsrptDayView) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if view.reports.is_empty() {
+        println!("{}: nothing counted, no report would be sent", view.day);
+    }
     for r in &view.reports {
+        if r.deliveries.is_empty() {
+            println!(
+                "{}: no usable destination, no report would be sent",
+                r.domain
+            );
+            continue;
+        }
         let json = serde_json::to_string(&r.report)?;
         let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         z.write_all(json.as_bytes())?;

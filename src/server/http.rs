@@ -209,8 +209,8 @@ async fn tlsrpt(
         );
     }
     let outcomes = match action {
-        TlsrptAction::Send => tlsrpt.deliver_day(day, true, partial).await,
-        TlsrptAction::Show | TlsrptAction::Files => tlsrpt.show(day, partial).await,
+        TlsrptAction::Send => tlsrpt.send_now(day, partial).await,
+        TlsrptAction::Show | TlsrptAction::Files => tlsrpt.show(day).await,
     };
     let outcomes = match outcomes {
         Ok(o) => o,

@@ -54,6 +54,24 @@ impl Counts {
         }
     }
 
+    /// These counters less `earlier` ones of the same policy (counters only grow, so
+    /// this is what was counted in between); details left at zero are dropped.
+    pub fn minus(&self, earlier: &Counts) -> Counts {
+        let details = self
+            .details
+            .iter()
+            .filter_map(|(d, n)| {
+                let left = n.saturating_sub(earlier.details.get(d).copied().unwrap_or(0));
+                (left > 0).then(|| (d.clone(), left))
+            })
+            .collect();
+        Counts {
+            sessions: self.sessions.saturating_sub(earlier.sessions),
+            failures: self.failures.saturating_sub(earlier.failures),
+            details,
+        }
+    }
+
     fn add_detail(&mut self, detail: &str, n: u64) {
         if let Some(count) = self.details.get_mut(detail) {
             *count += n;
@@ -72,7 +90,7 @@ fn overflow_key(detail: &str) -> String {
         .ok()
         .and_then(|v| v.get("c").and_then(serde_json::Value::as_u64))
         .unwrap_or(205);
-    serde_json::json!({"a": OVERFLOW_NOTE, "c": code}).to_string()
+    serde_json::json!({"c": code, "f": OVERFLOW_NOTE}).to_string()
 }
 
 /// Counters not yet stored, by group and policy.

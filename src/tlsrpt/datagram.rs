@@ -13,9 +13,14 @@
 //! ```
 //!
 //! Parsing is pure and strict about types and sizes: a datagram comes from any local
-//! process that can write to the socket. What is kept of a policy and of a failure
-//! detail is written back as canonical JSON (sorted keys), so that equal policies and
-//! equal details count under one key.
+//! process that can write to the socket. It is never strict where the reference
+//! collector (sys4's tlsrpt-collectd) counts a session: bytes that are not UTF-8 (an
+//! EHLO name from a hostile server) are decoded lossily, a domain in U-labels is
+//! converted to A-labels, and a result code or policy type this version does not know
+//! is counted (as `validation-failure`, or under its number) rather than dropping the
+//! whole datagram. What is kept of a policy and of a failure detail is written back
+//! as canonical JSON (sorted keys), so that equal policies and equal details count
+//! under one key.
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -108,8 +113,10 @@ pub fn parse(bytes: &[u8]) -> Result<Datagram, DatagramError> {
     if bytes.len() > MAX_DATAGRAM {
         return Err(DatagramError::TooLarge(bytes.len()));
     }
+    // Any byte that is not UTF-8 becomes U+FFFD: the session still counts.
+    let text = String::from_utf8_lossy(bytes);
     let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| DatagramError::NotJson(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| DatagramError::NotJson(e.to_string()))?;
     let Value::Object(top) = value else {
         return Err(DatagramError::NotJson("not an object".into()));
     };
@@ -150,12 +157,19 @@ pub fn parse(bytes: &[u8]) -> Result<Datagram, DatagramError> {
 }
 
 /// A domain name as the reference collector keeps it: lower case, one trailing dot
-/// removed; only the characters of host names (and `_`).
+/// removed; U-labels converted to A-labels (RFC 5890), so that a domain sent either
+/// way counts under one name and every header and file name stays ASCII; then only
+/// the characters of host names (and `_`).
 fn domain_of(value: Option<&Value>, name: &'static str) -> Result<String, DatagramError> {
     let Some(Value::String(d)) = value else {
         return Err(field(name, "missing or not a string"));
     };
-    let d = d.strip_suffix('.').unwrap_or(d).to_ascii_lowercase();
+    let d = d.strip_suffix('.').unwrap_or(d);
+    let d = if d.is_ascii() {
+        d.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(d).map_err(|_| field(name, format!("{d:?} is not a domain name")))?
+    };
     if d.is_empty()
         || d.len() > 253
         || !d
@@ -171,13 +185,12 @@ fn policy_result(value: &Value) -> Result<PolicyResult, DatagramError> {
     let Value::Object(p) = value else {
         return Err(field("policies", "an entry is not an object"));
     };
+    // A policy type this version does not know is kept under its number (the report
+    // calls it no policy it can vouch for): the session still counts.
     let code = p
         .get("policy-type")
         .and_then(Value::as_u64)
         .ok_or_else(|| field("policy-type", "missing or not a number"))?;
-    if policy_type_name(code).is_none() {
-        return Err(field("policy-type", format!("unknown type {code}")));
-    }
     let mut policy = Map::new();
     policy.insert("policy-type".into(), Value::from(code));
     if p.contains_key("policy-domain") {
@@ -230,22 +243,36 @@ fn string_list(value: &Value, name: &'static str) -> Result<Value, DatagramError
     Ok(value.clone())
 }
 
+/// The result code an unknown one is counted as: `validation-failure` (RFC 8460
+/// §4.3.2.3: a general failure for a reason not matching another category).
+pub const UNKNOWN_RESULT: u64 = 205;
+
 /// A failure detail: `c` (the result type's code) and the optional strings `s`
 /// (sending MTA's IP), `n` (receiving MX host name), `h` (its EHLO response), `r`
-/// (receiving IP), `a` (additional information), `f` (failure reason code).
+/// (receiving IP), `a` (additional information), `f` (failure reason code). An
+/// unknown code counts as [`UNKNOWN_RESULT`], its number kept in `f` when the detail
+/// has no reason code of its own.
 fn detail(value: &Value) -> Result<String, DatagramError> {
     let Value::Object(d) = value else {
         return Err(field("failure-details", "an entry is not an object"));
     };
-    let code = d
+    let raw = d
         .get("c")
         .and_then(Value::as_u64)
         .ok_or_else(|| field("c", "missing or not a number"))?;
-    if result_type_name(code).is_none() {
-        return Err(field("c", format!("unknown result type {code}")));
-    }
+    let code = if result_type_name(raw).is_some() {
+        raw
+    } else {
+        UNKNOWN_RESULT
+    };
     let mut kept = Map::new();
     kept.insert("c".into(), Value::from(code));
+    if code != raw && !d.contains_key("f") {
+        kept.insert(
+            "f".into(),
+            Value::String(format!("libtlsrpt result code {raw}")),
+        );
+    }
     for key in ["s", "n", "h", "r", "a", "f"] {
         match d.get(key) {
             None => {}
@@ -324,9 +351,9 @@ mod tests {
             (br#"{"d":"a b","pr":"v=TLSRPTv1;","policies":[]}"#, "field d"),
             (br#"{"d":"x.test","pr":"v=DMARC1","policies":[]}"#, "field pr"),
             (br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[]}"#, "field policies"),
-            (br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":7,"f":0}]}"#, "policy-type"),
+            (br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":"2","f":0}]}"#, "policy-type"),
             (br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"f":2}]}"#, "field f"),
-            (br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"f":1,"failure-details":[{"c":999}]}]}"#, "field c"),
+            (br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"f":1,"failure-details":[{"c":"202"}]}]}"#, "field c"),
             (br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"f":1,"failure-details":[{"c":201,"n":[1]}]}]}"#, "failure-details"),
             (br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"f":0,"mx-host":"mx"}]}"#, "mx-host"),
         ];
@@ -347,5 +374,42 @@ mod tests {
         let a = parse(br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"f":1,"policy-type":2,"policy-domain":"x.test","failure-details":[{"n":"mx","c":201}]}]}"#).unwrap();
         let b = parse(br#"{"pr":"v=TLSRPTv1;","d":"x.test","policies":[{"policy-domain":"x.test","policy-type":2,"t":1,"f":1,"failure-details":[{"c":201,"n":"mx"}]}]}"#).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn sessions_the_reference_collector_counts_are_never_dropped() {
+        // A hostile EHLO name with bytes that are not UTF-8.
+        let mut bytes = br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"f":1,"failure-details":[{"c":202,"h":"250 "#.to_vec();
+        bytes.extend_from_slice(&[0xff, 0xfe, b'x']);
+        bytes.extend_from_slice(br#""}]}]}"#);
+        let d = parse(&bytes).unwrap();
+        assert_eq!(
+            d.results[0].details,
+            ["{\"c\":202,\"h\":\"250 \u{fffd}\u{fffd}x\"}"]
+        );
+
+        // A U-label domain counts under its A-labels, in `d` and `policy-domain`.
+        let d = parse(r#"{"d":"Bücher.example.","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"policy-domain":"bücher.example","f":0}]}"#.as_bytes()).unwrap();
+        assert_eq!(d.domain, "xn--bcher-kva.example");
+        assert!(
+            d.results[0]
+                .policy
+                .contains(r#""policy-domain":"xn--bcher-kva.example""#)
+        );
+
+        // An unknown result code counts as validation-failure, its number kept...
+        let d = parse(br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"f":1,"failure-details":[{"c":999,"n":"mx"}]}]}"#).unwrap();
+        assert_eq!(
+            d.results[0].details,
+            [r#"{"c":205,"f":"libtlsrpt result code 999","n":"mx"}"#]
+        );
+        // ...unless the detail has a reason code of its own.
+        let d = parse(br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"f":1,"failure-details":[{"c":999,"f":"own"}]}]}"#).unwrap();
+        assert_eq!(d.results[0].details, [r#"{"c":205,"f":"own"}"#]);
+
+        // An unknown policy type is counted under its number.
+        let d = parse(br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":7,"f":0}]}"#)
+            .unwrap();
+        assert_eq!(d.results[0].policy, r#"{"policy-type":7}"#);
     }
 }

@@ -66,7 +66,8 @@ impl fmt::Display for Day {
     }
 }
 
-fn rfc3339(secs: u64) -> String {
+/// RFC 3339 form of an epoch time in UTC, to the second (`date-range` times).
+pub fn rfc3339(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 

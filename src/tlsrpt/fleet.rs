@@ -12,20 +12,23 @@
 //!   counters), `tlsrpt:DAY:groups` (the group hashes of a day), one hash per group
 //!   `tlsrpt:DAY:DOMAIN:TAG` (`domain`, `record`, and `s\tPOLICY`, `f\tPOLICY`,
 //!   `d\tPOLICY\tDETAIL` counters), `tlsrpt:DAY:deliveries` (report id and
-//!   destination → delivery record), `tlsrpt:lease:REPORT:DEST` (who is sending).
-//!   Everything expires after `keep_days`.
+//!   destination → delivery record), `tlsrpt:DAY:cuts` (a list of partial sends'
+//!   cuts), `tlsrpt:lease:REPORT:DEST` (who is sending), and `tlsrpt:node` (the
+//!   fleet's id in its report ids: one fleet, one sender). Everything but the node
+//!   expires after `keep_days`.
 //! - Sending: a daemon takes a delivery's lease (`SET NX PX`) before it sends and
 //!   records the outcome before it releases it. A daemon that dies mid-send leaves a
 //!   lease that expires, and another daemon takes the delivery over.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::cache::shared::{SharedCache, SharedError};
 
 use super::counts::{Counts, Group, Tally};
 use super::day::Day;
+use super::period::Cut;
 use super::report::record_tag;
 use super::schedule::Delivery;
 use super::store::DayCounts;
@@ -64,6 +67,8 @@ pub struct FleetReports {
     ttl: Duration,
     apply: redis::Script,
     release: redis::Script,
+    /// The fleet's id, once read from Redis.
+    node: OnceLock<String>,
 }
 
 impl FleetReports {
@@ -73,7 +78,90 @@ impl FleetReports {
             ttl: Duration::from_secs((keep_days + 1) * 86_400),
             apply: redis::Script::new(APPLY_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
+            node: OnceLock::new(),
         }
+    }
+
+    /// The fleet's id in report ids: drawn by the first daemon that asks (`SETNX`),
+    /// the same for every daemon after.
+    pub async fn node(&self) -> Result<String, SharedError> {
+        if let Some(n) = self.node.get() {
+            return Ok(n.clone());
+        }
+        let key = self.key("node");
+        let mine = format!("{:016x}", {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write(self.shared.node().as_bytes());
+            h.finish()
+        });
+        let mut conn = self.shared.connection();
+        let node: String = self
+            .shared
+            .call("redis_put", async move {
+                // The SETNX is ignored: the pipe answers with the GET alone.
+                let (node,): (String,) = redis::pipe()
+                    .cmd("SETNX")
+                    .arg(&key)
+                    .arg(&mine)
+                    .ignore()
+                    .cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(node)
+            })
+            .await?;
+        let node: String = node.chars().filter(char::is_ascii_alphanumeric).collect();
+        Ok(self.node.get_or_init(|| node).clone())
+    }
+
+    fn cuts_key(&self, day: Day) -> String {
+        self.key(&format!("{}:cuts", day.0))
+    }
+
+    /// A day's cuts, oldest first.
+    pub async fn cuts(&self, day: Day) -> Result<Vec<Cut>, SharedError> {
+        let mut conn = self.shared.connection();
+        let key = self.cuts_key(day);
+        let texts: Vec<String> = self
+            .shared
+            .call("redis_get", async move {
+                redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        texts
+            .iter()
+            .map(|t| serde_json::from_str(t).map_err(|e| SharedError::Entry(e.to_string())))
+            .collect()
+    }
+
+    /// Records a cut for the whole fleet.
+    pub async fn add_cut(&self, day: Day, cut: &Cut) -> Result<(), SharedError> {
+        let mut conn = self.shared.connection();
+        let key = self.cuts_key(day);
+        let value = serde_json::to_string(cut).map_err(|e| SharedError::Entry(e.to_string()))?;
+        let ttl = self.ttl.as_secs();
+        self.shared
+            .call("redis_put", async move {
+                redis::pipe()
+                    .cmd("RPUSH")
+                    .arg(&key)
+                    .arg(value)
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(ttl)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
     }
 
     fn key(&self, rest: &str) -> String {

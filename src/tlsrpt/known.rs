@@ -81,7 +81,9 @@ pub fn reclassify(
     Some(PolicyResult {
         policy: json!({"policy-domain": domain, "policy-type": 2}).to_string(),
         failed: true,
-        details: vec![json!({"a": info, "c": failure.code()}).to_string()],
+        // The reason is free text: RFC 8460 §4.3 `failure-reason-code`, not
+        // `additional-information` (which §4.4 defines as a URI).
+        details: vec![json!({"c": failure.code(), "f": info}).to_string()],
     })
 }
 
@@ -107,7 +109,7 @@ mod tests {
         );
         assert_eq!(
             moved.details,
-            [r#"{"a":"tls: invalid peer certificatesecond line","c":303}"#]
+            [r#"{"c":303,"f":"tls: invalid peer certificatesecond line"}"#]
         );
 
         let sts = parse(br#"{"d":"x.test","pr":"v=TLSRPTv1;","policies":[{"policy-type":2,"policy-domain":"x.test","f":0}]}"#).unwrap();

@@ -154,9 +154,12 @@ mod tests {
             contact: "postmaster@sender.test".into(),
             domain: "sender.test".into(),
         };
+        let day = group.day;
         build(
             &submitter,
+            "0123456789abcdef",
             &group,
+            (day.start(), day.end()),
             &[(r#"{"policy-type":9}"#.into(), counts)],
         )
     }

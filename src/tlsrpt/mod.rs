@@ -11,6 +11,8 @@
 //! - [`known`]: sessions Postfix reports under no policy that were policy failures
 //!   mta-stsd knows of (pure);
 //! - [`counts`]: the counters datagrams become (pure);
+//! - [`period`]: the stretches of a day its reports cover, closed early by a
+//!   partial send (pure);
 //! - [`report`]: the RFC 8460 §4 report made from counters (pure);
 //! - [`mail`]: the §5.3 message that carries a report by mail (pure);
 //! - [`store`]: the counters and delivery records on disk;
@@ -28,6 +30,7 @@ pub mod deliver;
 pub mod fleet;
 pub mod known;
 pub mod mail;
+pub mod period;
 pub mod record;
 pub mod report;
 pub mod schedule;

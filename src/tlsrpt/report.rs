@@ -1,7 +1,15 @@
 //! RFC 8460 §4 reports, made from the counters of one group (a day, a recipient
-//! domain, a TLSRPT record): the JSON document, its stable identifier, its gzip form
-//! and its file name (§5.3). Pure: the same counters always make the same report, so
-//! a report retried or sent again after a restart is byte for byte the one recorded.
+//! domain, a TLSRPT record) over one period of that day: the JSON document, its
+//! identifier, its gzip form and its file name (§5.3). Pure: the same counters always
+//! make the same report, so a report retried or sent again after a restart is byte
+//! for byte the one recorded, under the same id.
+//!
+//! The id is unique per sender: receivers drop reports whose `report-id` they have
+//! seen (§4.4), so two MTAs of one organisation that count separately must never send
+//! their different counts under one id. It is made of the sending node (a daemon's
+//! own store, or a fleet's Redis, each draws its id once and keeps it), the record's
+//! tag and the period's start; the same parts, letters and digits only, are the §5.1
+//! file name's `unique-id`.
 
 use std::io::Write;
 
@@ -9,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::counts::{Counts, Group};
 use super::datagram::{policy_type_name, result_type_name};
+use super::day::rfc3339;
 
 /// Who sends the reports (`[tlsrpt]` settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +35,9 @@ pub struct Submitter {
 pub struct Report {
     pub id: String,
     pub group: Group,
+    /// The period it covers, epoch seconds, inclusive (`date-range`).
+    pub begin: u64,
+    pub end: u64,
     /// The JSON document.
     pub json: String,
     /// `submitter!policy-domain!begin!end!unique.json.gz`.
@@ -53,66 +65,66 @@ pub fn record_tag(record: &str) -> String {
     format!("{:08x}", h >> 32)
 }
 
-/// Builds the report of a group from its counters, one entry per policy.
-pub fn build(submitter: &Submitter, group: &Group, policies: &[(String, Counts)]) -> Report {
-    build_as(submitter, group, policies, "")
+/// The §5.1 `unique-id` (`1*(ALPHA / DIGIT)`) of a sender's report of a group's
+/// period: the sending node, the record's tag and the period's first second.
+pub fn unique_id(node: &str, group: &Group, begin: u64) -> String {
+    let node: String = node.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("{node}{}{begin}", record_tag(&group.record))
 }
 
-/// The report of a day not yet over, as it stands at `now`: its id says so, so that
-/// it is never taken for the day's final report.
-pub fn partial(
+/// Builds the report `node` sends of a group's period `begin..=end`, one entry per
+/// policy.
+pub fn build(
     submitter: &Submitter,
+    node: &str,
     group: &Group,
+    (begin, end): (u64, u64),
     policies: &[(String, Counts)],
-    now: u64,
 ) -> Report {
-    build_as(submitter, group, policies, &format!(".partial-{now}"))
-}
-
-fn build_as(
-    submitter: &Submitter,
-    group: &Group,
-    policies: &[(String, Counts)],
-    variant: &str,
-) -> Report {
-    let tag = format!("{}{variant}", record_tag(&group.record));
-    let id = format!("{}.{}.{tag}@{}", group.day, group.domain, submitter.domain);
+    let unique = unique_id(node, group, begin);
+    let id = format!(
+        "{}.{}.{unique}@{}",
+        group.day, group.domain, submitter.domain
+    );
     let mut sorted: Vec<&(String, Counts)> = policies.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let entries: Vec<Value> = sorted
         .into_iter()
-        .map(|(policy, counts)| policy_entry(policy, counts))
+        .map(|(policy, counts)| policy_entry(policy, counts, &group.domain))
         .collect();
     let document = json!({
         "organization-name": submitter.organization,
         "date-range": {
-            "start-datetime": group.day.start_datetime(),
-            "end-datetime": group.day.end_datetime(),
+            "start-datetime": rfc3339(begin),
+            "end-datetime": rfc3339(end),
         },
         "contact-info": submitter.contact,
         "report-id": id,
         "policies": entries,
     });
     let file_name = format!(
-        "{}!{}!{}!{}!{tag}.json.gz",
-        submitter.domain,
-        group.domain,
-        group.day.start(),
-        group.day.end()
+        "{}!{}!{begin}!{end}!{unique}.json.gz",
+        submitter.domain, group.domain
     );
     Report {
         id,
         group: group.clone(),
+        begin,
+        end,
         json: document.to_string(),
         file_name,
     }
 }
 
-fn policy_entry(policy: &str, counts: &Counts) -> Value {
+fn policy_entry(policy: &str, counts: &Counts, domain: &str) -> Value {
     let mut p = match serde_json::from_str::<Value>(policy) {
         Ok(Value::Object(p)) => p,
         _ => Map::new(),
     };
+    // §4.3: every policy names its domain. Postfix sends none with
+    // `no-policy-found`, whose domain is the recipient domain the group is of.
+    p.entry("policy-domain")
+        .or_insert_with(|| Value::from(domain));
     let type_name = p
         .get("policy-type")
         .and_then(Value::as_u64)
@@ -163,8 +175,34 @@ fn failure_detail(detail: &str, sessions: u64) -> Value {
             out.insert(to.into(), v.clone());
         }
     }
+    // §4.4 defines `additional-information` as a URI; a text that is not one is a
+    // reason, and goes where reasons go.
+    if let Some(Value::String(info)) = out.get("additional-information")
+        && !is_uri(info)
+    {
+        let info = info.clone();
+        out.remove("additional-information");
+        let reason = match out.get("failure-reason-code") {
+            Some(Value::String(r)) => format!("{r}; {info}"),
+            _ => info,
+        };
+        out.insert("failure-reason-code".into(), Value::from(reason));
+    }
     out.insert("failed-session-count".into(), Value::from(sessions));
     Value::Object(out)
+}
+
+/// Whether `text` has the form of an absolute URI (RFC 3986 §3: a scheme, a colon,
+/// and no white space).
+fn is_uri(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !rest.is_empty()
+        && !text.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -173,6 +211,125 @@ mod tests {
     use crate::tlsrpt::counts::Tally;
     use crate::tlsrpt::datagram::parse;
     use crate::tlsrpt::day::Day;
+
+    const NODE: &str = "0123456789abcdef";
+
+    fn group(day: Day) -> Group {
+        Group {
+            day,
+            domain: "x.test".into(),
+            record: "v=TLSRPTv1;rua=mailto:r@x.test".into(),
+        }
+    }
+
+    fn one_policy(policy: &str, detail: &str) -> Vec<(String, Counts)> {
+        let mut counts = Counts {
+            sessions: 2,
+            failures: 1,
+            ..Counts::default()
+        };
+        counts.details.insert(detail.into(), 1);
+        vec![(policy.into(), counts)]
+    }
+
+    #[test]
+    fn ids_are_unique_per_sender_and_period_and_fit_rfc_8460s_grammar() {
+        let day = Day::parse("2026-12-04").unwrap();
+        let g = group(day);
+        let p = one_policy(
+            r#"{"policy-type":2,"policy-domain":"x.test"}"#,
+            r#"{"c":202}"#,
+        );
+        let whole = (day.start(), day.end());
+        let a = build(&submitter(), "aaaa1111", &g, whole, &p);
+        let b = build(&submitter(), "bbbb2222", &g, whole, &p);
+        assert_ne!(a.id, b.id, "two daemons counting apart");
+        assert_ne!(a.file_name, b.file_name);
+        let cut = day.start() + 3600;
+        let first = build(&submitter(), "aaaa1111", &g, (day.start(), cut), &p);
+        let rest = build(&submitter(), "aaaa1111", &g, (cut + 1, day.end()), &p);
+        assert_ne!(first.id, rest.id, "two periods of one day");
+        assert_eq!(
+            first.id,
+            a.id.clone(),
+            "a period's id is fixed by its start"
+        );
+        for r in [&a, &b, &first, &rest] {
+            // submitter!domain!begin!end!unique-id.json.gz, unique-id = 1*(ALPHA / DIGIT)
+            let stem = r.file_name.strip_suffix(".json.gz").unwrap();
+            let parts: Vec<&str> = stem.split('!').collect();
+            assert_eq!(parts.len(), 5, "{}", r.file_name);
+            assert_eq!(parts[2], r.begin.to_string());
+            assert_eq!(parts[3], r.end.to_string());
+            assert!(!parts[4].is_empty() && parts[4].chars().all(|c| c.is_ascii_alphanumeric()));
+            // The id is a msg-id's inside: dot-atom-text "@" domain.
+            let (left, right) = r.id.split_once('@').unwrap();
+            assert_eq!(right, "sender.test");
+            assert!(left.split('.').all(|atom| {
+                !atom.is_empty()
+                    && atom
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            }));
+        }
+        let v: Value = serde_json::from_str(&rest.json).unwrap();
+        assert_eq!(v["date-range"]["start-datetime"], "2026-12-04T01:00:01Z");
+        assert_eq!(v["date-range"]["end-datetime"], "2026-12-04T23:59:59Z");
+    }
+
+    #[test]
+    fn every_policy_names_its_domain() {
+        let day = Day::parse("2026-12-04").unwrap();
+        let r = build(
+            &submitter(),
+            NODE,
+            &group(day),
+            (day.start(), day.end()),
+            &one_policy(r#"{"policy-type":9}"#, r#"{"c":201}"#),
+        );
+        let v: Value = serde_json::from_str(&r.json).unwrap();
+        assert_eq!(v["policies"][0]["policy"]["policy-type"], "no-policy-found");
+        assert_eq!(v["policies"][0]["policy"]["policy-domain"], "x.test");
+    }
+
+    #[test]
+    fn free_text_is_a_failure_reason_and_uris_are_additional_information() {
+        let day = Day::parse("2026-12-04").unwrap();
+        for (detail, info, reason) in [
+            (
+                r#"{"a":"https://status.example/tls","c":202}"#,
+                Some("https://status.example/tls"),
+                None,
+            ),
+            (
+                r#"{"a":"tls: invalid peer certificate","c":303}"#,
+                None,
+                Some("tls: invalid peer certificate"),
+            ),
+            (
+                r#"{"a":"see: the log","c":205,"f":"own"}"#,
+                None,
+                Some("own; see: the log"),
+            ),
+            (
+                r#"{"c":303,"f":"tls: expired"}"#,
+                None,
+                Some("tls: expired"),
+            ),
+        ] {
+            let r = build(
+                &submitter(),
+                NODE,
+                &group(day),
+                (day.start(), day.end()),
+                &one_policy(r#"{"policy-type":2}"#, detail),
+            );
+            let v: Value = serde_json::from_str(&r.json).unwrap();
+            let d = &v["policies"][0]["failure-details"][0];
+            assert_eq!(d["additional-information"].as_str(), info, "{detail}");
+            assert_eq!(d["failure-reason-code"].as_str(), reason, "{detail}");
+        }
+    }
 
     fn submitter() -> Submitter {
         Submitter {
@@ -195,15 +352,16 @@ mod tests {
         let group = group.clone();
         let policies: Vec<(String, Counts)> =
             tally.counts.into_iter().map(|((_, p), c)| (p, c)).collect();
-        let report = build(&submitter(), &group, &policies);
+        let whole = (day.start(), day.end());
+        let report = build(&submitter(), NODE, &group, whole, &policies);
+        let unique = format!("{NODE}{}{}", record_tag(&group.record), day.start());
         assert_eq!(
             report.id,
-            "2026-12-04.bad.test.".to_owned() + &record_tag(&group.record) + "@sender.test"
+            format!("2026-12-04.bad.test.{unique}@sender.test")
         );
-        assert!(
-            report
-                .file_name
-                .starts_with("sender.test!bad.test!1796342400!1796428799!")
+        assert_eq!(
+            report.file_name,
+            format!("sender.test!bad.test!1796342400!1796428799!{unique}.json.gz")
         );
         let v: Value = serde_json::from_str(&report.json).unwrap();
         assert_eq!(v["organization-name"], "Example Mail");
@@ -226,7 +384,7 @@ mod tests {
         assert_eq!(d["failed-session-count"], 2);
 
         // Same counters, same bytes; and the gzip form unpacks to the document.
-        assert_eq!(build(&submitter(), &group, &policies), report);
+        assert_eq!(build(&submitter(), NODE, &group, whole, &policies), report);
         let mut text = String::new();
         std::io::Read::read_to_string(
             &mut flate2::read::GzDecoder::new(&report.gzip()[..]),

@@ -1,6 +1,8 @@
 //! The TLSRPT sender: after each UTC day, each report to each destination of its
 //! record, at the time [`super::schedule`] gives, each delivery recorded before and
-//! after it is tried; in a fleet, under a lease so that one daemon sends it.
+//! after it is tried; in a fleet, under a lease so that one daemon sends it. A day
+//! is reported in periods ([`super::period`]): the whole day, or, after partial
+//! sends, each stretch between them and the rest of the day.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::day::Day;
 use super::deliver;
 use super::mail::{self, Envelope};
+use super::period::{self, Cut};
 use super::record::{self, Destination};
 use super::report::{self, Report};
 use super::schedule::{Delivery, State};
@@ -38,11 +41,13 @@ impl Tlsrpt {
         let today = Day::of(now);
         let (mut pending, mut oldest) = (0i64, 0u64);
         for day in self.days().await? {
-            if day >= today || lock(&self.finished).contains(&day) {
+            if day > today || lock(&self.finished).contains(&day) {
                 continue;
             }
+            // Today: only the periods partial sends closed (their retries).
+            let open_end = (day < today).then(|| day.end());
             let mut open = false;
-            for outcome in self.deliver_day(day, false, false).await? {
+            for outcome in self.deliver(day, open_end, false).await? {
                 for d in outcome.destinations.iter().filter_map(|(_, d)| d.as_ref()) {
                     if d.state == State::Pending {
                         open = true;
@@ -53,7 +58,7 @@ impl Tlsrpt {
                     }
                 }
             }
-            if !open {
+            if !open && day < today {
                 lock(&self.finished).insert(day);
             }
         }
@@ -68,28 +73,38 @@ impl Tlsrpt {
         Ok(())
     }
 
-    /// The reports of `day` as they stand now; `partial` marks them as covering a
-    /// day not yet over (a distinct report id, never recorded as the day's report).
-    pub async fn reports(&self, day: Day, partial: bool) -> Result<Vec<Report>, StoreError> {
-        let now = self.now();
-        Ok(self
-            .day_counts(day)
-            .await?
-            .iter()
-            .map(|(group, policies)| {
-                if partial {
-                    report::partial(&self.submitter, group, policies, now)
-                } else {
-                    report::build(&self.submitter, group, policies)
-                }
-            })
-            .collect())
+    /// The reports of `day`: those of the periods partial sends closed, then, with
+    /// `open_end`, the open period's up to that second.
+    pub async fn reports(
+        &self,
+        day: Day,
+        open_end: Option<u64>,
+    ) -> Result<Vec<Report>, StoreError> {
+        let node = self.node().await?;
+        let cuts = self.cuts(day).await?;
+        let current = self.day_counts(day).await?;
+        let mut out = Vec::new();
+        for p in period::periods(day, &cuts, &current, open_end) {
+            for (group, policies) in &p.counts {
+                out.push(report::build(
+                    &self.submitter,
+                    &node,
+                    group,
+                    (p.begin, p.end),
+                    policies,
+                ));
+            }
+        }
+        Ok(out)
     }
 
-    /// `day`'s reports as they stand, with what is recorded of their deliveries.
-    pub async fn show(&self, day: Day, partial: bool) -> Result<Vec<Outcome>, StoreError> {
+    /// `day`'s reports as they stand (a day in progress: up to now, closing nothing),
+    /// with what is recorded of their deliveries.
+    pub async fn show(&self, day: Day) -> Result<Vec<Outcome>, StoreError> {
+        let now = self.now();
+        let open_end = if day >= Day::of(now) { now } else { day.end() };
         let mut outcomes = Vec::new();
-        for report in self.reports(day, partial).await? {
+        for report in self.reports(day, Some(open_end)).await? {
             let dests = record::destinations(&report.group.record).unwrap_or_default();
             let mut destinations = Vec::new();
             for dest in dests.usable {
@@ -100,22 +115,62 @@ impl Tlsrpt {
                 report,
                 destinations,
                 refused: dests.refused,
+                tried: false,
             });
         }
         Ok(outcomes)
     }
 
-    /// Delivers `day`'s reports: the due ones, or with `now_all` every one not yet
-    /// sent. A partial report (`partial`, for a day not over) is sent to every
-    /// destination and recorded under its own id.
-    pub async fn deliver_day(
+    /// Sends `day`'s reports now, every one not yet sent, and returns those it tried.
+    /// With `partial` (a day not over), first closes the day's open period: the
+    /// sessions since the last report become a report of their own, and the day's
+    /// later reports start after it.
+    pub async fn send_now(&self, day: Day, partial: bool) -> Result<Vec<Outcome>, StoreError> {
+        let open_end = if partial && day >= Day::of(self.now()) {
+            self.cut(day).await?;
+            None
+        } else {
+            Some(day.end())
+        };
+        let mut outcomes = self.deliver(day, open_end, true).await?;
+        outcomes.retain(|o| o.tried);
+        Ok(outcomes)
+    }
+
+    /// Closes `day`'s open period now: what is counted in memory is stored first (it
+    /// belongs to this period), then the day's counters are recorded as the cut. No
+    /// cut is made when nothing was counted since the last one.
+    async fn cut(&self, day: Day) -> Result<(), StoreError> {
+        self.persist()?;
+        self.sync_fleet().await;
+        let cuts = self.cuts(day).await?;
+        let current = self.day_counts(day).await?;
+        if period::open_since_last(&cuts, &current).is_empty() {
+            return Ok(());
+        }
+        // Periods never overlap, even with two cuts in one second.
+        let after_last = cuts.last().map_or(day.start(), |c| c.at + 1);
+        let at = self.now().min(day.end()).max(after_last);
+        self.add_cut(
+            day,
+            &Cut {
+                at,
+                counts: current,
+            },
+        )
+        .await
+    }
+
+    /// Delivers the reports of `day`'s periods (see [`Self::reports`]): the due ones,
+    /// or with `now_all` every one not yet sent.
+    async fn deliver(
         &self,
         day: Day,
+        open_end: Option<u64>,
         now_all: bool,
-        partial: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut outcomes = Vec::new();
-        for report in self.reports(day, partial).await? {
+        for report in self.reports(day, open_end).await? {
             let dests = match record::destinations(&report.group.record) {
                 Ok(d) => d,
                 Err(e) => {
@@ -127,9 +182,11 @@ impl Tlsrpt {
                 report,
                 destinations: Vec::new(),
                 refused: dests.refused,
+                tried: false,
             };
             for dest in dests.usable {
-                let d = self.deliver_one(&outcome.report, &dest, now_all).await?;
+                let (d, tried) = self.deliver_one(&outcome.report, &dest, now_all).await?;
+                outcome.tried |= tried;
                 outcome.destinations.push((dest, Some(d)));
             }
             outcomes.push(outcome);
@@ -137,12 +194,14 @@ impl Tlsrpt {
         Ok(outcomes)
     }
 
+    /// One report to one destination if it is due (or `now_all`); the delivery's
+    /// record, and whether it was tried now.
     async fn deliver_one(
         &self,
         report: &Report,
         dest: &Destination,
         now_all: bool,
-    ) -> Result<Delivery, StoreError> {
+    ) -> Result<(Delivery, bool), StoreError> {
         let day = report.group.day;
         let key = dest.to_string();
         let d = match self.delivery(day, &report.id, &key).await? {
@@ -156,11 +215,11 @@ impl Tlsrpt {
         };
         let now = self.clock.now();
         if !(d.due(now) || (now_all && d.state != State::Sent)) {
-            return Ok(d);
+            return Ok((d, false));
         }
         let Some(lease) = self.lease(&report.id, &key).await? else {
             // Another daemon of the fleet is sending it.
-            return Ok(d);
+            return Ok((d, false));
         };
         // It may have been sent while this daemon waited for the lease.
         let result = match self.delivery(day, &report.id, &key).await {
@@ -172,7 +231,7 @@ impl Tlsrpt {
             Err(e) => Err(e),
         };
         self.release(&report.id, &key, &lease).await;
-        result
+        result.map(|d| (d, true))
     }
 
     /// One try, and what it makes of the delivery record.

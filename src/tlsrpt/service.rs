@@ -15,6 +15,7 @@ use super::datagram::{self, DatagramError, MAX_DATAGRAM};
 use super::day::Day;
 use super::fleet::FleetReports;
 use super::known::{PolicyFailure, reclassify};
+use super::period::Cut;
 use super::record::Destination;
 use super::report::{Report, Submitter};
 use super::schedule::Delivery;
@@ -73,6 +74,8 @@ pub struct Outcome {
     pub report: Report,
     pub destinations: Vec<(Destination, Option<Delivery>)>,
     pub refused: Vec<(String, String)>,
+    /// Whether a delivery was tried by the call that made this outcome.
+    pub tried: bool,
 }
 
 impl Tlsrpt {
@@ -315,6 +318,28 @@ impl Tlsrpt {
     pub(super) async fn release(&self, report: &str, dest: &str, token: &str) {
         if let Some(f) = &self.fleet {
             f.release(report, dest, token).await;
+        }
+    }
+
+    /// Who sends this daemon's reports: the fleet, or this daemon's store.
+    pub(super) async fn node(&self) -> Result<String, StoreError> {
+        match &self.fleet {
+            Some(f) => f.node().await.map_err(fleet_error),
+            None => Ok(self.store.node()),
+        }
+    }
+
+    pub(super) async fn cuts(&self, day: Day) -> Result<Vec<Cut>, StoreError> {
+        match &self.fleet {
+            Some(f) => f.cuts(day).await.map_err(fleet_error),
+            None => self.store.cuts(day),
+        }
+    }
+
+    pub(super) async fn add_cut(&self, day: Day, cut: &Cut) -> Result<(), StoreError> {
+        match &self.fleet {
+            Some(f) => f.add_cut(day, cut).await.map_err(fleet_error),
+            None => self.store.add_cut(day, cut),
         }
     }
 

@@ -3,7 +3,12 @@
 //! moved aside does not take a day's reports with it). Two trees:
 //! - `counts`: day (8 bytes, big-endian) · domain · NUL · record · NUL · policy →
 //!   [`Counts`] (postcard);
-//! - `deliveries`: day · report id · NUL · destination → [`Delivery`] as JSON.
+//! - `deliveries`: day · report id · NUL · destination → [`Delivery`] as JSON;
+//! - `cuts`: day · cut time (8 bytes each, big-endian) → the day's counters at a
+//!   partial send's cut ([`Cut`], JSON);
+//! - `outbox` (fleets): batches on their way to Redis;
+//! - and the key `node`: this store's id, drawn once, part of its report ids and
+//!   outbox batch ids.
 //!
 //! Days lead the keys, so a day's groups are one range and pruning old days is a
 //! range delete.
@@ -14,6 +19,7 @@ use crate::cache::store::{StoreError, contain};
 
 use super::counts::{Counts, Group, Tally};
 use super::day::Day;
+use super::period::Cut;
 use super::schedule::Delivery;
 
 /// A day's counters, one group (report) at a time, each with its policies.
@@ -37,7 +43,14 @@ pub trait ReportStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Every delivery record of a day, as (report id, destination, record).
     fn deliveries(&self, day: Day) -> Result<Vec<(String, String, Delivery)>, StoreError>;
-    /// Removes counters and deliveries of days before `day`; returns the keys removed.
+    /// This store's id (letters and digits), drawn when it was created.
+    fn node(&self) -> String;
+    /// A day's cuts (partial sends), oldest first.
+    fn cuts(&self, day: Day) -> Result<Vec<Cut>, StoreError>;
+    /// Records a cut, durably.
+    fn add_cut(&self, day: Day, cut: &Cut) -> Result<(), StoreError>;
+    /// Removes counters, deliveries and cuts of days before `day`; returns the keys
+    /// removed.
     fn prune_before(&self, day: Day) -> Result<usize, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
@@ -64,6 +77,7 @@ pub struct SledReports {
     db: sled::Db,
     counts: sled::Tree,
     deliveries: sled::Tree,
+    cuts: sled::Tree,
     outbox: sled::Tree,
     /// This store's name, part of every outbox batch id (drawn once, kept).
     node: String,
@@ -118,6 +132,7 @@ impl SledReports {
             let counts = db.open_tree("counts").map_err(backend)?;
             let deliveries = db.open_tree("deliveries").map_err(backend)?;
             let outbox = db.open_tree("outbox").map_err(backend)?;
+            let cuts = db.open_tree("cuts").map_err(backend)?;
             let node = match db.get("node").map_err(backend)? {
                 Some(v) => String::from_utf8_lossy(&v).into_owned(),
                 None => {
@@ -133,6 +148,7 @@ impl SledReports {
                 db,
                 counts,
                 deliveries,
+                cuts,
                 outbox,
                 node,
             })
@@ -290,7 +306,7 @@ impl ReportStore for SledReports {
         contain("remove", || {
             let end = day.0.to_be_bytes().to_vec();
             let mut removed = 0;
-            for tree in [&self.counts, &self.deliveries] {
+            for tree in [&self.counts, &self.deliveries, &self.cuts] {
                 let keys: Vec<sled::IVec> = tree
                     .range(..end.clone())
                     .keys()
@@ -304,6 +320,33 @@ impl ReportStore for SledReports {
                 removed += keys.len();
             }
             Ok(removed)
+        })
+    }
+
+    fn node(&self) -> String {
+        self.node.clone()
+    }
+
+    fn cuts(&self, day: Day) -> Result<Vec<Cut>, StoreError> {
+        contain("load", || {
+            let mut out = Vec::new();
+            for item in self.cuts.scan_prefix(day.0.to_be_bytes()) {
+                let (_, value) = item.map_err(backend)?;
+                out.push(decode("cut", &value)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn add_cut(&self, day: Day, cut: &Cut) -> Result<(), StoreError> {
+        contain("put", || {
+            let mut key = day.0.to_be_bytes().to_vec();
+            key.extend_from_slice(&cut.at.to_be_bytes());
+            let value = serde_json::to_vec(cut).map_err(backend)?;
+            self.cuts.insert(key, value).map_err(backend)?;
+            // A cut decides what later reports of the day leave out.
+            self.cuts.flush().map_err(backend)?;
+            Ok(())
         })
     }
 
@@ -425,7 +468,22 @@ mod tests {
                 .is_none()
         );
 
-        assert!(store.prune_before(d2).unwrap() >= 3);
+        let node = store.node();
+        assert!(node.len() >= 8 && node.chars().all(|c| c.is_ascii_alphanumeric()));
+        let cut = Cut {
+            at: d1.start() + 60,
+            counts: store.day(d1).unwrap(),
+        };
+        store.add_cut(d1, &cut).unwrap();
+        assert_eq!(store.cuts(d1).unwrap(), [cut]);
+        assert!(store.cuts(d2).unwrap().is_empty());
+        drop(store);
+        let store = SledReports::open(&dir).unwrap();
+        assert_eq!(store.node(), node, "the node id is kept");
+        assert_eq!(store.cuts(d1).unwrap().len(), 1, "cuts are kept");
+
+        assert!(store.prune_before(d2).unwrap() >= 4);
+        assert!(store.cuts(d1).unwrap().is_empty());
         assert_eq!(store.days().unwrap(), vec![d2]);
         assert!(store.deliveries(d1).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
