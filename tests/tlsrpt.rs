@@ -216,7 +216,10 @@ async fn reports_go_to_every_destination_once_and_survive_restarts() {
         .iter()
         .find(|(_, m)| m.contains("\r\nTo: tlsrpt@bad.test\r\n"))
         .expect("the report to bad.test");
-    assert_eq!(args, "-i -t");
+    assert_eq!(
+        args, "-f tlsrpt@sender.test -i -t",
+        "the envelope sender is report_from"
+    );
     assert!(bad.contains("TLS-Report-Domain: bad.test\r\n"), "{bad}");
     assert!(bad.contains("TLS-Report-Submitter: sender.test\r\n"));
     assert!(bad.contains("Subject: Report Domain: bad.test Submitter: sender.test Report-ID: <"));
@@ -1141,4 +1144,155 @@ async fn two_daemons_without_redis_send_reports_with_distinct_ids() {
     for d in daemons {
         d.shutdown().await;
     }
+}
+
+/// By default mailed reports are submitted by SMTP to the local MTA (no setgid
+/// program, so it works under the packaged unit's NoNewPrivileges=yes): the envelope
+/// sender is `report_from` and the message arrives whole (dot-stuffing undone by the
+/// receiver).
+#[tokio::test]
+async fn mailed_reports_are_submitted_by_smtp_with_the_report_sender() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let received = dir.path().join("received");
+    std::fs::create_dir_all(&received).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mta = listener.local_addr().unwrap();
+    let _receiver = mta_stsd_testkit::smtp::serve_smtp(listener, None, received.clone());
+    let socket = dir.path().join("tlsrpt.sock");
+    let toml = format!(
+        "{LOOPBACK}[tlsrpt]\nenable = true\nsocket = {socket:?}\nsmtp = \"{mta}\"\n{SENDER}"
+    );
+    let day = Day::parse("2026-12-04").unwrap();
+    let clock = ManualClock::new(day.start() + 3600);
+    let d = InProcess::start(&w, config_in(dir.path(), &toml), Arc::new(clock.clone())).await;
+    let admin = d.http.clone().unwrap();
+    let record = "v=TLSRPTv1; rua=mailto:tlsrpt@bad.test";
+    send(
+        &socket,
+        &[
+            datagram("bad.test", record, false),
+            datagram("bad.test", record, true),
+        ],
+    );
+    wait_stored(&admin, 2, 0).await;
+    let tlsrpt = d.state.tlsrpt.clone().expect("tlsrpt on");
+    clock.advance(24 * 3600 + 4 * 3600);
+    tlsrpt.send_due().await.unwrap();
+    let eml = std::fs::read_dir(&received)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "eml"))
+        .expect("a mail reached the MTA");
+    assert!(
+        eml.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("tlsrpt@bad.test.")
+    );
+    assert_eq!(
+        std::fs::read_to_string(eml.with_extension("from")).unwrap(),
+        "tlsrpt@sender.test"
+    );
+    let message = std::fs::read_to_string(&eml).unwrap();
+    assert!(message.contains("TLS-Report-Submitter: sender.test\r\n"));
+    assert_eq!(counts(&attached_report(&message)), (1, 1));
+    let client = AdminClient::new(&admin, Duration::from_secs(30)).unwrap();
+    let view = client.tlsrpt(TlsrptAction::Show, day, false).await.unwrap();
+    assert_eq!(view.reports[0].deliveries[0].state, "sent");
+    drop(tlsrpt);
+    d.shutdown().await;
+}
+
+/// HTTPS uploads follow a 307/308 redirect to another `https:` host (same method, same
+/// body), never to another scheme; a permanent refusal (4xx other than 408/429) gives
+/// the delivery up at once instead of retrying it for a day, while a 503 is retried.
+#[tokio::test]
+async fn uploads_follow_safe_redirects_and_give_up_on_permanent_refusals() {
+    let w = World::start().await;
+    let port = w.https.addr().port();
+    let raw = |status: u16, location: Option<String>| HttpResponse::Raw {
+        status,
+        content_type: None,
+        headers: location
+            .map(|l| vec![("Location".to_owned(), l)])
+            .unwrap_or_default(),
+        body: vec![],
+    };
+    for (host, response) in [
+        (
+            "moved.test",
+            raw(308, Some(format!("https://final.test:{port}/in"))),
+        ),
+        (
+            "temp.test",
+            raw(307, Some(format!("https://final.test:{port}/in"))),
+        ),
+        ("final.test", raw(200, None)),
+        (
+            "plain.test",
+            raw(307, Some(format!("http://final.test:{port}/in"))),
+        ),
+        ("gone.test", raw(404, None)),
+        ("busy.test", raw(503, None)),
+        ("slow.test", raw(429, None)),
+    ] {
+        w.dns.set_a(host, std::net::Ipv4Addr::LOCALHOST);
+        w.https.set_host_response(host, response);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tlsrpt.sock");
+    let toml = format!("{LOOPBACK}[tlsrpt]\nenable = true\nsocket = {socket:?}\n{SENDER}");
+    let day = Day::parse("2026-12-04").unwrap();
+    let clock = ManualClock::new(day.start() + 3600);
+    let d = InProcess::start(&w, config_in(dir.path(), &toml), Arc::new(clock.clone())).await;
+    let admin = d.http.clone().unwrap();
+    let domains = ["moved", "temp", "plain", "gone", "busy", "slow"];
+    let datagrams: Vec<String> = domains
+        .iter()
+        .map(|d| {
+            let record = format!("v=TLSRPTv1; rua=https://{d}.test:{port}/r");
+            datagram(&format!("{d}.example"), &record, false)
+        })
+        .collect();
+    send(&socket, &datagrams);
+    wait_stored(&admin, domains.len() as u64, 0).await;
+    clock.advance(24 * 3600 + 4 * 3600);
+    let tlsrpt = d.state.tlsrpt.clone().expect("tlsrpt on");
+    tlsrpt.send_due().await.unwrap();
+
+    let at_final = w.https.received("final.test");
+    assert_eq!(at_final.len(), 2, "308 and 307 followed, http: not");
+    for r in &at_final {
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/in"));
+        assert_eq!(r.header("content-type"), Some("application/tlsrpt+gzip"));
+        assert_eq!(counts(&gunzip(&r.body)), (1, 0));
+    }
+    let client = AdminClient::new(&admin, Duration::from_secs(30)).unwrap();
+    let view = client.tlsrpt(TlsrptAction::Show, day, false).await.unwrap();
+    let state = |domain: &str| {
+        let r = view
+            .reports
+            .iter()
+            .find(|r| r.domain == format!("{domain}.example"))
+            .unwrap();
+        let d = &r.deliveries[0];
+        (
+            d.state.clone(),
+            d.attempts,
+            d.last_error.clone().unwrap_or_default(),
+        )
+    };
+    assert_eq!(state("moved").0, "sent");
+    assert_eq!(state("temp").0, "sent");
+    let (s, n, e) = state("plain");
+    assert_eq!((s.as_str(), n), ("gave_up", 1), "{e}");
+    assert!(e.contains("redirect") && e.contains("not https"), "{e}");
+    let (s, n, e) = state("gone");
+    assert_eq!((s.as_str(), n), ("gave_up", 1), "{e}");
+    assert!(e.contains("404"), "{e}");
+    assert_eq!(state("busy").0, "pending");
+    assert_eq!(state("slow").0, "pending", "429 asks to come back later");
+    drop(tlsrpt);
+    d.shutdown().await;
 }

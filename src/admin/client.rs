@@ -14,6 +14,11 @@ pub enum AdminError {
     /// No answer: the daemon is not running, or not at this address.
     #[error("cannot reach the daemon's admin API at {base}: {message}")]
     Unreachable { base: String, message: String },
+    /// Reached, but no answer in time: the daemon is still at the work asked of it.
+    #[error(
+        "the daemon at {base} took longer than {timeout:?} to answer; what it was asked may still finish (see its log)"
+    )]
+    TimedOut { base: String, timeout: Duration },
     /// The daemon refused the request, with its reason.
     #[error("{message}")]
     Refused { status: u16, message: String },
@@ -34,6 +39,7 @@ impl AdminError {
 pub struct AdminClient {
     base: String,
     http: reqwest::Client,
+    timeout: Duration,
 }
 
 impl AdminClient {
@@ -63,6 +69,7 @@ impl AdminClient {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
+            timeout,
         })
     }
 
@@ -126,9 +133,18 @@ impl AdminClient {
                 .header("content-type", "application/json")
                 .body(body);
         }
-        let unreachable = |e: reqwest::Error| AdminError::Unreachable {
-            base: self.base.clone(),
-            message: crate::mtasts::discovery::error_chain(&e),
+        let unreachable = |e: reqwest::Error| {
+            if e.is_timeout() && !e.is_connect() {
+                AdminError::TimedOut {
+                    base: self.base.clone(),
+                    timeout: self.timeout,
+                }
+            } else {
+                AdminError::Unreachable {
+                    base: self.base.clone(),
+                    message: crate::mtasts::discovery::error_chain(&e),
+                }
+            }
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();

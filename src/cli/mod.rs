@@ -126,10 +126,16 @@ fn admin_url_from(given: &str) -> anyhow::Result<String> {
 /// The admin API client for the daemon at `base` (a refresh runs a whole discovery,
 /// so requests may take up to a minute).
 fn admin_client(base: &str) -> anyhow::Result<crate::admin::client::AdminClient> {
-    Ok(crate::admin::client::AdminClient::new(
-        base,
-        std::time::Duration::from_secs(60),
-    )?)
+    admin_client_waiting(base, std::time::Duration::from_secs(60))
+}
+
+/// A client that waits up to `timeout` for an answer (sending a day's reports tries
+/// every destination in turn).
+fn admin_client_waiting(
+    base: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<crate::admin::client::AdminClient> {
+    Ok(crate::admin::client::AdminClient::new(base, timeout)?)
 }
 
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {

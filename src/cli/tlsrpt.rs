@@ -63,8 +63,15 @@ fn day_or(given: Option<&str>, default: Day) -> anyhow::Result<Day> {
     }
 }
 
+/// How long `send` waits for the daemon: every report of a day to every destination,
+/// each try bounded by the HTTPS and mail timeouts.
+const SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 async fn command(base: &str, action: Action) -> anyhow::Result<ExitCode> {
-    let client = super::admin_client(base)?;
+    let client = match action {
+        Action::Send { .. } => super::admin_client_waiting(base, SEND_WAIT)?,
+        Action::Show { .. } => super::admin_client(base)?,
+    };
     let today = Day::of(SystemClock.now());
     match action {
         Action::Show { day, json } => {

@@ -172,6 +172,30 @@ impl Config {
                 format!("{s:?} is not a domain name"),
             ));
         }
+        // RFC 8460 §5.3: `TLS-Report-Submitter` and the file name's sender are the
+        // domain of the reporting entity, the one `contact-info` names; receivers
+        // check that they agree.
+        if printable(&t.contact_info) {
+            let submitter = t.submitter_domain();
+            match t.contact_domain() {
+                Some(d) if is_host_name(&d) => {
+                    if d != submitter && !d.ends_with(&format!(".{submitter}")) {
+                        out.push(invalid(
+                            "tlsrpt.contact_info",
+                            format!(
+                                "is in {d}, not in the submitter's domain {submitter}: receivers \
+                                 match TLS-Report-Submitter against contact-info (set \
+                                 tlsrpt.submitter = \"{d}\", or a contact in {submitter})"
+                            ),
+                        ));
+                    }
+                }
+                _ => out.push(invalid(
+                    "tlsrpt.contact_info",
+                    "must be an address (local@domain, or mailto:) or an https: URL",
+                )),
+            }
+        }
         if !t.socket.is_absolute() {
             out.push(invalid("tlsrpt.socket", "must be an absolute path"));
         }
@@ -488,5 +512,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.tlsrpt.submitter_domain(), "example.com");
+    }
+
+    /// RFC 8460 §5.3: the submitter (`TLS-Report-Submitter`, the file name's sender)
+    /// is the domain `contact-info` names; a configuration where they cannot agree is
+    /// refused, and the submitter defaults to the contact's domain.
+    #[test]
+    fn tlsrpt_contact_info_and_submitter_agree() {
+        let with = |contact: &str, submitter: Option<&str>| {
+            let submitter = submitter.map_or(String::new(), |s| format!("submitter = \"{s}\"\n"));
+            Config::from_toml(
+                &format!(
+                    "[tlsrpt]\nenable = true\norganization_name = \"X\"\ncontact_info = \"{contact}\"\nreport_from = \"tlsrpt@mail.example.com\"\n{submitter}"
+                ),
+                "t",
+            )
+        };
+        for (contact, submitter, expect) in [
+            ("tlsrpt@example.com", None, "example.com"),
+            ("mailto:tlsrpt@Example.com", None, "example.com"),
+            (
+                "https://tlsrpt.example.com/contact",
+                Some("example.com"),
+                "example.com",
+            ),
+            ("https://example.com:8443/x", None, "example.com"),
+            (
+                "postmaster@mail.example.com",
+                Some("example.com"),
+                "example.com",
+            ),
+        ] {
+            let c = with(contact, submitter).unwrap_or_else(|e| panic!("{contact}: {e}"));
+            assert_eq!(c.tlsrpt.submitter_domain(), expect, "{contact}");
+        }
+        for (contact, submitter) in [
+            ("postmaster@other.test", Some("example.com")),
+            ("https://reports.other.test/", Some("example.com")),
+            ("call us", None),
+        ] {
+            let e = with(contact, submitter).unwrap_err().to_string();
+            assert!(e.contains("tlsrpt.contact_info"), "{contact}: {e}");
+        }
     }
 }

@@ -407,14 +407,19 @@ pub struct TlsrptConfig {
     pub path: Option<PathBuf>,
     /// `organization-name` of the reports.
     pub organization_name: String,
-    /// `contact-info` of the reports (an address or a URL).
+    /// `contact-info` of the reports: an address (`tlsrpt@example.com`, or with
+    /// `mailto:`) or an `https:` URL, in the submitter's domain.
     pub contact_info: String,
-    /// `From:` of mailed reports.
+    /// `From:` and envelope sender of mailed reports.
     pub report_from: String,
-    /// The submitting domain; default: the domain of `report_from`.
+    /// The submitting domain (`TLS-Report-Submitter`, the file name's sender);
+    /// default: the domain of `contact_info`.
     pub submitter: Option<String>,
-    /// The local MTA's sendmail, run as `sendmail -i -t` with a report on its input.
-    pub sendmail: PathBuf,
+    /// Where mailed reports are submitted by SMTP: the local MTA's listener.
+    pub smtp: std::net::SocketAddr,
+    /// Instead of SMTP: a sendmail program, run as `PROGRAM -f report_from -i -t` with
+    /// a report on its input.
+    pub sendmail: Option<PathBuf>,
     /// Reports of a day are sent at random times within this long after it ends.
     #[serde(with = "humantime_serde")]
     pub spread: Duration,
@@ -438,7 +443,8 @@ impl Default for TlsrptConfig {
             contact_info: String::new(),
             report_from: String::new(),
             submitter: None,
-            sendmail: PathBuf::from("/usr/sbin/sendmail"),
+            smtp: std::net::SocketAddr::from(([127, 0, 0, 1], 25)),
+            sendmail: None,
             spread: Duration::from_secs(4 * 3600),
             retry_for: Duration::from_secs(24 * 3600),
             keep_days: nonzero(10),
@@ -447,16 +453,31 @@ impl Default for TlsrptConfig {
 }
 
 impl TlsrptConfig {
-    /// The submitting domain: `submitter`, else the domain of `report_from`.
+    /// The submitting domain: `submitter`, else the domain of `contact_info`, else
+    /// that of `report_from`.
     pub fn submitter_domain(&self) -> String {
         match &self.submitter {
             Some(s) => s.to_ascii_lowercase(),
-            None => self
-                .report_from
-                .rsplit_once('@')
-                .map(|(_, d)| d.to_ascii_lowercase())
-                .unwrap_or_default(),
+            None => self.contact_domain().unwrap_or_else(|| {
+                self.report_from
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_ascii_lowercase())
+                    .unwrap_or_default()
+            }),
         }
+    }
+
+    /// The domain receivers write to: an address's domain, or an `https:` URL's host.
+    pub fn contact_domain(&self) -> Option<String> {
+        let c = self.contact_info.trim();
+        let domain = if let Some(rest) = c.strip_prefix("https://") {
+            let host = rest.split(['/', '?', '#']).next()?;
+            host.rsplit_once(':').map_or(host, |(h, _)| h)
+        } else {
+            let address = c.strip_prefix("mailto:").unwrap_or(c);
+            address.rsplit_once('@')?.1
+        };
+        Some(domain.to_ascii_lowercase())
     }
 }
 

@@ -16,7 +16,9 @@
 //! - [`report`]: the RFC 8460 §4 report made from counters (pure);
 //! - [`mail`]: the §5.3 message that carries a report by mail (pure);
 //! - [`store`]: the counters and delivery records on disk;
-//! - [`deliver`]: sending one report to one destination (HTTPS, sendmail);
+//! - [`smtp`]: handing a mailed report to the local MTA by SMTP;
+//! - [`deliver`]: sending one report to one destination (HTTPS, SMTP, a sendmail
+//!   program);
 //! - [`fleet`]: the fleet's counters, deliveries and leases in Redis;
 //! - [`schedule`]: which deliveries are due, and their retries (pure);
 //! - [`service`]: the collector, and where counters and deliveries are kept;
@@ -36,5 +38,6 @@ pub mod report;
 pub mod schedule;
 pub mod sender;
 pub mod service;
+pub mod smtp;
 pub mod socket;
 pub mod store;

@@ -71,7 +71,7 @@ fn destination(uri: &str) -> Result<Destination, String> {
     let (scheme, rest) = uri.split_once(':').ok_or_else(|| "not a URI".to_owned())?;
     match scheme.to_ascii_lowercase().as_str() {
         "mailto" => mailto(rest).map(Destination::Mailto),
-        "https" => https(uri).map(Destination::Https),
+        "https" => https_url(uri).map(Destination::Https),
         other => Err(format!("scheme {other:?} is neither mailto nor https")),
     }
 }
@@ -91,8 +91,9 @@ fn mailto(rest: &str) -> Result<String, String> {
     Ok(format!("{local}@{}", domain.to_ascii_lowercase()))
 }
 
-/// An `https:` URL with a host name and no user name or password.
-fn https(uri: &str) -> Result<reqwest::Url, String> {
+/// An `https:` URL with a host name and no user name or password: a `rua` URI, or
+/// where an upload is redirected to.
+pub fn https_url(uri: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(uri).map_err(|e| format!("not a URL: {e}"))?;
     if url.scheme() != "https" {
         return Err("not https".into());

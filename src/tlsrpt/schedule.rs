@@ -62,6 +62,15 @@ impl Delivery {
         self.done_at = Some(now);
     }
 
+    /// Records a try refused for good (see [`super::deliver::Failure`]): given up now.
+    pub fn refused(&mut self, now: u64, error: String) -> State {
+        self.attempts += 1;
+        self.last_error = Some(error);
+        self.state = State::GaveUp;
+        self.done_at = Some(now);
+        self.state
+    }
+
     /// Records a failed try: due again after the back-off, or given up once
     /// `retry_for` seconds have passed since the first try. Returns the new state.
     pub fn failed(&mut self, now: u64, error: String, retry_for: u64) -> State {

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::day::Day;
-use super::deliver;
+use super::deliver::{self, Failure};
 use super::mail::{self, Envelope};
 use super::period::{self, Cut};
 use super::record::{self, Destination};
 use super::report::{self, Report};
 use super::schedule::{Delivery, State};
 use super::service::{Outcome, SEND_EVERY, Tlsrpt};
+use super::smtp;
 use crate::cache::store::StoreError;
 use crate::locks::lock;
 
@@ -251,8 +252,13 @@ impl Tlsrpt {
                     .inc();
                 tracing::info!(domain = %report.group.domain, destination = %key, report = %report.id, "TLSRPT report sent");
             }
-            Err(e) => {
-                let state = d.failed(self.clock.now(), e.clone(), self.config.retry_for.as_secs());
+            Err(failure) => {
+                let e = failure.message;
+                let state = if failure.permanent {
+                    d.refused(self.clock.now(), e.clone())
+                } else {
+                    d.failed(self.clock.now(), e.clone(), self.config.retry_for.as_secs())
+                };
                 let result = if state == State::GaveUp {
                     "gave_up"
                 } else {
@@ -273,14 +279,30 @@ impl Tlsrpt {
         d
     }
 
-    async fn send(&self, report: &Report, dest: &Destination) -> Result<(), String> {
+    async fn send(&self, report: &Report, dest: &Destination) -> Result<(), Failure> {
         match dest {
             Destination::Https(url) => deliver::https(&(self.http)(), url, report.gzip()).await,
             Destination::Mailto(to) => {
-                let message = self
-                    .message(report, to)
-                    .ok_or_else(|| "a header value is not safe to write".to_owned())?;
-                deliver::sendmail(&self.config.sendmail, &message, deliver::SENDMAIL_TIMEOUT).await
+                let message = self.message(report, to).ok_or_else(|| Failure {
+                    message: "a header value is not safe to write".to_owned(),
+                    permanent: true,
+                })?;
+                let from = &self.config.report_from;
+                match &self.config.sendmail {
+                    Some(program) => {
+                        deliver::sendmail(program, from, &message, deliver::MAIL_TIMEOUT).await
+                    }
+                    None => smtp::submit(
+                        self.config.smtp,
+                        &smtp::host_name(),
+                        from,
+                        to,
+                        &message,
+                        deliver::MAIL_TIMEOUT,
+                    )
+                    .await
+                    .map_err(Failure::from),
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! A minimal receiving SMTP server for delivery tests: EHLO, optional STARTTLS with a
 //! certificate chosen by SNI, MAIL, RCPT, DATA, QUIT. Each accepted message is written
-//! to `mail_dir` as `RCPT.N.eml`.
+//! to `mail_dir` as `RCPT.N.eml` (dot-stuffing undone), its envelope sender beside it
+//! as `RCPT.N.from`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -152,6 +153,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
     mail_dir: &std::path::Path,
 ) -> std::io::Result<Next> {
     let mut rcpts: Vec<String> = Vec::new();
+    let mut from = String::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -176,6 +178,11 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Next::StartTls);
         } else if upper.starts_with("MAIL FROM") {
             rcpts.clear();
+            from = cmd
+                .split_once('<')
+                .and_then(|(_, r)| r.split_once('>'))
+                .map(|(a, _)| a.to_owned())
+                .unwrap_or_default();
             "250 2.1.0 Ok\r\n".into()
         } else if upper.starts_with("RCPT TO") {
             let addr = cmd
@@ -199,7 +206,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 if line == ".\r\n" || line == ".\n" {
                     break;
                 }
-                body.push_str(&line);
+                body.push_str(line.strip_prefix('.').unwrap_or(&line));
             }
             for r in &rcpts {
                 let n = SEQ.fetch_add(1, Ordering::SeqCst);
@@ -214,6 +221,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     })
                     .collect();
                 let _ = std::fs::write(mail_dir.join(format!("{safe}.{n}.eml")), &body);
+                let _ = std::fs::write(mail_dir.join(format!("{safe}.{n}.from")), &from);
             }
             "250 2.0.0 Ok: queued\r\n".into()
         } else if upper == "RSET" {
