@@ -1,7 +1,9 @@
 //! A minimal receiving SMTP server for delivery tests: EHLO, optional STARTTLS with a
 //! certificate chosen by SNI, MAIL, RCPT, DATA, QUIT. Each accepted message is written
 //! to `mail_dir` as `RCPT.N.eml` (dot-stuffing undone), its envelope sender beside it
-//! as `RCPT.N.from`.
+//! as `RCPT.N.from` and the whole MAIL command as `RCPT.N.mail` (to see parameters
+//! such as REQUIRETLS). After STARTTLS the server announces REQUIRETLS (RFC 8689 §2:
+//! only over TLS), so a sender's REQUIRETLS policy decides whether it may deliver.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -128,14 +130,14 @@ async fn session(
         .write_all(b"220 mx.test ESMTP testworld\r\n")
         .await?;
     // Plain-text phase: until STARTTLS (or the whole session without it).
-    match dialogue(&mut plain, acceptor.is_some(), &mail_dir).await? {
+    match dialogue(&mut plain, acceptor.is_some(), false, &mail_dir).await? {
         Next::StartTls => {
             let Some(acceptor) = acceptor else {
                 return Ok(());
             };
             let tls = acceptor.accept(plain.into_inner()).await?;
             let mut tls = BufReader::new(tls);
-            dialogue(&mut tls, false, &mail_dir).await?;
+            dialogue(&mut tls, false, true, &mail_dir).await?;
         }
         Next::Done => {}
     }
@@ -150,10 +152,12 @@ enum Next {
 async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut BufReader<S>,
     offer_tls: bool,
+    secure: bool,
     mail_dir: &std::path::Path,
 ) -> std::io::Result<Next> {
     let mut rcpts: Vec<String> = Vec::new();
     let mut from = String::new();
+    let mut mail = String::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -165,6 +169,8 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         let reply: String = if upper.starts_with("EHLO") {
             if offer_tls {
                 "250-mx.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n".into()
+            } else if secure {
+                "250-mx.test\r\n250-PIPELINING\r\n250-REQUIRETLS\r\n250 8BITMIME\r\n".into()
             } else {
                 "250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
             }
@@ -178,6 +184,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Next::StartTls);
         } else if upper.starts_with("MAIL FROM") {
             rcpts.clear();
+            mail = cmd.clone();
             from = cmd
                 .split_once('<')
                 .and_then(|(_, r)| r.split_once('>'))
@@ -222,6 +229,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     .collect();
                 let _ = std::fs::write(mail_dir.join(format!("{safe}.{n}.eml")), &body);
                 let _ = std::fs::write(mail_dir.join(format!("{safe}.{n}.from")), &from);
+                let _ = std::fs::write(mail_dir.join(format!("{safe}.{n}.mail")), &mail);
             }
             "250 2.0.0 Ok: queued\r\n".into()
         } else if upper == "RSET" {

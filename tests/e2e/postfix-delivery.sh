@@ -79,6 +79,8 @@ world policy badcert.test 1 enforce  mx.badcert.test; world mx badcert.test mx.b
 world policy notls.test   1 enforce  mx.notls.test;   world mx notls.test mx.notls.test 127.0.0.3
 world policy testing.test 1 testing  mx.testing.test; world mx testing.test mx.testing.test 127.0.0.4; world cert mx.testing.test untrusted
                                                       world mx plain.test mx.plain.test 127.0.0.4
+# No policy, but a receiver whose certificate is valid for its name.
+                                                      world mx nopolicy.test mx.nopolicy.test 127.0.0.2; world cert mx.nopolicy.test valid
 world policy cached.test  1 enforce  mx.cached.test;  world mx cached.test mx.cached.test 127.0.0.2;   world cert mx.cached.test valid
 # MX patterns (RFC 8461 section 4.1: "*." is exactly one label).
 world policy pattern.test  1 enforce '*.pattern.test';  world mx pattern.test mx1.pattern.test 127.0.0.2
@@ -187,7 +189,7 @@ verdict() {
     done
     echo "${v:-none}"
 }
-received() { ls "$W/received" | grep -c "^$1\." || true; }
+received() { ls "$W/received" | grep -c "^$1\..*\.eml$" || true; }
 expect() {  # expect CASE RCPT VERDICT RECEIVED LOGPATTERN [n]
     local name=$1 rcpt=$2 want=$3 want_rx=$4 pattern=$5 n=${6:-1}
     local got rx
@@ -261,6 +263,29 @@ if $TLSRPT && [ "$(printf '%s\n' 3.10.5 "$version" | sort -V | head -n1)" = 3.10
 else
     send user@deep.test
     expect "match=.deep.test (no MX patterns in Postfix $version): a.b.deep.test accepted" user@deep.test sent 1 "Verified TLS connection established to a.b.deep.test"
+fi
+
+# REQUIRETLS (RFC 8689, Postfix >= 3.11): a message sent with it may leave only over
+# a connection whose policy authenticates the server, which for MTA-STS is the
+# daemon's "secure" answer with the policy's match list. With no policy the same
+# receiver (valid certificate, REQUIRETLS announced after STARTTLS) is refused:
+# Postfix's default smtp_requiretls_policy is "enforce" for other domains.
+if [ "$(printf '%s\n' 3.11 "$version" | sort -V | head -n1)" = 3.11 ]; then
+    send_requiretls() {
+        printf 'Subject: REQUIRETLS to %s\n\nhello\n' "$1" \
+            | pf sendmail -O requiretls=yes -f sender@sender.test "$1"
+    }
+    send_requiretls rt@good.test
+    expect "REQUIRETLS, enforced MTA-STS policy" rt@good.test sent 1 "tls=secure/requiretls"
+    if grep -q 'REQUIRETLS' "$W/received/"rt@good.test.*.mail 2>/dev/null; then
+        check "REQUIRETLS, enforced MTA-STS policy" "the receiver was asked for REQUIRETLS" ok
+    else
+        check "REQUIRETLS, enforced MTA-STS policy" "the receiver was asked for REQUIRETLS" "$(cat "$W/received/"rt@good.test.*.mail 2>/dev/null)"
+    fi
+    send_requiretls rt@nopolicy.test
+    expect "REQUIRETLS, no policy (valid certificate)" rt@nopolicy.test bounced 0 "!requiretls"
+else
+    echo "skip REQUIRETLS cases: Postfix $version < 3.11"
 fi
 
 if $DANE; then

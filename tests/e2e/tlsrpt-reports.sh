@@ -5,7 +5,10 @@
 # reports, by HTTPS to the world's report host and by mail through that same Postfix.
 # sys4's tlsrpt-reporter (its tlsrpt-collectd, the reference collector) then receives
 # the datagrams of the same deliveries, and its counts must equal mta-stsd's, domain
-# by domain.
+# by domain. Last, no report loop: the mailed report, submitted by SMTP to that
+# Postfix and delivered to a domain that asks for TLS reports, adds no session to the
+# collector (Postfix 3.10: with the README's recipe, a transport without TLSRPT for
+# the report sender; Postfix 3.11: by itself, for a message with "TLS-Required: No").
 #
 #   sudo tests/e2e/tlsrpt-reports.sh --root DIR --venv VENV [BIN_DIR]
 #
@@ -58,6 +61,9 @@ world report-host reports.test
 # Mailed reports go to tlsrpt@reports.test, delivered by the same Postfix.
 world mx reports.test mx.reports.test 127.0.0.2; world cert mx.reports.test valid
 RUA=https://reports.test/v1/tlsrpt
+# reports.test asks for reports too: a session delivering a report to it would be
+# counted, were it not left out.
+world tlsrpt reports.test "$RUA"
 #        domain           mode        mx host                 receiver
 world policy good.test    1 enforce   mx.good.test;    world mx good.test mx.good.test 127.0.0.2;       world cert mx.good.test valid
 world policy badcert.test 1 enforce   mx.badcert.test; world mx badcert.test mx.badcert.test 127.0.0.2; world cert mx.badcert.test wrong-name
@@ -70,12 +76,8 @@ world tlsrpt good.test "mailto:tlsrpt@reports.test,$RUA"
 for d in badcert notls pattern testing nopolicy; do world tlsrpt "$d.test" "$RUA"; done
 
 # --- mta-stsd -----------------------------------------------------------------------
-# The daemon hands mailed reports to the root's sendmail, as it would the host's.
-cat > "$W/sendmail" <<EOF
-#!/bin/sh
-exec chroot "$ROOT" /usr/sbin/sendmail "\$@"
-EOF
-chmod 755 "$W/sendmail"
+# The daemon submits mailed reports by SMTP to that Postfix (127.0.0.1:25, its
+# default), as it would the host's.
 cat > "$W/mta-stsd.toml" <<CFG
 [server]
 listen = ["127.0.0.1:8461"]
@@ -105,7 +107,6 @@ socket_mode = "0666"
 organization_name = "Sender Test"
 contact_info = "postmaster@sender.test"
 report_from = "tlsrpt-reports@sender.test"
-sendmail = "$W/sendmail"
 CFG
 
 # --- Postfix ------------------------------------------------------------------------
@@ -226,15 +227,36 @@ else
     check "failure details equal the reference collector's" "domain code count" "$(cat "$W/diff-details.txt")"
 fi
 
-# --- the reports ----------------------------------------------------------------------
+# --- the reports, and no report loop ---------------------------------------------------
+# Postfix reports to mta-stsd again. Before 3.11 the report sender gets a transport
+# without TLSRPT (the README's recipe); 3.11 skips TLSRPT for "TLS-Required: No" mail.
+pf postconf -e "smtp_tlsrpt_socket_name = $W/tlsrpt/mta-stsd.sock"
+version=$(pf postconf -h mail_version)
+if [ "$(printf '%s\n' 3.11 "$version" | sort -V | head -n1)" != 3.11 ]; then
+    pf postconf -e 'sender_dependent_default_transport_maps = inline:{ tlsrpt-reports@sender.test=smtp-notlsrpt: }'
+    pf postconf -M 'smtp-notlsrpt/unix=smtp-notlsrpt unix - - n - - smtp -o syslog_name=postfix/smtp-notlsrpt -o smtp_tlsrpt_enable=no'
+    RECIPE=true
+else
+    RECIPE=false
+fi
+pf postfix reload >/dev/null 2>&1
+counted() { metric 'mta_stsd_tlsrpt_datagrams_total{result="counted"}'; }
+wait_counted() {  # wait_counted N: until mta-stsd has counted N datagrams (at most 30 s)
+    for _ in $(seq 1 300); do [ "$(counted)" = "$1" ] && return 0; sleep 0.1; done
+    return 1
+}
+# A control message to reports.test from an ordinary sender: its session is counted.
+printf 'Subject: control 1\n\nhello\n' | pf sendmail -f sender@sender.test control-1@reports.test
+wait_counted 14 && check "mail to reports.test" "its session is counted (TLSRPT record)" ok \
+    || check "mail to reports.test" "its session is counted (TLSRPT record)" "counted $(counted)"
 if "$BIN/mta-stsd" tlsrpt send --config "$W/mta-stsd.toml" --day "$today" --partial > "$W/send.txt" 2>&1; then
     check "tlsrpt send --partial" "every delivery made" ok
 else
     check "tlsrpt send --partial" "every delivery made" "$(cat "$W/send.txt")"
 fi
 uploads=$(ls "$W/received" | grep -c '^upload-reports.test-' || true)
-[ "$uploads" = 6 ] && check "HTTPS uploads" "one per domain with a TLSRPT record (6)" ok \
-    || check "HTTPS uploads" "one per domain with a TLSRPT record (6)" "$uploads"
+[ "$uploads" = 7 ] && check "HTTPS uploads" "one per domain with a TLSRPT record (7)" ok \
+    || check "HTTPS uploads" "one per domain with a TLSRPT record (7)" "$uploads"
 python3 - "$W/received" "$W/ours.txt" > "$W/uploads.txt" <<'PY'
 import glob, gzip, json, sys
 for f in sorted(glob.glob(sys.argv[1] + "/upload-reports.test-*.gz")):
@@ -247,14 +269,37 @@ PY
 grep -q "^sts badcert.test 0 2$" "$W/uploads.txt" && grep -q "^sts good.test 3 0$" "$W/uploads.txt" \
     && check "uploaded reports" "RFC 8460 JSON with the counts" ok \
     || check "uploaded reports" "RFC 8460 JSON with the counts" "$(tr '\n' ';' < "$W/uploads.txt")"
-for _ in $(seq 1 300); do ls "$W/received" | grep -q '^tlsrpt@reports.test\.' && break; sleep 0.1; done
-mail=$(ls "$W/received" | grep '^tlsrpt@reports.test\.' | head -n1 || true)
+for _ in $(seq 1 300); do ls "$W/received" | grep -q '^tlsrpt@reports.test\..*\.eml$' && break; sleep 0.1; done
+mail=$(ls "$W/received" | grep '^tlsrpt@reports.test\..*\.eml$' | head -n1 || true)
 if [ -n "$mail" ] && grep -q '^TLS-Report-Domain: good.test' "$W/received/$mail" \
     && grep -q 'report-type="tlsrpt"' "$W/received/$mail"; then
     check "mailed report" "through Postfix to tlsrpt@reports.test" ok
 else
     check "mailed report" "through Postfix to tlsrpt@reports.test" "${mail:-not received}"
 fi
+from=$(cat "$W/received/${mail%.eml}.from" 2>/dev/null || true)
+[ "$from" = tlsrpt-reports@sender.test ] && check "mailed report" "envelope sender is report_from" ok \
+    || check "mailed report" "envelope sender is report_from" "${from:-none}"
+if $RECIPE; then
+    grep -q 'postfix/smtp-notlsrpt/smtp\[.*to=<tlsrpt@reports.test>.*status=sent' "$W/maillog" \
+        && check "report loop (Postfix $version)" "the report left through smtp-notlsrpt" ok \
+        || check "report loop (Postfix $version)" "the report left through smtp-notlsrpt" "$(grep -F 'to=<tlsrpt@reports.test>' "$W/maillog" | tail -n1)"
+fi
+# A second control message after the report's delivery. Postfix sends a session's
+# datagram (and logs "TLSRPT: status=...") before the delivery's status line, so once
+# control 2 is logged as sent, every datagram of both sessions is on the socket; once
+# the socket's queue is empty, mta-stsd has counted them all. 15, not 16: the
+# report's session was not reported.
+printf 'Subject: control 2\n\nhello\n' | pf sendmail -f sender@sender.test control-2@reports.test
+for _ in $(seq 1 300); do grep -qF 'to=<control-2@reports.test>' "$W/maillog" && break; sleep 0.1; done
+queued() { ss -xanH | awk -v s="$W/tlsrpt/mta-stsd.sock" '$5 == s {print $3}' | head -n1; }
+for _ in $(seq 1 100); do [ "$(queued)" = 0 ] && break; sleep 0.1; done
+wait_counted 15 || true
+reported=$(grep -c 'TLSRPT: status=.*domain=reports.test' "$W/maillog" || true)
+[ "$reported" = 2 ] && check "report loop (Postfix $version)" "Postfix reported the two control sessions only" ok \
+    || check "report loop (Postfix $version)" "Postfix reported the two control sessions only" "$reported TLSRPT lines for reports.test"
+[ "$(counted)" = 15 ] && check "report loop (Postfix $version)" "the mailed report's session is not counted" ok \
+    || check "report loop (Postfix $version)" "the mailed report's session is not counted" "counted $(counted), want 15"
 
 echo
 if [ "$failures" -gt 0 ]; then
