@@ -134,10 +134,39 @@ enable = true
 organization_name = "Package Test"
 contact_info = "postmaster@example.com"
 report_from = "tlsrpt@example.com"
+smtp = "127.0.0.1:10025"
 TOML
 chmod 644 "$rpt_conf"
 mta-stsd check-config --config "$rpt_conf"
-(umask 0027; exec setpriv --reuid=_mta-stsd --regid=_mta-stsd --init-groups \
+# A Postfix instance of its own receives the mailed report on 127.0.0.1:10025 and keeps
+# it queued (defer_transports): the host's Postfix is not touched.
+pf_dir=$(mktemp -d)
+chmod 755 "$pf_dir"
+pf_conf=$pf_dir/etc
+mkdir -p "$pf_conf"
+cp /usr/share/postfix/master.cf.dist "$pf_conf/master.cf"
+cat > "$pf_conf/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $pf_dir/spool
+data_directory = $pf_dir/data
+myhostname = pkgtest.example.com
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+defer_transports = smtp
+maillog_file = $pf_dir/maillog
+maillog_file_prefixes = $pf_dir
+CF
+mkdir -p "$pf_dir/spool" "$pf_dir/data" && chown postfix "$pf_dir/data"
+postconf -c "$pf_conf" -MX smtp/inet
+postconf -c "$pf_conf" -M '127.0.0.1:10025/inet=127.0.0.1:10025 inet n - n - - smtpd'
+postconf -c "$pf_conf" -M 'postlog/unix-dgram=postlog unix-dgram n - n - 1 postlogd'
+postconf -c "$pf_conf" -F '*/*/chroot = n'
+postfix -c "$pf_conf" start >/dev/null 2>&1 || fail "the test Postfix did not start"
+# The daemon as the unit runs it: its user, its umask, and NoNewPrivileges=yes (which
+# is what stops Postfix's sendmail from running the setgid postdrop).
+(umask 0027; exec setpriv --reuid=_mta-stsd --regid=_mta-stsd --init-groups --no-new-privs \
     /usr/bin/mta-stsd serve --config "$rpt_conf") &
 rpid=$!
 for _ in $(seq 1 50); do
@@ -159,6 +188,15 @@ done
 mta-stsd tlsrpt show --config "$rpt_conf" | grep -q "example.net: 1 session" \
     || fail "the datagram from user postfix was not counted"
 echo "TLSRPT datagram from user postfix over $rpt_dir/tlsrpt.sock: counted"
+grep -q NoNewPrivs:.*1 "/proc/$rpid/status" || fail "the daemon does not run with no_new_privs"
+mta-stsd tlsrpt send --config "$rpt_conf" --day "$(date -u +%F)" --partial \
+    || fail "tlsrpt send under NoNewPrivileges: the report mail was not accepted"
+queued=$(postqueue -c "$pf_conf" -j)
+echo "$queued" | grep -q '"sender": *"tlsrpt@example.com"' && echo "$queued" | grep -q '"address": *"r@example.net"' \
+    || fail "no report mail from tlsrpt@example.com to r@example.net in the queue: $queued"
+echo "TLSRPT report mail under no_new_privs: queued by Postfix, from tlsrpt@example.com to r@example.net"
+postsuper -c "$pf_conf" -d ALL >/dev/null 2>&1 || true
+postfix -c "$pf_conf" stop >/dev/null 2>&1 || true
 kill -TERM "$rpid"
 wait "$rpid" || fail "TLSRPT daemon did not exit 0 on SIGTERM"
 

@@ -39,6 +39,7 @@ pub const TLSRPT_REPORTS_TOTAL: &str = "mta_stsd_tlsrpt_reports_total";
 pub const TLSRPT_BATCHES_UNSYNCED: &str = "mta_stsd_tlsrpt_batches_unsynced";
 pub const TLSRPT_DELIVERIES_PENDING: &str = "mta_stsd_tlsrpt_deliveries_pending";
 pub const TLSRPT_OLDEST_PENDING_SECONDS: &str = "mta_stsd_tlsrpt_oldest_pending_delivery_seconds";
+pub const TLSRPT_STORE_LOST_ENTRIES: &str = "mta_stsd_tlsrpt_store_lost_entries";
 
 /// The daemon's metric handles, grouped by the component that updates them, and the
 /// registry they are exported from.
@@ -351,6 +352,8 @@ pub struct TlsrptMetrics {
     pub pending: IntGauge,
     /// Age of the oldest delivery still waiting past its first try.
     pub oldest_pending: IntGauge,
+    /// Entries of the report store lost to damage found at start.
+    pub store_lost: IntGauge,
 }
 
 impl TlsrptMetrics {
@@ -382,6 +385,10 @@ impl TlsrptMetrics {
                 TLSRPT_OLDEST_PENDING_SECONDS,
                 "Seconds since the oldest pending TLSRPT delivery was first due (0 when none is late).",
             )?,
+            store_lost: IntGauge::new(
+                TLSRPT_STORE_LOST_ENTRIES,
+                "Entries (counters, delivery records) of the TLSRPT report store lost to damage found when the daemon started; the damaged store is kept beside it.",
+            )?,
         })
     }
 
@@ -393,6 +400,7 @@ impl TlsrptMetrics {
             Box::new(self.unsynced.clone()),
             Box::new(self.pending.clone()),
             Box::new(self.oldest_pending.clone()),
+            Box::new(self.store_lost.clone()),
         ]
     }
 }

@@ -1,5 +1,6 @@
 //! Asking Postfix about its own configuration, with its own `postconf`: the one place
-//! that runs it, for `[dane] mode = "auto"` and for `mta-stsd doctor`.
+//! that runs it, for `[dane] mode = "auto"`, the start-up checks and `mta-stsd
+//! doctor`; and what a Postfix version accepts (pure).
 
 use std::path::Path;
 
@@ -24,4 +25,56 @@ pub fn postconf(config_dir: Option<&Path>, args: &[&str]) -> Result<String, Stri
             .to_owned());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+}
+
+/// A Postfix version `X.Y.Z` (or `X.Y`, or a snapshot `X.Y-20250101`) as numbers.
+pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+    let s = s.trim();
+    let mut parts = s.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p < 1000)
+        .unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// What to say when zones (`sections`, e.g. `zones.default`) send the TLSRPT
+/// attributes to a Postfix older than 3.10: it rejects the whole answer ("invalid
+/// attribute name") and defers mail to every enforced domain.
+pub fn tlsrpt_attributes_refused(version: &str, sections: &[String]) -> Option<String> {
+    let v = parse_version(version)?;
+    if sections.is_empty() || v >= (3, 10, 0) {
+        return None;
+    }
+    let list: Vec<String> = sections.iter().map(|s| format!("[{s}]")).collect();
+    Some(format!(
+        "Postfix {version} rejects the TLSRPT attributes that {} send(s) with tlsrpt = true \
+         (Postfix 3.10 or later): mail to every enforced MTA-STS domain will be deferred; \
+         set tlsrpt = false there, or upgrade Postfix",
+        list.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_the_tlsrpt_attributes() {
+        assert_eq!(parse_version("3.10.13"), Some((3, 10, 13)));
+        assert_eq!(parse_version("3.11-20250101"), Some((3, 11, 0)));
+        assert_eq!(parse_version("x"), None);
+        let zones = vec!["zones.default".to_owned()];
+        let w = tlsrpt_attributes_refused("3.7.11", &zones).unwrap();
+        assert!(
+            w.contains("Postfix 3.7.11") && w.contains("[zones.default]"),
+            "{w}"
+        );
+        assert!(tlsrpt_attributes_refused("3.10.3", &zones).is_none());
+        assert!(tlsrpt_attributes_refused("3.7.11", &[]).is_none());
+        assert!(tlsrpt_attributes_refused("garbage", &zones).is_none());
+    }
 }

@@ -19,6 +19,9 @@ pub struct Prepared {
     pub discoverer: Discoverer,
     pub dane: DaneSettings,
     pub cache_dir: PathBuf,
+    /// What starts but will not work with the MTA on this host (`serve` logs each as
+    /// an error, `check-config` prints each).
+    pub warnings: Vec<String>,
 }
 
 /// Checks and builds; on failure, every problem found, as one error naming the file.
@@ -57,12 +60,34 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
                 discoverer,
                 dane,
                 cache_dir,
+                warnings: postfix_warnings(config),
             })
         }
         _ => Err(ConfigError::Invalid {
             origin: config.origin.clone(),
             problems,
         }),
+    }
+}
+
+/// Settings the local Postfix (when there is one: `postconf` runs, reading
+/// `dane.postfix_config` or Postfix's default) cannot use.
+fn postfix_warnings(config: &Config) -> Vec<String> {
+    let sections: Vec<String> = config
+        .zones
+        .iter()
+        .filter(|(_, z)| z.tlsrpt)
+        .map(|(name, _)| format!("zones.{name}"))
+        .collect();
+    if sections.is_empty() {
+        return Vec::new();
+    }
+    let dir = config.dane.postfix_config.as_deref();
+    match crate::postfix::postconf(dir, &["-h", "mail_version"]) {
+        Ok(version) => crate::postfix::tlsrpt_attributes_refused(&version, &sections)
+            .into_iter()
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 

@@ -129,7 +129,12 @@ impl Report {
 }
 
 async fn doctor(config: &Path, postfix: &Path, resolv: &Path) -> Report {
-    let args: Vec<String> = vec![
+    doctor_with(config, postfix, resolv, &[]).await
+}
+
+/// `doctor` with more arguments.
+async fn doctor_with(config: &Path, postfix: &Path, resolv: &Path, more: &[&str]) -> Report {
+    let mut args: Vec<String> = vec![
         "doctor".into(),
         "--config".into(),
         config.display().to_string(),
@@ -138,6 +143,7 @@ async fn doctor(config: &Path, postfix: &Path, resolv: &Path) -> Report {
         "--resolv-conf".into(),
         resolv.display().to_string(),
     ];
+    args.extend(more.iter().map(|a| (*a).to_owned()));
     tokio::task::spawn_blocking(move || {
         let run = |json: bool| {
             let mut a = args.clone();
@@ -651,6 +657,30 @@ async fn tlsrpt_is_checked_on_both_sides() {
             report.text
         );
         assert_eq!(report.level("tlsrpt.dkim"), ["warning"], "{}", report.text);
+        // Postfix 3.10 reports the delivery of our own reports without the recipe.
+        if installed_version() < (3, 11) {
+            assert_eq!(report.level("tlsrpt.loop"), ["warning"], "{}", report.text);
+            let pf = postfix_dir(
+                r,
+                &format!(
+                    "{maps}smtp_tlsrpt_enable = yes\nsmtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt.sock\n\
+                     sender_dependent_default_transport_maps = inline:{{ tlsrpt@example.com=smtp-notlsrpt: }}"
+                ),
+            );
+            std::fs::write(
+                pf.join("master.cf"),
+                std::fs::read_to_string(pf.join("master.cf")).unwrap()
+                    + "smtp-notlsrpt unix - - y - - smtp -o smtp_tlsrpt_enable=no\n",
+            )
+            .unwrap();
+            let with_recipe = doctor(&config, &pf, &resolv(r)).await;
+            assert_eq!(
+                with_recipe.level("tlsrpt.loop"),
+                ["ok"],
+                "{}",
+                with_recipe.text
+            );
+        }
 
         // An absolute name in the chroot is another file.
         let pf = postfix_dir(
@@ -667,4 +697,115 @@ async fn tlsrpt_is_checked_on_both_sides() {
         assert_eq!(report.code, Some(1), "warnings only: {}", report.text);
     }
     d.shutdown().await;
+}
+
+/// `check-config` (and `serve`, through the same checks) says when a zone sends the
+/// TLSRPT attributes to a Postfix older than 3.10, which would defer mail to every
+/// enforced domain; the message names the section the setting is in.
+#[test]
+fn check_config_warns_when_postfix_would_refuse_the_tlsrpt_attributes() {
+    if !postfix_installed() {
+        return;
+    }
+    let root = world_dir();
+    let r = root.path();
+    for (version, warned) in [("3.7.11", true), ("3.10.13", false)] {
+        let pf = postfix_dir(r, &format!("mail_version = {version}"));
+        let path = r.join("check.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[cache]\npath = {:?}\n[dane]\nmode = \"off\"\npostfix_config = {pf:?}\n[zones.default]\ntlsrpt = true\n",
+                r.join("cache")
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = common::cli(&["check-config", path.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        let warning = format!(
+            "warning: Postfix {version} rejects the TLSRPT attributes that [zones.default]"
+        );
+        assert_eq!(out.contains(&warning), warned, "{out}");
+    }
+}
+
+/// With TLSRPT on, doctor checks the DKIM key OpenDKIM signs the submitter's domain
+/// with: a key record whose service types leave out `tlsrpt` makes receivers ignore
+/// the reports (RFC 8460 section 3); a signer without a key for the submitter's
+/// domain is named too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dkim_key_that_signs_reports_must_allow_tlsrpt() {
+    if !postfix_installed() {
+        return;
+    }
+    let w = World::start().await;
+    let root = world_dir();
+    let r = root.path();
+    let config = r.join("dkim.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"\"\n[cache]\npath = {:?}\n\
+             [resolver]\nnameservers = [\"{}\"]\n[dane]\nmode = \"off\"\n\
+             [tlsrpt]\nenable = true\nsocket = {:?}\norganization_name = \"Example\"\n\
+             contact_info = \"postmaster@example.com\"\nreport_from = \"tlsrpt@example.com\"\n",
+            r.join("cache"),
+            w.dns.addr(),
+            r.join("tlsrpt.sock")
+        ),
+    )
+    .unwrap();
+    let pf = postfix_dir(r, "");
+    let dkim = r.join("opendkim.conf");
+    let dkim_arg = ["--dkim-config", dkim.to_str().unwrap()];
+    let key = "mail._domainkey.example.com";
+    for (conf, record, level, says) in [
+        (
+            "Domain example.com\nSelector mail\n",
+            Some("v=DKIM1; k=rsa; s=email; p=MIGf"),
+            "warning",
+            "allows only s=email",
+        ),
+        (
+            "Domain example.com\nSelector mail\n",
+            Some("v=DKIM1; k=rsa; s=email:tlsrpt; p=MIGf"),
+            "ok",
+            "may sign TLS reports",
+        ),
+        (
+            "Domain example.com\nSelector mail\n",
+            None,
+            "warning",
+            "no DKIM key record",
+        ),
+        (
+            "Domain example.org\nSelector mail\n",
+            None,
+            "warning",
+            "signs with no key of example.com",
+        ),
+    ] {
+        std::fs::write(&dkim, conf).unwrap();
+        match record {
+            Some(text) => w.dns.set_txt(key, &[text]),
+            None => w.dns.remove(key, mta_stsd_testkit::RecordType::TXT),
+        }
+        let report = doctor_with(&config, &pf, &resolv(r), &dkim_arg).await;
+        let dkim_checks: Vec<(String, String)> = report
+            .checks
+            .iter()
+            .filter(|c| {
+                c["check"] == "tlsrpt.dkim" && c["message"].as_str().unwrap().contains("example.")
+            })
+            .map(|c| {
+                (
+                    c["level"].as_str().unwrap().to_owned(),
+                    c["message"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(dkim_checks.len(), 1, "{conf}: {}", report.text);
+        assert_eq!(dkim_checks[0].0, level, "{conf}: {}", report.text);
+        assert!(dkim_checks[0].1.contains(says), "{}", dkim_checks[0].1);
+    }
 }

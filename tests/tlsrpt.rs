@@ -1296,3 +1296,126 @@ async fn uploads_follow_safe_redirects_and_give_up_on_permanent_refusals() {
     drop(tlsrpt);
     d.shutdown().await;
 }
+
+async fn metric(admin: &str, name: &str) -> f64 {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let text = client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+/// A damaged report store is never silently empty (tried as an administrator would:
+/// 20 flipped bits in, or a truncation of, the store's sled file). The daemon starts
+/// and serves; if anything was lost, the loss is logged, counted in a metric and shown
+/// by `tlsrpt show`, what could be read is kept, and the damaged store is moved aside.
+/// (Two worker threads: the test's blocking sends fill the socket's queue, which the
+/// daemon empties on another thread.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_report_store_is_never_silently_short() {
+    let w = World::start().await;
+    let day = Day::parse("2026-12-04").unwrap();
+    let record = "v=TLSRPTv1; rua=mailto:tlsrpt@x.test";
+    let domains = 200u64;
+    let mut detected = 0;
+    for (seed, damage) in [(1u64, "flip"), (2, "flip"), (3, "truncate")] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tlsrpt.sock");
+        let toml = format!("{LOOPBACK}[tlsrpt]\nenable = true\nsocket = {socket:?}\n{SENDER}");
+        let clock = ManualClock::new(day.start() + 3600);
+        let d = InProcess::start(&w, config_in(dir.path(), &toml), Arc::new(clock.clone())).await;
+        let admin = d.http.clone().unwrap();
+        let datagrams: Vec<String> = (0..domains)
+            .map(|i| datagram(&format!("d{i}.test"), record, i % 3 == 0))
+            .collect();
+        send(&socket, &datagrams);
+        wait_stored(&admin, domains, 0).await;
+        d.shutdown().await;
+
+        // The damage, to sled's data file.
+        let store = dir.path().join("cache-tlsrpt");
+        let db = store.join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        let len = bytes.len();
+        if damage == "flip" {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for _ in 0..20 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes[(x as usize) % len] ^= 1 << (x % 8);
+            }
+        } else {
+            bytes.truncate(len / 2);
+        }
+        std::fs::write(&db, bytes).unwrap();
+
+        let d = InProcess::start(&w, config_in(dir.path(), &toml), Arc::new(clock.clone())).await;
+        let admin = d.http.clone().unwrap();
+        // The socketmap still answers.
+        assert!(
+            common::ask_once(d.tcp, "postfix", "[192.0.2.1]")
+                .await
+                .starts_with("NOTFOUND")
+        );
+        let client = AdminClient::new(&admin, Duration::from_secs(30)).unwrap();
+        let view = client.tlsrpt(TlsrptAction::Show, day, true).await.unwrap();
+        let sessions: u64 = view.reports.iter().map(|r| r.sessions).sum();
+        let lost = metric(&admin, "mta_stsd_tlsrpt_store_lost_entries").await;
+        eprintln!(
+            "{damage} {seed}: {sessions} of {domains} sessions kept; {lost} entries reported lost: {:?}",
+            view.store_damage
+        );
+        if sessions < domains {
+            let damage_text = view.store_damage.clone().unwrap_or_else(|| {
+                panic!(
+                    "{damage} {seed}: {sessions} of {domains} sessions left, and nothing says so"
+                )
+            });
+            assert!(lost > 0.0, "{damage} {seed}: metric {lost}");
+            assert!(damage_text.contains("moved to"), "{damage_text}");
+            let aside: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("cache-tlsrpt.broken-")
+                })
+                .collect();
+            assert_eq!(
+                aside.len(),
+                1,
+                "{damage} {seed}: the damaged store is kept aside"
+            );
+            let (code, text, err) =
+                cli(&["tlsrpt", "show", "--admin", &admin, "--day", "2026-12-04"]);
+            assert_eq!(code, Some(0), "{err}");
+            assert!(
+                text.starts_with("warning: the TLSRPT report store"),
+                "{text}"
+            );
+            detected += 1;
+        } else {
+            assert_eq!(sessions, domains);
+        }
+        // What is left is usable: new datagrams are counted and stored.
+        send(&socket, &[datagram("after.test", record, false)]);
+        wait_stored(&admin, 1, 0).await;
+        let view = client.tlsrpt(TlsrptAction::Show, day, true).await.unwrap();
+        assert!(view.reports.iter().any(|r| r.domain == "after.test"));
+        d.shutdown().await;
+    }
+    assert!(
+        detected >= 1,
+        "the truncation at least must lose (and report) entries"
+    );
+}

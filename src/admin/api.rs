@@ -254,6 +254,9 @@ pub struct TlsrptDayView {
     pub partial: bool,
     /// Datagrams counted in memory and not yet on disk (stored within a second).
     pub unstored: u64,
+    /// Damage found in the report store when the daemon started (what was lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_damage: Option<String>,
     pub reports: Vec<TlsrptReportView>,
 }
 

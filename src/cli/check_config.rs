@@ -23,7 +23,10 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The semantic checks run inside `prepare`, with the file checks, so that every
     // problem is reported at once.
     let config = Config::read_unchecked(&path)?;
-    super::current_thread()?.block_on(async { crate::setup::prepare(&config) })?;
+    let prepared = super::current_thread()?.block_on(async { crate::setup::prepare(&config) })?;
+    for w in &prepared.warnings {
+        println!("{}: warning: {w}", path.display());
+    }
     let listen: Vec<String> = config
         .server
         .listen

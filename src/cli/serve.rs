@@ -56,6 +56,9 @@ async fn serve(
         tracing::error!(%location, message = %message.replace('\n', " "), "panic");
     }));
     let prepared = crate::setup::prepare(&config)?;
+    for w in &prepared.warnings {
+        tracing::error!("{w}");
+    }
     let activated = if passed.is_empty() {
         None
     } else {

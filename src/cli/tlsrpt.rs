@@ -105,6 +105,9 @@ async fn command(base: &str, action: Action) -> anyhow::Result<ExitCode> {
 }
 
 fn print_day(view: &TlsrptDayView) {
+    if let Some(damage) = &view.store_damage {
+        println!("warning: {damage}");
+    }
     let so_far = if view.partial { " (so far)" } else { "" };
     println!(
         "{}{so_far}: {} report(s); {} datagram(s) not yet on disk",

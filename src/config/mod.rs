@@ -316,6 +316,17 @@ impl Config {
         }
     }
 
+    /// The section a socketmap name's options are read from (`zones.NAME`, or
+    /// `zones.default` when there is no `[zones.NAME]` but a default), for messages
+    /// that tell where to change a setting.
+    pub fn zone_section(&self, name: &str) -> String {
+        if !self.zones.contains_key(name) && self.zones.contains_key("default") {
+            "zones.default".to_owned()
+        } else {
+            format!("zones.{name}")
+        }
+    }
+
     /// Options for a socketmap name: `[zones.NAME]`, else `[zones.default]`, else defaults.
     pub fn zone(&self, name: &str) -> ZoneOptions {
         self.zones
@@ -512,6 +523,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.tlsrpt.submitter_domain(), "example.com");
+    }
+
+    #[test]
+    fn a_zone_names_the_section_its_options_come_from() {
+        let c = Config::from_toml("[zones.default]\ntlsrpt = true\n[zones.sts]\n", "t").unwrap();
+        assert_eq!(c.zone_section("postfix"), "zones.default");
+        assert_eq!(c.zone_section("sts"), "zones.sts");
+        let bare = Config::from_toml("", "t").unwrap();
+        assert_eq!(bare.zone_section("postfix"), "zones.postfix");
     }
 
     /// RFC 8460 §5.3: the submitter (`TLS-Report-Submitter`, the file name's sender)

@@ -372,18 +372,32 @@ pub fn check_trust(
     Check::ok(NAME, shown.join("; "))
 }
 
-/// A Postfix version `X.Y.Z` (or `X.Y`, or a snapshot `X.Y-20250101`) as numbers.
-pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
-    let s = s.trim();
-    let mut parts = s.split(['.', '-']);
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    let patch = parts
-        .next()
-        .and_then(|p| p.parse().ok())
-        .filter(|p| *p < 1000)
-        .unwrap_or(0);
-    Some((major, minor, patch))
+pub use crate::postfix::parse_version;
+
+/// REQUIRETLS (RFC 8689, Postfix 3.11): a message sent with it leaves only over a
+/// connection whose policy authenticates the receiver, which for MTA-STS is the
+/// daemon's `secure` answer (an enforced policy). `enable` is `requiretls_enable`,
+/// `policy` is `smtp_requiretls_policy`; `None` before 3.11.
+pub fn check_requiretls(enable: Option<&str>, policy: &str) -> Option<Check> {
+    const NAME: &str = "postfix.requiretls";
+    let enable = enable?;
+    if !enable.trim().eq_ignore_ascii_case("yes") {
+        return Some(Check::ok(
+            NAME,
+            "REQUIRETLS is off (requiretls_enable = no): messages cannot ask for it",
+        ));
+    }
+    if !policy.contains("enforce") {
+        return Some(Check::warning(
+            NAME,
+            "smtp_requiretls_policy never says enforce: a message sent with REQUIRETLS may leave over a connection nobody authenticated",
+            "leave smtp_requiretls_policy at its default (enforce for other domains), or add enforce for the domains that need it",
+        ));
+    }
+    Some(Check::ok(
+        NAME,
+        "REQUIRETLS is enforced: mail that asks for it leaves only on an authenticated policy (mta-stsd's secure answer for an enforced MTA-STS policy, or DANE)",
+    ))
 }
 
 /// The zone's attributes against the Postfix version that receives them.
@@ -391,7 +405,7 @@ pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
 /// reject the whole answer as "invalid attribute name" and defer the mail), and
 /// since 3.10.5 Postfix enforces the policy's `mx_host_pattern`s itself, exactly as
 /// RFC 8461 §4.1 says (`*.` = one label), which `match=` alone cannot express.
-pub fn check_version(version: &str, map: &str, zone: &ZoneOptions) -> Check {
+pub fn check_version(version: &str, map: &str, section: &str, zone: &ZoneOptions) -> Check {
     const NAME: &str = "postfix.version";
     let Some(v) = parse_version(version) else {
         return Check::warning(
@@ -406,7 +420,7 @@ pub fn check_version(version: &str, map: &str, zone: &ZoneOptions) -> Check {
             format!(
                 "Postfix {version} does not know servername= (3.4 and later), which zone {map:?} sends: Postfix rejects the answer and defers the mail"
             ),
-            format!("set require_sni = false in [zones.{map}], or upgrade Postfix"),
+            format!("set require_sni = false in [{section}], or upgrade Postfix"),
         );
     }
     if zone.tlsrpt && v < (3, 10, 0) {
@@ -415,7 +429,9 @@ pub fn check_version(version: &str, map: &str, zone: &ZoneOptions) -> Check {
             format!(
                 "Postfix {version} rejects the TLSRPT attributes (3.10 and later) that zone {map:?} sends (\"invalid attribute name\"): mail to every enforced domain is deferred"
             ),
-            format!("set tlsrpt = false in [zones.{map}], or upgrade Postfix to 3.10 or later"),
+            format!(
+                "set tlsrpt = false in [{section}], or upgrade to a Postfix that reports (Debian trixie or later; bookworm-backports' 3.10 is built without libtlsrpt)"
+            ),
         );
     }
     if !zone.tlsrpt && v >= (3, 10, 5) {
@@ -425,7 +441,7 @@ pub fn check_version(version: &str, map: &str, zone: &ZoneOptions) -> Check {
                 "Postfix {version} can enforce the policy's MX patterns exactly as RFC 8461 says, but zone {map:?} has tlsrpt = false, so it only gets match=, which allows a '*.example.net' pattern at any depth"
             ),
             format!(
-                "set tlsrpt = true in [zones.{map}] (smtp_tls_enforce_sts_mx_patterns = yes is Postfix's default)"
+                "set tlsrpt = true in [{section}] (smtp_tls_enforce_sts_mx_patterns = yes is Postfix's default)"
             ),
         );
     }
@@ -532,6 +548,24 @@ mod tests {
 
     fn tcp(s: &str) -> ListenAddr {
         ListenAddr::Tcp(s.parse().unwrap())
+    }
+
+    #[test]
+    fn requiretls_on_postfix_3_11() {
+        assert!(check_requiretls(None, "").is_none(), "before 3.11: nothing");
+        assert_eq!(check_requiretls(Some("no"), "").unwrap().level, Level::Ok);
+        let default =
+            "inline:{{example.com=opportunistic}}, cidr:{{0.0.0.0/0 opportunistic}}, enforce";
+        assert_eq!(
+            check_requiretls(Some("yes"), default).unwrap().level,
+            Level::Ok
+        );
+        assert_eq!(
+            check_requiretls(Some("yes"), "opportunistic")
+                .unwrap()
+                .level,
+            Level::Warning
+        );
     }
 
     #[test]
@@ -702,31 +736,31 @@ mod tests {
             ..ZoneOptions::default()
         };
         assert_eq!(
-            check_version("3.3.2", "postfix", &zone(true, false)).level,
+            check_version("3.3.2", "postfix", "zones.default", &zone(true, false)).level,
             Level::Problem
         );
         assert_eq!(
-            check_version("3.3.2", "postfix", &zone(false, false)).level,
+            check_version("3.3.2", "postfix", "zones.default", &zone(false, false)).level,
             Level::Ok
         );
         assert_eq!(
-            check_version("3.7.11", "postfix", &zone(true, true)).level,
+            check_version("3.7.11", "postfix", "zones.default", &zone(true, true)).level,
             Level::Problem
         );
         assert_eq!(
-            check_version("3.10.3", "postfix", &zone(true, true)).level,
+            check_version("3.10.3", "postfix", "zones.default", &zone(true, true)).level,
             Level::Ok
         );
         assert_eq!(
-            check_version("3.10.3", "postfix", &zone(true, false)).level,
+            check_version("3.10.3", "postfix", "zones.default", &zone(true, false)).level,
             Level::Ok
         );
         assert_eq!(
-            check_version("3.10.13", "postfix", &zone(true, false)).level,
+            check_version("3.10.13", "postfix", "zones.default", &zone(true, false)).level,
             Level::Warning
         );
         assert_eq!(
-            check_version("3.10.13", "postfix", &zone(true, true)).level,
+            check_version("3.10.13", "postfix", "zones.default", &zone(true, true)).level,
             Level::Ok
         );
     }

@@ -1,7 +1,9 @@
 //! The verdicts on TLSRPT (RFC 8460) between Postfix and mta-stsd: does Postfix send
 //! its per-session TLS results (3.10 or later, built with libtlsrpt,
-//! `smtp_tlsrpt_enable`), to the daemon's socket, as a user that may write to it; and
-//! will mailed reports be DKIM-signed (RFC 8460 §5.3 requires it). None of this
+//! `smtp_tlsrpt_enable`), to the daemon's socket, as a user that may write to it;
+//! will mailed reports be DKIM-signed with a key that allows them (receivers MUST
+//! ignore reports without a valid signature, RFC 8460 §3); and is the delivery of
+//! our own reports kept out of the next reports (§3: no report loop). None of this
 //! affects delivery, so nothing here is worse than a warning.
 
 use std::path::PathBuf;
@@ -26,11 +28,32 @@ pub struct TlsrptFacts {
     pub built_with_libtlsrpt: Option<bool>,
     /// The socket's directories and file, for the access check, and Postfix's user.
     pub access: Option<SocketAccess>,
-    /// Postfix's `non_smtpd_milters` (mail submitted with sendmail passes these).
-    pub non_smtpd_milters: String,
-    /// The socketmap names Postfix uses whose zone sends no TLSRPT attributes
-    /// (`tlsrpt = false`): Postfix then does not know the policy it applied.
+    /// How mailed reports go through Postfix.
+    pub mail: ReportMail,
+    /// Postfix 3.11's `smtp_tlsrpt_skip_reused_handshakes` (`None` before 3.11).
+    pub skip_reused_handshakes: Option<String>,
+    /// The configuration sections (`zones.NAME`) of the socketmap names Postfix uses
+    /// that send no TLSRPT attributes (`tlsrpt = false`): Postfix then does not know
+    /// the policy it applied.
     pub zones_without_attributes: Vec<String>,
+}
+
+/// How mailed reports go through Postfix: the milters they pass (for DKIM), and what
+/// decides whether the session delivering them is reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportMail {
+    /// The milter parameter mail submitted the daemon's way passes: `smtpd_milters`
+    /// (SMTP, the default) or `non_smtpd_milters` (`[tlsrpt] sendmail`), and its value.
+    pub milters_param: &'static str,
+    pub milters: String,
+    /// Postfix's `mail_version`.
+    pub version: String,
+    /// `[tlsrpt] report_from`.
+    pub report_from: String,
+    /// The transport `sender_dependent_default_transport_maps` gives `report_from`.
+    pub transport: Option<String>,
+    /// Whether that transport's master.cf service sets `smtp_tlsrpt_enable = no`.
+    pub transport_without_tlsrpt: bool,
 }
 
 /// What decides whether Postfix's user may write to the socket.
@@ -70,7 +93,28 @@ pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Check> {
     out.extend(socket_writable(f));
     out.extend(zones_with_attributes(f));
     out.push(dkim(f));
+    out.push(report_loop(&f.mail));
+    out.extend(reused_handshakes(f));
     out
+}
+
+/// Postfix 3.11 can leave out sessions that reuse an earlier TLS session
+/// (`smtp_tlsrpt_skip_reused_handshakes = yes`): the reports then count fewer sessions
+/// than were made, and a domain cannot tell how much of its mail went well.
+fn reused_handshakes(f: &TlsrptFacts) -> Option<Check> {
+    let value = f.skip_reused_handshakes.as_deref()?;
+    Some(if value.trim().eq_ignore_ascii_case("yes") {
+        Check::warning(
+            "tlsrpt.sessions",
+            "smtp_tlsrpt_skip_reused_handshakes = yes: sessions that reuse a TLS session are not reported, so reports count fewer sessions than were made",
+            "postconf -e 'smtp_tlsrpt_skip_reused_handshakes = no'; postfix reload",
+        )
+    } else {
+        Check::ok(
+            "tlsrpt.sessions",
+            "every session is reported (smtp_tlsrpt_skip_reused_handshakes = no)",
+        )
+    })
 }
 
 /// Whether this Postfix can send TLSRPT results (3.10 or later, linked with
@@ -80,7 +124,7 @@ fn postfix_sends(f: &TlsrptFacts, postfix_on: bool) -> Vec<Check> {
         return vec![Check::warning(
             NAME,
             "this Postfix has no TLSRPT support (Postfix 3.10 or later reports TLS results): mta-stsd will send no reports",
-            "upgrade Postfix (Debian trixie, or bookworm-backports), or set [tlsrpt] enable = false",
+            "use a Postfix that reports: Debian trixie or later (bookworm-backports' 3.10 is built without libtlsrpt), or set [tlsrpt] enable = false",
         )];
     }
     let mut out = Vec::new();
@@ -159,28 +203,156 @@ fn zones_with_attributes(f: &TlsrptFacts) -> Option<Check> {
     Some(Check::warning(
         NAME,
         format!(
-            "zone(s) {} answer Postfix without the TLSRPT attributes: Postfix cannot say which policy a session was under, so reports lack it",
+            "{} answer Postfix without the TLSRPT attributes: Postfix cannot say which policy a session was under, so reports lack it",
             f.zones_without_attributes.join(", ")
         ),
-        format!("set tlsrpt = true in [zones.{first}] (Postfix 3.10 or later)"),
+        format!("set tlsrpt = true in [{first}] (Postfix 3.10 or later)"),
     ))
 }
 
-/// Mailed reports need a DKIM signature (RFC 8460 §5.3): a milter mail from sendmail
-/// passes.
+/// Mailed reports need a DKIM signature (RFC 8460 §3): a milter that the way they
+/// are submitted passes.
 fn dkim(f: &TlsrptFacts) -> Check {
-    let milters = f.non_smtpd_milters.trim();
+    let (param, milters) = (f.mail.milters_param, f.mail.milters.trim());
     if milters.is_empty() {
         return Check::warning(
             "tlsrpt.dkim",
-            "mailed reports will not be DKIM-signed (non_smtpd_milters is empty); RFC 8460 requires a signature, and receivers may discard unsigned reports",
-            "add your DKIM signer (OpenDKIM, rspamd, ...) to non_smtpd_milters, as for smtpd_milters",
+            format!(
+                "mailed reports will not be DKIM-signed ({param} is empty); receivers must ignore reports without a valid DKIM signature (RFC 8460 section 3)"
+            ),
+            format!("add your DKIM signer (OpenDKIM, rspamd, ...) to {param}"),
         );
     }
     Check::ok(
         "tlsrpt.dkim",
-        format!("mailed reports pass non_smtpd_milters ({milters}) for DKIM signing"),
+        format!("mailed reports pass {param} ({milters}) for DKIM signing"),
     )
+}
+
+/// The session that delivers a report must not be reported (RFC 8460 §3). Postfix
+/// 3.11 leaves out messages with `TLS-Required: No` by itself; 3.10 needs the report
+/// sender routed through an smtp transport without TLSRPT.
+pub fn report_loop(m: &ReportMail) -> Check {
+    const CHECK: &str = "tlsrpt.loop";
+    if super::parse_version(&m.version).is_some_and(|v| v >= (3, 11, 0)) {
+        return Check::ok(
+            CHECK,
+            format!(
+                "Postfix {} leaves mailed reports (TLS-Required: No) out of its TLS reports",
+                m.version
+            ),
+        );
+    }
+    let recipe = format!(
+        "postconf -e 'sender_dependent_default_transport_maps = inline:{{ {}=smtp-notlsrpt: }}'; postconf -M 'smtp-notlsrpt/unix=smtp-notlsrpt unix - - y - - smtp -o syslog_name=postfix/smtp-notlsrpt -o smtp_tlsrpt_enable=no'; postfix reload",
+        m.report_from
+    );
+    match &m.transport {
+        Some(t) if m.transport_without_tlsrpt => Check::ok(
+            CHECK,
+            format!(
+                "mail from {} leaves through {t}, without TLSRPT: no report about our reports",
+                m.report_from
+            ),
+        ),
+        Some(t) => Check::warning(
+            CHECK,
+            format!(
+                "mail from {} leaves through {t}, which reports TLS results: every domain mailed a report gets a report about it the next day (a report loop)",
+                m.report_from
+            ),
+            format!("set -o smtp_tlsrpt_enable=no on {t} in master.cf, or: {recipe}"),
+        ),
+        None => Check::warning(
+            CHECK,
+            format!(
+                "Postfix {} reports the sessions that deliver mailed reports: every domain mailed a report gets a report about it the next day (a report loop)",
+                m.version
+            ),
+            recipe,
+        ),
+    }
+}
+
+/// A DKIM key record (`v=DKIM1; ...`) that restricts its service types (`s=`, RFC 6376
+/// §3.6.1) without `tlsrpt` or `*`: RFC 8460 §3 asks receivers to ignore signatures
+/// made with it. `None` when the record allows TLSRPT.
+pub fn dkim_key_refuses_tlsrpt(record: &str) -> Option<String> {
+    let services = record.split(';').find_map(|tag| {
+        let (name, value) = tag.split_once('=')?;
+        (name.trim() == "s").then(|| value.trim().to_owned())
+    })?;
+    let allowed = services
+        .split(':')
+        .any(|s| s.trim() == "*" || s.trim().eq_ignore_ascii_case("tlsrpt"));
+    (!allowed).then_some(services)
+}
+
+/// The DKIM key check: `key` is `selector._domainkey.domain` and its TXT record, if
+/// one was found.
+pub fn check_dkim_key(key: &str, record: Option<&str>) -> Check {
+    const CHECK: &str = "tlsrpt.dkim";
+    match record {
+        None => Check::warning(
+            CHECK,
+            format!("no DKIM key record at {key}: signatures made with it cannot be verified"),
+            format!("publish the key's TXT record at {key}"),
+        ),
+        Some(r) => match dkim_key_refuses_tlsrpt(r) {
+            Some(services) => Check::warning(
+                CHECK,
+                format!(
+                    "the DKIM key {key} allows only s={services}: receivers ignore TLS reports signed with it (RFC 8460 section 3)"
+                ),
+                format!("add tlsrpt to its service types (s={services}:tlsrpt), or remove s="),
+            ),
+            None => Check::ok(CHECK, format!("the DKIM key {key} may sign TLS reports")),
+        },
+    }
+}
+
+/// The (domain, selector) pairs an OpenDKIM configuration signs with: `Domain` and
+/// `Selector`, and each `KeyTable` line (`name domain:selector:keyfile`). `read`
+/// reads the key table's file.
+pub fn opendkim_signers(
+    conf: &str,
+    read: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let value = |name: &str| {
+        conf.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (k, v) = l.split_once(char::is_whitespace)?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+    };
+    let mut out = Vec::new();
+    if let (Some(d), Some(s)) = (value("Domain"), value("Selector")) {
+        for d in d.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            out.push((d.to_ascii_lowercase(), s.clone()));
+        }
+    }
+    if let Some(table) = value("KeyTable") {
+        let path = table
+            .strip_prefix("refile:")
+            .or_else(|| table.strip_prefix("file:"))
+            .unwrap_or(&table);
+        for line in read(path).unwrap_or_default().lines() {
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            if let Some((_, spec)) = line.split_once(char::is_whitespace) {
+                let mut parts = spec.trim().split(':');
+                if let (Some(d), Some(s)) = (parts.next(), parts.next()) {
+                    out.push((d.to_ascii_lowercase(), s.to_owned()));
+                }
+            }
+        }
+    }
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -198,9 +370,88 @@ mod tests {
             seen_at: vec![("smtp".into(), true, sock)],
             built_with_libtlsrpt: Some(true),
             access: None,
-            non_smtpd_milters: "inet:localhost:8891".into(),
+            mail: ReportMail {
+                milters_param: "smtpd_milters",
+                milters: "inet:localhost:8891".into(),
+                version: "3.10.13".into(),
+                report_from: "tlsrpt@example.com".into(),
+                transport: Some("smtp-notlsrpt".into()),
+                transport_without_tlsrpt: true,
+            },
+            skip_reused_handshakes: None,
             zones_without_attributes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn postfix_3_11_reports_every_session_unless_told_not_to() {
+        assert!(!levels(&facts()).iter().any(|(c, _)| c == "tlsrpt.sessions"));
+        let mut f = facts();
+        f.skip_reused_handshakes = Some("no".into());
+        assert!(levels(&f).contains(&("tlsrpt.sessions".into(), Level::Ok)));
+        f.skip_reused_handshakes = Some("yes".into());
+        assert!(levels(&f).contains(&("tlsrpt.sessions".into(), Level::Warning)));
+    }
+
+    #[test]
+    fn the_report_loop_is_closed_by_the_recipe_or_by_postfix_3_11() {
+        let good = facts().mail;
+        assert_eq!(report_loop(&good).level, Level::Ok);
+        let mut plain = good.clone();
+        plain.transport = None;
+        let c = report_loop(&plain);
+        assert_eq!(c.level, Level::Warning);
+        assert!(c.message.contains("report loop"), "{}", c.message);
+        let fix = c.fix.unwrap_or_default();
+        assert!(
+            fix.contains("tlsrpt@example.com=smtp-notlsrpt:")
+                && fix.contains("smtp_tlsrpt_enable=no"),
+            "{fix}"
+        );
+        let mut reporting = good.clone();
+        reporting.transport_without_tlsrpt = false;
+        assert_eq!(report_loop(&reporting).level, Level::Warning);
+        let mut sid = plain.clone();
+        sid.version = "3.11.7".into();
+        assert_eq!(report_loop(&sid).level, Level::Ok, "3.11 needs no recipe");
+    }
+
+    #[test]
+    fn dkim_keys_must_allow_tlsrpt() {
+        assert_eq!(dkim_key_refuses_tlsrpt("v=DKIM1; k=rsa; p=MIGf"), None);
+        assert_eq!(dkim_key_refuses_tlsrpt("v=DKIM1; s=*; p=MIGf"), None);
+        assert_eq!(
+            dkim_key_refuses_tlsrpt("v=DKIM1; s=email:tlsrpt; p=MIGf"),
+            None
+        );
+        assert_eq!(
+            dkim_key_refuses_tlsrpt("v=DKIM1; k=rsa; s=email; p=MIGf").as_deref(),
+            Some("email")
+        );
+        let key = "mail._domainkey.example.com";
+        assert_eq!(
+            check_dkim_key(key, Some("v=DKIM1; s=email; p=x")).level,
+            Level::Warning
+        );
+        assert_eq!(check_dkim_key(key, Some("v=DKIM1; p=x")).level, Level::Ok);
+        assert_eq!(check_dkim_key(key, None).level, Level::Warning);
+    }
+
+    #[test]
+    fn opendkim_signers_from_its_configuration() {
+        let conf = "# OpenDKIM\nDomain example.com\nSelector mail\nKeyTable refile:/etc/opendkim/key.table\n";
+        let table = "mail2 example.org:s2024:/etc/opendkim/keys/org.private\n# comment\n";
+        let got = opendkim_signers(conf, |p| {
+            (p == "/etc/opendkim/key.table").then(|| table.to_owned())
+        });
+        assert_eq!(
+            got,
+            [
+                ("example.com".to_owned(), "mail".to_owned()),
+                ("example.org".to_owned(), "s2024".to_owned())
+            ]
+        );
+        assert!(opendkim_signers("Syslog yes\n", |_| None).is_empty());
     }
 
     fn levels(f: &TlsrptFacts) -> Vec<(String, Level)> {
@@ -253,7 +504,7 @@ mod tests {
         assert!(c[0].message.contains("chrooted"), "{}", c[0].message);
 
         let mut bare = facts();
-        bare.zones_without_attributes = vec!["postfix".into()];
+        bare.zones_without_attributes = vec!["zones.postfix".into()];
         let c = check_tlsrpt(&bare);
         assert!(c.iter().any(|c| {
             c.level == Level::Warning
@@ -263,8 +514,11 @@ mod tests {
         }));
 
         let mut unsigned = facts();
-        unsigned.non_smtpd_milters = String::new();
+        unsigned.mail.milters = String::new();
         assert!(levels(&unsigned).contains(&("tlsrpt.dkim".into(), Level::Warning)));
+        let c = check_tlsrpt(&unsigned);
+        assert!(c.iter().any(|c| c.fix.as_deref()
+            == Some("add your DKIM signer (OpenDKIM, rspamd, ...) to smtpd_milters")));
     }
 
     #[test]

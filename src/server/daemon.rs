@@ -348,16 +348,25 @@ fn start_tlsrpt(
     if !t.enable {
         return (None, None);
     }
+    let mut damage = None;
     let store = match store {
         Some(store) => store,
         None => {
             let Some(path) = config.cache.tlsrpt_path(t) else {
                 return (None, None);
             };
-            match crate::tlsrpt::store::SledReports::open(&path) {
-                Ok(s) => Arc::new(s),
+            match crate::tlsrpt::salvage::open(&path) {
+                Ok((s, found)) => {
+                    if let Some(d) = found {
+                        let message = d.message(&path);
+                        tracing::error!(path = %path.display(), lost = d.lost, kept = d.kept, moved_to = %d.aside.display(), "{message}");
+                        service.metrics().tlsrpt.store_lost.set(d.lost as i64);
+                        damage = Some(message);
+                    }
+                    Arc::new(s)
+                }
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot open the TLSRPT store; TLSRPT is off until restart");
+                    tracing::error!(path = %path.display(), error = %e, "cannot open the TLSRPT report store; TLSRPT is off until restart");
                     return (None, None);
                 }
             }
@@ -390,7 +399,12 @@ fn start_tlsrpt(
             "TLSRPT counters shared with the fleet through Redis; one daemon sends each report"
         );
     }
-    let links = crate::tlsrpt::service::Links { http, known, fleet };
+    let links = crate::tlsrpt::service::Links {
+        http,
+        known,
+        fleet,
+        damage,
+    };
     let tlsrpt = crate::tlsrpt::service::Tlsrpt::new(
         t.clone(),
         store,

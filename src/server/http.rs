@@ -201,8 +201,10 @@ async fn tlsrpt(
             "TLSRPT is not enabled ([tlsrpt] enable = true)",
         );
     };
+    // Looking at a day in progress is always fine; sending its reports closes a
+    // period, which only `--partial` asks for.
     let today = Day::of(tlsrpt.now());
-    if day >= today && !partial {
+    if action == TlsrptAction::Send && day >= today && !partial {
         return error(
             StatusCode::CONFLICT,
             &format!("{day} is not over yet: ask for the partial report (--partial)"),
@@ -241,8 +243,9 @@ async fn tlsrpt(
         StatusCode::OK,
         &TlsrptDayView {
             day: day.to_string(),
-            partial,
+            partial: partial || day >= today,
             unstored: tlsrpt.unstored(),
+            store_damage: tlsrpt.store_damage().map(str::to_owned),
             reports,
         },
     )

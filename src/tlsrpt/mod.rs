@@ -16,6 +16,7 @@
 //! - [`report`]: the RFC 8460 §4 report made from counters (pure);
 //! - [`mail`]: the §5.3 message that carries a report by mail (pure);
 //! - [`store`]: the counters and delivery records on disk;
+//! - [`salvage`]: opening that store, noticing and salvaging a damaged one;
 //! - [`smtp`]: handing a mailed report to the local MTA by SMTP;
 //! - [`deliver`]: sending one report to one destination (HTTPS, SMTP, a sendmail
 //!   program);
@@ -35,6 +36,7 @@ pub mod mail;
 pub mod period;
 pub mod record;
 pub mod report;
+pub mod salvage;
 pub mod schedule;
 pub mod sender;
 pub mod service;

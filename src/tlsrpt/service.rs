@@ -49,6 +49,8 @@ pub struct Links {
     pub known: KnownFailures,
     /// With `cache.backend = "redis"`: the fleet's counters, deliveries and leases.
     pub fleet: Option<Arc<FleetReports>>,
+    /// What was found wrong with the report store when it was opened.
+    pub damage: Option<String>,
 }
 
 pub struct Tlsrpt {
@@ -65,6 +67,7 @@ pub struct Tlsrpt {
     pub(super) http: HttpClient,
     pub(super) known: KnownFailures,
     pub(super) fleet: Option<Arc<FleetReports>>,
+    pub(super) damage: Option<String>,
 }
 
 /// One report of a day, with its destinations and what is recorded of each delivery
@@ -103,7 +106,13 @@ impl Tlsrpt {
             http: links.http,
             known: links.known,
             fleet: links.fleet,
+            damage: links.damage,
         })
+    }
+
+    /// What was found wrong with the report store when it was opened, if anything.
+    pub fn store_damage(&self) -> Option<&str> {
+        self.damage.as_deref()
     }
 
     pub fn now(&self) -> u64 {

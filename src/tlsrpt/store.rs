@@ -10,12 +10,22 @@
 //! - and the key `node`: this store's id, drawn once, part of its report ids and
 //!   outbox batch ids.
 //!
+//! Beside sled's files, in the same directory, a checkpoint records how many entries
+//! the four trees durably held at the last flush (see [`super::salvage`], which reads
+//! it when the store is opened: a damaged store is never silently empty). A removal
+//! withdraws the checkpoint first, so it never claims more than the store holds.
+//!
+//! Every error names this store ("TLSRPT report store"), not the policy cache.
+//!
 //! Days lead the keys, so a day's groups are one range and pruning old days is a
 //! range delete.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cache::store::{StoreError, contain};
+use crate::locks::lock;
 
 use super::counts::{Counts, Group, Tally};
 use super::day::Day;
@@ -81,10 +91,51 @@ pub struct SledReports {
     outbox: sled::Tree,
     /// This store's name, part of every outbox batch id (drawn once, kept).
     node: String,
+    dir: PathBuf,
+    /// Entries in the four trees; each is counted once its write is applied.
+    entries: AtomicU64,
+    /// Held while the checkpoint is written, and while it is withdrawn for a removal.
+    checkpoint: Mutex<()>,
 }
 
+/// One stored entry as bytes: its tree's name, its key, its value.
+pub(super) type RawEntry = (&'static str, Vec<u8>, Vec<u8>);
+
+/// The checkpoint file, in the store's directory beside sled's files.
+pub const CHECKPOINT_FILE: &str = "mta-stsd-reports";
+
+/// The trees whose entries the checkpoint counts, by name.
+pub(super) const TREES: [&str; 4] = ["counts", "deliveries", "cuts", "outbox"];
+
+const STORE: &str = "TLSRPT report store";
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::Backend(format!("{STORE}: {e}"))
+}
+
+/// Any store error as this store's: the shared store code speaks of "the cache".
+pub(super) fn named(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Backend(m) if m.starts_with(STORE) => StoreError::Backend(m),
+        StoreError::Backend(m) => StoreError::Backend(format!("{STORE}: {m}")),
+        StoreError::Decode { domain, message } => {
+            StoreError::Backend(format!("{STORE}: entry {domain} is unreadable: {message}"))
+        }
+        StoreError::Locked(path) => StoreError::Backend(format!(
+            "{STORE} {path} is in use by another process (locked)"
+        )),
+        StoreError::Panic { op, message } => {
+            StoreError::Backend(format!("{STORE} panicked during {op}: {message}"))
+        }
+    }
+}
+
+/// A store operation with panics contained and errors named for this store.
+fn guarded<T>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    contain(op, f).map_err(named)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -103,6 +154,17 @@ fn decode_counts(what: &str, bytes: &[u8]) -> Result<Counts, StoreError> {
     })
 }
 
+/// Whether a value of tree `tree` reads back as what that tree holds.
+pub(super) fn readable(tree: &str, value: &[u8]) -> bool {
+    match tree {
+        "counts" => decode_counts("", value).is_ok(),
+        "deliveries" => decode::<Delivery>("", value).is_ok(),
+        "cuts" => decode::<Cut>("", value).is_ok(),
+        "outbox" => decode::<Batch>("", value).is_ok(),
+        _ => false,
+    }
+}
+
 impl SledReports {
     /// Opens (or creates) the store at `path`. sled releases its lock from a
     /// background thread a moment after a handle is dropped, so a locked store is
@@ -115,9 +177,15 @@ impl SledReports {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                other => return other,
+                other => return other.map_err(named),
             }
         }
+    }
+
+    /// Whether an open error is another process's lock (never a reason to move the
+    /// store aside).
+    pub fn is_locked(e: &StoreError) -> bool {
+        matches!(e, StoreError::Backend(m) if m.ends_with("(locked)"))
     }
 
     fn open_once(path: &Path) -> Result<Self, StoreError> {
@@ -151,8 +219,89 @@ impl SledReports {
                 cuts,
                 outbox,
                 node,
+                dir: path.to_owned(),
+                entries: AtomicU64::new(0),
+                checkpoint: Mutex::new(()),
             })
         })
+    }
+
+    fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        match name {
+            "counts" => Some(&self.counts),
+            "deliveries" => Some(&self.deliveries),
+            "cuts" => Some(&self.cuts),
+            "outbox" => Some(&self.outbox),
+            _ => None,
+        }
+    }
+
+    /// Every entry of the four trees that can be read; how many could not be
+    /// decoded; and why a walk ended early, if one did.
+    pub(super) fn read_all(&self) -> (Vec<RawEntry>, u64, Option<String>) {
+        let mut out = Vec::new();
+        let mut unreadable = 0;
+        let walk = guarded("load", || {
+            for name in TREES {
+                let Some(tree) = self.tree(name) else {
+                    continue;
+                };
+                for item in tree.iter() {
+                    let (k, v) = item.map_err(backend)?;
+                    if readable(name, &v) {
+                        out.push((name, k.to_vec(), v.to_vec()));
+                    } else {
+                        unreadable += 1;
+                    }
+                }
+            }
+            Ok(())
+        });
+        (out, unreadable, walk.err().map(|e| e.to_string()))
+    }
+
+    /// Writes entries (from [`Self::read_all`] of a damaged store) into this one,
+    /// keeping `node` as this store's id, and makes them durable.
+    pub(super) fn restore(&self, node: &str, entries: &[RawEntry]) -> Result<(), StoreError> {
+        guarded("put", || {
+            for (name, k, v) in entries {
+                if let Some(tree) = self.tree(name) {
+                    tree.insert(k.as_slice(), v.as_slice()).map_err(backend)?;
+                }
+            }
+            self.db.insert("node", node.as_bytes()).map_err(backend)?;
+            Ok(())
+        })?;
+        self.entries.store(entries.len() as u64, Ordering::SeqCst);
+        self.flush()
+    }
+
+    /// Takes the count of entries found when the store was opened.
+    pub(super) fn set_entries(&self, n: u64) {
+        self.entries.store(n, Ordering::SeqCst);
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs a removal with the checkpoint withdrawn first, so that it never claims
+    /// an entry the removal took; the next flush records the count again.
+    fn removing<T>(
+        &self,
+        f: impl FnOnce() -> Result<(T, u64), StoreError>,
+    ) -> Result<T, StoreError> {
+        let _held = lock(&self.checkpoint);
+        match std::fs::remove_file(self.dir.join(CHECKPOINT_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(backend(format!("cannot withdraw the checkpoint: {e}")));
+            }
+            _ => {}
+        }
+        let (value, removed) = f()?;
+        self.entries.fetch_sub(removed, Ordering::SeqCst);
+        Ok(value)
     }
 }
 
@@ -190,24 +339,30 @@ fn key_parts(key: &[u8]) -> Option<(Day, Vec<String>)> {
 
 impl ReportStore for SledReports {
     fn add(&self, tally: &Tally) -> Result<(), StoreError> {
-        contain("put", || {
+        guarded("put", || {
             let mut batch = sled::Batch::default();
+            let mut new = 0;
             for ((group, policy), delta) in &tally.counts {
                 let key = counts_key(group, policy);
                 let mut counts: Counts = match self.counts.get(&key).map_err(backend)? {
                     Some(v) => decode_counts(&group.domain, &v).unwrap_or_default(),
-                    None => Counts::default(),
+                    None => {
+                        new += 1;
+                        Counts::default()
+                    }
                 };
                 counts.merge(delta);
                 let value = postcard::to_allocvec(&counts).map_err(backend)?;
                 batch.insert(key, value);
             }
-            self.counts.apply_batch(batch).map_err(backend)
+            self.counts.apply_batch(batch).map_err(backend)?;
+            self.entries.fetch_add(new, Ordering::SeqCst);
+            Ok(())
         })
     }
 
     fn days(&self) -> Result<Vec<Day>, StoreError> {
-        contain("load", || {
+        guarded("load", || {
             let mut days = Vec::new();
             let mut from = 0u64;
             while let Some((key, _)) = self
@@ -228,7 +383,7 @@ impl ReportStore for SledReports {
     }
 
     fn day(&self, day: Day) -> Result<DayCounts, StoreError> {
-        contain("load", || {
+        guarded("load", || {
             let mut out: DayCounts = Vec::new();
             for item in self.counts.scan_prefix(day.0.to_be_bytes()) {
                 let (key, value) = item.map_err(backend)?;
@@ -254,7 +409,7 @@ impl ReportStore for SledReports {
     }
 
     fn delivery(&self, day: Day, report: &str, dest: &str) -> Result<Option<Delivery>, StoreError> {
-        contain("get", || {
+        guarded("get", || {
             match self
                 .deliveries
                 .get(delivery_key(day, report, dest))
@@ -273,19 +428,23 @@ impl ReportStore for SledReports {
         dest: &str,
         delivery: &Delivery,
     ) -> Result<(), StoreError> {
-        contain("put", || {
+        guarded("put", || {
             let value = serde_json::to_vec(delivery).map_err(backend)?;
-            self.deliveries
+            let old = self
+                .deliveries
                 .insert(delivery_key(day, report, dest), value)
                 .map_err(backend)?;
             // A delivery's record is what keeps a report from going out twice.
             self.deliveries.flush().map_err(backend)?;
+            if old.is_none() {
+                self.entries.fetch_add(1, Ordering::SeqCst);
+            }
             Ok(())
         })
     }
 
     fn deliveries(&self, day: Day) -> Result<Vec<(String, String, Delivery)>, StoreError> {
-        contain("load", || {
+        guarded("load", || {
             let mut out = Vec::new();
             for item in self.deliveries.scan_prefix(day.0.to_be_bytes()) {
                 let (key, value) = item.map_err(backend)?;
@@ -303,23 +462,35 @@ impl ReportStore for SledReports {
     }
 
     fn prune_before(&self, day: Day) -> Result<usize, StoreError> {
-        contain("remove", || {
-            let end = day.0.to_be_bytes().to_vec();
-            let mut removed = 0;
+        let end = day.0.to_be_bytes().to_vec();
+        let old: usize = guarded("load", || {
+            let mut n = 0;
             for tree in [&self.counts, &self.deliveries, &self.cuts] {
-                let keys: Vec<sled::IVec> = tree
-                    .range(..end.clone())
-                    .keys()
-                    .collect::<Result<_, _>>()
-                    .map_err(backend)?;
-                let mut batch = sled::Batch::default();
-                for k in &keys {
-                    batch.remove(k);
-                }
-                tree.apply_batch(batch).map_err(backend)?;
-                removed += keys.len();
+                n += tree.range(..end.clone()).keys().count();
             }
-            Ok(removed)
+            Ok(n)
+        })?;
+        if old == 0 {
+            return Ok(0);
+        }
+        self.removing(|| {
+            guarded("remove", || {
+                let mut removed = 0;
+                for tree in [&self.counts, &self.deliveries, &self.cuts] {
+                    let keys: Vec<sled::IVec> = tree
+                        .range(..end.clone())
+                        .keys()
+                        .collect::<Result<_, _>>()
+                        .map_err(backend)?;
+                    let mut batch = sled::Batch::default();
+                    for k in &keys {
+                        batch.remove(k);
+                    }
+                    tree.apply_batch(batch).map_err(backend)?;
+                    removed += keys.len();
+                }
+                Ok((removed, removed as u64))
+            })
         })
     }
 
@@ -328,7 +499,7 @@ impl ReportStore for SledReports {
     }
 
     fn cuts(&self, day: Day) -> Result<Vec<Cut>, StoreError> {
-        contain("load", || {
+        guarded("load", || {
             let mut out = Vec::new();
             for item in self.cuts.scan_prefix(day.0.to_be_bytes()) {
                 let (_, value) = item.map_err(backend)?;
@@ -339,25 +510,35 @@ impl ReportStore for SledReports {
     }
 
     fn add_cut(&self, day: Day, cut: &Cut) -> Result<(), StoreError> {
-        contain("put", || {
+        guarded("put", || {
             let mut key = day.0.to_be_bytes().to_vec();
             key.extend_from_slice(&cut.at.to_be_bytes());
             let value = serde_json::to_vec(cut).map_err(backend)?;
-            self.cuts.insert(key, value).map_err(backend)?;
+            let old = self.cuts.insert(key, value).map_err(backend)?;
             // A cut decides what later reports of the day leave out.
             self.cuts.flush().map_err(backend)?;
+            if old.is_none() {
+                self.entries.fetch_add(1, Ordering::SeqCst);
+            }
             Ok(())
         })
     }
 
+    /// Flushes, then records how many entries the store holds. The count is read
+    /// before the flush: every entry it counts was written before the flush began,
+    /// so the flush made it durable.
     fn flush(&self) -> Result<(), StoreError> {
-        contain("checkpoint", || {
+        let _held = lock(&self.checkpoint);
+        let entries = self.entries.load(Ordering::SeqCst);
+        guarded("checkpoint", || {
             self.db.flush().map(|_| ()).map_err(backend)
-        })
+        })?;
+        crate::cache::store::sled::write_count(&self.dir.join(CHECKPOINT_FILE), entries)
+            .map_err(|e| backend(format!("cannot record the entry count: {e}")))
     }
 
     fn outbox_add(&self, tally: &Tally) -> Result<(), StoreError> {
-        contain("put", || {
+        guarded("put", || {
             let seq = self.db.generate_id().map_err(backend)?;
             let batch = Batch {
                 id: format!("{}-{seq}", self.node),
@@ -372,12 +553,13 @@ impl ReportStore for SledReports {
             self.outbox
                 .insert(seq.to_be_bytes(), value)
                 .map_err(backend)?;
+            self.entries.fetch_add(1, Ordering::SeqCst);
             Ok(())
         })
     }
 
     fn outbox(&self, max: usize) -> Result<Vec<(u64, String, Tally)>, StoreError> {
-        contain("load", || {
+        guarded("load", || {
             let mut out = Vec::new();
             for item in self.outbox.iter().take(max) {
                 let (k, v) = item.map_err(backend)?;
@@ -401,10 +583,12 @@ impl ReportStore for SledReports {
     }
 
     fn outbox_remove(&self, key: u64) -> Result<(), StoreError> {
-        contain("remove", || {
-            self.outbox.remove(key.to_be_bytes()).map_err(backend)?;
-            self.outbox.flush().map_err(backend)?;
-            Ok(())
+        self.removing(|| {
+            guarded("remove", || {
+                let old = self.outbox.remove(key.to_be_bytes()).map_err(backend)?;
+                self.outbox.flush().map_err(backend)?;
+                Ok(((), u64::from(old.is_some())))
+            })
         })
     }
 

@@ -112,7 +112,13 @@ impl SledStore {
 /// reads as no record rather than as lost policies; a garbled or missing file (cut
 /// short by a power loss, say) is no record too.
 pub fn read_checkpoint(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join(CHECKPOINT_FILE)).ok()?;
+    read_count(&dir.join(CHECKPOINT_FILE))
+}
+
+/// A count recorded by [`write_count`]: the number written twice; anything else (a
+/// garbled, cut or missing file) is no record.
+pub fn read_count(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
     let mut words = text.split_ascii_whitespace();
     let (a, b) = (words.next()?, words.next()?);
     if a != b || words.next().is_some() {
@@ -121,8 +127,16 @@ pub fn read_checkpoint(dir: &Path) -> Option<u64> {
     a.parse().ok()
 }
 
+/// Records `n` in `file` (write, then rename: a reader sees the old record or the new
+/// one).
+pub fn write_count(file: &Path, n: u64) -> std::io::Result<()> {
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{n} {n}\n")).and_then(|()| std::fs::rename(&tmp, file))
+}
+
 /// `PATH.broken-TIMESTAMP`, with a counter if that exists already.
-fn aside_path(path: &Path) -> PathBuf {
+pub fn aside_path(path: &Path) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -241,12 +255,7 @@ impl PolicyStore for SledStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 other => other,
             },
-            Some(n) => {
-                // Write then rename: a reader sees the old record or the new one.
-                let tmp = self.dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-                std::fs::write(&tmp, format!("{n} {n}\n"))
-                    .and_then(|()| std::fs::rename(&tmp, &file))
-            }
+            Some(n) => write_count(&file, n),
         };
         result.map_err(|e| StoreError::Backend(format!("cannot record the entry count: {e}")))
     }

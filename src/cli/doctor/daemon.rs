@@ -176,6 +176,20 @@ fn metrics_checks(text: &str, url: &str, redis: bool, checks: &mut Vec<Check>) {
     } else {
         Check::ok("mta-stsd.metrics", format!("{url} reachable"))
     });
+    let lost = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mta_stsd_tlsrpt_store_lost_entries "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    if lost > 0.0 {
+        checks.push(Check::problem(
+            "tlsrpt.store",
+            format!(
+                "the TLSRPT report store was damaged when the daemon started: {lost} entries (counters, delivery records) lost; reports for those days are short"
+            ),
+            "see `mta-stsd tlsrpt show` and the daemon's log for where the damaged store was moved; check the disk",
+        ));
+    }
     if redis {
         let healthy = text
             .lines()

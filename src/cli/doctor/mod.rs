@@ -27,6 +27,9 @@ pub struct Args {
     /// The resolver configuration Postfix uses (for DNSSEC's `options trust-ad`).
     #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// OpenDKIM's configuration, for the key that signs mailed TLS reports.
+    #[arg(long, value_name = "FILE", default_value = "/etc/opendkim.conf")]
+    pub dkim_config: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +95,67 @@ async fn run_checks(args: &Args) -> Vec<Check> {
     let listeners = config.server.listen.clone();
 
     let used = postfix_checks(args, &config, &listeners, &mut checks);
+    if config.tlsrpt.enable {
+        checks.extend(dkim_key_checks(&args.dkim_config, &config).await);
+    }
     daemon_checks(&config, &listeners, &used, &mut checks).await;
     checks
+}
+
+/// The DKIM keys OpenDKIM signs the submitter's domain with, each checked in DNS
+/// (through the daemon's resolver) for a record that allows TLS reports. Nothing
+/// when OpenDKIM is not configured here (another signer: not checked).
+async fn dkim_key_checks(conf: &std::path::Path, config: &Config) -> Vec<Check> {
+    let Ok(text) = std::fs::read_to_string(conf) else {
+        return Vec::new();
+    };
+    let submitter = config.tlsrpt.submitter_domain();
+    let signers: Vec<(String, String)> =
+        doctor::tlsrpt::opendkim_signers(&text, |p| std::fs::read_to_string(p).ok())
+            .into_iter()
+            .filter(|(domain, _)| *domain == submitter)
+            .collect();
+    if signers.is_empty() {
+        return vec![Check::warning(
+            "tlsrpt.dkim",
+            format!(
+                "{} signs with no key of {submitter}, the reports' submitter: receivers check that the signature's d= is the submitter's domain",
+                conf.display()
+            ),
+            format!("give OpenDKIM a key for {submitter} (KeyTable and SigningTable)"),
+        )];
+    }
+    let resolver = match crate::mtasts::discovery::build_resolver(&config.resolver, None) {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![Check::warning(
+                "tlsrpt.dkim",
+                format!("cannot check the DKIM key: {e}"),
+                "check [resolver]",
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    for (domain, selector) in signers {
+        let key = format!("{selector}._domainkey.{domain}");
+        let record = resolver
+            .txt_lookup(format!("{key}."))
+            .await
+            .ok()
+            .and_then(|answer| {
+                answer.answers().iter().find_map(|r| match &r.data {
+                    hickory_resolver::proto::rr::RData::TXT(txt) => {
+                        let text: String = txt
+                            .txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s).into_owned())
+                            .collect();
+                        text.contains("p=").then_some(text)
+                    }
+                    _ => None,
+                })
+            });
+        out.push(doctor::tlsrpt::check_dkim_key(&key, record.as_deref()));
+    }
+    out
 }

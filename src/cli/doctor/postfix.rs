@@ -68,16 +68,22 @@ pub(super) fn postfix_checks(
         checks.push(doctor::check_version(
             &version,
             &s.name,
+            &config.zone_section(&s.name),
             &config.zone(&s.name),
         ));
     }
+    let requiretls = postconf(dir, &["-h", "requiretls_enable"]).ok();
+    checks.extend(doctor::check_requiretls(
+        requiretls.as_deref(),
+        &postconf(dir, &["-xh", "smtp_requiretls_policy"]).unwrap_or_default(),
+    ));
     let any_chroot = services.iter().any(|(_, c)| *c);
     checks.push(trust_check(dir, &queue, any_chroot));
     let mut tlsrpt = tlsrpt_facts(dir, config, &services, &queue);
     tlsrpt.zones_without_attributes = distinct_names(&used)
         .iter()
         .filter(|s| !config.zone(&s.name).tlsrpt)
-        .map(|s| s.name.clone())
+        .map(|s| config.zone_section(&s.name))
         .collect();
     checks.extend(doctor::tlsrpt::check_tlsrpt(&tlsrpt));
 
@@ -261,8 +267,52 @@ fn tlsrpt_facts(
         seen_at,
         built_with_libtlsrpt,
         access,
-        non_smtpd_milters: param(dir, "non_smtpd_milters"),
+        mail: report_mail(dir, config),
+        // Postfix before 3.11 does not know the parameter.
+        skip_reused_handshakes: postconf(dir, &["-h", "smtp_tlsrpt_skip_reused_handshakes"])
+            .ok()
+            .filter(|v| !v.trim().is_empty()),
         zones_without_attributes: Vec::new(),
+    }
+}
+
+/// How mailed reports go through this Postfix: the milters the daemon's way of
+/// submitting passes, and the transport `report_from` is sent through.
+fn report_mail(dir: &Path, config: &Config) -> doctor::tlsrpt::ReportMail {
+    let milters_param = if config.tlsrpt.sendmail.is_some() {
+        "non_smtpd_milters"
+    } else {
+        "smtpd_milters"
+    };
+    let from = config.tlsrpt.report_from.clone();
+    let maps = param(dir, "sender_dependent_default_transport_maps");
+    let transport = maps
+        .split([',', ' ', '\t', '\n'])
+        .filter(|t| !t.is_empty())
+        .find_map(|table| {
+            let out = std::process::Command::new("postmap")
+                .arg("-c")
+                .arg(dir)
+                .args(["-q", &from, table])
+                .output()
+                .ok()?;
+            let value = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (out.status.success() && !value.is_empty()).then_some(value)
+        })
+        // "smtp-notlsrpt:" or "smtp-notlsrpt:nexthop": the master.cf service.
+        .map(|t| t.split(':').next().unwrap_or_default().to_owned())
+        .filter(|t| !t.is_empty());
+    let transport_without_tlsrpt = transport.as_deref().is_some_and(|t| {
+        postconf(dir, &["-Ph", &format!("{t}/unix/smtp_tlsrpt_enable")])
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("no"))
+    });
+    doctor::tlsrpt::ReportMail {
+        milters_param,
+        milters: param(dir, milters_param),
+        version: postconf(dir, &["-h", "mail_version"]).unwrap_or_default(),
+        report_from: from,
+        transport,
+        transport_without_tlsrpt,
     }
 }
 
