@@ -213,11 +213,27 @@ pub fn policy(
     }
 }
 
+/// What to do about a certificate `name` was served with, from the TLS error's text:
+/// renew an expired one, name the host in one for other names, otherwise a
+/// certificate from a public CA.
+pub fn tls_fix(error: &str, name: &str) -> String {
+    let e = error.to_ascii_lowercase();
+    if e.contains("expired") {
+        format!("renew the certificate for {name}: it has expired")
+    } else if e.contains("not valid yet") {
+        format!("check the clock of the server for {name}: its certificate is not valid yet")
+    } else if e.contains("not valid for name") || e.contains("notvalidforname") {
+        format!("serve a certificate whose names include {name}")
+    } else {
+        format!("serve a certificate from a public CA valid for {name}")
+    }
+}
+
 fn fetch_fix(e: &FetchError, domain: &str) -> String {
     use crate::mtasts::discovery::FailureClass as C;
     match e.class() {
         C::Dns => format!("publish an A or AAAA record (or a CNAME) for mta-sts.{domain}"),
-        C::Tls => format!("serve a certificate from a public CA valid for mta-sts.{domain}"),
+        C::Tls => tls_fix(&e.to_string(), &format!("mta-sts.{domain}")),
         C::HttpStatus => {
             "answer 200 at that URL itself: redirects are not followed (RFC 8461 §3.3)".into()
         }
@@ -267,12 +283,7 @@ fn hygiene(url: &str, text: &str, p: &Policy) -> Vec<Line> {
 /// A certificate's remaining validity.
 fn certificate(id: &'static str, name: &str, cert: &Result<CertFacts, String>, now: u64) -> Line {
     match cert {
-        Err(e) => problem(
-            id,
-            name,
-            e.clone(),
-            format!("serve a certificate from a public CA valid for {name}"),
-        ),
+        Err(e) => problem(id, name, e.clone(), tls_fix(e, name)),
         Ok(CertFacts {
             not_after: Some(t), ..
         }) => {
@@ -387,11 +398,7 @@ pub fn smtp(probe: &SmtpProbe, mode: Option<Mode>, now: u64) -> Vec<Line> {
     }
     let mut out = vec![ok("mx-starttls", host, "STARTTLS offered")];
     match &probe.tls {
-        Some(Err(e)) => out.push(bad(
-            "mx-certificate",
-            e.clone(),
-            "serve a certificate from a public CA valid for the MX host name",
-        )),
+        Some(Err(e)) => out.push(bad("mx-certificate", e.clone(), &tls_fix(e, host))),
         Some(Ok(c)) => out.push(certificate("mx-certificate", host, &Ok(c.clone()), now)),
         None => {}
     }
@@ -470,5 +477,23 @@ pub fn tlsrpt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Line> 
             ),
             "keep exactly one",
         )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_certificate_failure_gets_its_own_fix() {
+        let expired =
+            "invalid peer certificate: certificate expired: verification time 2026-12-07T15:25:24Z";
+        assert!(tls_fix(expired, "mx.a.test").starts_with("renew the certificate for mx.a.test"));
+        let other =
+            "certificate not valid for name \"mx.a.test\"; certificate is only valid for b.test";
+        assert!(tls_fix(other, "mx.a.test").contains("whose names include mx.a.test"));
+        assert!(
+            tls_fix("invalid peer certificate: UnknownIssuer", "mx.a.test").contains("public CA")
+        );
     }
 }

@@ -67,13 +67,14 @@ impl Config {
     pub fn parse_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: toml_message(text, &e),
         })?;
         config.origin = origin.to_owned();
         Ok(config)
     }
 
     /// Reads and parses a file without the semantic checks (see [`Self::parse_toml`]).
+    /// (A TOML error reads as [`toml_message`] makes it.)
     pub fn read_unchecked(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.to_owned(),
@@ -337,8 +338,49 @@ impl Config {
     }
 }
 
+/// A TOML error in one line, as people read it: `line L, column C: what is wrong`,
+/// then the line itself (toml's own text spreads over lines with a caret that points
+/// at nothing once folded), with serde's type names in plain words.
+pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let mut message = e.message().trim().to_owned();
+    for (jargon, plain) in [
+        ("a nonzero usize", "a whole number greater than 0"),
+        ("nonzero usize", "whole number greater than 0"),
+        ("usize", "whole number"),
+        ("u64", "whole number"),
+        ("u16", "whole number"),
+        ("a sequence", "a list, like [\"a\", \"b\"]"),
+        ("a boolean", "true or false"),
+    ] {
+        message = message.replace(jargon, plain);
+    }
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+    format!("line {line}, column {column}: {message} (in `{source}`)")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn toml_errors_name_the_line_and_speak_plainly() {
+        let e = Config::from_toml("[server]\nlisten = \"127.0.0.1:8461\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2, column 10"), "{e}");
+        assert!(e.contains("a list, like"), "{e}");
+        assert!(e.contains("(in `listen = \"127.0.0.1:8461\"`)"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = Config::from_toml("[tlsrpt]\nkeep_days = 0\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("greater than 0") && !e.contains("usize"), "{e}");
+    }
+
     use std::net::SocketAddr;
 
     use super::*;
@@ -417,7 +459,10 @@ mod tests {
             ("[server]\nmax_connections = 0", "max_connections"),
         ] {
             let e = Config::from_toml(toml, "x").unwrap_err().to_string();
-            assert!(e.contains(key) && e.contains("nonzero"), "{toml}: {e}");
+            assert!(
+                e.contains(key) && e.contains("greater than 0"),
+                "{toml}: {e}"
+            );
         }
     }
 
