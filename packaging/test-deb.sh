@@ -11,8 +11,16 @@ fail() { echo "package check failed: $*" >&2; kill $(jobs -p) 2>/dev/null || tru
 echo "== lintian $deb"
 lintian --fail-on error "$deb"
 
-echo "== dpkg -i"
-dpkg -i "$deb"
+echo "== dpkg -i (this machine runs without systemd as PID 1: postinst's own path)"
+run_existed=false
+[ -d /var/spool/postfix/run ] && run_existed=true
+dpkg -i "$deb" 2> /tmp/mta-stsd-dpkg.err || { cat /tmp/mta-stsd-dpkg.err; fail "dpkg -i"; }
+cat /tmp/mta-stsd-dpkg.err
+if [ ! -d /run/systemd/system ]; then
+    grep -q "start-stop-daemon --start" /tmp/mta-stsd-dpkg.err || fail "postinst does not say how to start without systemd"
+fi
+[ "$(stat -c '%U:%G %a' /var/lib/mta-stsd)" = "_mta-stsd:_mta-stsd 750" ] \
+    || fail "/var/lib/mta-stsd is $(stat -c '%U:%G %a' /var/lib/mta-stsd 2>&1), want _mta-stsd:_mta-stsd 750"
 test -x /usr/bin/mta-stsd || fail "no /usr/bin/mta-stsd"
 test -f /etc/mta-stsd/mta-stsd.toml || fail "no config"
 dpkg-query -W -f='${Conffiles}\n' mta-stsd | grep -q '/etc/mta-stsd/mta-stsd.toml' || fail "config is not a conffile"
@@ -33,7 +41,6 @@ score=$(systemd-analyze security --offline=true "$unit" | sed -n 's/.*Overall ex
 awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || fail "exposure $score > 2.0"
 
 echo "== the packaged daemon, as _mta-stsd, with the packaged config"
-install -d -o _mta-stsd -g _mta-stsd -m 0750 /var/lib/mta-stsd
 setpriv --reuid=_mta-stsd --regid=_mta-stsd --init-groups /usr/bin/mta-stsd serve --config /etc/mta-stsd/mta-stsd.toml &
 pid=$!
 for _ in $(seq 1 50); do
@@ -207,4 +214,7 @@ test ! -e /var/lib/mta-stsd || fail "state left after purge"
 test ! -e /etc/mta-stsd/mta-stsd.toml || fail "config left after purge"
 test ! -e /var/spool/postfix/mta-stsd || fail "socket directory left after purge"
 test ! -e /var/spool/postfix/run/tlsrpt || fail "TLSRPT socket directory left after purge"
+if ! $run_existed; then
+    test ! -e /var/spool/postfix/run || fail "/var/spool/postfix/run, made by the package, left after purge"
+fi
 echo "package checks passed"

@@ -22,6 +22,8 @@
 //!   reports sent from them (alone, or once for a whole fleet through Redis);
 //! - [`answer`]: the one answer path from a request key to the reply (normalisation,
 //!   the DANE gate, MTA-STS, precedence), used by the daemon and by `query` alike;
+//! - [`instance`]: whether a live daemon already holds the sockets and stores a
+//!   configuration names (a second instance never takes them);
 //! - [`setup`]: the one path from a configuration to the settings the daemon runs
 //!   on (start, reload, `query`, `check-config`), reporting every problem at once;
 //! - [`admin`]: the admin API's contract (routes, JSON shapes) and its typed client;
@@ -46,6 +48,7 @@ pub mod config;
 pub mod dane;
 pub mod doctor;
 pub mod flight;
+pub mod instance;
 mod locks;
 pub mod metrics;
 pub mod mtasts;
@@ -65,10 +68,18 @@ pub fn io_error_text(e: &std::io::Error) -> String {
     }
 }
 
-/// Removes a socket file left by an earlier run; anything else at `path` is an error.
+/// Removes a socket file left by an earlier run; a socket a live process still
+/// receives on (another daemon's: removing it would leave that daemon deaf), or
+/// anything else at `path`, is an error.
 pub fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() && instance::socket_is_live(path) => {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("a running process receives on {}", path.display()),
+            ))
+        }
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
         Ok(_) => Err(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,

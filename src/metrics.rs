@@ -424,13 +424,34 @@ pub const FETCH_FAILURE_CLASSES: [&str; 11] = [
     "http",
 ];
 
+/// The label values of `mta_stsd_lookups_total` (answer kinds and cache outcomes),
+/// `mta_stsd_discoveries_total` (triggers and results), `mta_stsd_dane_verdicts_total`
+/// and `mta_stsd_connections_closed_total`. The types that produce them are tested
+/// equal to these where they are defined.
+pub const LOOKUP_ANSWERS: [&str; 5] = ["secure", "notfound", "dane", "dane_only", "temp"];
+pub const LOOKUP_CACHE: [&str; 5] = ["hit", "negative_hit", "miss", "timeout", "skipped"];
+pub const DISCOVERY_TRIGGERS: [&str; 3] = ["miss", "recheck", "refresh"];
+pub const DISCOVERY_RESULTS: [&str; 7] = [
+    "fetched",
+    "unchanged",
+    "kept",
+    "no_policy",
+    "txt_failed",
+    "fetch_failed",
+    "backoff",
+];
+pub const DANE_VERDICTS: [&str; 4] = ["dane_only", "dane", "no_dane", "temp"];
+pub const DANE_CACHE: [&str; 3] = ["hit", "miss", "timeout"];
+pub const CLOSE_REASONS: [&str; 3] = ["idle_timeout", "read_timeout", "evicted"];
+
 /// The `op` labels of store errors: the local store's operations and the shared
 /// cache's.
-pub const STORE_OPS: [&str; 10] = [
+pub const STORE_OPS: [&str; 11] = [
     "get",
     "put",
     "remove",
     "load",
+    "flush",
     "checkpoint",
     "redis_get",
     "redis_put",
@@ -516,6 +537,29 @@ impl Metrics {
         }
         for rrset in ["mx", "address", "tlsa"] {
             self.dane.dnssec_bogus.with_label_values(&[rrset]);
+        }
+        // Lookups by the zone every unnamed socketmap name counts under.
+        for answer in LOOKUP_ANSWERS {
+            for cache in LOOKUP_CACHE {
+                self.server
+                    .lookups
+                    .with_label_values(&["default", answer, cache]);
+            }
+        }
+        for trigger in DISCOVERY_TRIGGERS {
+            for result in DISCOVERY_RESULTS {
+                self.discovery
+                    .discoveries
+                    .with_label_values(&[trigger, result]);
+            }
+        }
+        for verdict in DANE_VERDICTS {
+            for cache in DANE_CACHE {
+                self.dane.dane_verdicts.with_label_values(&[verdict, cache]);
+            }
+        }
+        for reason in CLOSE_REASONS {
+            self.server.connections_closed.with_label_values(&[reason]);
         }
     }
 

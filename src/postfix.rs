@@ -58,9 +58,45 @@ pub fn tlsrpt_attributes_refused(version: &str, sections: &[String]) -> Option<S
     ))
 }
 
+/// What to say when Postfix asks a socketmap (mta-stsd) for TLS policies but its smtp
+/// client has no trust anchors (`smtp_tls_CAfile`, `smtp_tls_CApath`, or
+/// `tls_append_default_CA = yes`): it cannot verify any certificate, so every domain
+/// answered `secure` (enforced MTA-STS) is deferred.
+pub fn no_trust_anchors(
+    policy_maps: &str,
+    cafile: &str,
+    capath: &str,
+    append_default: &str,
+) -> Option<String> {
+    let asks = policy_maps.contains("socketmap:");
+    let anchors = !cafile.trim().is_empty()
+        || !capath.trim().is_empty()
+        || append_default.trim().eq_ignore_ascii_case("yes");
+    (asks && !anchors).then(|| {
+        "Postfix asks mta-stsd for TLS policies but its smtp client has no trust anchors \
+         (smtp_tls_CAfile and smtp_tls_CApath are empty): every enforced MTA-STS domain will \
+         be deferred (\"Server certificate not verified\"); set smtp_tls_CAfile = \
+         /etc/ssl/certs/ca-certificates.crt"
+            .to_owned()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postfix_without_trust_anchors_is_named() {
+        let maps = "socketmap:inet:127.0.0.1:8461:postfix";
+        assert!(no_trust_anchors(maps, "", "", "no").is_some());
+        assert!(no_trust_anchors(maps, "/etc/ssl/certs/ca-certificates.crt", "", "no").is_none());
+        assert!(no_trust_anchors(maps, "", "/etc/ssl/certs", "no").is_none());
+        assert!(no_trust_anchors(maps, "", "", "yes").is_none());
+        assert!(
+            no_trust_anchors("hash:/etc/postfix/tls_policy", "", "", "no").is_none(),
+            "not asking mta-stsd"
+        );
+    }
 
     #[test]
     fn versions_and_the_tlsrpt_attributes() {

@@ -70,25 +70,39 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
     }
 }
 
-/// Settings the local Postfix (when there is one: `postconf` runs, reading
-/// `dane.postfix_config` or Postfix's default) cannot use.
+/// What the local Postfix (when there is one: `postconf` runs, reading
+/// `dane.postfix_config` or Postfix's default) cannot use or lacks: zones sending it
+/// attributes it refuses, or no trust anchors to verify certificates with.
 fn postfix_warnings(config: &Config) -> Vec<String> {
+    let dir = config.dane.postfix_config.as_deref();
+    let names = [
+        "mail_version",
+        "smtp_tls_policy_maps",
+        "smtp_tls_CAfile",
+        "smtp_tls_CApath",
+        "tls_append_default_CA",
+    ];
+    let mut args = vec!["-h"];
+    args.extend(names);
+    let Ok(text) = crate::postfix::postconf(dir, &args) else {
+        return Vec::new();
+    };
+    let v: Vec<&str> = text.lines().collect();
+    let [version, maps, cafile, capath, append] = v.as_slice() else {
+        return Vec::new();
+    };
     let sections: Vec<String> = config
         .zones
         .iter()
         .filter(|(_, z)| z.tlsrpt)
         .map(|(name, _)| format!("zones.{name}"))
         .collect();
-    if sections.is_empty() {
-        return Vec::new();
-    }
-    let dir = config.dane.postfix_config.as_deref();
-    match crate::postfix::postconf(dir, &["-h", "mail_version"]) {
-        Ok(version) => crate::postfix::tlsrpt_attributes_refused(&version, &sections)
-            .into_iter()
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    crate::postfix::tlsrpt_attributes_refused(version, &sections)
+        .into_iter()
+        .chain(crate::postfix::no_trust_anchors(
+            maps, cafile, capath, append,
+        ))
+        .collect()
 }
 
 /// Why the daemon could not keep its cache in `dir`, if it could not: the directory

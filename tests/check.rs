@@ -232,6 +232,14 @@ async fn each_fault_gets_its_verdict() {
     tlsrpt(&w, "good.test");
     let good = run(&w, &r, "good.test").await;
     assert_eq!(good.exit_code(), 0, "{}", good.to_text(false));
+    // The text ends with a summary line, as doctor's does.
+    let text = good.to_text(false);
+    let ok = good.checks.len();
+    assert_eq!(
+        text.lines().last(),
+        Some(format!("check good.test: ok {ok}, warning 0, problem 0").as_str()),
+        "{text}"
+    );
     assert!(
         good.answer.starts_with("OK secure match=mx.good.test"),
         "{}",

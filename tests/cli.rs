@@ -189,3 +189,48 @@ fn check_config_reports_every_problem_serve_would_refuse() {
         assert!(!serve.status.success());
     }
 }
+
+/// A reader that goes away early (`mta-stsd doctor --json | head -c 10`) ends the
+/// command quietly, as SIGPIPE would (status 141), never with a panic (101).
+#[test]
+fn a_reader_that_goes_away_early_is_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"\"\n[cache]\npath = {:?}\n",
+            dir.path().join("cache")
+        ),
+    );
+    for args in [
+        vec!["doctor", "--json", "--config", config.to_str().unwrap()],
+        vec!["check-config", config.to_str().unwrap()],
+    ] {
+        // A pipe whose read end is already closed: the first write fails (EPIPE).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = bin().args(&args).stdout(writer).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+    }
+}
+
+/// `check` with something that is not a domain is a usage error (64), said in one
+/// line that names what was meant, not a finding (2) about a domain.
+#[test]
+fn check_with_an_address_or_an_ip_is_a_usage_error() {
+    for (arg, hint) in [
+        ("postmaster@good.test", Some("did you mean good.test?")),
+        ("127.0.0.1", None),
+    ] {
+        let out = bin().args(["check", arg]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{arg}: {err}");
+        assert!(err.contains("is not a domain name"), "{err}");
+        if let Some(h) = hint {
+            assert!(err.contains(h), "{err}");
+        }
+        assert!(out.stdout.is_empty(), "no report for a non-domain");
+    }
+}

@@ -809,3 +809,34 @@ async fn the_dkim_key_that_signs_reports_must_allow_tlsrpt() {
         assert!(dkim_checks[0].1.contains(says), "{}", dkim_checks[0].1);
     }
 }
+
+/// `check-config` (and `serve`) warn when Postfix asks mta-stsd for policies but has
+/// no trust anchors: every enforced domain would be deferred.
+#[test]
+fn check_config_warns_when_postfix_has_no_trust_anchors() {
+    if !postfix_installed() {
+        return;
+    }
+    let root = world_dir();
+    let r = root.path();
+    let maps = "smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix";
+    for (main_cf, warned) in [
+        (maps.to_owned(), true),
+        (format!("{maps}\nsmtp_tls_CAfile = {PUBLIC_ROOTS}"), false),
+        (String::new(), false),
+    ] {
+        let pf = postfix_dir(r, &main_cf);
+        let path = r.join("check.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[cache]\npath = {:?}\n[dane]\nmode = \"off\"\npostfix_config = {pf:?}\n",
+                r.join("cache")
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = common::cli(&["check-config", path.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert_eq!(out.contains("warning: Postfix asks mta-stsd for TLS policies but its smtp client has no trust anchors"), warned, "{main_cf}: {out}");
+    }
+}

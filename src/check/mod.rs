@@ -73,6 +73,14 @@ impl Report {
             }
         }
         out.push_str(&format!("\nmta-stsd answers Postfix: {}\n", self.answer));
+        let count = |l| self.checks.iter().filter(|c| c.level == l).count();
+        out.push_str(&format!(
+            "check {}: ok {}, warning {}, problem {}\n",
+            self.domain,
+            count(Level::Ok),
+            count(Level::Warning),
+            count(Level::Problem)
+        ));
         out
     }
 }

@@ -52,7 +52,7 @@ async fn command(base: &str, action: CacheAction, json: bool) -> anyhow::Result<
                 let body = ErrorBody {
                     error: e.to_string(),
                 };
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                outln!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 let subject = match &action {
                     CacheAction::List => "cache",
@@ -66,12 +66,12 @@ async fn command(base: &str, action: CacheAction, json: bool) -> anyhow::Result<
         }
     };
     if json {
-        println!("{body}");
+        outln!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
     match action {
         CacheAction::List => print_list(&serde_json::from_str::<Vec<EntryView>>(&body)?),
-        CacheAction::Purge { domain } => println!("{domain}: purged"),
+        CacheAction::Purge { domain } => outln!("{domain}: purged"),
         CacheAction::Show { .. } | CacheAction::Refresh { .. } => {
             print_entry(&serde_json::from_str(&body)?)
         }
@@ -81,12 +81,15 @@ async fn command(base: &str, action: CacheAction, json: bool) -> anyhow::Result<
 
 /// `cache list`: one line per cached domain.
 fn print_list(all: &[EntryView]) {
-    println!(
+    outln!(
         "{:<40} {:<10} {:<20} {:<22} ERROR",
-        "DOMAIN", "STATE", "ID", "EXPIRES"
+        "DOMAIN",
+        "STATE",
+        "ID",
+        "EXPIRES"
     );
     for e in all {
-        println!(
+        outln!(
             "{:<40} {:<10} {:<20} {:<22} {}",
             e.domain,
             e.state,
@@ -95,15 +98,15 @@ fn print_list(all: &[EntryView]) {
             e.last_error.as_deref().unwrap_or("")
         );
     }
-    println!("{} entries", all.len());
+    outln!("{} entries", all.len());
 }
 
 /// `cache show` and `cache refresh`: one domain's entry, a field per line.
 fn print_entry(e: &EntryView) {
-    println!("domain:      {}", e.domain);
-    println!("state:       {}", e.state);
-    println!("id:          {}", e.id.as_deref().unwrap_or("-"));
-    println!(
+    outln!("domain:      {}", e.domain);
+    outln!("state:       {}", e.state);
+    outln!("id:          {}", e.id.as_deref().unwrap_or("-"));
+    outln!(
         "mx:          {}",
         if e.mx.is_empty() {
             "-".into()
@@ -111,17 +114,17 @@ fn print_entry(e: &EntryView) {
             e.mx.join(", ")
         }
     );
-    println!(
+    outln!(
         "max_age:     {}",
         e.max_age.map(|m| m.to_string()).unwrap_or("-".into())
     );
-    println!("fetched:     {}", e.fetched.as_deref().unwrap_or("-"));
-    println!("expires:     {}", e.expires.as_deref().unwrap_or("-"));
-    println!("last check:  {}", e.last_check.as_deref().unwrap_or("-"));
+    outln!("fetched:     {}", e.fetched.as_deref().unwrap_or("-"));
+    outln!("expires:     {}", e.expires.as_deref().unwrap_or("-"));
+    outln!("last check:  {}", e.last_check.as_deref().unwrap_or("-"));
     if let Some(t) = &e.no_policy_until {
-        println!("no policy until: {t}");
+        outln!("no policy until: {t}");
     }
-    println!(
+    outln!(
         "last error:  {}",
         match (&e.last_error, &e.last_error_at) {
             (Some(m), Some(at)) => format!("{m} (at {at})"),
@@ -129,23 +132,25 @@ fn print_entry(e: &EntryView) {
         }
     );
     if !e.policy_lines.is_empty() {
-        println!("policy:");
+        outln!("policy:");
         for l in &e.policy_lines {
-            println!("    {l}");
+            outln!("    {l}");
         }
     }
     if let Some(d) = &e.dane {
-        println!(
+        outln!(
             "DANE:        {} (checked {}, until {})",
-            d.verdict, d.checked, d.expires
+            d.verdict,
+            d.checked,
+            d.expires
         );
         if let crate::dane::rules::MxFacts::Hosts {
             security, hosts, ..
         } = &d.facts
         {
-            println!("  MX:        {}", security.as_str());
+            outln!("  MX:        {}", security.as_str());
             for h in hosts {
-                println!(
+                outln!(
                     "  host:      {} (addresses {}; TLSA {})",
                     h.name,
                     h.address.as_str(),

@@ -67,7 +67,22 @@ impl Default for CheckOptions {
     }
 }
 
+/// `check`'s exit status for an argument that is not a domain (EX_USAGE): not a
+/// finding about any domain.
+const USAGE: u8 = 64;
+
 pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if normalize_key(&args.domain).is_err() {
+        let hint = match args.domain.rsplit_once('@') {
+            Some((_, d)) if normalize_key(d).is_ok() => format!(" (did you mean {d}?)"),
+            _ => String::new(),
+        };
+        eprintln!(
+            "mta-stsd check: {:?} is not a domain name{hint}: give the domain mail goes to, e.g. mta-stsd check example.com",
+            args.domain
+        );
+        return Ok(ExitCode::from(USAGE));
+    }
     super::logging::init("error", crate::config::LogFormat::Auto);
     let (config, _) = super::load_config(args.config.as_deref())?;
     let options = CheckOptions {
@@ -95,9 +110,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.to_text(std::io::stdout().is_terminal()));
+        out!("{}", report.to_text(std::io::stdout().is_terminal()));
     }
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -25,7 +25,13 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::read_unchecked(&path)?;
     let prepared = super::current_thread()?.block_on(async { crate::setup::prepare(&config) })?;
     for w in &prepared.warnings {
-        println!("{}: warning: {w}", path.display());
+        outln!("{}: warning: {w}", path.display());
+    }
+    for h in crate::instance::held(&config) {
+        outln!(
+            "{}: note: {h}; fine for that daemon's reload, but `serve` with this file refuses to start while it runs",
+            path.display()
+        );
     }
     let listen: Vec<String> = config
         .server
@@ -33,6 +39,6 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(ToString::to_string)
         .collect();
-    println!("{}: OK (listen {})", path.display(), listen.join(", "));
+    outln!("{}: OK (listen {})", path.display(), listen.join(", "));
     Ok(ExitCode::SUCCESS)
 }

@@ -312,12 +312,12 @@ async fn command(url: &str, source: Source) -> anyhow::Result<ExitCode> {
         }
     }
     for (domain, why) in &summary.invalid {
-        println!("{domain}: not imported: {why}");
+        outln!("{domain}: not imported: {why}");
     }
     for (domain, why) in &summary.failed {
         eprintln!("{domain}: admin API failed: {why}");
     }
-    println!("{summary}");
+    outln!("{summary}");
     Ok(if summary.failed.is_empty() {
         ExitCode::SUCCESS
     } else {

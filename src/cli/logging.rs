@@ -83,6 +83,11 @@ impl Write for OneLine {
 /// Logs to stderr: human format on a terminal, plain lines elsewhere (with a
 /// timestamp unless the journal adds its own), JSON on request. RUST_LOG, when set,
 /// wins over the configured level and is read the same way.
+/// Whether the environment asks for no colours (`NO_COLOR` set and not empty).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 pub fn init(level: &str, format: LogFormat) -> Option<FilterHandle> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -105,7 +110,10 @@ pub fn init(level: &str, format: LogFormat) -> Option<FilterHandle> {
             base.with(layer.with_ansi(false).without_time()).try_init()
         }
         LogFormat::Plain => base.with(layer.with_ansi(false)).try_init(),
-        _ => base.with(layer.with_ansi(terminal)).try_init(),
+        // NO_COLOR (no-color.org): set to anything but "", no colours.
+        _ => base
+            .with(layer.with_ansi(terminal && !no_color()))
+            .try_init(),
     };
     result.ok()?;
     from_env.is_none().then_some(handle)

@@ -10,6 +10,37 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+/// `print!` for the commands' output: a reader that goes away early (`mta-stsd doctor
+/// --json | head`) ends the command quietly, as a shell's SIGPIPE would, instead of
+/// `print!`'s panic.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*)) };
+}
+
+/// `println!` for the commands' output (see [`out!`]).
+macro_rules! outln {
+    () => { $crate::cli::write_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to standard output; a closed pipe exits with status 141 (128 + SIGPIPE),
+/// any other failure with 74 (EX_IOERR), with one line on standard error.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    // Standard output is line-buffered: a failed write surfaces here, line by line.
+    if let Err(e) = stdout.write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!(
+            "mta-stsd: cannot write to standard output: {}",
+            crate::io_error_text(&e)
+        );
+        std::process::exit(74);
+    }
+}
+
 mod cache;
 pub mod check;
 mod check_config;
@@ -67,7 +98,7 @@ enum Command {
     /// and file, MX coverage, each MX over SMTP (STARTTLS, certificate), TLSRPT, and
     /// what this daemon answers Postfix for it.
     ///
-    /// Exit status: 0 all ok, 1 warnings only, 2 a problem.
+    /// Exit status: 0 all ok, 1 warnings only, 2 a problem, 64 not a domain name.
     Check(check::Args),
     /// Validate a configuration exactly as `serve` would (everything but binding
     /// and serving), report every problem, and exit: 0 valid, 2 not.

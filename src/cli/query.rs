@@ -52,9 +52,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         anyhow::Ok(query(&prepared.discoverer, &args.domain, &zone, Some(dane_query)).await)
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.to_text());
+        out!("{}", report.to_text());
     }
     Ok(std::process::ExitCode::from(
         report.outcome.exit_code() as u8

@@ -55,6 +55,19 @@ async fn serve(
         let location = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(%location, message = %message.replace('\n', " "), "panic");
     }));
+    // A second instance must never take a live daemon's sockets or stores. Sockets
+    // systemd passed are its own, held by systemd on this daemon's behalf.
+    let held: Vec<String> = crate::instance::held(&config)
+        .into_iter()
+        .filter(|h| passed.is_empty() || h.setting != "server.listen")
+        .map(|h| h.to_string())
+        .collect();
+    if !held.is_empty() {
+        anyhow::bail!(
+            "refusing to start: {}; stop that daemon first, or give this one its own listen addresses, sockets and paths",
+            held.join("; ")
+        );
+    }
     let prepared = crate::setup::prepare(&config)?;
     for w in &prepared.warnings {
         tracing::error!("{w}");

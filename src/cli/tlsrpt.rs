@@ -78,7 +78,7 @@ async fn command(base: &str, action: Action) -> anyhow::Result<ExitCode> {
             let day = day_or(day.as_deref(), today)?;
             let view = client.tlsrpt(TlsrptAction::Show, day, day >= today).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                outln!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 print_day(&view);
             }
@@ -106,10 +106,10 @@ async fn command(base: &str, action: Action) -> anyhow::Result<ExitCode> {
 
 fn print_day(view: &TlsrptDayView) {
     if let Some(damage) = &view.store_damage {
-        println!("warning: {damage}");
+        outln!("warning: {damage}");
     }
     let so_far = if view.partial { " (so far)" } else { "" };
-    println!(
+    outln!(
         "{}{so_far}: {} report(s); {} datagram(s) not yet on disk",
         view.day,
         view.reports.len(),
@@ -121,13 +121,18 @@ fn print_day(view: &TlsrptDayView) {
 }
 
 fn print_report(r: &TlsrptReportView) {
-    println!(
+    outln!(
         "{}: {} session(s), {} failed, {} to {}  [{}]",
-        r.domain, r.sessions, r.failures, r.begin, r.end, r.id
+        r.domain,
+        r.sessions,
+        r.failures,
+        r.begin,
+        r.end,
+        r.id
     );
     for p in r.report["policies"].as_array().into_iter().flatten() {
         let policy = &p["policy"];
-        println!(
+        outln!(
             "  policy {} {}: {} ok, {} failed",
             policy["policy-type"].as_str().unwrap_or("?"),
             policy["policy-domain"].as_str().unwrap_or(""),
@@ -135,7 +140,7 @@ fn print_report(r: &TlsrptReportView) {
             p["summary"]["total-failure-session-count"]
         );
         for d in p["failure-details"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "    {} x{} {} {}",
                 d["result-type"].as_str().unwrap_or("?"),
                 d["failed-session-count"],
@@ -147,10 +152,10 @@ fn print_report(r: &TlsrptReportView) {
     for d in &r.deliveries {
         let when = d.done_at.as_deref().or(d.next_try.as_deref()).unwrap_or("");
         let error = d.last_error.as_deref().unwrap_or("");
-        println!("  -> {}: {} {when} {error}", d.destination, d.state);
+        outln!("  -> {}: {} {when} {error}", d.destination, d.state);
     }
     for u in &r.refused {
-        println!("  -> {}: not used: {}", u.uri, u.reason);
+        outln!("  -> {}: not used: {}", u.uri, u.reason);
     }
 }
 
@@ -158,7 +163,7 @@ fn print_report(r: &TlsrptReportView) {
 fn print_sent(view: &TlsrptDayView) -> ExitCode {
     let mut failed = false;
     if view.reports.is_empty() {
-        println!(
+        outln!(
             "{}: no report to send (nothing counted since the last report, or every report already sent)",
             view.day
         );
@@ -166,10 +171,10 @@ fn print_sent(view: &TlsrptDayView) -> ExitCode {
     for r in &view.reports {
         for d in &r.deliveries {
             match d.state.as_str() {
-                "sent" => println!("{} -> {}: sent", r.domain, d.destination),
+                "sent" => outln!("{} -> {}: sent", r.domain, d.destination),
                 other => {
                     failed = true;
-                    println!(
+                    outln!(
                         "{} -> {}: {other}: {}",
                         r.domain,
                         d.destination,
@@ -179,7 +184,7 @@ fn print_sent(view: &TlsrptDayView) -> ExitCode {
             }
         }
         for u in &r.refused {
-            println!("{} -> {}: not used: {}", r.domain, u.uri, u.reason);
+            outln!("{} -> {}: not used: {}", r.domain, u.uri, u.reason);
         }
     }
     if failed {
@@ -193,11 +198,11 @@ fn print_sent(view: &TlsrptDayView) -> ExitCode {
 fn write_files(dir: &Path, view: &TlsrptDayView) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if view.reports.is_empty() {
-        println!("{}: nothing counted, no report would be sent", view.day);
+        outln!("{}: nothing counted, no report would be sent", view.day);
     }
     for r in &view.reports {
         if r.deliveries.is_empty() {
-            println!(
+            outln!(
                 "{}: no usable destination, no report would be sent",
                 r.domain
             );
@@ -209,17 +214,17 @@ fn write_files(dir: &Path, view: &TlsrptDayView) -> anyhow::Result<()> {
         let path = dir.join(&r.file_name);
         std::fs::write(&path, z.finish()?)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("{}", path.display());
+        outln!("{}", path.display());
         let stem = r.file_name.trim_end_matches(".json.gz");
         for m in &r.messages {
             let path = dir.join(format!("{stem}!{}.eml", m.to));
             std::fs::write(&path, &m.message)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            println!("{}", path.display());
+            outln!("{}", path.display());
         }
         for d in &r.deliveries {
             if d.destination.starts_with("https:") {
-                println!("  would POST {} to {}", r.file_name, d.destination);
+                outln!("  would POST {} to {}", r.file_name, d.destination);
             }
         }
     }

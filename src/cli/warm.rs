@@ -229,13 +229,13 @@ async fn command(base: &str, args: Args) -> anyhow::Result<ExitCode> {
                 bar.set_message(domain);
                 bar.inc(1);
             }
-            None => println!("{line}"),
+            None => outln!("{line}"),
         }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    println!("{}", summary.line(total));
+    outln!("{}", summary.line(total));
     Ok(if summary.unreachable > 0 || summary.none_succeeded() {
         ExitCode::from(1)
     } else {

@@ -17,6 +17,8 @@ pub struct TlsrptFacts {
     pub daemon_enabled: bool,
     /// `[tlsrpt] socket`.
     pub daemon_socket: PathBuf,
+    /// Whether a process receives on that socket now (`None`: no socket file).
+    pub socket_live: Option<bool>,
     /// Postfix's `smtp_tlsrpt_enable`; `None` when Postfix does not know the
     /// parameter (before 3.10).
     pub postfix_enable: Option<String>,
@@ -161,13 +163,31 @@ fn socket_reached(f: &TlsrptFacts) -> Check {
         })
         .collect();
     if elsewhere.is_empty() {
-        return Check::ok(
-            NAME,
-            format!(
-                "Postfix sends TLSRPT results to {}",
-                f.daemon_socket.display()
+        return match f.socket_live {
+            Some(true) => Check::ok(
+                NAME,
+                format!(
+                    "Postfix sends TLSRPT results to {}, where mta-stsd receives them",
+                    f.daemon_socket.display()
+                ),
             ),
-        );
+            Some(false) => Check::warning(
+                NAME,
+                format!(
+                    "nothing receives on {}: Postfix's TLSRPT results are lost (is mta-stsd running? a second instance that stopped may have left a dead socket)",
+                    f.daemon_socket.display()
+                ),
+                "systemctl restart mta-stsd (it makes the socket anew)",
+            ),
+            None => Check::warning(
+                NAME,
+                format!(
+                    "{} does not exist: Postfix's TLSRPT results are lost (is mta-stsd running with [tlsrpt] enable = true?)",
+                    f.daemon_socket.display()
+                ),
+                "systemctl restart mta-stsd",
+            ),
+        };
     }
     Check::warning(
         NAME,
@@ -365,6 +385,7 @@ mod tests {
         TlsrptFacts {
             daemon_enabled: true,
             daemon_socket: sock.clone(),
+            socket_live: Some(true),
             postfix_enable: Some("yes".into()),
             socket_name: "run/tlsrpt/tlsrpt.sock".into(),
             seen_at: vec![("smtp".into(), true, sock)],
@@ -381,6 +402,23 @@ mod tests {
             skip_reused_handshakes: None,
             zones_without_attributes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_socket_nobody_receives_on_is_found() {
+        let mut dead = facts();
+        dead.socket_live = Some(false);
+        let c = check_tlsrpt(&dead);
+        assert!(c.iter().any(|c| c.check == NAME
+            && c.level == Level::Warning
+            && c.message.contains("nothing receives")));
+        let mut gone = facts();
+        gone.socket_live = None;
+        assert!(
+            check_tlsrpt(&gone)
+                .iter()
+                .any(|c| c.check == NAME && c.message.contains("does not exist"))
+        );
     }
 
     #[test]

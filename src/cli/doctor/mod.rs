@@ -42,9 +42,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
 async fn command(args: Args) -> anyhow::Result<ExitCode> {
     let checks = run_checks(&args).await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        outln!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
-        print!("{}", to_text(&checks));
+        out!("{}", to_text(&checks));
     }
     Ok(ExitCode::from(doctor::worst(&checks).exit_code()))
 }
@@ -83,11 +83,16 @@ async fn run_checks(args: &Args) -> Vec<Check> {
         Ok(c) => c,
         Err(e) => {
             // Without the daemon's configuration nothing else can be compared.
-            checks.push(Check::problem(
-                "mta-stsd.config",
-                format!("{e}"),
-                "fix the file; mta-stsd check-config FILE shows the same error",
-            ));
+            let fix = match &e {
+                crate::config::ConfigError::Read { path, .. } => format!(
+                    "make {} readable by this user, or run doctor as root (sudo mta-stsd doctor)",
+                    path.display()
+                ),
+                _ => format!(
+                    "correct the setting named above in {shown}; mta-stsd check-config {shown} lists every problem"
+                ),
+            };
+            checks.push(Check::problem("mta-stsd.config", format!("{e}"), fix));
             return checks;
         }
     };

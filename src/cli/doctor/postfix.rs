@@ -259,8 +259,12 @@ fn tlsrpt_facts(
         let (dirs, file) = path_access(&socket);
         doctor::tlsrpt::SocketAccess { dirs, file, user }
     });
+    let socket_live = socket
+        .exists()
+        .then(|| crate::instance::socket_is_live(&socket));
     doctor::tlsrpt::TlsrptFacts {
         daemon_enabled: config.tlsrpt.enable,
+        socket_live,
         daemon_socket: socket,
         postfix_enable: known.then(|| param(dir, "smtp_tlsrpt_enable")),
         socket_name,
