@@ -90,7 +90,7 @@ fn no_shipped_file_puts_the_socket_in_postfixs_private_directory() {
         "packaging/man/mta-stsd.8".to_owned(),
         "packaging/man/mta-stsd.toml.5".to_owned(),
     ];
-    for dir in ["contrib", "contrib/postfix"] {
+    for dir in ["contrib", "contrib/postfix", "docs"] {
         for e in std::fs::read_dir(repo(dir)).unwrap().flatten() {
             if e.path().is_file() {
                 files.push(format!("{dir}/{}", e.file_name().to_string_lossy()));

@@ -1,4 +1,4 @@
-//! The README's metrics table is the contract: every family it lists is exported from
+//! The metrics table (docs/metrics.md) is the contract: every family it lists is exported from
 //! the first scrape with every label value it lists, and every exported family is in
 //! the table. The label values come from the types that produce them.
 
@@ -12,7 +12,7 @@ use mta_stsd::server::connection::Closed;
 /// The table's rows: name → label → listed values.
 fn readme_table() -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
     let mut out = BTreeMap::new();
     for line in readme.lines().filter(|l| l.starts_with("| `mta_stsd_")) {
         let cells: Vec<&str> = line.split(" | ").collect();
