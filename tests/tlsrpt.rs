@@ -157,16 +157,7 @@ async fn wait_stored(admin: &str, counted: u64, malformed: u64) {
 #[tokio::test]
 async fn reports_go_to_every_destination_once_and_survive_restarts() {
     let w = World::start().await;
-    w.dns.set_a("reports.test", std::net::Ipv4Addr::LOCALHOST);
-    w.https.set_host_response(
-        "reports.test",
-        HttpResponse::Raw {
-            status: 503,
-            content_type: None,
-            headers: vec![],
-            body: vec![],
-        },
-    );
+    reports_host(&w, 503);
     let dir = tempfile::tempdir().unwrap();
     let sendmail = capturing_sendmail(dir.path());
     let socket = dir.path().join("run/tlsrpt/tlsrpt.sock");
@@ -244,15 +235,7 @@ async fn reports_go_to_every_destination_once_and_survive_restarts() {
     assert!(!head.to_ascii_lowercase().contains("bcc") && !head.contains("b@evil.test"));
 
     // The retry after the back-off reaches the now working receiver.
-    w.https.set_host_response(
-        "reports.test",
-        HttpResponse::Raw {
-            status: 200,
-            content_type: None,
-            headers: vec![],
-            body: vec![],
-        },
-    );
+    reports_host(&w, 200);
     clock.advance(299);
     tlsrpt.send_due().await.unwrap();
     assert_eq!(
@@ -988,17 +971,22 @@ fn receiver_sums(uploads: &[Received]) -> ((u64, u64), Vec<String>) {
     (sums, seen.into_iter().collect())
 }
 
-fn https_ok(w: &World) {
+/// reports.test on loopback, answering every upload with `status`.
+fn reports_host(w: &World, status: u16) {
     w.dns.set_a("reports.test", std::net::Ipv4Addr::LOCALHOST);
     w.https.set_host_response(
         "reports.test",
         HttpResponse::Raw {
-            status: 200,
+            status,
             content_type: None,
             headers: vec![],
             body: vec![],
         },
     );
+}
+
+fn https_ok(w: &World) {
+    reports_host(w, 200);
 }
 
 /// `tlsrpt send --partial` closes a period: its report ends when it was cut, a second

@@ -120,21 +120,28 @@ impl FleetReports {
         self.key(&format!("{}:cuts", day.0))
     }
 
-    /// A day's cuts, oldest first.
-    pub async fn cuts(&self, day: Day) -> Result<Vec<Cut>, SharedError> {
+    /// Every element of a list (`LRANGE`) or sorted set (`ZRANGE`), in order.
+    async fn whole<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        range: &'static str,
+        key: String,
+    ) -> Result<Vec<T>, SharedError> {
         let mut conn = self.shared.connection();
-        let key = self.cuts_key(day);
-        let texts: Vec<String> = self
-            .shared
+        self.shared
             .call("redis_get", async move {
-                redis::cmd("LRANGE")
+                redis::cmd(range)
                     .arg(key)
                     .arg(0)
                     .arg(-1)
                     .query_async(&mut conn)
                     .await
             })
-            .await?;
+            .await
+    }
+
+    /// A day's cuts, oldest first.
+    pub async fn cuts(&self, day: Day) -> Result<Vec<Cut>, SharedError> {
+        let texts: Vec<String> = self.whole("LRANGE", self.cuts_key(day)).await?;
         texts
             .iter()
             .map(|t| serde_json::from_str(t).map_err(|e| SharedError::Entry(e.to_string())))
@@ -221,19 +228,7 @@ impl FleetReports {
 
     /// The days with counters in the fleet, oldest first.
     pub async fn days(&self) -> Result<Vec<Day>, SharedError> {
-        let mut conn = self.shared.connection();
-        let key = self.key("days");
-        let days: Vec<u64> = self
-            .shared
-            .call("redis_get", async move {
-                redis::cmd("ZRANGE")
-                    .arg(key)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let days: Vec<u64> = self.whole("ZRANGE", self.key("days")).await?;
         Ok(days.into_iter().map(Day).collect())
     }
 
