@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::store::{CHECKPOINT_FILE, ReportStore, SledReports};
 use crate::cache::store::StoreError;
-use crate::cache::store::sled::{aside_path, read_count};
+use crate::cache::store::sled::{move_aside, read_count};
 
 /// What was found wrong with the report store when it was opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,17 +122,6 @@ pub fn open(path: &Path) -> Result<(SledReports, Option<Damage>), StoreError> {
             reason,
         }),
     ))
-}
-
-fn move_aside(path: &Path, why: &StoreError) -> Result<PathBuf, StoreError> {
-    let aside = aside_path(path);
-    std::fs::rename(path, &aside).map_err(|e| {
-        StoreError::Backend(format!(
-            "{why}; and cannot move {} aside: {e}",
-            path.display()
-        ))
-    })?;
-    Ok(aside)
 }
 
 #[cfg(test)]

@@ -93,13 +93,7 @@ impl SledStore {
             Ok(store) => Ok((store, None)),
             Err(e @ StoreError::Locked(_)) => Err(e),
             Err(first) => {
-                let aside = aside_path(path);
-                std::fs::rename(path, &aside).map_err(|e| {
-                    StoreError::Backend(format!(
-                        "{first}; and cannot move {} aside: {e}",
-                        path.display()
-                    ))
-                })?;
+                let aside = move_aside(path, &first)?;
                 let store = Self::open(path)?;
                 Ok((store, Some((aside, first.to_string()))))
             }
@@ -133,6 +127,19 @@ pub fn write_count(file: &Path, n: u64) -> std::io::Result<()> {
     let mut tmp = file.as_os_str().to_owned();
     tmp.push(".tmp");
     std::fs::write(&tmp, format!("{n} {n}\n")).and_then(|()| std::fs::rename(&tmp, file))
+}
+
+/// Moves a damaged store at `path` to [`aside_path`], returning where it went; `why`
+/// is what was wrong with it, for the error when the move itself fails.
+pub fn move_aside(path: &Path, why: &StoreError) -> Result<PathBuf, StoreError> {
+    let aside = aside_path(path);
+    std::fs::rename(path, &aside).map_err(|e| {
+        StoreError::Backend(format!(
+            "{why}; and cannot move {} aside: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(aside)
 }
 
 /// `PATH.broken-TIMESTAMP`, with a counter if that exists already.
