@@ -7,6 +7,11 @@
 //!   wall-clock time, the TOML configuration, the Prometheus registry, Postfix's own
 //!   `postconf`, single-flight (one task per key, shared by its waiters), and the
 //!   bounded map of expiring values both answer caches keep;
+//! - [`net`]: outbound network plumbing (the DNS resolver, the guard against
+//!   non-public addresses, TLS trust anchors, library errors as readable text);
+//! - [`storage`]: what the on-disk stores share (errors naming their store, panics
+//!   contained, sled opening, checkpoints, moving damaged databases aside);
+//! - [`redis`]: the connection to the fleet's Redis, with timeouts and back-off;
 //! - [`protocol`]: the socketmap netstring codec and request parser, and the one
 //!   renderer of replies (pure, no I/O);
 //! - [`mtasts`]: next-hop key normalisation, the TXT record and policy file parsers
@@ -17,7 +22,7 @@
 //!   policy service that applies them around discovery with its components (what
 //!   memory holds, durability, walks of the store, the refresher, the fleet's steps,
 //!   logs and metrics), the persistent store and its entry format, and the cache a
-//!   fleet shares in Redis;
+//!   fleet shares in Redis ([`cache::redis_cache`]);
 //! - [`tlsrpt`]: TLSRPT (RFC 8460): Postfix's datagrams into daily counters, and the
 //!   reports sent from them (alone, or once for a whole fleet through Redis);
 //! - [`answer`]: the one answer path from a request key to the reply (normalisation,
@@ -52,10 +57,13 @@ pub mod instance;
 mod locks;
 pub mod metrics;
 pub mod mtasts;
+pub mod net;
 pub mod postfix;
 pub mod protocol;
+pub mod redis;
 pub mod server;
 pub mod setup;
+pub mod storage;
 pub mod tlsrpt;
 
 /// An I/O error's text without Rust's "(os error N)" suffix, for messages that name

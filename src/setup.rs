@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, Problem};
 use crate::dane::service::DaneSettings;
-use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
+use crate::mtasts::discovery::{Discoverer, DiscoveryOptions};
+use crate::net::SetupError;
 
 /// What a valid configuration runs on.
 #[derive(Debug)]

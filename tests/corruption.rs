@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use mta_stsd::cache::store::sled::read_checkpoint;
+use mta_stsd::cache::store::sled_store::read_checkpoint;
 use mta_stsd::cache::store::{PolicyStore, SledStore};
 use mta_stsd::clock::SystemClock;
 use mta_stsd::config::Config;

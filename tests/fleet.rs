@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mta_stsd::cache::entry::{CachedPolicy, Entry};
-use mta_stsd::cache::shared::Event;
+use mta_stsd::cache::redis_cache::Event;
 use mta_stsd::clock::{Clock, SystemClock};
 use mta_stsd::config::Config;
 use mta_stsd::mtasts::policy::parse_policy;

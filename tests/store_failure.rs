@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use mta_stsd::cache::entry::Entry;
-use mta_stsd::cache::store::{PolicyStore, SledStore, StoreError, Visit};
+use mta_stsd::cache::store::{PolicyStore, SledStore, Store, StoreError, Visit};
 use mta_stsd::clock::SystemClock;
 use mta_stsd::config::Config;
 use mta_stsd::server::daemon::{Daemon, Parts};
@@ -25,7 +25,10 @@ impl Switched {
     fn check(&self) -> Result<(), StoreError> {
         match self.mode.load(Ordering::SeqCst) {
             0 => Ok(()),
-            1 => Err(StoreError::Backend("injected failure".into())),
+            1 => Err(StoreError::Backend(
+                Store::Policies,
+                "injected failure".into(),
+            )),
             _ => panic!("injected panic"),
         }
     }

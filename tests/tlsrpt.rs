@@ -667,7 +667,8 @@ async fn a_fleet_counts_together_and_sends_each_report_once() {
 
     // A batch replayed after a crash (applied, but not yet removed from the outbox) is
     // not added again.
-    let fleet = mta_stsd::tlsrpt::fleet::FleetReports::new(a.service.shared().unwrap().clone(), 10);
+    let fleet =
+        mta_stsd::tlsrpt::fleet::FleetReports::new(a.service.shared().unwrap().redis().clone(), 10);
     let mut batch = mta_stsd::tlsrpt::counts::Tally::default();
     let other = "v=TLSRPTv1; rua=ftp://nowhere.test/";
     batch.add(
@@ -776,11 +777,12 @@ struct Flaky {
 }
 
 impl Flaky {
-    fn check(&self) -> Result<(), mta_stsd::cache::store::StoreError> {
+    fn check(&self) -> Result<(), mta_stsd::storage::StoreError> {
         if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
             self.refused
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Err(mta_stsd::cache::store::StoreError::Backend(
+            Err(mta_stsd::storage::StoreError::Backend(
+                mta_stsd::storage::Store::Reports,
                 "disk on fire".into(),
             ))
         } else {
@@ -793,17 +795,17 @@ impl mta_stsd::tlsrpt::store::ReportStore for Flaky {
     fn add(
         &self,
         t: &mta_stsd::tlsrpt::counts::Tally,
-    ) -> Result<(), mta_stsd::cache::store::StoreError> {
+    ) -> Result<(), mta_stsd::storage::StoreError> {
         self.check()?;
         self.inner.add(t)
     }
-    fn days(&self) -> Result<Vec<Day>, mta_stsd::cache::store::StoreError> {
+    fn days(&self) -> Result<Vec<Day>, mta_stsd::storage::StoreError> {
         self.inner.days()
     }
     fn day(
         &self,
         d: Day,
-    ) -> Result<mta_stsd::tlsrpt::store::DayCounts, mta_stsd::cache::store::StoreError> {
+    ) -> Result<mta_stsd::tlsrpt::store::DayCounts, mta_stsd::storage::StoreError> {
         self.inner.day(d)
     }
     fn delivery(
@@ -811,8 +813,7 @@ impl mta_stsd::tlsrpt::store::ReportStore for Flaky {
         d: Day,
         r: &str,
         dest: &str,
-    ) -> Result<Option<mta_stsd::tlsrpt::schedule::Delivery>, mta_stsd::cache::store::StoreError>
-    {
+    ) -> Result<Option<mta_stsd::tlsrpt::schedule::Delivery>, mta_stsd::storage::StoreError> {
         self.inner.delivery(d, r, dest)
     }
     fn set_delivery(
@@ -821,7 +822,7 @@ impl mta_stsd::tlsrpt::store::ReportStore for Flaky {
         r: &str,
         dest: &str,
         x: &mta_stsd::tlsrpt::schedule::Delivery,
-    ) -> Result<(), mta_stsd::cache::store::StoreError> {
+    ) -> Result<(), mta_stsd::storage::StoreError> {
         self.inner.set_delivery(d, r, dest, x)
     }
     fn deliveries(
@@ -829,34 +830,32 @@ impl mta_stsd::tlsrpt::store::ReportStore for Flaky {
         d: Day,
     ) -> Result<
         Vec<(String, String, mta_stsd::tlsrpt::schedule::Delivery)>,
-        mta_stsd::cache::store::StoreError,
+        mta_stsd::storage::StoreError,
     > {
         self.inner.deliveries(d)
     }
-    fn prune_before(&self, d: Day) -> Result<usize, mta_stsd::cache::store::StoreError> {
+    fn prune_before(&self, d: Day) -> Result<usize, mta_stsd::storage::StoreError> {
         self.inner.prune_before(d)
     }
-    fn flush(&self) -> Result<(), mta_stsd::cache::store::StoreError> {
+    fn flush(&self) -> Result<(), mta_stsd::storage::StoreError> {
         self.check()?;
         self.inner.flush()
     }
     fn outbox_add(
         &self,
         t: &mta_stsd::tlsrpt::counts::Tally,
-    ) -> Result<(), mta_stsd::cache::store::StoreError> {
+    ) -> Result<(), mta_stsd::storage::StoreError> {
         self.check()?;
         self.inner.outbox_add(t)
     }
     fn outbox(
         &self,
         max: usize,
-    ) -> Result<
-        Vec<(u64, String, mta_stsd::tlsrpt::counts::Tally)>,
-        mta_stsd::cache::store::StoreError,
-    > {
+    ) -> Result<Vec<(u64, String, mta_stsd::tlsrpt::counts::Tally)>, mta_stsd::storage::StoreError>
+    {
         self.inner.outbox(max)
     }
-    fn outbox_remove(&self, key: u64) -> Result<(), mta_stsd::cache::store::StoreError> {
+    fn outbox_remove(&self, key: u64) -> Result<(), mta_stsd::storage::StoreError> {
         self.inner.outbox_remove(key)
     }
     fn outbox_len(&self) -> usize {
@@ -868,14 +867,14 @@ impl mta_stsd::tlsrpt::store::ReportStore for Flaky {
     fn cuts(
         &self,
         d: Day,
-    ) -> Result<Vec<mta_stsd::tlsrpt::period::Cut>, mta_stsd::cache::store::StoreError> {
+    ) -> Result<Vec<mta_stsd::tlsrpt::period::Cut>, mta_stsd::storage::StoreError> {
         self.inner.cuts(d)
     }
     fn add_cut(
         &self,
         d: Day,
         c: &mta_stsd::tlsrpt::period::Cut,
-    ) -> Result<(), mta_stsd::cache::store::StoreError> {
+    ) -> Result<(), mta_stsd::storage::StoreError> {
         self.check()?;
         self.inner.add_cut(d, c)
     }

@@ -142,7 +142,7 @@ impl AdminClient {
             } else {
                 AdminError::Unreachable {
                     base: self.base.clone(),
-                    message: crate::mtasts::discovery::error_chain(&e),
+                    message: crate::net::error_chain(&e),
                 }
             }
         };

@@ -2,13 +2,13 @@
 //! policy another daemon already fetched, or the domain's fetch lock so that one
 //! daemon fetches for all; after it, share what was fetched. Redis failing at any
 //! point means discovering here, as a daemon on its own would. What settles a
-//! discovery is decided by [`rules::fleet_settles`]; the transport is [`SharedCache`].
+//! discovery is decided by [`rules::fleet_settles`]; the transport is [`RedisCache`].
 
 use std::time::{Duration, Instant};
 
 use super::entry::Entry;
+use super::redis_cache::{self, RedisCache};
 use super::rules::{self, Rules, Trigger};
-use super::shared::{self, SharedCache};
 use crate::metrics::Metrics;
 
 /// How long a daemon waiting on another's fetch goes between reads of the shared
@@ -27,7 +27,7 @@ pub enum Step {
 /// otherwise the domain's fetch lock, or a wait (up to the lock's lifetime) while
 /// another daemon holds it, then that daemon's result.
 pub async fn consult(
-    shared: &SharedCache,
+    shared: &RedisCache,
     domain: &str,
     own: &Entry,
     trigger: Trigger,
@@ -46,7 +46,7 @@ pub async fn consult(
     let give_up = Instant::now() + shared.lock_ttl();
     loop {
         let lock = shared.try_lock(domain).await;
-        if let Ok(shared::Lock::Busy) = lock {
+        if let Ok(redis_cache::Lock::Busy) = lock {
             // Another daemon is fetching: its result is announced when written.
             shared.wait_update(FLEET_POLL).await;
         }
@@ -55,15 +55,15 @@ pub async fn consult(
         if let Ok(Some(theirs)) = shared.get(domain).await
             && settles(&theirs)
         {
-            if let Ok(shared::Lock::Held(token)) = &lock {
+            if let Ok(redis_cache::Lock::Held(token)) = &lock {
                 shared.unlock(domain, token).await;
             }
             return Step::Adopt(Box::new(theirs));
         }
         match lock {
-            Ok(shared::Lock::Held(token)) => return Step::Discover { lock: Some(token) },
-            Ok(shared::Lock::Busy) if Instant::now() < give_up => {}
-            Ok(shared::Lock::Busy) => {
+            Ok(redis_cache::Lock::Held(token)) => return Step::Discover { lock: Some(token) },
+            Ok(redis_cache::Lock::Busy) if Instant::now() < give_up => {}
+            Ok(redis_cache::Lock::Busy) => {
                 tracing::info!(
                     domain,
                     "another daemon's fetch did not finish in time; fetching here"
@@ -78,7 +78,7 @@ pub async fn consult(
 /// Writes a fetched policy to the fleet's shared cache. If the fleet already has one
 /// fetched later (another daemon's fetch finished first with a newer id), that one is
 /// kept everywhere and returned instead: an older fetch never wins.
-pub async fn share(shared: &SharedCache, domain: &str, entry: Entry, metrics: &Metrics) -> Entry {
+pub async fn share(shared: &RedisCache, domain: &str, entry: Entry, metrics: &Metrics) -> Entry {
     match shared.put(domain, &entry).await {
         Ok(false) => match shared.get(domain).await {
             Ok(Some(theirs)) if newer(&theirs, &entry) => {

@@ -4,16 +4,16 @@
 //! memory holds: [`hot`]; durability and checkpoints: [`durability`]; walks of the
 //! store: [`survey`]; the refresher: [`refresher`]; the fleet's steps: [`fleet`]; logs
 //! and metrics: [`events`]), the persistent store ([`store`]), and the cache a fleet of
-//! daemons shares in Redis ([`shared`]).
+//! daemons shares in Redis ([`redis_cache`]).
 
 pub mod durability;
 pub mod entry;
 pub mod events;
 pub mod fleet;
 pub mod hot;
+pub mod redis_cache;
 pub mod refresher;
 pub mod rules;
 pub mod service;
-pub mod shared;
 pub mod store;
 pub mod survey;

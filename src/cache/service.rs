@@ -31,8 +31,8 @@ use super::entry::Entry;
 use super::events;
 use super::fleet;
 use super::hot::{Found, HotSet};
+use super::redis_cache::{self, RedisCache};
 use super::rules::{self, LookupRule, Outcome, Rules, Step, Trigger};
-use super::shared::{self, SharedCache};
 use super::store::PolicyStore;
 use super::survey::{Census, release_freed_memory, survey};
 use crate::clock::Clock;
@@ -109,7 +109,7 @@ pub struct PolicyService {
     /// Cancelled at shutdown, once in-flight discoveries have had their time.
     abort: CancellationToken,
     /// The cache shared with the rest of the fleet (`cache.backend = "redis"`).
-    shared: OnceLock<Arc<SharedCache>>,
+    shared: OnceLock<Arc<RedisCache>>,
 }
 
 impl PolicyService {
@@ -141,12 +141,12 @@ impl PolicyService {
     }
 
     /// Joins a fleet: policies are shared through `shared` from now on.
-    pub fn share_with(&self, shared: Arc<SharedCache>) {
+    pub fn share_with(&self, shared: Arc<RedisCache>) {
         let _ = self.shared.set(shared);
     }
 
     /// The fleet's shared cache, if this daemon is part of one.
-    pub fn shared(&self) -> Option<&Arc<SharedCache>> {
+    pub fn shared(&self) -> Option<&Arc<RedisCache>> {
         self.shared.get()
     }
 
@@ -524,12 +524,12 @@ impl PolicyService {
     }
 
     /// Applies an announcement from another daemon of the fleet.
-    pub async fn apply_fleet_event(&self, event: shared::Event) {
+    pub async fn apply_fleet_event(&self, event: redis_cache::Event) {
         match event {
-            shared::Event::Purged(domain) => {
+            redis_cache::Event::Purged(domain) => {
                 self.purge(&domain);
             }
-            shared::Event::Updated(domain) => {
+            redis_cache::Event::Updated(domain) => {
                 // Only a copy held here (in memory or the local store) can be stale
                 // now; a domain not held here is read from the shared cache on its
                 // next miss.

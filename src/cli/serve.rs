@@ -51,7 +51,7 @@ async fn serve(
     // reported by the panic hook: make that one log line rather than a multi-line
     // message on stderr.
     std::panic::set_hook(Box::new(|info| {
-        let message = crate::cache::store::panic_message(info.payload());
+        let message = crate::storage::panic_message(info.payload());
         let location = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(%location, message = %message.replace('\n', " "), "panic");
     }));

@@ -17,7 +17,8 @@ use super::ad_client::AdClient;
 use super::anchor::{AnchorFile, select_keys};
 use super::rules::{HostFacts, MxFacts, Security, Tlsa, TlsaFacts};
 use crate::config::ResolverConfig;
-use crate::mtasts::discovery::{SetupError, build_resolver};
+use crate::net::SetupError;
+use crate::net::resolver::build_resolver;
 
 /// At most this many MX hosts, the most preferred, are examined: a hostile zone could
 /// list hundreds, each costing three lookups.
@@ -158,7 +159,7 @@ impl DaneLookup {
         if crate::locks::read(&ds.resolver).is_some() {
             return Ok(());
         }
-        let servers = crate::mtasts::dns_reach::servers_of(&ds.cfg).map_err(|e| {
+        let servers = crate::net::dns_reach::servers_of(&ds.cfg).map_err(|e| {
             tracing::warn!(error = %e, "dane.trust_anchor: cannot fetch the root's DNSKEYs");
             Security::Indeterminate
         })?;

@@ -31,7 +31,7 @@ use crate::config::{DaneSwitch, ZoneOptions};
 use crate::flight::{Flight, SingleFlight};
 use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
-use crate::mtasts::discovery::SetupError;
+use crate::net::SetupError;
 use crate::protocol::answer::Reply;
 
 /// A remembered verdict and the facts it rests on.

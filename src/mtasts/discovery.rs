@@ -4,44 +4,26 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolverConfig as HickoryConfig, ResolverOpts,
-};
 use hickory_resolver::net::NetError;
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{Config, FetchConfig, ResolverConfig};
-use crate::mtasts::dns_reach;
 use crate::mtasts::policy::Policy;
 use crate::mtasts::policy::{PolicyError, StsRecord, parse_policy, select_sts_record};
+use crate::net::address::{GuardedResolver, PrivateOnly};
+use crate::net::resolver::build_resolver;
+use crate::net::tls::{find_rustls, load_pem_certs};
+use crate::net::{SetupError, USER_AGENT, dns_reach, error_chain};
 
 /// RFC 8461 §3.3: bodies over 64 KiB are refused.
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
-
-pub const USER_AGENT: &str = concat!("mta-stsd/", env!("CARGO_PKG_VERSION"));
-
-#[derive(Debug, Error)]
-pub enum SetupError {
-    #[error("cannot set up the DNS resolver: {0}")]
-    Resolver(String),
-    #[error("cannot read CA file {path}: {message}")]
-    CaFile { path: String, message: String },
-    #[error("cannot set up TLS: {0}")]
-    Tls(String),
-    #[error("cannot set up the HTTPS client: {0}")]
-    Http(String),
-}
 
 /// The result of looking up `_mta-sts.DOMAIN` TXT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -181,22 +163,6 @@ impl DiscoveryOptions {
     }
 }
 
-/// Reads every certificate from a PEM file.
-pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SetupError> {
-    let err = |message: String| SetupError::CaFile {
-        path: path.display().to_string(),
-        message,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no certificates found".into()));
-    }
-    Ok(certs)
-}
-
 /// Does DNS and HTTPS for policy discovery. Cheap to clone; one per process.
 #[derive(Clone)]
 pub struct Discoverer {
@@ -217,47 +183,10 @@ impl fmt::Debug for Discoverer {
     }
 }
 
-/// Builds the hickory resolver from `[resolver]`; with `anchors`, it validates
-/// DNSSEC itself (for DANE) and marks every record's proof.
-pub fn build_resolver(
-    cfg: &ResolverConfig,
-    anchors: Option<std::sync::Arc<hickory_resolver::proto::dnssec::TrustAnchors>>,
-) -> Result<TokioResolver, SetupError> {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = if cfg.nameservers.is_empty() {
-        TokioResolver::builder(provider).map_err(|e| SetupError::Resolver(e.to_string()))?
-    } else {
-        let servers = cfg
-            .nameservers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        TokioResolver::builder_with_config(HickoryConfig::from_name_servers(servers), provider)
-    };
-    let opts: &mut ResolverOpts = builder.options_mut();
-    opts.timeout = cfg.timeout;
-    // hickory counts retries after the first try; `resolver.attempts` counts them all.
-    opts.attempts = cfg.attempts.get() - 1;
-    // We always ask fully-qualified names; never append search domains.
-    opts.ndots = 0;
-    if let Some(anchors) = anchors {
-        builder = builder.with_trust_anchor(anchors);
-    }
-    builder
-        .build()
-        .map_err(|e| SetupError::Resolver(e.to_string()))
-}
-
 impl Discoverer {
     pub fn new(opts: DiscoveryOptions) -> Result<Self, SetupError> {
         let resolver = build_resolver(&opts.resolver, None)?;
-        let tls = tls_config(&opts)?;
+        let tls = crate::net::tls::client_config(opts.system_roots, &opts.extra_roots)?;
         let shared_tls = Arc::new(tls.clone());
         let guarded = GuardedResolver {
             resolver: resolver.clone(),
@@ -452,19 +381,6 @@ impl Discoverer {
     }
 }
 
-/// rustls errors travel inside (possibly nested) `io::Error`s, whose `source()` skips
-/// the wrapped error itself.
-fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut current: &(dyn StdError + 'static) = e;
-    loop {
-        if let Some(t) = current.downcast_ref::<rustls::Error>() {
-            return Some(t);
-        }
-        let inner = current.downcast_ref::<std::io::Error>()?.get_ref()?;
-        current = inner;
-    }
-}
-
 /// `text/plain`, with any parameters (RFC 8461 §3.3 only requires the media type).
 pub fn is_text_plain(content_type: &str) -> bool {
     content_type
@@ -473,252 +389,8 @@ pub fn is_text_plain(content_type: &str) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/plain"))
 }
 
-/// Joins an error and its sources into one line.
-pub fn error_chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        source = e.source();
-    }
-    humane(&out)
-}
-
-/// The libraries' error texts as people read them: rustls prints names as
-/// `DnsName("mx.example")` and times as `1796654724 (UNIX)`, hickory prints a whole
-/// `Query { name: Name("x."), query_type: A, ... }`. Pure.
-pub fn humane(text: &str) -> String {
-    let mut out = text.to_owned();
-    // DnsName("a.example") -> a.example; IpAddress(..) left as the address inside.
-    for wrapper in ["DnsName(\"", "IpAddress(\""] {
-        while let Some(at) = out.find(wrapper) {
-            let inner = &out[at + wrapper.len()..];
-            let Some(end) = inner.find("\")") else { break };
-            let name = inner[..end].to_owned();
-            out.replace_range(at..at + wrapper.len() + end + 2, &name);
-        }
-    }
-    // rustls's epoch seconds: "verification time 1796654724 (UNIX), but certificate is
-    // not valid after 1796568324 (86400 seconds ago)" -> RFC 3339 times, days.
-    let when = |secs: u64| {
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-        )
-        .to_string()
-    };
-    for marker in [" (UNIX)", "not valid after ", "not valid before "] {
-        let mut from = 0;
-        while let Some(found) = out[from..].find(marker) {
-            let at = from + found;
-            // The number is before " (UNIX)", after the other two markers.
-            let (start, end) = if marker == " (UNIX)" {
-                let start = out[..at]
-                    .rfind(|c: char| !c.is_ascii_digit())
-                    .map_or(0, |i| i + 1);
-                (start, at)
-            } else {
-                let start = at + marker.len();
-                let len = out[start..]
-                    .find(|c: char| !c.is_ascii_digit())
-                    .unwrap_or(out.len() - start);
-                (start, start + len)
-            };
-            let Ok(secs) = out[start..end].parse::<u64>() else {
-                from = at + marker.len();
-                continue;
-            };
-            let cut = if marker == " (UNIX)" {
-                end + marker.len()
-            } else {
-                end
-            };
-            let text = when(secs);
-            out.replace_range(start..cut, &text);
-            from = start + text.len();
-        }
-    }
-    for unit in [" seconds ago)", " seconds in future)"] {
-        if let Some(at) = out.find(unit) {
-            let start = out[..at].rfind('(').map_or(at, |i| i + 1);
-            if let Ok(secs) = out[start..at].parse::<u64>()
-                && secs >= 86_400
-            {
-                let days = secs / 86_400;
-                let rest = unit.trim_start_matches(" seconds");
-                let plural = if days == 1 { "" } else { "s" };
-                out.replace_range(start..at + unit.len(), &format!("{days} day{plural}{rest}"));
-            }
-        }
-    }
-    // "Query { name: Name(\"x.\"), query_type: A, query_class: IN }" -> "x (A)".
-    while let Some(at) = out.find("Query { name: Name(\"") {
-        let rest = &out[at..];
-        let Some(close) = rest.find(" }") else { break };
-        let body = &rest[..close];
-        let name = body
-            .split("Name(\"")
-            .nth(1)
-            .and_then(|n| n.split('"').next())
-            .unwrap_or("")
-            .trim_end_matches('.')
-            .to_owned();
-        let qtype = body
-            .split("query_type: ")
-            .nth(1)
-            .and_then(|t| t.split(',').next())
-            .unwrap_or("")
-            .to_owned();
-        out.replace_range(at..at + close + 2, &format!("{name} ({qtype})"));
-    }
-    out
-}
-
-fn tls_config(opts: &DiscoveryOptions) -> Result<rustls::ClientConfig, SetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if opts.system_roots {
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-        if added == 0 {
-            tracing::warn!("no system CA certificates found; only fetch.ca_file is trusted");
-        }
-    }
-    for cert in &opts.extra_roots {
-        roots
-            .add(cert.clone())
-            .map_err(|e| SetupError::Tls(format!("extra CA certificate rejected: {e}")))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| SetupError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// Marker error: every address of the policy host is non-global.
-#[derive(Debug)]
-struct PrivateOnly(String);
-
-impl fmt::Display for PrivateOnly {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "only non-public addresses: {}", self.0)
-    }
-}
-
-impl StdError for PrivateOnly {}
-
-/// Resolves the HTTPS host through hickory and drops non-global addresses, so a
-/// recipient domain cannot point the daemon at internal hosts. Filtering here (not
-/// before the request) also defeats DNS rebinding between check and connect.
-struct GuardedResolver {
-    resolver: TokioResolver,
-    allow_private: bool,
-}
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let resolver = self.resolver.clone();
-        let allow_private = self.allow_private;
-        let host = name.as_str().trim_end_matches('.').to_owned();
-        Box::pin(async move {
-            let ips = resolver.lookup_ip(format!("{host}.")).await?;
-            let all: Vec<IpAddr> = ips.iter().collect();
-            let usable: Vec<SocketAddr> = all
-                .iter()
-                .filter(|ip| allow_private || is_global(**ip))
-                .map(|ip| SocketAddr::new(*ip, 0))
-                .collect();
-            if usable.is_empty() {
-                let list = all
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(Box::new(PrivateOnly(list)) as Box<dyn StdError + Send + Sync>);
-            }
-            Ok(Box::new(usable.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// Whether an address is reachable on the public Internet (not loopback, private,
-/// link-local, shared, documentation, reserved, multicast, ...).
-pub fn is_global(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_global_v4(v4),
-        IpAddr::V6(v6) => is_global_v6(v6),
-    }
-}
-
-fn is_global_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(a == 0
-        || a == 10
-        || a == 127
-        || (a == 100 && (64..128).contains(&b))
-        || (a == 169 && b == 254)
-        || (a == 172 && (16..32).contains(&b))
-        || (a == 192 && b == 0 && c == 0)
-        || (a == 192 && b == 0 && c == 2)
-        || (a == 192 && b == 88 && c == 99)
-        || (a == 192 && b == 168)
-        || (a == 198 && (18..20).contains(&b))
-        || (a == 198 && b == 51 && c == 100)
-        || (a == 203 && b == 0 && c == 113)
-        || a >= 224)
-}
-
-fn is_global_v6(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_global_v4(v4);
-    }
-    let s = ip.segments();
-    // NAT64 well-known prefix 64:ff9b::/96: judge the embedded IPv4 address.
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-        let [a, b] = s[6].to_be_bytes();
-        let [c, d] = s[7].to_be_bytes();
-        return is_global_v4(Ipv4Addr::new(a, b, c, d));
-    }
-    // Global unicast is 2000::/3; within it, exclude documentation and IETF special use.
-    (s[0] & 0xe000) == 0x2000
-        && !(s[0] == 0x2001 && s[1] == 0x0db8)
-        && !(s[0] == 0x2001 && s[1] < 0x0200)
-        && s[0] != 0x2002 // 6to4 relays to arbitrary IPv4
-        && !(s[0] == 0x3fff && s[1] < 0x1000)
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn library_errors_read_as_text_for_people() {
-        use super::humane;
-        assert_eq!(
-            humane(
-                "invalid peer certificate: certificate not valid for name \"mta-sts.x.test\"; certificate is only valid for DnsName(\"wrong-name.invalid\") or DnsName(\"b.test\")"
-            ),
-            "invalid peer certificate: certificate not valid for name \"mta-sts.x.test\"; certificate is only valid for wrong-name.invalid or b.test"
-        );
-        assert_eq!(
-            humane(
-                "certificate expired: verification time 1796654724 (UNIX), but certificate is not valid after 1796568324 (86400 seconds ago)"
-            ),
-            "certificate expired: verification time 2026-12-07T14:45:24Z, but certificate is not valid after 2026-12-06T14:45:24Z (1 day ago)"
-        );
-        assert_eq!(
-            humane(
-                "no record found for Query { name: Name(\"mta-sts.nothing.test.\"), query_type: A, query_class: IN }"
-            ),
-            "no record found for mta-sts.nothing.test (A)"
-        );
-        assert_eq!(humane("plain text"), "plain text");
-    }
-
     #[test]
     fn every_failure_class_has_a_zeroed_metric_label() {
         use super::FailureClass::*;
@@ -754,48 +426,6 @@ mod tests {
         assert!(!is_text_plain("text/plainx"));
         assert!(!is_text_plain(""));
         assert!(!is_text_plain("application/octet-stream"));
-    }
-
-    #[test]
-    fn global_addresses() {
-        for ip in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "2a00:1450:4001:80b::200e",
-            "::ffff:8.8.8.8",
-            "64:ff9b::808:808",
-        ] {
-            assert!(is_global(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "224.0.0.1",
-            "192.0.2.1",
-            "198.51.100.7",
-            "203.0.113.9",
-            "198.18.0.1",
-            "::1",
-            "::",
-            "fe80::1",
-            "fc00::1",
-            "fd12:3456::1",
-            "ff02::1",
-            "2001:db8::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "64:ff9b::7f00:1",
-            "2002:7f00:1::1",
-        ] {
-            assert!(!is_global(ip.parse().unwrap()), "{ip}");
-        }
     }
 
     #[test]

@@ -16,15 +16,16 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::redis_cache::RedisCache;
 use crate::cache::service::{PolicyService, ServiceSettings};
-use crate::cache::shared::SharedCache;
 use crate::cache::store::guard::Reopen;
 use crate::cache::store::{GuardedStore, PolicyStore, SledStore, StoreError, Unavailable};
 use crate::clock::Clock;
 use crate::config::{CacheBackend, Config};
 use crate::dane::service::{DaneService, DaneSettings};
 use crate::metrics::Metrics;
-use crate::mtasts::discovery::{Discoverer, DiscoveryOptions, SetupError};
+use crate::mtasts::discovery::{Discoverer, DiscoveryOptions};
+use crate::net::SetupError;
 use crate::server::socketmap::{self, Listener};
 use crate::server::state::{LogReloader, State};
 
@@ -76,8 +77,12 @@ async fn save_dane_verdicts(dane: Arc<DaneService>, every: Duration, stop: Cance
 /// logged in one line, and replaced by an empty one.
 pub fn open_sled(path: &Path, metrics: &Metrics) -> Result<Arc<dyn PolicyStore>, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Backend(
+                crate::storage::Store::Policies,
+                format!("cannot create {}: {e}", parent.display()),
+            )
+        })?;
     }
     let (store, moved) = SledStore::open_or_recover(path)?;
     if let Some((aside, why)) = moved {
@@ -107,7 +112,7 @@ pub enum DaemonError {
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
     #[error("cannot set up the shared cache: {0}")]
-    Shared(#[from] crate::cache::shared::SharedError),
+    Redis(#[from] crate::redis::RedisError),
     #[error("cannot listen on {addr}: {message}")]
     Listen { addr: String, message: String },
 }
@@ -204,7 +209,8 @@ impl Daemon {
             PolicyService::new(discoverer, store, clock.clone(), settings, metrics.clone());
         if config.cache.backend == CacheBackend::Redis {
             // Connects lazily: the daemon starts and serves with Redis down.
-            service.share_with(SharedCache::new(&config.cache.redis, metrics)?);
+            let redis = crate::redis::Redis::new(&config.cache.redis, metrics)?;
+            service.share_with(RedisCache::new(redis, &config.cache.redis));
             tracing::info!(prefix = %config.cache.redis.prefix, "policies shared with the fleet through Redis");
         }
         let listeners = match parts.activated {
@@ -390,7 +396,7 @@ fn start_tlsrpt(
     };
     let fleet = service.shared().map(|shared| {
         Arc::new(crate::tlsrpt::fleet::FleetReports::new(
-            shared.clone(),
+            shared.redis().clone(),
             t.keep_days.get() as u64,
         ))
     });

@@ -15,7 +15,8 @@ use crate::config::ZoneOptions;
 use crate::config::{Config, ConfigError};
 use crate::dane::service::{DaneService, DaneSettings};
 use crate::locks::{read, write};
-use crate::mtasts::discovery::{Discoverer, SetupError};
+use crate::mtasts::discovery::Discoverer;
+use crate::net::SetupError;
 use crate::protocol::answer::Reply;
 
 #[derive(Debug, Error)]

@@ -73,7 +73,7 @@ pub async fn https(
             .body(gzip.clone())
             .send()
             .await
-            .map_err(|e| Failure::transient(crate::mtasts::discovery::error_chain(&e)))?;
+            .map_err(|e| Failure::transient(crate::net::error_chain(&e)))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::cache::shared::{SharedCache, SharedError};
+use crate::redis::{Redis, RedisError};
 
 use super::counts::{Counts, Group, Tally};
 use super::day::Day;
@@ -62,7 +62,7 @@ return 0
 ";
 
 pub struct FleetReports {
-    shared: Arc<SharedCache>,
+    shared: Arc<Redis>,
     /// How long everything is kept (keep_days, plus a day for the last one's sending).
     ttl: Duration,
     apply: redis::Script,
@@ -72,7 +72,7 @@ pub struct FleetReports {
 }
 
 impl FleetReports {
-    pub fn new(shared: Arc<SharedCache>, keep_days: u64) -> Self {
+    pub fn new(shared: Arc<Redis>, keep_days: u64) -> Self {
         Self {
             shared,
             ttl: Duration::from_secs((keep_days + 1) * 86_400),
@@ -84,7 +84,7 @@ impl FleetReports {
 
     /// The fleet's id in report ids: drawn by the first daemon that asks (`SETNX`),
     /// the same for every daemon after.
-    pub async fn node(&self) -> Result<String, SharedError> {
+    pub async fn node(&self) -> Result<String, RedisError> {
         if let Some(n) = self.node.get() {
             return Ok(n.clone());
         }
@@ -125,7 +125,7 @@ impl FleetReports {
         &self,
         range: &'static str,
         key: String,
-    ) -> Result<Vec<T>, SharedError> {
+    ) -> Result<Vec<T>, RedisError> {
         let mut conn = self.shared.connection();
         self.shared
             .call("redis_get", async move {
@@ -140,34 +140,22 @@ impl FleetReports {
     }
 
     /// A day's cuts, oldest first.
-    pub async fn cuts(&self, day: Day) -> Result<Vec<Cut>, SharedError> {
+    pub async fn cuts(&self, day: Day) -> Result<Vec<Cut>, RedisError> {
         let texts: Vec<String> = self.whole("LRANGE", self.cuts_key(day)).await?;
         texts
             .iter()
-            .map(|t| serde_json::from_str(t).map_err(|e| SharedError::Entry(e.to_string())))
+            .map(|t| serde_json::from_str(t).map_err(|e| RedisError::Value(e.to_string())))
             .collect()
     }
 
     /// Records a cut for the whole fleet.
-    pub async fn add_cut(&self, day: Day, cut: &Cut) -> Result<(), SharedError> {
-        let mut conn = self.shared.connection();
+    pub async fn add_cut(&self, day: Day, cut: &Cut) -> Result<(), RedisError> {
         let key = self.cuts_key(day);
-        let value = serde_json::to_string(cut).map_err(|e| SharedError::Entry(e.to_string()))?;
-        let ttl = self.ttl.as_secs();
+        let value = serde_json::to_string(cut).map_err(|e| RedisError::Value(e.to_string()))?;
+        let mut push = redis::cmd("RPUSH");
+        push.arg(&key).arg(value);
         self.shared
-            .call("redis_put", async move {
-                redis::pipe()
-                    .cmd("RPUSH")
-                    .arg(&key)
-                    .arg(value)
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(ttl)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
+            .with_expiry("redis_put", push, &key, self.ttl)
             .await
     }
 
@@ -194,7 +182,7 @@ impl FleetReports {
 
     /// Applies an outbox batch unless a batch with this id was applied before; returns
     /// whether it was applied now.
-    pub async fn apply(&self, batch: &str, tally: &Tally) -> Result<bool, SharedError> {
+    pub async fn apply(&self, batch: &str, tally: &Tally) -> Result<bool, RedisError> {
         let ttl = self.ttl.as_secs();
         let mut call = self.apply.key(self.key(&format!("applied:{batch}")));
         call.key(self.key("days")).arg(ttl);
@@ -227,13 +215,13 @@ impl FleetReports {
     }
 
     /// The days with counters in the fleet, oldest first.
-    pub async fn days(&self) -> Result<Vec<Day>, SharedError> {
+    pub async fn days(&self) -> Result<Vec<Day>, RedisError> {
         let days: Vec<u64> = self.whole("ZRANGE", self.key("days")).await?;
         Ok(days.into_iter().map(Day).collect())
     }
 
     /// One day's counters, fleet-wide.
-    pub async fn day(&self, day: Day) -> Result<DayCounts, SharedError> {
+    pub async fn day(&self, day: Day) -> Result<DayCounts, RedisError> {
         let mut conn = self.shared.connection();
         let set = self.groups_key(day);
         let mut hashes: Vec<String> = self
@@ -264,7 +252,7 @@ impl FleetReports {
         day: Day,
         report: &str,
         dest: &str,
-    ) -> Result<Option<Delivery>, SharedError> {
+    ) -> Result<Option<Delivery>, RedisError> {
         let mut conn = self.shared.connection();
         let (key, field) = (self.deliveries_key(day), format!("{report}\n{dest}"));
         let text: Option<String> = self
@@ -289,27 +277,13 @@ impl FleetReports {
         dest: &str,
         d: &Delivery,
         only_new: bool,
-    ) -> Result<Delivery, SharedError> {
-        let mut conn = self.shared.connection();
+    ) -> Result<Delivery, RedisError> {
         let (key, field) = (self.deliveries_key(day), format!("{report}\n{dest}"));
-        let value = serde_json::to_string(d).map_err(|e| SharedError::Entry(e.to_string()))?;
-        let ttl = self.ttl.as_secs();
-        let cmd = if only_new { "HSETNX" } else { "HSET" };
+        let value = serde_json::to_string(d).map_err(|e| RedisError::Value(e.to_string()))?;
+        let mut set = redis::cmd(if only_new { "HSETNX" } else { "HSET" });
+        set.arg(&key).arg(field).arg(value);
         self.shared
-            .call("redis_put", async move {
-                redis::pipe()
-                    .cmd(cmd)
-                    .arg(&key)
-                    .arg(field)
-                    .arg(value)
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(ttl)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
+            .with_expiry("redis_put", set, &key, self.ttl)
             .await?;
         if only_new {
             return Ok(self
@@ -327,7 +301,7 @@ impl FleetReports {
         report: &str,
         dest: &str,
         ttl: Duration,
-    ) -> Result<Option<String>, SharedError> {
+    ) -> Result<Option<String>, RedisError> {
         let token = format!("{}-{}", self.shared.node(), std::process::id());
         let key = self.key(&format!("lease:{report}:{dest}"));
         let set = self.shared.set_nx(key, &token, ttl).await?;
@@ -351,7 +325,7 @@ impl FleetReports {
     }
 
     /// Forgets days before `day` in the days set (their keys expire by themselves).
-    pub async fn prune_before(&self, day: Day) -> Result<(), SharedError> {
+    pub async fn prune_before(&self, day: Day) -> Result<(), RedisError> {
         let mut conn = self.shared.connection();
         let key = self.key("days");
         let last = day.0.saturating_sub(1);

@@ -17,8 +17,8 @@
 use std::path::{Path, PathBuf};
 
 use super::store::{CHECKPOINT_FILE, ReportStore, SledReports};
-use crate::cache::store::StoreError;
-use crate::cache::store::sled::{move_aside, read_count};
+use crate::storage::sled::{move_aside, read_count};
+use crate::storage::{Store, StoreError};
 
 /// What was found wrong with the report store when it was opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub fn open(path: &Path) -> Result<(SledReports, Option<Damage>), StoreError> {
     // already sent keep their ids), with the damaged one set aside.
     let node = store.node();
     drop(store);
-    let why = StoreError::Backend(reason.clone());
+    let why = StoreError::Backend(Store::Reports, reason.clone());
     let aside = move_aside(path, &why)?;
     let fresh = SledReports::open(path)?;
     fresh.restore(&node, &entries)?;

@@ -18,8 +18,8 @@ use super::report::{self, Report};
 use super::schedule::{Delivery, State};
 use super::service::{Outcome, SEND_EVERY, Tlsrpt};
 use super::smtp;
-use crate::cache::store::StoreError;
 use crate::locks::lock;
+use crate::storage::StoreError;
 
 impl Tlsrpt {
     /// Sends due reports every minute until `stop`.

@@ -20,12 +20,12 @@ use super::record::Destination;
 use super::report::{Report, Submitter};
 use super::schedule::Delivery;
 use super::store::{DayCounts, ReportStore};
-use crate::cache::shared::SharedError;
-use crate::cache::store::StoreError;
 use crate::clock::Clock;
 use crate::config::TlsrptConfig;
 use crate::locks::lock;
 use crate::metrics::Metrics;
+use crate::redis::RedisError;
+use crate::storage::{Store, StoreError};
 
 /// Counters reach the disk at least this often.
 pub const PERSIST_EVERY: Duration = Duration::from_millis(500);
@@ -240,7 +240,7 @@ impl Tlsrpt {
         let me = self.clone();
         let result = tokio::task::spawn_blocking(move || me.persist())
             .await
-            .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
+            .unwrap_or_else(|e| Err(StoreError::Backend(Store::Reports, e.to_string())));
         match result {
             Ok(_) if failing => {
                 tracing::info!("TLSRPT counters stored again");
@@ -396,6 +396,6 @@ impl Tlsrpt {
     }
 }
 
-fn fleet_error(e: SharedError) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn fleet_error(e: RedisError) -> StoreError {
+    StoreError::Backend(Store::Reports, e.to_string())
 }

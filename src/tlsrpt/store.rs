@@ -24,8 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cache::store::{StoreError, contain};
 use crate::locks::lock;
+use crate::storage::sled::{open_error, open_retrying, write_count};
+use crate::storage::{Store, StoreError, contain};
 
 use super::counts::{Counts, Group, Tally};
 use super::day::Day;
@@ -107,40 +108,22 @@ pub const CHECKPOINT_FILE: &str = "mta-stsd-reports";
 /// The trees whose entries the checkpoint counts, by name.
 pub(super) const TREES: [&str; 4] = ["counts", "deliveries", "cuts", "outbox"];
 
-const STORE: &str = "TLSRPT report store";
-
 fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("{STORE}: {e}"))
+    StoreError::Backend(Store::Reports, e.to_string())
 }
 
-/// Any store error as this store's: the shared store code speaks of "the cache".
-pub(super) fn named(e: StoreError) -> StoreError {
-    match e {
-        StoreError::Backend(m) if m.starts_with(STORE) => StoreError::Backend(m),
-        StoreError::Backend(m) => StoreError::Backend(format!("{STORE}: {m}")),
-        StoreError::Decode { domain, message } => {
-            StoreError::Backend(format!("{STORE}: entry {domain} is unreadable: {message}"))
-        }
-        StoreError::Locked(path) => StoreError::Backend(format!(
-            "{STORE} {path} is in use by another process (locked)"
-        )),
-        StoreError::Panic { op, message } => {
-            StoreError::Backend(format!("{STORE} panicked during {op}: {message}"))
-        }
-    }
-}
-
-/// A store operation with panics contained and errors named for this store.
+/// A store operation with panics contained.
 fn guarded<T>(
     op: &'static str,
     f: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    contain(op, f).map_err(named)
+    contain(Store::Reports, op, f)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
-        domain: what.to_owned(),
+        store: Store::Reports,
+        key: what.to_owned(),
         message: e.to_string(),
     })
 }
@@ -149,7 +132,8 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 /// compact binary form, not JSON.
 fn decode_counts(what: &str, bytes: &[u8]) -> Result<Counts, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| StoreError::Decode {
-        domain: what.to_owned(),
+        store: Store::Reports,
+        key: what.to_owned(),
         message: e.to_string(),
     })
 }
@@ -170,33 +154,24 @@ impl SledReports {
     /// background thread a moment after a handle is dropped, so a locked store is
     /// retried for up to two seconds.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut tries = 0;
-        loop {
-            match Self::open_once(path) {
-                Err(StoreError::Locked(_)) if tries < 40 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                other => return other.map_err(named),
-            }
-        }
+        open_retrying(Store::Reports, || Self::open_once(path))
     }
 
     /// Whether an open error is another process's lock (never a reason to move the
     /// store aside).
     pub fn is_locked(e: &StoreError) -> bool {
-        matches!(e, StoreError::Backend(m) if m.ends_with("(locked)"))
+        matches!(e, StoreError::Locked(..))
     }
 
     fn open_once(path: &Path) -> Result<Self, StoreError> {
-        contain("open", || {
+        {
             let db = sled::Config::new()
                 .path(path)
                 .cache_capacity(8 * 1024 * 1024)
                 // The collector flushes what it adds itself, within a second.
                 .flush_every_ms(None)
                 .open()
-                .map_err(|e| crate::cache::store::sled::open_error(path, e))?;
+                .map_err(|e| open_error(Store::Reports, path, e))?;
             let counts = db.open_tree("counts").map_err(backend)?;
             let deliveries = db.open_tree("deliveries").map_err(backend)?;
             let outbox = db.open_tree("outbox").map_err(backend)?;
@@ -223,7 +198,7 @@ impl SledReports {
                 entries: AtomicU64::new(0),
                 checkpoint: Mutex::new(()),
             })
-        })
+        }
     }
 
     fn tree(&self, name: &str) -> Option<&sled::Tree> {
@@ -390,9 +365,8 @@ impl ReportStore for SledReports {
                 let Some((_, parts)) = key_parts(&key) else {
                     continue;
                 };
-                let [domain, record, policy] = <[String; 3]>::try_from(parts).map_err(|_| {
-                    StoreError::Backend("TLSRPT counter key in an unknown form".into())
-                })?;
+                let [domain, record, policy] = <[String; 3]>::try_from(parts)
+                    .map_err(|_| backend("counter key in an unknown form"))?;
                 let counts = decode_counts(&domain, &value)?;
                 let group = Group {
                     day,
@@ -533,7 +507,7 @@ impl ReportStore for SledReports {
         guarded("checkpoint", || {
             self.db.flush().map(|_| ()).map_err(backend)
         })?;
-        crate::cache::store::sled::write_count(&self.dir.join(CHECKPOINT_FILE), entries)
+        write_count(&self.dir.join(CHECKPOINT_FILE), entries)
             .map_err(|e| backend(format!("cannot record the entry count: {e}")))
     }
 
@@ -566,7 +540,7 @@ impl ReportStore for SledReports {
                 let key = u64::from_be_bytes(
                     k.as_ref()
                         .try_into()
-                        .map_err(|_| StoreError::Backend("TLSRPT outbox key".into()))?,
+                        .map_err(|_| backend("outbox key in an unknown form"))?,
                 );
                 let batch: Batch = decode("outbox", &v)?;
                 let mut tally = Tally {

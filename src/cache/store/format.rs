@@ -9,12 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+use super::{Store, StoreError};
 use crate::cache::entry::{CachedPolicy, Entry, Failure, FailureClass, Outline, PolicyOutline};
 use crate::mtasts::policy::{Mode, parse_policy};
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::Backend(Store::Policies, e.to_string())
 }
 
 /// The first byte of an entry in the binary form.
@@ -155,7 +155,8 @@ pub fn decode_outline(domain: &str, bytes: &[u8]) -> Result<Outline, StoreError>
 /// damaged entry is an error for that domain only (and is fuzzed: `fuzz/`).
 pub fn decode_entry(domain: &str, bytes: &[u8]) -> Result<Entry, StoreError> {
     let decode_error = |message: String| StoreError::Decode {
-        domain: domain.to_owned(),
+        store: Store::Policies,
+        key: domain.to_owned(),
         message,
     };
     match bytes.split_first() {

@@ -188,6 +188,7 @@ impl PolicyStore for GuardedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Store;
     use std::sync::atomic::AtomicU8;
 
     /// 0 works, 1 errors, 2 panics.
@@ -198,7 +199,7 @@ mod tests {
         fn go(&self) -> Result<(), StoreError> {
             match self.0.load(Ordering::SeqCst) {
                 0 => Ok(()),
-                1 => Err(StoreError::Backend("disk on fire".into())),
+                1 => Err(StoreError::Backend(Store::Policies, "disk on fire".into())),
                 _ => panic!("sled assertion"),
             }
         }
@@ -234,7 +235,7 @@ mod tests {
         assert_eq!(metrics.store.store_healthy.get(), 0);
         flaky.0.store(2, Ordering::SeqCst);
         match g.get("a.example") {
-            Err(StoreError::Panic { op, message }) => {
+            Err(StoreError::Panic { op, message, .. }) => {
                 assert_eq!(op, "get");
                 assert!(message.contains("sled assertion"), "{message}");
             }
@@ -270,7 +271,7 @@ mod tests {
             Ok(())
         }
         fn get(&self, _: &str) -> Result<Option<Entry>, StoreError> {
-            Err(StoreError::Backend("get fails".into()))
+            Err(StoreError::Backend(Store::Policies, "get fails".into()))
         }
         fn put(&self, _: &str, _: &Entry) -> Result<(), StoreError> {
             Ok(())

@@ -1,54 +1,24 @@
-//! Persistent storage of cache entries behind a small trait, so the store can be
-//! swapped (or shared by a fleet). The default is sled ([`sled`]), writing entries in the
+//! Persistent storage of policy cache entries behind a small trait, so the store can be
+//! swapped (or shared by a fleet). The default is sled ([`sled_store`]), writing entries in the
 //! form of [`mod@format`] (Redis uses it too); [`guard`] keeps any
 //! store's failures, panics included, from reaching the rest of the daemon.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
-use thiserror::Error;
-
 use super::entry::{Entry, Outline};
+pub use crate::storage::{Store, StoreError};
 
 pub mod format;
 pub mod guard;
-pub mod sled;
+pub mod sled_store;
 
 pub use self::guard::GuardedStore;
-pub use self::sled::SledStore;
+pub use self::sled_store::SledStore;
 
-#[derive(Debug, Error)]
-pub enum StoreError {
-    #[error("cache store: {0}")]
-    Backend(String),
-    #[error("cache entry for {domain} is unreadable: {message}")]
-    Decode { domain: String, message: String },
-    #[error("cache {0} is in use by another process (locked)")]
-    Locked(String),
-    #[error("cache store panicked during {op}: {message}")]
-    Panic { op: &'static str, message: String },
-}
-
-/// Runs a store operation, turning a panic inside the backend (sled asserts on some
-/// corrupt files instead of returning an error) into an error.
+/// Runs a policy store operation with panics contained (see [`crate::storage`]).
 pub fn contain<T>(
     op: &'static str,
     f: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        Err(StoreError::Panic {
-            op,
-            message: panic_message(&*payload),
-        })
-    })
-}
-
-/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
+    crate::storage::contain(Store::Policies, op, f)
 }
 
 /// What [`PolicyStore::scan`] hands over for each stored domain: its entry, or why it
@@ -119,7 +89,7 @@ pub struct Unavailable(pub String);
 
 impl Unavailable {
     fn err(&self) -> StoreError {
-        StoreError::Backend(format!("unavailable: {}", self.0))
+        StoreError::Backend(Store::Policies, format!("unavailable: {}", self.0))
     }
 }
 

@@ -130,7 +130,7 @@ async fn dkim_key_checks(conf: &std::path::Path, config: &Config) -> Vec<Check> 
             format!("give OpenDKIM a key for {submitter} (KeyTable and SigningTable)"),
         )];
     }
-    let resolver = match crate::mtasts::discovery::build_resolver(&config.resolver, None) {
+    let resolver = match crate::net::resolver::build_resolver(&config.resolver, None) {
         Ok(r) => r,
         Err(e) => {
             return vec![Check::warning(

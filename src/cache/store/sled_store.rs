@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use super::format::{decode_entry, decode_outline, encode_entry};
-use super::{PolicyStore, StoreError, Visit, VisitOutline};
+use super::{PolicyStore, Store, StoreError, Visit, VisitOutline};
 use crate::cache::entry::Entry;
+use crate::storage::sled::{move_aside, open_error, open_retrying, read_count, write_count};
 
 const FORMAT_KEY: &[u8] = b"\0format";
 const FORMAT: &[u8] = b"mta-stsd-cache-v1";
@@ -21,21 +22,7 @@ pub struct SledStore {
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-/// A sled open error as a store error: a lock held by another handle is
-/// [`StoreError::Locked`] (sled reports it as an I/O error whose text names it).
-pub fn open_error(path: &Path, e: sled::Error) -> StoreError {
-    match e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock
-                || io.to_string().contains("could not acquire lock") =>
-        {
-            StoreError::Locked(path.display().to_string())
-        }
-        e => backend(e),
-    }
+    StoreError::Backend(Store::Policies, e.to_string())
 }
 
 impl SledStore {
@@ -46,16 +33,7 @@ impl SledStore {
     /// move it aside. sled releases its lock from a background thread a moment after
     /// a handle is dropped, so a locked cache is retried for up to two seconds.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut tries = 0;
-        loop {
-            match super::contain("open", || Self::open_unguarded(path)) {
-                Err(StoreError::Locked(_)) if tries < 40 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                other => return other,
-            }
-        }
+        open_retrying(Store::Policies, || Self::open_unguarded(path))
     }
 
     fn open_unguarded(path: &Path) -> Result<Self, StoreError> {
@@ -66,19 +44,19 @@ impl SledStore {
             .cache_capacity(16 * 1024 * 1024)
             .flush_every_ms(Some(1000))
             .open()
-            .map_err(|e| open_error(path, e))?;
+            .map_err(|e| open_error(Store::Policies, path, e))?;
         match db.get(FORMAT_KEY).map_err(backend)? {
             Some(v) if v.as_ref() == FORMAT => {}
             Some(v) => {
-                return Err(StoreError::Backend(format!(
-                    "unknown cache format {:?}",
-                    String::from_utf8_lossy(&v)
-                )));
+                return Err(StoreError::Backend(
+                    Store::Policies,
+                    format!("unknown cache format {:?}", String::from_utf8_lossy(&v)),
+                ));
             }
             None if db.is_empty() => {
                 db.insert(FORMAT_KEY, FORMAT).map_err(backend)?;
             }
-            None => return Err(StoreError::Backend("cache has no format marker".into())),
+            None => return Err(backend("no format marker")),
         }
         Ok(Self {
             db,
@@ -91,7 +69,7 @@ impl SledStore {
     pub fn open_or_recover(path: &Path) -> Result<(Self, Option<(PathBuf, String)>), StoreError> {
         match Self::open(path) {
             Ok(store) => Ok((store, None)),
-            Err(e @ StoreError::Locked(_)) => Err(e),
+            Err(e @ StoreError::Locked(..)) => Err(e),
             Err(first) => {
                 let aside = move_aside(path, &first)?;
                 let store = Self::open(path)?;
@@ -101,66 +79,10 @@ impl SledStore {
     }
 }
 
-/// The checkpoint recorded in the store directory `dir`. It is written as the count
-/// twice, so that damage to the file itself (a flipped bit turning 20150 into 20350)
-/// reads as no record rather than as lost policies; a garbled or missing file (cut
-/// short by a power loss, say) is no record too.
+/// The checkpoint recorded in the store directory `dir` (see
+/// [`crate::storage::sled::read_count`]).
 pub fn read_checkpoint(dir: &Path) -> Option<u64> {
     read_count(&dir.join(CHECKPOINT_FILE))
-}
-
-/// A count recorded by [`write_count`]: the number written twice; anything else (a
-/// garbled, cut or missing file) is no record.
-pub fn read_count(file: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let mut words = text.split_ascii_whitespace();
-    let (a, b) = (words.next()?, words.next()?);
-    if a != b || words.next().is_some() {
-        return None;
-    }
-    a.parse().ok()
-}
-
-/// Records `n` in `file` (write, then rename: a reader sees the old record or the new
-/// one).
-pub fn write_count(file: &Path, n: u64) -> std::io::Result<()> {
-    let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, format!("{n} {n}\n")).and_then(|()| std::fs::rename(&tmp, file))
-}
-
-/// Moves a damaged store at `path` to [`aside_path`], returning where it went; `why`
-/// is what was wrong with it, for the error when the move itself fails.
-pub fn move_aside(path: &Path, why: &StoreError) -> Result<PathBuf, StoreError> {
-    let aside = aside_path(path);
-    std::fs::rename(path, &aside).map_err(|e| {
-        StoreError::Backend(format!(
-            "{why}; and cannot move {} aside: {e}",
-            path.display()
-        ))
-    })?;
-    Ok(aside)
-}
-
-/// `PATH.broken-TIMESTAMP`, with a counter if that exists already.
-pub fn aside_path(path: &Path) -> PathBuf {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut n = 0;
-    loop {
-        let mut aside = path.as_os_str().to_owned();
-        aside.push(format!(".broken-{stamp}"));
-        if n > 0 {
-            aside.push(format!("-{n}"));
-        }
-        let aside = PathBuf::from(aside);
-        if !aside.exists() {
-            return aside;
-        }
-        n += 1;
-    }
 }
 
 impl PolicyStore for SledStore {
@@ -264,7 +186,7 @@ impl PolicyStore for SledStore {
             },
             Some(n) => write_count(&file, n),
         };
-        result.map_err(|e| StoreError::Backend(format!("cannot record the entry count: {e}")))
+        result.map_err(|e| backend(format!("cannot record the entry count: {e}")))
     }
 }
 
@@ -411,7 +333,7 @@ mod tests {
         let held = SledStore::open(&path).unwrap();
         held.put("example.com", &entry()).unwrap();
         match SledStore::open_or_recover(&path) {
-            Err(StoreError::Locked(_)) => {}
+            Err(StoreError::Locked(..)) => {}
             Err(e) => panic!("expected Locked, got {e}"),
             Ok(_) => panic!("a second handle opened a locked cache"),
         }
