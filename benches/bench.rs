@@ -548,12 +548,18 @@ fn main() {
     let in_process_ns = rt.block_on(async {
         let service = inproc_service(&work.join("inproc"), &ca);
         let zone = mta_stsd::config::ZoneOptions::default();
-        let (a, _) = service.lookup(HOT, &zone).await;
-        assert!(a.wire().starts_with("OK secure"), "{}", a.wire());
+        let deadline = Duration::from_secs(10);
+        let no_dane = mta_stsd::answer::NoDane;
+        let a = mta_stsd::answer::answer(HOT, &zone, deadline, &service, &no_dane).await;
+        assert!(
+            a.reply.wire().starts_with("OK secure"),
+            "{}",
+            a.reply.wire()
+        );
         let n = if opts.smoke { 100_000 } else { 2_000_000 };
         let t0 = Instant::now();
         for _ in 0..n {
-            let (a, _) = service.lookup(HOT, &zone).await;
+            let a = mta_stsd::answer::answer(HOT, &zone, deadline, &service, &no_dane).await;
             std::hint::black_box(a);
         }
         t0.elapsed().as_nanos() as f64 / n as f64
@@ -1134,8 +1140,8 @@ const HISTORY_HEADING: &str = "## History";
 
 /// A policy service in this process, with its store at `path`, discovering from the
 /// benchmark's world (DNS on 127.0.0.1:53, policies signed by `ca`).
-fn inproc_service(path: &Path, ca: &TestCa) -> Arc<mta_stsd::cache::service::PolicyService> {
-    use mta_stsd::cache::service::{PolicyService, ServiceSettings};
+fn inproc_service(path: &Path, ca: &TestCa) -> Arc<mta_stsd::cache::policy_cache::PolicyService> {
+    use mta_stsd::cache::policy_cache::{PolicyService, ServiceSettings};
     use mta_stsd::config::{CacheConfig, FetchConfig, LookupConfig, ResolverConfig};
     use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
     let discoverer = Discoverer::new(DiscoveryOptions {
@@ -1178,7 +1184,7 @@ async fn dane_workload(work: &Path, ca: &TestCa, n: usize) -> DaneFigures {
     use mta_stsd::config::ZoneOptions;
     use mta_stsd::config::{Config, DaneConfig, DaneMode, ResolverConfig};
     use mta_stsd::dane::rules::Verdict;
-    use mta_stsd::dane::service::{DaneService, DaneSettings};
+    use mta_stsd::dane::verdicts::{DaneService, DaneSettings};
     use mta_stsd::server::state::State;
 
     let signed = TestDns::start_signed().await;

@@ -12,8 +12,7 @@
 //! - [`storage`]: what the on-disk stores share (errors naming their store, panics
 //!   contained, sled opening, checkpoints, moving damaged databases aside);
 //! - [`redis`]: the connection to the fleet's Redis, with timeouts and back-off;
-//! - [`protocol`]: the socketmap netstring codec and request parser, and the one
-//!   renderer of replies (pure, no I/O);
+//! - [`protocol`]: the socketmap netstring codec and request parser (pure, no I/O);
 //! - [`mtasts`]: next-hop key normalisation, the TXT record and policy file parsers
 //!   (pure), and discovery over DNS and HTTPS;
 //! - [`dane`]: DANE precedence (RFC 8461 §2, RFC 7672): the verdict rules (pure), the
@@ -26,7 +25,8 @@
 //! - [`tlsrpt`]: TLSRPT (RFC 8460): Postfix's datagrams into daily counters, and the
 //!   reports sent from them (alone, or once for a whole fleet through Redis);
 //! - [`answer`]: the one answer path from a request key to the reply (normalisation,
-//!   the DANE gate, MTA-STS, precedence), used by the daemon and by `query` alike;
+//!   the DANE gate, MTA-STS, precedence, rendering in the client's format), used by
+//!   the daemon and by `query` (through its live sources) alike;
 //! - [`instance`]: whether a live daemon already holds the sockets and stores a
 //!   configuration names (a second instance never takes them);
 //! - [`setup`]: the one path from a configuration to the settings the daemon runs

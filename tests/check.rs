@@ -569,7 +569,7 @@ async fn dane_tlsa_records_are_matched_against_the_certificate() {
         }
         w.dns
             .set_tlsa(&format!("_25._tcp.{host}"), &[(3, 0, 1, &digest)]);
-        let dane = mta_stsd::cli::query::DaneQuery {
+        let dane = mta_stsd::answer::explain::DaneQuery {
             enabled: true,
             reason: "test".into(),
             lookup: &lookup,

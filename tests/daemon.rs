@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::{ENFORCE, InProcess, ask, ask_once, connect_tcp};
 use futures::{SinkExt, StreamExt};
-use mta_stsd::cache::service::PolicyService;
+use mta_stsd::cache::policy_cache::PolicyService;
 use mta_stsd::clock::{Clock, ManualClock, SystemClock};
 use mta_stsd::config::Config;
 use mta_stsd::protocol::codec::NetstringCodec;
@@ -745,7 +745,7 @@ async fn shutdown_finishes_the_request_in_progress() {
 #[tokio::test]
 async fn answers_from_the_store_before_the_cache_is_loaded() {
     use mta_stsd::cache::entry::{CachedPolicy, Entry};
-    use mta_stsd::cache::service::ServiceSettings;
+    use mta_stsd::cache::policy_cache::ServiceSettings;
     use mta_stsd::cache::store::{PolicyStore, SledStore};
     use mta_stsd::config::{CacheConfig, LookupConfig};
     use mta_stsd::mtasts::discovery::Discoverer;
@@ -787,9 +787,19 @@ async fn answers_from_the_store_before_the_cache_is_loaded() {
         Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics")),
     );
     assert!(service.is_empty(), "nothing is loaded up front");
-    let (answer, outcome) = service.lookup("stored.example", &Default::default()).await;
-    assert_eq!(answer.wire(), SECURE);
-    assert_eq!(outcome, mta_stsd::cache::service::CacheOutcome::Hit);
+    let answer = mta_stsd::answer::answer(
+        "stored.example",
+        &Default::default(),
+        std::time::Duration::from_secs(10),
+        &service,
+        &mta_stsd::answer::NoDane,
+    )
+    .await;
+    assert_eq!(answer.reply.wire(), SECURE);
+    assert_eq!(
+        answer.outcome,
+        mta_stsd::cache::policy_cache::CacheOutcome::Hit
+    );
     assert_eq!(w.dns.total_queries(), 0);
     assert_eq!(service.len(), 1);
     // A purge before the bulk load has run must stay purged.

@@ -13,7 +13,7 @@ use hickory_resolver::proto::dnssec::TrustAnchors;
 use mta_stsd::config::ResolverConfig;
 use mta_stsd::dane::lookup::DaneLookup;
 use mta_stsd::dane::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
-use mta_stsd::dane::service::DaneSettings;
+use mta_stsd::dane::verdicts::DaneSettings;
 use mta_stsd_testkit::{DnsFault, RecordType, SigFault, TestDns};
 
 const SHA256: [u8; 32] = [7; 32];
@@ -509,7 +509,8 @@ async fn a_ds_anchor_naming_no_root_key_suspends_dane() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_explains_the_dane_verdict_and_gives_the_daemons_reply() {
-    use mta_stsd::cli::query::{DaneQuery, query};
+    use mta_stsd::answer::explain::DaneQuery;
+    use mta_stsd::answer::live::query;
     use mta_stsd::config::ZoneOptions;
     let w = World::start_signed().await;
     publish_both(&w);

@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::{ENFORCE, discoverer, options};
-use mta_stsd::cli::query::{Outcome, QueryReport, query};
+use mta_stsd::answer::explain::{QueryOutcome as Outcome, QueryReport};
+use mta_stsd::answer::live::query;
 use mta_stsd::config::ZoneOptions;
 use mta_stsd::mtasts::discovery::{Discoverer, FetchError, TxtLookup};
 use mta_stsd::mtasts::policy::{MAX_MAX_AGE, Mode};

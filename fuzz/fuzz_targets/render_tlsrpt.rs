@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mta_stsd::mtasts::policy::parse_policy;
-use mta_stsd::protocol::answer::{RenderOptions, Reply, render};
+use mta_stsd::answer::{RenderOptions, Reply, render};
 use mta_stsd::protocol::codec::MAX_REPLY;
 
 const OPEN: &str = " { policy_string = ";

@@ -11,7 +11,7 @@ use mta_stsd::cache::rules::{Rules, is_due, on_lookup, refresh_due_at};
 use mta_stsd::cache::entry::Outline;
 use mta_stsd::cache::store::format::{decode_entry, decode_outline, encode_entry};
 use mta_stsd::config::CacheConfig;
-use mta_stsd::protocol::answer::{RenderOptions, render};
+use mta_stsd::answer::{RenderOptions, render};
 
 fuzz_target!(|data: &[u8]| {
     let outline = decode_outline("example.com", data);

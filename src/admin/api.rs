@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::entry::Entry;
 use crate::clock::rfc3339;
 use crate::dane::rules::MxFacts;
-use crate::dane::service::Cached;
+use crate::dane::verdicts::Cached;
 use crate::mtasts::domain::normalize_host;
 use crate::tlsrpt::day::Day;
 use crate::tlsrpt::schedule::{Delivery, State as DeliveryState};

@@ -1,5 +1,5 @@
 //! What the cache holds in memory: the hot set of policies lookups used recently (at
-//! most `cache.memory_entries`, each with its rendered replies memoized) and the
+//! most `cache.memory_entries`, each with the reply texts rendered from it) and the
 //! bounded set of domains without a policy.
 //!
 //! Policies are all in the store too, so one dropped from memory costs a store read on
@@ -13,19 +13,23 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use super::entry::Entry;
 use crate::bounded::BoundedMap;
-use crate::config::ZoneOptions;
 use crate::locks::{read, write};
-use crate::protocol::answer::{RenderOptions, Reply, ReplyMemo, render};
 
-/// A policy entry in memory, with its rendered replies memoized per zone options.
+/// How many rendered texts a policy in memory keeps: one per combination of answer
+/// format and zone options that changes the text (the answer path numbers them).
+pub const MEMO_SLOTS: usize = 16;
+
+/// A policy entry in memory, with the reply texts rendered from it.
 #[derive(Debug)]
 pub struct Slot {
     pub entry: Entry,
-    replies: ReplyMemo,
+    /// Rendered once per variant, then shared: a cache hit allocates nothing. `None`:
+    /// the policy enforces nothing under that variant.
+    rendered: [OnceLock<Option<Arc<str>>>; MEMO_SLOTS],
     /// Used since the last eviction sweep (second chance: see [`HotSet::evict`]).
     used: AtomicBool,
 }
@@ -34,7 +38,7 @@ impl Slot {
     fn new(entry: Entry) -> Arc<Self> {
         Arc::new(Slot {
             entry,
-            replies: ReplyMemo::default(),
+            rendered: Default::default(),
             used: AtomicBool::new(true),
         })
     }
@@ -47,24 +51,17 @@ impl Slot {
         }
     }
 
-    /// The reply for this entry under `zone`, rendered once per zone options.
-    pub fn reply(&self, domain: &str, zone: &ZoneOptions) -> Reply {
-        self.replies.get_or_render(RenderOptions::from(zone), || {
-            let Some(cached) = &self.entry.policy else {
-                return Reply::NotFound;
-            };
-            let rendered = render(domain, Some(&cached.policy), RenderOptions::from(zone));
-            if !rendered.dropped_lines.is_empty() {
-                tracing::warn!(domain, lines = ?rendered.dropped_lines, "policy lines with '{{' or '}}' left out of TLSRPT attributes");
-            }
-            if rendered.tlsrpt_dropped_for_size {
-                tracing::warn!(
-                    domain,
-                    "reply too long for Postfix; TLSRPT attributes left out"
-                );
-            }
-            rendered.reply
-        })
+    /// The text `render` makes of this entry for `variant`, rendered on first use.
+    /// A variant beyond the memo is rendered every time.
+    pub fn rendered(
+        &self,
+        variant: usize,
+        render: impl FnOnce(&Entry) -> Option<Arc<str>>,
+    ) -> Option<Arc<str>> {
+        match self.rendered.get(variant) {
+            Some(cell) => cell.get_or_init(|| render(&self.entry)).clone(),
+            None => render(&self.entry),
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use hickory_resolver::proto::rr::{RData, RecordType};
 
-use super::query::{DaneQuery, query};
+use crate::answer::explain::DaneQuery;
+use crate::answer::live::query;
 use crate::check::Report;
 use crate::check::dane::TlsaRecord;
 use crate::check::probe::{CertFacts, SmtpProbe};

@@ -6,11 +6,11 @@
 //! - [`lookup`]: the validating DNS lookups that gather the facts, validated by the
 //!   daemon itself or, through [`ad_client`], by a resolver on loopback;
 //! - [`anchor`]: the trust anchor file (DS and DNSKEY records of the root);
-//! - [`service`]: remembered verdicts, single-flight, refresh-ahead, the self-check,
-//!   and the final reply.
+//! - [`verdicts`]: remembered verdicts, single-flight, refresh-ahead and the
+//!   self-check.
 
 pub mod ad_client;
 pub mod anchor;
 pub mod lookup;
 pub mod rules;
-pub mod service;
+pub mod verdicts;

@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
+use crate::answer::Reply;
 use crate::config::ServerConfig;
-use crate::protocol::answer::Reply;
 use crate::protocol::codec::{CodecError, NetstringCodec};
 
 /// How long a connection must have been idle to be closed for a waiting one.

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::policy_cache::{PolicyService, ServiceSettings};
 use crate::cache::redis_cache::RedisCache;
-use crate::cache::service::{PolicyService, ServiceSettings};
 use crate::cache::store::guard::Reopen;
 use crate::cache::store::{GuardedStore, PolicyStore, SledStore, StoreError, Unavailable};
 use crate::clock::Clock;
 use crate::config::{CacheBackend, Config};
-use crate::dane::service::{DaneService, DaneSettings};
+use crate::dane::verdicts::{DaneService, DaneSettings};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::{Discoverer, DiscoveryOptions};
 use crate::net::SetupError;

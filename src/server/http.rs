@@ -28,7 +28,7 @@ use crate::tlsrpt::record::Destination;
 async fn import(
     req: Request<Incoming>,
     domain: &str,
-    service: &crate::cache::service::PolicyService,
+    service: &crate::cache::policy_cache::PolicyService,
 ) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt;
     let body = match http_body_util::Limited::new(req.into_body(), MAX_IMPORT_BODY)

@@ -18,8 +18,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::answer::Reply;
 use crate::config::ListenAddr;
-use crate::protocol::answer::Reply;
 use crate::protocol::codec::parse_request;
 use crate::server::connection::{Closed, Connection, Next, Wake};
 use crate::server::state::State;
@@ -223,7 +223,7 @@ async fn serve_conn<S>(
             // NOTFOUND like any key without a policy, and the connection stays open.
             Err(crate::protocol::codec::CodecError::NotUtf8) => {
                 tracing::debug!("socketmap key is not UTF-8; answering NOTFOUND");
-                Reply::NotFound
+                crate::answer::not_found(crate::answer::render::Format::Postfix)
             }
             Err(e) => {
                 metrics.server.malformed_requests.inc();
@@ -257,13 +257,13 @@ async fn answer(ctx: &State, request: &crate::protocol::codec::Request) -> Reply
     metrics
         .server
         .lookups
-        .with_label_values(&[zone_label, reply.kind(), outcome.as_str()])
+        .with_label_values(&[zone_label, reply.kind().as_str(), outcome.as_str()])
         .inc();
     metrics
         .server
         .lookup_duration
         .observe(started.elapsed().as_secs_f64());
-    tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind(), "lookup");
+    tracing::debug!(map = %request.map, key = %request.key, cache = outcome.as_str(), reply = reply.kind().as_str(), "lookup");
     reply
 }
 

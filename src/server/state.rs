@@ -10,14 +10,14 @@ use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
 
-use crate::cache::service::{CacheOutcome, PolicyService, ServiceSettings};
+use crate::answer::Reply;
+use crate::cache::policy_cache::{CacheOutcome, PolicyService, ServiceSettings};
 use crate::config::ZoneOptions;
 use crate::config::{Config, ConfigError};
-use crate::dane::service::{DaneService, DaneSettings};
+use crate::dane::verdicts::{DaneService, DaneSettings};
 use crate::locks::{read, write};
 use crate::mtasts::discovery::Discoverer;
 use crate::net::SetupError;
-use crate::protocol::answer::Reply;
 
 #[derive(Debug, Error)]
 pub enum ReloadError {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use mta_stsd::cache::service::PolicyService;
+use mta_stsd::cache::policy_cache::PolicyService;
 use mta_stsd::clock::Clock;
 use mta_stsd::config::{Config, FetchConfig, ResolverConfig};
 use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
@@ -63,7 +63,7 @@ pub struct InProcess {
     /// `http://IP:PORT` of the metrics/admin listener, if configured.
     pub http: Option<String>,
     pub service: Arc<PolicyService>,
-    pub dane: Arc<mta_stsd::dane::service::DaneService>,
+    pub dane: Arc<mta_stsd::dane::verdicts::DaneService>,
     pub state: Arc<mta_stsd::server::state::State>,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Stopped>,

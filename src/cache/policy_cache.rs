@@ -30,20 +30,18 @@ use super::durability::{Durability, lost_policies};
 use super::entry::Entry;
 use super::events;
 use super::fleet;
-use super::hot::{Found, HotSet};
+use super::hot::{Found, HotSet, Slot};
 use super::redis_cache::{self, RedisCache};
 use super::rules::{self, LookupRule, Outcome, Rules, Step, Trigger};
 use super::store::PolicyStore;
 use super::survey::{Census, release_freed_memory, survey};
 use crate::clock::Clock;
-use crate::config::ZoneOptions;
 use crate::config::{CacheConfig, LookupConfig};
 use crate::flight::{Flight, SingleFlight};
 use crate::locks::{read, write};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::Discoverer;
-use crate::mtasts::domain::{Domain, normalize_key};
-use crate::protocol::answer::Reply;
+use crate::mtasts::domain::Domain;
 
 mod operations;
 
@@ -358,25 +356,14 @@ impl PolicyService {
         }
     }
 
-    /// Answers one socketmap lookup.
-    pub async fn lookup(self: &Arc<Self>, key: &str, zone: &ZoneOptions) -> (Reply, CacheOutcome) {
-        match normalize_key(key) {
-            Ok(domain) => self.lookup_domain(domain, zone).await,
-            Err(skip) => {
-                tracing::debug!(key, reason = %skip, "no lookup");
-                (Reply::NotFound, CacheOutcome::Skipped)
-            }
-        }
-    }
-
-    /// Answers a lookup for a domain already normalised by
+    /// The policy for a domain already normalised by
     /// [`crate::mtasts::domain::normalize_key`]: the cache rules decide between the
     /// cached entry and a discovery, which the lookup waits for up to its deadline.
+    /// `None`: no usable policy (the answer is "no policy").
     pub async fn lookup_domain(
         self: &Arc<Self>,
         domain: Domain,
-        zone: &ZoneOptions,
-    ) -> (Reply, CacheOutcome) {
+    ) -> (Option<Arc<Slot>>, CacheOutcome) {
         let settings = self.settings();
         let found = self.found(&domain);
         match rules::on_lookup(
@@ -389,10 +376,10 @@ impl PolicyService {
                     drop(self.discovery(&domain, Trigger::Recheck, true));
                 }
                 if let Some(Found::Policy(slot)) = found {
-                    return (slot.reply(&domain, zone), CacheOutcome::Hit);
+                    return (Some(slot), CacheOutcome::Hit);
                 }
             }
-            LookupRule::NegativeHit => return (Reply::NotFound, CacheOutcome::NegativeHit),
+            LookupRule::NegativeHit => return (None, CacheOutcome::NegativeHit),
             LookupRule::Miss => {}
         }
         let deadline = settings.lookup.deadline;
@@ -403,16 +390,14 @@ impl PolicyService {
                 ?deadline,
                 "discovery did not finish before the lookup deadline; answering NOTFOUND for now"
             );
-            return (Reply::NotFound, CacheOutcome::Timeout);
+            return (None, CacheOutcome::Timeout);
         }
         let now = self.clock.now();
-        let reply = match self.found(&domain) {
-            Some(Found::Policy(slot)) if slot.entry.valid_policy(now).is_some() => {
-                slot.reply(&domain, zone)
-            }
-            _ => Reply::NotFound,
+        let slot = match self.found(&domain) {
+            Some(Found::Policy(slot)) if slot.entry.valid_policy(now).is_some() => Some(slot),
+            _ => None,
         };
-        (reply, CacheOutcome::Miss)
+        (slot, CacheOutcome::Miss)
     }
 
     /// Starts (or joins) the discovery for `domain`; it runs as its own task, so it

@@ -32,7 +32,6 @@ use crate::flight::{Flight, SingleFlight};
 use crate::locks::{lock, read, write};
 use crate::metrics::Metrics;
 use crate::net::SetupError;
-use crate::protocol::answer::Reply;
 
 /// A remembered verdict and the facts it rests on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,23 +62,6 @@ impl Cached {
 impl Expiring for Cached {
     fn is_live(&self, now: u64) -> bool {
         now < self.expires_at
-    }
-}
-
-/// The final reply: a DANE verdict takes precedence over the MTA-STS answer (RFC 8461
-/// §2); without DANE the MTA-STS answer stands. DANE answers carry no MTA-STS TLSRPT
-/// attributes: Postfix reports DANE results itself.
-pub fn final_reply(verdict: &Verdict, mta_sts: Reply) -> Reply {
-    dane_reply(verdict).unwrap_or(mta_sts)
-}
-
-/// The reply a verdict calls for, if it replaces the MTA-STS answer.
-pub fn dane_reply(verdict: &Verdict) -> Option<Reply> {
-    match verdict {
-        Verdict::DaneOnly => Some(Reply::DaneOnly),
-        Verdict::Dane => Some(Reply::Dane),
-        Verdict::Temp { reason } => Some(Reply::temp(reason)),
-        Verdict::NoDane => None,
     }
 }
 
@@ -558,29 +540,6 @@ fn bogus_rrsets(mx: &MxFacts) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dane_verdicts_replace_the_mta_sts_answer() {
-        let sts = Reply::Secure(Arc::from("OK secure match=mx.example"));
-        assert_eq!(
-            final_reply(&Verdict::DaneOnly, sts.clone()),
-            Reply::DaneOnly
-        );
-        assert_eq!(final_reply(&Verdict::Dane, sts.clone()), Reply::Dane);
-        assert_eq!(final_reply(&Verdict::NoDane, sts.clone()), sts);
-        assert_eq!(
-            final_reply(
-                &Verdict::Temp {
-                    reason: "bogus\nMX".into()
-                },
-                sts
-            )
-            .wire(),
-            "TEMP bogus?MX"
-        );
-        assert_eq!(Reply::DaneOnly.wire(), "OK dane-only");
-        assert_eq!(Reply::Dane.wire(), "OK dane");
-    }
 
     #[test]
     fn auto_follows_postfix() {

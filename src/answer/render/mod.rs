@@ -1,27 +1,81 @@
-//! Rendering a policy decision as the socketmap reply Postfix reads: the one rendering
-//! path shared by the daemon and `mta-stsd query`. Pure functions: a policy and zone
-//! options in, reply text out.
+//! Rendering a decision as the text the asking MTA reads, one renderer per client
+//! ([`Format`]); the one rendering path shared by the daemon and `mta-stsd query`.
+//! Pure functions: a policy and options in, reply text out.
 //!
-//! Postfix's socketmap_table(5) replies are `OK data` or `NOTFOUND `; the data is a
-//! TLS policy in smtp_tls_policy_maps syntax (postconf(5)): `secure match=...`.
-//! MTA-STS `mode: enforce` maps to `secure` with the policy's mx patterns (RFC 8461
-//! §4.1: a `*.` pattern matches one leftmost label; Postfix's `.domain` matches any
-//! depth, the closest it can express). `testing` and `none` are answered `NOTFOUND `
-//! (RFC 8461 §5: a testing policy must not stop delivery).
+//! What an MTA-STS policy means is the same for every client: `mode: enforce` asks
+//! for verified TLS to the policy's MX hosts (RFC 8461 §4.1: a `*.` pattern matches one
+//! leftmost label); `testing` and `none` change nothing (RFC 8461 §5: a testing
+//! policy must not stop delivery), unless the zone sets `strict_testing`. How that is
+//! said is the renderer's.
+//!
+//! Adding a client's format: one file with a [`Renderer`], a [`Format`] variant, and
+//! its arm in [`Format::renderer`].
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
+use super::reply::{Kind, Reply, clean_reason};
 use crate::config::ZoneOptions;
 use crate::mtasts::policy::{Mode, Policy};
 use crate::protocol::codec::MAX_REPLY;
 
-/// What rendering a reply depends on: the zone options of the socketmap name the
-/// request came by (`[zones.NAME]` in the configuration) that change the reply text.
+pub mod postfix;
+
+/// The answer formats, one per kind of client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Postfix's `smtp_tls_policy_maps` (socketmap_table(5), postconf(5)); also what
+    /// Sendmail's `FEATURE(sts)` reads.
+    #[default]
+    Postfix,
+}
+
+impl Format {
+    /// Every format, in registration order (its position is its memo index).
+    pub const ALL: [Format; 1] = [Format::Postfix];
+
+    fn renderer(self) -> &'static dyn Renderer {
+        match self {
+            Format::Postfix => &postfix::Postfix,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How one client's replies are written.
+pub trait Renderer: Sync {
+    /// The reply text demanding verified TLS to `patterns` (the policy's MX patterns,
+    /// in order, duplicates removed; never empty), with the TLSRPT attributes of
+    /// `policy` when `options.tlsrpt`. Policy lines the format cannot carry are
+    /// pushed to `dropped`.
+    fn secure(
+        &self,
+        domain: &str,
+        policy: &Policy,
+        patterns: &[String],
+        options: RenderOptions,
+        dropped: &mut Vec<String>,
+    ) -> String;
+    /// No policy applies.
+    fn not_found(&self) -> &'static str;
+    /// Hand the domain to the MTA's opportunistic DANE.
+    fn dane(&self) -> &'static str;
+    /// Hand the domain to the MTA's mandatory DANE.
+    fn dane_only(&self) -> &'static str;
+    /// Defer, saying why (`reason` is printable ASCII).
+    fn temp(&self, reason: &str) -> String;
+}
+
+/// What rendering a reply depends on: the client's format and the zone options of the
+/// map the request came by (`[zones.NAME]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RenderOptions {
+    pub format: Format,
     /// Treat `mode: testing` as `enforce`.
     pub strict_testing: bool,
-    /// Add `servername=hostname` (SNI = MX host name; Postfix >= 3.4).
+    /// Demand SNI = the MX host name (Postfix >= 3.4: `servername=hostname`).
     pub require_sni: bool,
     /// Add TLSRPT attributes (Postfix >= 3.10 only).
     pub tlsrpt: bool,
@@ -30,6 +84,7 @@ pub struct RenderOptions {
 impl Default for RenderOptions {
     fn default() -> Self {
         Self {
+            format: Format::Postfix,
             strict_testing: false,
             require_sni: true,
             tlsrpt: false,
@@ -41,6 +96,7 @@ impl From<&ZoneOptions> for RenderOptions {
     /// What of a zone's options the reply's text depends on.
     fn from(zone: &ZoneOptions) -> Self {
         RenderOptions {
+            format: Format::Postfix,
             strict_testing: zone.strict_testing,
             require_sni: zone.require_sni,
             tlsrpt: zone.tlsrpt,
@@ -48,71 +104,20 @@ impl From<&ZoneOptions> for RenderOptions {
     }
 }
 
+/// How many distinct [`RenderOptions`] there are.
+pub const VARIANTS: usize = Format::ALL.len() * 8;
+
+// Every combination has its own slot in a cached policy's memo.
+const _: () = assert!(VARIANTS <= crate::cache::hot::MEMO_SLOTS);
+
 impl RenderOptions {
-    /// A distinct index in `0..ZONE_VARIANTS` for each combination of options, so a
+    /// A distinct index in `0..VARIANTS` for each combination of options, so a
     /// rendered reply can be memoized per combination.
     pub fn variant(&self) -> usize {
-        usize::from(self.strict_testing)
-            | usize::from(self.require_sni) << 1
-            | usize::from(self.tlsrpt) << 2
-    }
-}
-
-/// How many distinct [`RenderOptions`] combinations there are.
-pub const ZONE_VARIANTS: usize = 8;
-
-/// A socketmap reply. Cloning is cheap (the text is shared).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// `OK secure match=...`: the whole netstring payload.
-    Secure(Arc<str>),
-    /// `NOTFOUND `: no policy applies; Postfix uses its default TLS level.
-    NotFound,
-    /// `OK dane`: Postfix's opportunistic DANE decides per MX host (postconf(5)).
-    Dane,
-    /// `OK dane-only`: mandatory DANE, every MX host must match its TLSA records.
-    DaneOnly,
-    /// `TEMP reason`: Postfix defers the delivery (socketmap_table(5)).
-    Temp(Arc<str>),
-}
-
-impl Reply {
-    /// The netstring payload.
-    pub fn wire(&self) -> &str {
-        match self {
-            Reply::Secure(wire) | Reply::Temp(wire) => wire,
-            Reply::NotFound => "NOTFOUND ",
-            Reply::Dane => "OK dane",
-            Reply::DaneOnly => "OK dane-only",
-        }
-    }
-
-    /// A short label for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Reply::Secure(_) => "secure",
-            Reply::NotFound => "notfound",
-            Reply::Dane => "dane",
-            Reply::DaneOnly => "dane_only",
-            Reply::Temp(_) => "temp",
-        }
-    }
-
-    /// `TEMP reason`, with the reason reduced to printable ASCII (it ends up in
-    /// Postfix's log and in the deferral notice).
-    pub fn temp(reason: &str) -> Reply {
-        let clean: String = reason
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .take(200)
-            .collect();
-        Reply::Temp(Arc::from(format!("TEMP {clean}")))
+        self.format.index() * 8
+            + (usize::from(self.strict_testing)
+                | usize::from(self.require_sni) << 1
+                | usize::from(self.tlsrpt) << 2)
     }
 }
 
@@ -124,47 +129,86 @@ pub struct Rendered {
     /// control characters, which Postfix's attribute syntax cannot carry).
     pub dropped_lines: Vec<String>,
     /// The TLSRPT attributes were left out because the reply would have exceeded
-    /// Postfix's reply limit; enforcement itself is kept.
+    /// the socketmap reply limit; enforcement itself is kept.
     pub tlsrpt_dropped_for_size: bool,
 }
 
-/// Whether the policy is enforced under these zone options.
-pub fn is_enforced(policy: &Policy, zone: RenderOptions) -> bool {
+/// Whether the policy is enforced under these options.
+pub fn is_enforced(policy: &Policy, options: RenderOptions) -> bool {
     match policy.mode {
         Mode::Enforce => true,
-        Mode::Testing => zone.strict_testing,
+        Mode::Testing => options.strict_testing,
         Mode::None => false,
     }
 }
 
-/// Renders the reply for `domain` given its policy (or none).
-pub fn render(domain: &str, policy: Option<&Policy>, zone: RenderOptions) -> Rendered {
-    let rendered = render_unbounded(domain, policy, zone);
-    if rendered.reply.wire().len() <= MAX_REPLY {
-        return rendered;
-    }
-    // Only TLSRPT attributes (a policy's lines) can make a reply this long; Postfix
-    // would refuse it whole, so keep enforcement and leave them out.
-    let plain = RenderOptions {
-        tlsrpt: false,
-        ..zone
-    };
-    Rendered {
-        tlsrpt_dropped_for_size: true,
-        ..render_unbounded(domain, policy, plain)
+/// No policy applies.
+pub fn not_found(format: Format) -> Reply {
+    Reply::fixed(Kind::NotFound, format.renderer().not_found())
+}
+
+/// The MTA's own DANE, mandatory or not.
+pub fn dane(format: Format, mandatory: bool) -> Reply {
+    let r = format.renderer();
+    match mandatory {
+        true => Reply::fixed(Kind::DaneOnly, r.dane_only()),
+        false => Reply::fixed(Kind::Dane, r.dane()),
     }
 }
 
-fn render_unbounded(domain: &str, policy: Option<&Policy>, zone: RenderOptions) -> Rendered {
-    let not_found = Rendered {
-        reply: Reply::NotFound,
-        dropped_lines: Vec::new(),
-        tlsrpt_dropped_for_size: false,
-    };
-    let Some(policy) = policy.filter(|p| is_enforced(p, zone)) else {
-        return not_found;
-    };
+/// Defer, saying why.
+pub fn temp(format: Format, reason: &str) -> Reply {
+    let text = format.renderer().temp(&clean_reason(reason));
+    Reply::shared(Kind::Temp, Arc::from(text))
+}
 
+/// Renders the MTA-STS reply for `domain` given its policy (or none), within the
+/// socketmap reply limit.
+pub fn mta_sts(domain: &str, policy: Option<&Policy>, options: RenderOptions) -> Rendered {
+    let rendered = unbounded(domain, policy, options);
+    if rendered.reply.wire().len() <= MAX_REPLY {
+        return rendered;
+    }
+    // Only TLSRPT attributes (a policy's lines) can make a reply this long; the MTA
+    // would refuse it whole, so keep enforcement and leave them out.
+    let plain = RenderOptions {
+        tlsrpt: false,
+        ..options
+    };
+    Rendered {
+        tlsrpt_dropped_for_size: true,
+        ..unbounded(domain, policy, plain)
+    }
+}
+
+fn unbounded(domain: &str, policy: Option<&Policy>, options: RenderOptions) -> Rendered {
+    let renderer = options.format.renderer();
+    let mut dropped_lines = Vec::new();
+    let reply = match policy.filter(|p| is_enforced(p, options)) {
+        Some(policy) => {
+            let patterns = patterns(policy);
+            if patterns.is_empty() {
+                // Never hand the MTA an empty list of hosts (Postfix would reject the
+                // whole answer).
+                not_found(options.format)
+            } else {
+                let text = renderer.secure(domain, policy, &patterns, options, &mut dropped_lines);
+                Reply::shared(Kind::Secure, Arc::from(text))
+            }
+        }
+        None => not_found(options.format),
+    };
+    Rendered {
+        reply,
+        dropped_lines,
+        tlsrpt_dropped_for_size: false,
+    }
+}
+
+/// The policy's MX patterns in order, duplicates removed, a `*.` pattern written as
+/// `.domain` (Postfix's `match=` form: it matches any depth, the closest Postfix can
+/// express; renderers that can say "exactly one label" use the policy itself).
+fn patterns(policy: &Policy) -> Vec<String> {
     let mut patterns: Vec<String> = Vec::with_capacity(policy.mx.len());
     for mx in &policy.mx {
         let p = if mx.wildcard {
@@ -176,63 +220,7 @@ fn render_unbounded(domain: &str, policy: Option<&Policy>, zone: RenderOptions) 
             patterns.push(p);
         }
     }
-    if patterns.is_empty() {
-        // Never hand Postfix an empty match= (it would reject the whole answer).
-        return not_found;
-    }
-
-    let mut out = String::with_capacity(64 + 32 * patterns.len());
-    out.push_str("OK secure match=");
-    out.push_str(&patterns.join(":"));
-    if zone.require_sni {
-        out.push_str(" servername=hostname");
-    }
-    let mut dropped_lines = Vec::new();
-    if zone.tlsrpt {
-        out.push_str(" policy_type=sts policy_domain=");
-        out.push_str(domain);
-        for mx in &policy.mx {
-            out.push_str(" mx_host_pattern=");
-            out.push_str(&mx.to_string());
-        }
-        for line in &policy.lines {
-            match tlsrpt_policy_string(line) {
-                Some(s) => {
-                    out.push_str(" { policy_string = ");
-                    out.push_str(&s);
-                    out.push_str(" }");
-                }
-                None => dropped_lines.push(line.clone()),
-            }
-        }
-    }
-    Rendered {
-        reply: Reply::Secure(Arc::from(out)),
-        dropped_lines,
-        tlsrpt_dropped_for_size: false,
-    }
-}
-
-/// Rendered replies for one policy, one per zone-option combination, each rendered
-/// on first use and then shared: a cache hit allocates nothing.
-#[derive(Debug, Default)]
-pub struct ReplyMemo([OnceLock<Reply>; ZONE_VARIANTS]);
-
-impl ReplyMemo {
-    /// The memoized reply for `zone`, rendering it with `render` the first time.
-    pub fn get_or_render(&self, zone: RenderOptions, render: impl FnOnce() -> Reply) -> Reply {
-        self.0[zone.variant()].get_or_init(render).clone()
-    }
-}
-
-/// A policy line as a TLSRPT `policy_string` value, or `None` when it cannot be
-/// carried safely inside Postfix's `{ name = value }` syntax.
-fn tlsrpt_policy_string(line: &str) -> Option<String> {
-    let s = line.trim_matches(|c: char| c == ' ' || c == '\t');
-    if s.is_empty() || s.contains(['{', '}']) || s.chars().any(char::is_control) {
-        return None;
-    }
-    Some(s.to_owned())
+    patterns
 }
 
 #[cfg(test)]
@@ -245,7 +233,7 @@ mod tests {
     }
 
     fn wire(domain: &str, body: &str, zone: RenderOptions) -> String {
-        render(domain, Some(&policy(body)), zone)
+        mta_sts(domain, Some(&policy(body)), zone)
             .reply
             .wire()
             .to_owned()
@@ -295,7 +283,7 @@ mod tests {
         );
         assert_eq!(wire("example.com", none, strict), "NOTFOUND ");
         assert_eq!(
-            render("example.com", None, strict).reply.wire(),
+            mta_sts("example.com", None, strict).reply.wire(),
             "NOTFOUND "
         );
     }
@@ -305,8 +293,8 @@ mod tests {
         let mut p = policy("version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 1\n");
         p.mx.clear();
         assert_eq!(
-            render("example.com", Some(&p), RenderOptions::default()).reply,
-            Reply::NotFound
+            mta_sts("example.com", Some(&p), RenderOptions::default()).reply,
+            not_found(Format::Postfix)
         );
     }
 
@@ -335,7 +323,7 @@ mod tests {
             tlsrpt: true,
             ..Default::default()
         };
-        let r = render("example.com", Some(&policy(body)), zone);
+        let r = mta_sts("example.com", Some(&policy(body)), zone);
         let w = r.reply.wire();
         assert!(!w.contains("policy_failure"), "{w}");
         assert!(!w.contains("evil"), "{w}");
@@ -349,11 +337,12 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for bits in 0..8u8 {
             let z = RenderOptions {
+                format: Format::Postfix,
                 strict_testing: bits & 1 != 0,
                 require_sni: bits & 2 != 0,
                 tlsrpt: bits & 4 != 0,
             };
-            assert!(z.variant() < ZONE_VARIANTS);
+            assert!(z.variant() < VARIANTS);
             assert!(seen.insert(z.variant()));
         }
     }
@@ -369,11 +358,19 @@ mod tests {
             tlsrpt: true,
             ..Default::default()
         };
-        let r = render("example.com", Some(&policy(&body)), zone);
+        let r = mta_sts("example.com", Some(&policy(&body)), zone);
         assert!(r.tlsrpt_dropped_for_size);
         assert_eq!(
             r.reply.wire(),
             "OK secure match=mx.example.com servername=hostname"
         );
+    }
+
+    #[test]
+    fn dane_and_temp_replies() {
+        assert_eq!(dane(Format::Postfix, true).wire(), "OK dane-only");
+        assert_eq!(dane(Format::Postfix, false).wire(), "OK dane");
+        assert_eq!(temp(Format::Postfix, "bogus\nMX").wire(), "TEMP bogus?MX");
+        assert_eq!(temp(Format::Postfix, "x").kind(), Kind::Temp);
     }
 }
