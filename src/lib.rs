@@ -52,6 +52,7 @@ pub mod clock;
 pub mod config;
 pub mod dane;
 pub mod doctor;
+pub mod findings;
 pub mod flight;
 pub mod instance;
 mod locks;

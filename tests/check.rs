@@ -100,7 +100,7 @@ fn lines(report: &Report, id: &str) -> Vec<(Level, String, String)> {
     report
         .checks
         .iter()
-        .filter(|c| c.id == id)
+        .filter(|c| c.check == id)
         .map(|c| (c.level, c.subject.clone(), c.message.clone()))
         .collect()
 }
@@ -188,7 +188,7 @@ async fn the_seed_documents_examples() {
             let fix = report
                 .checks
                 .iter()
-                .find(|c| c.id == "policy-syntax")
+                .find(|c| c.check == "policy-syntax")
                 .unwrap();
             assert!(fix.fix.as_deref().unwrap().contains("comments"), "{name}");
             assert_eq!(report.exit_code(), 2, "{name}");
@@ -530,12 +530,15 @@ async fn the_command_prints_a_stable_json_shape() {
     let checks = v["checks"].as_array().unwrap();
     assert!(!checks.is_empty());
     for c in checks {
-        for key in ["id", "level", "subject", "message"] {
+        for key in ["check", "level", "subject", "message"] {
             assert!(c[key].is_string(), "{key} in {c}");
         }
         assert!(["ok", "warning", "problem"].contains(&c["level"].as_str().unwrap()));
     }
-    let ids: Vec<&str> = checks.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = checks
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
     assert!(
         ids.contains(&"txt") && ids.contains(&"policy-host") && ids.contains(&"tlsrpt"),
         "{ids:?}"

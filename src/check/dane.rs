@@ -5,7 +5,7 @@
 use crate::dane::rules::{HostFacts, MxFacts, Security, TlsaFacts};
 
 use super::probe::CertFacts;
-use super::rules::{Line, ok, problem, warn};
+use crate::findings::Finding;
 
 /// A TLSA record as published (RFC 6698 §2.1), its data included.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,51 +52,20 @@ pub fn dane(
     mx: &MxFacts,
     records: &[TlsaRecord],
     presented: Option<&CertFacts>,
-) -> Option<Line> {
+) -> Option<Finding> {
     let facts = match host_facts(host, mx) {
         Ok(f) => f,
         Err(line) => return line,
     };
     Some(match &facts.tlsa {
-        TlsaFacts::NotApplicable => ok(
-            ID,
-            host,
-            "its addresses are not DNSSEC-signed: DANE does not apply",
-        ),
-        TlsaFacts::None => ok(
-            ID,
-            host,
-            "no TLSA records: DANE does not apply (MTA-STS does)",
-        ),
-        TlsaFacts::Bogus => problem(
-            ID,
-            host,
-            "its TLSA RRset is DNSSEC-bogus: Postfix's DANE defers the mail",
-            "fix the TLSA records' signatures",
-        ),
-        TlsaFacts::Failed => warn(
-            ID,
-            host,
-            "the TLSA lookup failed",
-            "check the zone's name servers",
-        ),
+        TlsaFacts::NotApplicable => Finding::ok(ID, "its addresses are not DNSSEC-signed: DANE does not apply").about(host),
+        TlsaFacts::None => Finding::ok(ID, "no TLSA records: DANE does not apply (MTA-STS does)").about(host),
+        TlsaFacts::Bogus => Finding::problem(ID, "its TLSA RRset is DNSSEC-bogus: Postfix's DANE defers the mail", "fix the TLSA records' signatures").about(host),
+        TlsaFacts::Failed => Finding::warning(ID, "the TLSA lookup failed", "check the zone's name servers").about(host),
         TlsaFacts::Records { .. } => match presented {
-            None => ok(
-                ID,
-                host,
-                "secure TLSA records (the certificate was not seen to compare)",
-            ),
-            Some(cert) if records.iter().any(|r| tlsa_matches(r, &cert.chain)) => ok(
-                ID,
-                host,
-                "secure TLSA records; one matches the presented certificate",
-            ),
-            Some(_) => problem(
-                ID,
-                host,
-                "secure TLSA records, none matching the presented certificate: Postfix's DANE refuses delivery",
-                "publish a TLSA record for the current certificate (or key) before rolling it",
-            ),
+            None => Finding::ok(ID, "secure TLSA records (the certificate was not seen to compare)").about(host),
+            Some(cert) if records.iter().any(|r| tlsa_matches(r, &cert.chain)) => Finding::ok(ID, "secure TLSA records; one matches the presented certificate").about(host),
+            Some(_) => Finding::problem(ID, "secure TLSA records, none matching the presented certificate: Postfix's DANE refuses delivery", "publish a TLSA record for the current certificate (or key) before rolling it").about(host),
         },
     })
 }
@@ -105,31 +74,37 @@ const ID: &str = "mx-dane";
 
 /// What DANE's lookup found for `host`, if DANE can apply to it at all; otherwise the
 /// finding about the MX RRset (none when the host is not among the MX hosts looked at).
-fn host_facts<'a>(host: &str, mx: &'a MxFacts) -> Result<&'a HostFacts, Option<Line>> {
+fn host_facts<'a>(host: &str, mx: &'a MxFacts) -> Result<&'a HostFacts, Option<Finding>> {
     let hosts = match mx {
         MxFacts::Bogus => {
-            return Err(Some(problem(
-                ID,
-                host,
-                "the MX RRset is DNSSEC-bogus: Postfix defers the mail",
-                "fix the zone's DNSSEC signatures",
-            )));
+            return Err(Some(
+                Finding::problem(
+                    ID,
+                    "the MX RRset is DNSSEC-bogus: Postfix defers the mail",
+                    "fix the zone's DNSSEC signatures",
+                )
+                .about(host),
+            ));
         }
         MxFacts::Failed => {
-            return Err(Some(warn(
-                ID,
-                host,
-                "the DNSSEC lookup of the MX RRset failed",
-                "check the zone's name servers",
-            )));
+            return Err(Some(
+                Finding::warning(
+                    ID,
+                    "the DNSSEC lookup of the MX RRset failed",
+                    "check the zone's name servers",
+                )
+                .about(host),
+            ));
         }
         MxFacts::NoDomain => return Err(None),
         MxFacts::Hosts { security, .. } if *security != Security::Secure => {
-            return Err(Some(ok(
-                ID,
-                host,
-                "the MX RRset is not DNSSEC-signed: DANE does not apply (MTA-STS does)",
-            )));
+            return Err(Some(
+                Finding::ok(
+                    ID,
+                    "the MX RRset is not DNSSEC-signed: DANE does not apply (MTA-STS does)",
+                )
+                .about(host),
+            ));
         }
         MxFacts::Hosts { hosts, .. } => hosts,
     };

@@ -9,14 +9,13 @@ pub mod rules;
 
 use serde::Serialize;
 
-use crate::doctor::Level;
-use rules::Line;
+use crate::findings::{Finding, Level};
 
 /// Everything `check` found, in the shape `--json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub domain: String,
-    pub checks: Vec<Line>,
+    pub checks: Vec<Finding>,
     /// The reply this daemon gives Postfix for the domain now.
     pub answer: String,
 }
@@ -26,12 +25,9 @@ impl Report {
     pub fn failed(domain: &str, id: &'static str, message: String, fix: Option<&str>) -> Report {
         Report {
             domain: domain.to_owned(),
-            checks: vec![Line {
-                id,
-                level: Level::Problem,
-                subject: domain.to_owned(),
-                message,
+            checks: vec![Finding {
                 fix: fix.map(str::to_owned),
+                ..Finding::problem(id, message, "").about(domain)
             }],
             answer: String::new(),
         }
@@ -52,9 +48,9 @@ impl Report {
         let mut out = format!("{}\n", self.domain);
         let mut last = "";
         for c in &self.checks {
-            if c.id != last {
-                out.push_str(&format!("\n[{}]\n", c.id));
-                last = c.id;
+            if c.check != last {
+                out.push_str(&format!("\n[{}]\n", c.check));
+                last = &c.check;
             }
             let level = c.level.as_str();
             let shown = if colour {

@@ -1,69 +1,13 @@
 //! The verdicts of `mta-stsd check` (pure): what the gathered facts mean for mail to
-//! the domain, one [`Line`] per finding, each problem with its fix. RFC 8461 (MTA-STS)
+//! the domain, one [`Finding`] each, each problem with its fix. RFC 8461 (MTA-STS)
 //! and RFC 8460 (TLSRPT) are the measure; what the seed documents' validators report
 //! is covered, plus the hygiene they miss.
 
-use serde::Serialize;
-
 use super::probe::{CertFacts, SmtpProbe};
-use crate::doctor::Level;
+use crate::findings::Finding;
 use crate::mtasts::discovery::FetchError;
 use crate::mtasts::policy::{Mode, Policy, parse_policy, parse_sts_record};
 use crate::tlsrpt::record::destinations;
-
-/// One finding.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Line {
-    /// `txt`, `policy-host`, `policy-syntax`, `policy-hygiene`, `mx-coverage`,
-    /// `mx-starttls`, `mx-certificate`, `tlsrpt`.
-    pub id: &'static str,
-    pub level: Level,
-    /// What the finding is about (a DNS name, a URL, an MX host).
-    pub subject: String,
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-pub(super) fn ok(id: &'static str, subject: impl Into<String>, message: impl Into<String>) -> Line {
-    Line {
-        id,
-        level: Level::Ok,
-        subject: subject.into(),
-        message: message.into(),
-        fix: None,
-    }
-}
-
-pub(super) fn warn(
-    id: &'static str,
-    subject: impl Into<String>,
-    message: impl Into<String>,
-    fix: impl Into<String>,
-) -> Line {
-    Line {
-        id,
-        level: Level::Warning,
-        subject: subject.into(),
-        message: message.into(),
-        fix: Some(fix.into()),
-    }
-}
-
-pub(super) fn problem(
-    id: &'static str,
-    subject: impl Into<String>,
-    message: impl Into<String>,
-    fix: impl Into<String>,
-) -> Line {
-    Line {
-        id,
-        level: Level::Problem,
-        subject: subject.into(),
-        message: message.into(),
-        fix: Some(fix.into()),
-    }
-}
 
 /// The certificate's remaining validity: under 14 days is a warning.
 const EXPIRY_WARNING_DAYS: i64 = 14;
@@ -73,17 +17,19 @@ const MAX_AGE_ADVICE: u64 = 86_400;
 /// `_mta-sts.DOMAIN` (RFC 8461 §3.1): exactly one `v=STSv1` record with a valid id;
 /// `cnames` are the aliases the lookup followed (allowed, and worth knowing about when
 /// the policy is hosted by someone else).
-pub fn txt(domain: &str, records: &Result<Vec<String>, String>, cnames: &[String]) -> Vec<Line> {
+pub fn txt(domain: &str, records: &Result<Vec<String>, String>, cnames: &[String]) -> Vec<Finding> {
     let name = format!("_mta-sts.{domain}");
     let records = match records {
         Ok(r) => r,
         Err(e) => {
-            return vec![problem(
-                "txt",
-                name,
-                format!("the TXT lookup failed: {e}"),
-                "check the zone's name servers (dig TXT _mta-sts.DOMAIN)",
-            )];
+            return vec![
+                Finding::problem(
+                    "txt",
+                    format!("the TXT lookup failed: {e}"),
+                    "check the zone's name servers (dig TXT _mta-sts.DOMAIN)",
+                )
+                .about(name),
+            ];
         }
     };
     let sts: Vec<&String> = records
@@ -92,12 +38,7 @@ pub fn txt(domain: &str, records: &Result<Vec<String>, String>, cnames: &[String
         .collect();
     let mut out = Vec::new();
     match sts.as_slice() {
-        [] => out.push(problem(
-            "txt",
-            &name,
-            "no v=STSv1 TXT record: senders will never look for the policy, whatever is served",
-            format!("publish {name}. TXT \"v=STSv1; id=20260101000000\" (a new id whenever the policy changes)"),
-        )),
+        [] => out.push(Finding::problem("txt", "no v=STSv1 TXT record: senders will never look for the policy, whatever is served", format!("publish {name}. TXT \"v=STSv1; id=20260101000000\" (a new id whenever the policy changes)")).about(&name)),
         [one] => match parse_sts_record(one) {
             Ok(r) => {
                 let via = if cnames.is_empty() {
@@ -105,32 +46,24 @@ pub fn txt(domain: &str, records: &Result<Vec<String>, String>, cnames: &[String
                 } else {
                     format!(" (through CNAME {})", cnames.join(" -> "))
                 };
-                out.push(ok("txt", &name, format!("\"{one}\": id {}{via}", r.id)))
+                out.push(Finding::ok("txt", format!("\"{one}\": id {}{via}", r.id)).about(&name))
             }
-            Err(e) => out.push(problem(
-                "txt",
-                &name,
-                format!("\"{one}\": {e}"),
-                "write it as v=STSv1; id=ID, the id 1 to 32 letters and digits",
-            )),
+            Err(e) => out.push(Finding::problem("txt", format!("\"{one}\": {e}"), "write it as v=STSv1; id=ID, the id 1 to 32 letters and digits").about(&name)),
         },
-        many => out.push(problem(
-            "txt",
-            &name,
-            format!(
+        many => out.push(Finding::problem("txt", format!(
                 "{} v=STSv1 records: senders treat the domain as having no policy (RFC 8461 §3.1)",
                 many.len()
-            ),
-            "keep exactly one v=STSv1 record",
-        )),
+            ), "keep exactly one v=STSv1 record").about(&name)),
     }
     for stray in records.iter().filter(|r| !r.starts_with("v=STSv1")) {
-        out.push(warn(
-            "txt",
-            &name,
-            format!("stray TXT record \"{stray}\" beside the policy record"),
-            "remove it: only the v=STSv1 record belongs here",
-        ));
+        out.push(
+            Finding::warning(
+                "txt",
+                format!("stray TXT record \"{stray}\" beside the policy record"),
+                "remove it: only the v=STSv1 record belongs here",
+            )
+            .about(&name),
+        );
     }
     out
 }
@@ -145,34 +78,28 @@ pub fn policy(
     cert: Option<&Result<CertFacts, String>>,
     at_domain: Option<&Result<Vec<u8>, FetchError>>,
     now: u64,
-) -> (Vec<Line>, Option<Policy>) {
+) -> (Vec<Finding>, Option<Policy>) {
     let url = format!("https://mta-sts.{domain}/.well-known/mta-sts.txt");
     let mut out = Vec::new();
     let body = match fetched {
         Ok(b) => b,
         Err(e) => {
-            out.push(problem(
-                "policy-host",
-                &url,
-                e.to_string(),
-                fetch_fix(e, domain),
-            ));
+            out.push(
+                Finding::problem("policy-host", e.to_string(), fetch_fix(e, domain)).about(&url),
+            );
             if let Some(Ok(_)) = at_domain {
-                out.push(problem(
-                    "policy-host",
-                    format!("https://{domain}/.well-known/mta-sts.txt"),
-                    "a policy is served on the domain itself, but senders fetch it only from the mta-sts host (RFC 8461 §3.3)",
-                    format!("serve the same file at {url} (an A/AAAA or CNAME record for mta-sts.{domain} and a certificate for it)"),
-                ));
+                out.push(Finding::problem("policy-host", "a policy is served on the domain itself, but senders fetch it only from the mta-sts host (RFC 8461 §3.3)", format!("serve the same file at {url} (an A/AAAA or CNAME record for mta-sts.{domain} and a certificate for it)")).about(format!("https://{domain}/.well-known/mta-sts.txt")));
             }
             return (out, None);
         }
     };
-    out.push(ok(
-        "policy-host",
-        &url,
-        format!("served, text/plain, {} bytes", body.len()),
-    ));
+    out.push(
+        Finding::ok(
+            "policy-host",
+            format!("served, text/plain, {} bytes", body.len()),
+        )
+        .about(&url),
+    );
     if let Some(cert) = cert {
         out.push(certificate(
             "policy-host",
@@ -183,20 +110,22 @@ pub fn policy(
     }
     match parse_policy(body) {
         Ok(p) => {
-            out.push(ok(
-                "policy-syntax",
-                &url,
-                format!(
-                    "mode {}, {} mx pattern(s) ({}), max_age {}",
-                    p.mode,
-                    p.mx.len(),
-                    p.mx.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    p.max_age
-                ),
-            ));
+            out.push(
+                Finding::ok(
+                    "policy-syntax",
+                    format!(
+                        "mode {}, {} mx pattern(s) ({}), max_age {}",
+                        p.mode,
+                        p.mx.len(),
+                        p.mx.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        p.max_age
+                    ),
+                )
+                .about(&url),
+            );
             out.extend(hygiene(&url, &String::from_utf8_lossy(body), &p));
             (out, Some(p))
         }
@@ -207,7 +136,7 @@ pub fn policy(
             } else {
                 "each line is \"key: value\" with version, mode, mx and max_age (RFC 8461 §3.2)"
             };
-            out.push(problem("policy-syntax", &url, e.to_string(), fix));
+            out.push(Finding::problem("policy-syntax", e.to_string(), fix).about(&url));
             (out, None)
         }
     }
@@ -245,78 +174,84 @@ fn fetch_fix(e: &FetchError, domain: &str) -> String {
 }
 
 /// What the seed documents themselves get wrong, in a policy that parses.
-fn hygiene(url: &str, text: &str, p: &Policy) -> Vec<Line> {
+fn hygiene(url: &str, text: &str, p: &Policy) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for line in text.lines() {
         if let Some(v) = line.strip_prefix("mx:").map(str::trim) {
             if seen.contains(&v) {
-                out.push(warn(
-                    "policy-hygiene",
-                    url,
-                    format!("mx: {v} is listed twice"),
-                    "list each MX pattern once",
-                ));
+                out.push(
+                    Finding::warning(
+                        "policy-hygiene",
+                        format!("mx: {v} is listed twice"),
+                        "list each MX pattern once",
+                    )
+                    .about(url),
+                );
             }
             seen.push(v);
         }
     }
     if p.mode == Mode::None {
-        out.push(warn(
-            "policy-hygiene",
-            url,
-            "mode: none: senders drop the policy (the way to withdraw it, not to keep it)",
-            "if MTA-STS should protect the domain, use mode: testing or enforce",
-        ));
+        out.push(
+            Finding::warning(
+                "policy-hygiene",
+                "mode: none: senders drop the policy (the way to withdraw it, not to keep it)",
+                "if MTA-STS should protect the domain, use mode: testing or enforce",
+            )
+            .about(url),
+        );
     }
     if p.max_age < MAX_AGE_ADVICE {
-        out.push(warn(
-            "policy-hygiene",
-            url,
-            format!("max_age {} is far below RFC 8461's advice of weeks: a downgrade attack need only wait it out", p.max_age),
-            "max_age: 604800 (a week) or more",
-        ));
+        out.push(Finding::warning("policy-hygiene", format!("max_age {} is far below RFC 8461's advice of weeks: a downgrade attack need only wait it out", p.max_age), "max_age: 604800 (a week) or more").about(url));
     }
     out
 }
 
 /// A certificate's remaining validity.
-fn certificate(id: &'static str, name: &str, cert: &Result<CertFacts, String>, now: u64) -> Line {
+fn certificate(
+    id: &'static str,
+    name: &str,
+    cert: &Result<CertFacts, String>,
+    now: u64,
+) -> Finding {
     match cert {
-        Err(e) => problem(id, name, e.clone(), tls_fix(e, name)),
+        Err(e) => Finding::problem(id, e.clone(), tls_fix(e, name)).about(name),
         Ok(CertFacts {
             not_after: Some(t), ..
         }) => {
             let days = (*t as i64 - now as i64).div_euclid(86_400);
             if days < EXPIRY_WARNING_DAYS {
-                warn(
+                Finding::warning(
                     id,
-                    name,
                     format!("the certificate expires in {days} day(s)"),
                     "renew it now",
                 )
+                .about(name)
             } else {
-                ok(
+                Finding::ok(
                     id,
-                    name,
                     format!("certificate valid for {name}, {days} more days"),
                 )
+                .about(name)
             }
         }
-        Ok(_) => ok(id, name, format!("certificate valid for {name}")),
+        Ok(_) => Finding::ok(id, format!("certificate valid for {name}")).about(name),
     }
 }
 
 /// MX coverage (RFC 8461 §4.1): every MX matched by a pattern, every pattern used.
-pub fn mx_coverage(domain: &str, mx: &Result<Vec<String>, String>, p: &Policy) -> Vec<Line> {
+pub fn mx_coverage(domain: &str, mx: &Result<Vec<String>, String>, p: &Policy) -> Vec<Finding> {
     let hosts = match mx {
         Err(e) => {
-            return vec![problem(
-                "mx-coverage",
-                domain,
-                format!("the MX lookup failed: {e}"),
-                "check the zone's name servers",
-            )];
+            return vec![
+                Finding::problem(
+                    "mx-coverage",
+                    format!("the MX lookup failed: {e}"),
+                    "check the zone's name servers",
+                )
+                .about(domain),
+            ];
         }
         // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
         Ok(h) if h.is_empty() => vec![domain.to_owned()],
@@ -328,7 +263,7 @@ pub fn mx_coverage(domain: &str, mx: &Result<Vec<String>, String>, p: &Policy) -
     }
     for host in &hosts {
         if p.mx.iter().any(|m| m.matches(host)) {
-            out.push(ok("mx-coverage", host, "matched by the policy"));
+            out.push(Finding::ok("mx-coverage", "matched by the policy").about(host));
             continue;
         }
         let deeper =
@@ -339,47 +274,44 @@ pub fn mx_coverage(domain: &str, mx: &Result<Vec<String>, String>, p: &Policy) -
                 .unwrap_or_default();
         let message = format!("no mx pattern matches this MX{deeper}");
         out.push(match p.mode {
-            Mode::Enforce => problem(
+            Mode::Enforce => Finding::problem(
                 "mx-coverage",
-                host,
                 format!("{message}: mail to it will be refused"),
                 format!("add mx: {host} to the policy (and change the TXT id)"),
-            ),
-            _ => warn(
+            )
+            .about(host),
+            _ => Finding::warning(
                 "mx-coverage",
-                host,
                 format!("{message}: mail to it would be refused once the policy is enforced"),
                 format!("add mx: {host} to the policy before enforcing"),
-            ),
+            )
+            .about(host),
         });
     }
     for m in &p.mx {
         if !hosts.iter().any(|h| m.matches(h)) {
-            out.push(warn(
-                "mx-coverage",
-                m.to_string(),
-                "pattern matches none of the domain's MX hosts (stale?)",
-                "remove it, or publish the MX it was meant for",
-            ));
+            out.push(
+                Finding::warning(
+                    "mx-coverage",
+                    "pattern matches none of the domain's MX hosts (stale?)",
+                    "remove it, or publish the MX it was meant for",
+                )
+                .about(m.to_string()),
+            );
         }
     }
     out
 }
 
 /// One MX host over SMTP: STARTTLS offered, and its certificate under the Web PKI.
-pub fn smtp(probe: &SmtpProbe, mode: Option<Mode>, now: u64) -> Vec<Line> {
+pub fn smtp(probe: &SmtpProbe, mode: Option<Mode>, now: u64) -> Vec<Finding> {
     let host = &probe.host;
     let enforced = mode == Some(Mode::Enforce);
     let bad = |id, message: String, fix: &str| {
         if enforced {
-            problem(
-                id,
-                host,
-                format!("{message}: mail to it will be refused"),
-                fix,
-            )
+            Finding::problem(id, format!("{message}: mail to it will be refused"), fix).about(host)
         } else {
-            warn(id, host, message, fix)
+            Finding::warning(id, message, fix).about(host)
         }
     };
     if let Err(e) = &probe.reached {
@@ -396,7 +328,7 @@ pub fn smtp(probe: &SmtpProbe, mode: Option<Mode>, now: u64) -> Vec<Line> {
             "enable STARTTLS on the receiving MTA",
         )];
     }
-    let mut out = vec![ok("mx-starttls", host, "STARTTLS offered")];
+    let mut out = vec![Finding::ok("mx-starttls", "STARTTLS offered").about(host)];
     match &probe.tls {
         Some(Err(e)) => out.push(bad("mx-certificate", e.clone(), &tls_fix(e, host))),
         Some(Ok(c)) => out.push(certificate("mx-certificate", host, &Ok(c.clone()), now)),
@@ -407,17 +339,19 @@ pub fn smtp(probe: &SmtpProbe, mode: Option<Mode>, now: u64) -> Vec<Line> {
 
 /// `_smtp._tls.DOMAIN` (RFC 8460 §3): exactly one `v=TLSRPTv1` record with usable
 /// `rua` URIs.
-pub fn tlsrpt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Line> {
+pub fn tlsrpt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Finding> {
     let name = format!("_smtp._tls.{domain}");
     let records = match records {
         Ok(r) => r,
         Err(e) => {
-            return vec![warn(
-                "tlsrpt",
-                name,
-                format!("the TXT lookup failed: {e}"),
-                "check the zone's name servers",
-            )];
+            return vec![
+                Finding::warning(
+                    "tlsrpt",
+                    format!("the TXT lookup failed: {e}"),
+                    "check the zone's name servers",
+                )
+                .about(name),
+            ];
         }
     };
     let rpt: Vec<&String> = records
@@ -425,58 +359,70 @@ pub fn tlsrpt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Line> 
         .filter(|r| r.starts_with("v=TLSRPTv1"))
         .collect();
     match rpt.as_slice() {
-        [] => vec![warn(
-            "tlsrpt",
-            &name,
-            "no TLSRPT record: senders cannot tell you when TLS to your MX hosts fails",
-            format!("publish {name}. TXT \"v=TLSRPTv1; rua=mailto:tls-reports@{domain}\""),
-        )],
+        [] => vec![
+            Finding::warning(
+                "tlsrpt",
+                "no TLSRPT record: senders cannot tell you when TLS to your MX hosts fails",
+                format!("publish {name}. TXT \"v=TLSRPTv1; rua=mailto:tls-reports@{domain}\""),
+            )
+            .about(&name),
+        ],
         [one] => match destinations(one) {
-            Err(e) => vec![problem(
-                "tlsrpt",
-                &name,
-                e,
-                "write it as v=TLSRPTv1; rua=mailto:ADDRESS (or https:URL)",
-            )],
-            Ok(d) if d.usable.is_empty() => vec![problem(
-                "tlsrpt",
-                &name,
-                format!("no usable rua URI in \"{one}\""),
-                "rua=mailto:ADDRESS or rua=https://HOST/PATH",
-            )],
-            Ok(d) => {
-                let mut out = vec![ok(
+            Err(e) => vec![
+                Finding::problem(
                     "tlsrpt",
-                    &name,
-                    format!(
-                        "reports go to {}",
-                        d.usable
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )];
-                for (uri, why) in d.refused {
-                    out.push(warn(
+                    e,
+                    "write it as v=TLSRPTv1; rua=mailto:ADDRESS (or https:URL)",
+                )
+                .about(&name),
+            ],
+            Ok(d) if d.usable.is_empty() => vec![
+                Finding::problem(
+                    "tlsrpt",
+                    format!("no usable rua URI in \"{one}\""),
+                    "rua=mailto:ADDRESS or rua=https://HOST/PATH",
+                )
+                .about(&name),
+            ],
+            Ok(d) => {
+                let mut out = vec![
+                    Finding::ok(
                         "tlsrpt",
-                        &name,
-                        format!("rua {uri} is not usable: {why}"),
-                        "use a mailto: address or an https: URL",
-                    ));
+                        format!(
+                            "reports go to {}",
+                            d.usable
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                    .about(&name),
+                ];
+                for (uri, why) in d.refused {
+                    out.push(
+                        Finding::warning(
+                            "tlsrpt",
+                            format!("rua {uri} is not usable: {why}"),
+                            "use a mailto: address or an https: URL",
+                        )
+                        .about(&name),
+                    );
                 }
                 out
             }
         },
-        many => vec![problem(
-            "tlsrpt",
-            &name,
-            format!(
-                "{} v=TLSRPTv1 records: senders use none (RFC 8460 §3)",
-                many.len()
-            ),
-            "keep exactly one",
-        )],
+        many => vec![
+            Finding::problem(
+                "tlsrpt",
+                format!(
+                    "{} v=TLSRPTv1 records: senders use none (RFC 8460 §3)",
+                    many.len()
+                ),
+                "keep exactly one",
+            )
+            .about(&name),
+        ],
     }
 }
 

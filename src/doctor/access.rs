@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::Check;
+use super::Finding;
 
 /// File metadata needed to decide whether a user may reach a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub fn check_socket_access(
     dirs: &[(PathBuf, Access)],
     file: Option<Access>,
     user: &User,
-) -> Check {
+) -> Finding {
     socket_access(
         "postfix.socket_access",
         "server.socket_mode",
@@ -63,9 +63,9 @@ pub fn socket_access(
     dirs: &[(PathBuf, Access)],
     file: Option<Access>,
     user: &User,
-) -> Check {
+) -> Finding {
     let Some(file) = file else {
-        return Check::problem(
+        return Finding::problem(
             name,
             format!("{} does not exist: is mta-stsd running?", socket.display()),
             format!(
@@ -79,7 +79,7 @@ pub fn socket_access(
         );
     };
     if let Some((dir, _)) = dirs.iter().find(|(_, a)| !permits(user, *a, 0o1)) {
-        return Check::problem(
+        return Finding::problem(
             name,
             format!(
                 "user {} cannot enter {} on the way to {}",
@@ -95,7 +95,7 @@ pub fn socket_access(
         );
     }
     if !permits(user, file, 0o2) {
-        return Check::problem(
+        return Finding::problem(
             name,
             format!(
                 "user {} may not connect to {} (mode {:04o})",
@@ -106,7 +106,7 @@ pub fn socket_access(
             format!("set {setting} = \"0666\" (or a group that includes Postfix's mail_owner)"),
         );
     }
-    Check::ok(
+    Finding::ok(
         name,
         format!("user {} can connect to {}", user.name, socket.display()),
     )

@@ -1,5 +1,5 @@
 //! The verdicts of `mta-stsd doctor`: facts about the Postfix and mta-stsd setup in,
-//! one [`Check`] per question out. Pure functions (no I/O, no clock): the command in
+//! one [`Finding`] per question out. Pure functions (no I/O, no clock): the command in
 //! `cli::doctor` gathers the facts (by running Postfix's own `postconf`, reading
 //! files, probing the daemon) and prints what these functions decide.
 
@@ -10,80 +10,10 @@ pub use access::{Access, User, check_socket_access, socket_access};
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use crate::config::ZoneOptions;
 use crate::config::{DaneMode, ListenAddr};
 
-/// How bad a finding is. The order matters: the worst level is the exit status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Ok,
-    /// Works, but weaker or more fragile than it should be.
-    Warning,
-    /// Defers mail or weakens its protection.
-    Problem,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Ok => "ok",
-            Level::Warning => "warning",
-            Level::Problem => "problem",
-        }
-    }
-
-    /// 0 all fine, 1 warnings, 2 a problem.
-    pub fn exit_code(self) -> u8 {
-        self as u8
-    }
-}
-
-/// One line of the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Check {
-    /// A stable name, e.g. `postfix.policy_maps`.
-    pub check: String,
-    pub level: Level,
-    pub message: String,
-    /// What to change; set for warnings and problems.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-impl Check {
-    pub fn ok(check: &str, message: impl Into<String>) -> Check {
-        Check {
-            check: check.to_owned(),
-            level: Level::Ok,
-            message: message.into(),
-            fix: None,
-        }
-    }
-    pub fn warning(check: &str, message: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
-            check: check.to_owned(),
-            level: Level::Warning,
-            message: message.into(),
-            fix: Some(fix.into()),
-        }
-    }
-    pub fn problem(check: &str, message: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
-            check: check.to_owned(),
-            level: Level::Problem,
-            message: message.into(),
-            fix: Some(fix.into()),
-        }
-    }
-}
-
-/// The worst level among `checks` (Ok when empty).
-pub fn worst(checks: &[Check]) -> Level {
-    checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok)
-}
+pub use crate::findings::{Finding, Level, worst};
 
 /// Where a Postfix `socketmap:` table connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +130,7 @@ pub fn check_policy_maps(
     value: &str,
     resolved: &[(Socketmap, Option<ListenAddr>)],
     listeners: &[ListenAddr],
-) -> Vec<Check> {
+) -> Vec<Finding> {
     const NAME: &str = "postfix.policy_maps";
     let listen = listeners
         .iter()
@@ -220,7 +150,7 @@ pub fn check_policy_maps(
         } else {
             format!("{value:?}")
         };
-        return vec![Check::problem(
+        return vec![Finding::problem(
             NAME,
             format!(
                 "smtp_tls_policy_maps is {shown}: Postfix never asks mta-stsd, so no MTA-STS policy is applied"
@@ -231,8 +161,8 @@ pub fn check_policy_maps(
     resolved
         .iter()
         .map(|(s, l)| match l {
-            Some(l) => Check::ok(NAME, format!("{} reaches the daemon's listener {l}", s.table)),
-            None => Check::problem(
+            Some(l) => Finding::ok(NAME, format!("{} reaches the daemon's listener {l}", s.table)),
+            None => Finding::problem(
                 NAME,
                 format!(
                     "{} matches none of the daemon's listeners ({listen}): every lookup fails and Postfix defers mail",
@@ -246,25 +176,25 @@ pub fn check_policy_maps(
 
 /// A Postfix map name the daemon has options for: `[zones.NAME]`, else
 /// `[zones.default]`, else built-in defaults (fine when no zone is configured).
-pub fn check_zone(map: &Socketmap, configured: &[String]) -> Check {
+pub fn check_zone(map: &Socketmap, configured: &[String]) -> Finding {
     const NAME: &str = "postfix.zone";
     if configured.iter().any(|z| z == &map.name) {
-        Check::ok(
+        Finding::ok(
             NAME,
             format!("map name {:?} has [zones.{}]", map.name, map.name),
         )
     } else if configured.iter().any(|z| z == "default") {
-        Check::ok(
+        Finding::ok(
             NAME,
             format!("map name {:?} uses [zones.default]", map.name),
         )
     } else if configured.is_empty() {
-        Check::ok(
+        Finding::ok(
             NAME,
             format!("map name {:?} uses the built-in zone options", map.name),
         )
     } else {
-        Check::warning(
+        Finding::warning(
             NAME,
             format!(
                 "map name {:?} has no [zones.{}] and there is no [zones.default]: it gets built-in options, not those of [zones.{}]",
@@ -304,7 +234,7 @@ pub fn check_trust(
     ca_path: &Anchors,
     append_default_ca: bool,
     system_roots: usize,
-) -> Check {
+) -> Finding {
     const NAME: &str = "postfix.trust_anchors";
     let mut total = 0;
     let mut public = 0;
@@ -313,7 +243,7 @@ pub fn check_trust(
         match a {
             Anchors::Unset => {}
             Anchors::Missing(p) => {
-                return Check::problem(
+                return Finding::problem(
                     NAME,
                     format!(
                         "{param} = {} does not exist: the smtp client cannot load it, and Postfix defers every domain that needs a verified certificate",
@@ -325,7 +255,7 @@ pub fn check_trust(
                 );
             }
             Anchors::Unreadable(p, e) => {
-                return Check::problem(
+                return Finding::problem(
                     NAME,
                     format!("{param} = {} cannot be read: {e}", p.display()),
                     format!(
@@ -350,17 +280,17 @@ pub fn check_trust(
     }
     if append_default_ca {
         shown.push("tls_append_default_CA = yes (OpenSSL's default store)".into());
-        return Check::ok(NAME, shown.join("; "));
+        return Finding::ok(NAME, shown.join("; "));
     }
     if total == 0 {
-        return Check::problem(
+        return Finding::problem(
             NAME,
             "Postfix has no trust anchors (smtp_tls_CAfile and smtp_tls_CApath hold no certificate, tls_append_default_CA = no): every enforced MTA-STS domain is deferred with \"Server certificate not verified\"",
             "postconf -e 'smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt' && postfix reload",
         );
     }
     if public == 0 && system_roots > 0 {
-        return Check::problem(
+        return Finding::problem(
             NAME,
             format!(
                 "{}: none of the system's {system_roots} public root certificates is among them, so no public certificate chain verifies and enforced MTA-STS domains are deferred",
@@ -369,7 +299,7 @@ pub fn check_trust(
             "add the public roots: postconf -e 'smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt' && postfix reload",
         );
     }
-    Check::ok(NAME, shown.join("; "))
+    Finding::ok(NAME, shown.join("; "))
 }
 
 pub use crate::postfix::parse_version;
@@ -378,23 +308,23 @@ pub use crate::postfix::parse_version;
 /// connection whose policy authenticates the receiver, which for MTA-STS is the
 /// daemon's `secure` answer (an enforced policy). `enable` is `requiretls_enable`,
 /// `policy` is `smtp_requiretls_policy`; `None` before 3.11.
-pub fn check_requiretls(enable: Option<&str>, policy: &str) -> Option<Check> {
+pub fn check_requiretls(enable: Option<&str>, policy: &str) -> Option<Finding> {
     const NAME: &str = "postfix.requiretls";
     let enable = enable?;
     if !enable.trim().eq_ignore_ascii_case("yes") {
-        return Some(Check::ok(
+        return Some(Finding::ok(
             NAME,
             "REQUIRETLS is off (requiretls_enable = no): messages cannot ask for it",
         ));
     }
     if !policy.contains("enforce") {
-        return Some(Check::warning(
+        return Some(Finding::warning(
             NAME,
             "smtp_requiretls_policy never says enforce: a message sent with REQUIRETLS may leave over a connection nobody authenticated",
             "leave smtp_requiretls_policy at its default (enforce for other domains), or add enforce for the domains that need it",
         ));
     }
-    Some(Check::ok(
+    Some(Finding::ok(
         NAME,
         "REQUIRETLS is enforced: mail that asks for it leaves only on an authenticated policy (mta-stsd's secure answer for an enforced MTA-STS policy, or DANE)",
     ))
@@ -405,17 +335,17 @@ pub fn check_requiretls(enable: Option<&str>, policy: &str) -> Option<Check> {
 /// reject the whole answer as "invalid attribute name" and defer the mail), and
 /// since 3.10.5 Postfix enforces the policy's `mx_host_pattern`s itself, exactly as
 /// RFC 8461 §4.1 says (`*.` = one label), which `match=` alone cannot express.
-pub fn check_version(version: &str, map: &str, section: &str, zone: &ZoneOptions) -> Check {
+pub fn check_version(version: &str, map: &str, section: &str, zone: &ZoneOptions) -> Finding {
     const NAME: &str = "postfix.version";
     let Some(v) = parse_version(version) else {
-        return Check::warning(
+        return Finding::warning(
             NAME,
             format!("cannot read Postfix's mail_version {version:?}"),
             "check that postconf -h mail_version prints a version",
         );
     };
     if zone.require_sni && v < (3, 4, 0) {
-        return Check::problem(
+        return Finding::problem(
             NAME,
             format!(
                 "Postfix {version} does not know servername= (3.4 and later), which zone {map:?} sends: Postfix rejects the answer and defers the mail"
@@ -424,7 +354,7 @@ pub fn check_version(version: &str, map: &str, section: &str, zone: &ZoneOptions
         );
     }
     if zone.tlsrpt && v < (3, 10, 0) {
-        return Check::problem(
+        return Finding::problem(
             NAME,
             format!(
                 "Postfix {version} rejects the TLSRPT attributes (3.10 and later) that zone {map:?} sends (\"invalid attribute name\"): mail to every enforced domain is deferred"
@@ -435,7 +365,7 @@ pub fn check_version(version: &str, map: &str, section: &str, zone: &ZoneOptions
         );
     }
     if !zone.tlsrpt && v >= (3, 10, 5) {
-        return Check::warning(
+        return Finding::warning(
             NAME,
             format!(
                 "Postfix {version} can enforce the policy's MX patterns exactly as RFC 8461 says, but zone {map:?} has tlsrpt = false, so it only gets match=, which allows a '*.example.net' pattern at any depth"
@@ -445,7 +375,7 @@ pub fn check_version(version: &str, map: &str, section: &str, zone: &ZoneOptions
             ),
         );
     }
-    Check::ok(
+    Finding::ok(
         NAME,
         format!("Postfix {version} accepts every attribute zone {map:?} sends"),
     )
@@ -463,41 +393,41 @@ pub fn check_dane(
     security_level: &str,
     trust_ad: bool,
     mode: DaneMode,
-) -> Check {
+) -> Finding {
     const NAME: &str = "postfix.dane";
     let dnssec = dns_support_level.trim() == "dnssec";
     let dane = matches!(security_level.trim(), "dane" | "dane-only");
     if dane && !dnssec {
-        return Check::problem(
+        return Finding::problem(
             NAME,
             "smtp_tls_security_level = dane, but smtp_dns_support_level is not dnssec: Postfix cannot see DNSSEC and DANE falls back to opportunistic TLS",
             "postconf -e 'smtp_dns_support_level = dnssec' (with a local validating resolver and options trust-ad)",
         );
     }
     match (dnssec, mode) {
-        (false, DaneMode::On) => Check::problem(
+        (false, DaneMode::On) => Finding::problem(
             NAME,
             "[dane] mode = \"on\", but Postfix does not validate DNSSEC (smtp_dns_support_level is not dnssec): mail to domains answered dane-only is never delivered",
             "set [dane] mode = \"auto\" (it follows Postfix), or turn on DNSSEC in Postfix",
         ),
-        (true, DaneMode::Off) => Check::warning(
+        (true, DaneMode::Off) => Finding::warning(
             NAME,
             "Postfix validates DNSSEC, but [dane] mode = \"off\": mta-stsd's secure answers override Postfix's DANE for domains that publish both",
             "set [dane] mode = \"auto\"",
         ),
-        (true, _) if !trust_ad => Check::warning(
+        (true, _) if !trust_ad => Finding::warning(
             NAME,
             "smtp_dns_support_level = dnssec, but /etc/resolv.conf has no 'options trust-ad': glibc hides the resolver's AD bit, so Postfix sees no DNSSEC",
             "add 'options trust-ad' to /etc/resolv.conf, with a validating resolver on 127.0.0.1",
         ),
-        (true, _) => Check::ok(
+        (true, _) => Finding::ok(
             NAME,
             format!(
                 "Postfix validates DNSSEC (smtp_tls_security_level = {}) and DANE takes precedence over MTA-STS",
                 or_unset(security_level)
             ),
         ),
-        (false, _) => Check::ok(
+        (false, _) => Finding::ok(
             NAME,
             format!(
                 "smtp_dns_support_level = {}: no DNSSEC in Postfix, so mta-stsd gives MTA-STS answers only (dane.mode = {})",

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use super::{Access, Check, User, socket_access};
+use super::{Access, Finding, User, socket_access};
 
 /// What the command found about TLSRPT on both sides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,14 +72,14 @@ pub struct SocketAccess {
 const NAME: &str = "tlsrpt";
 
 /// The TLSRPT checks; none when neither side has TLSRPT on.
-pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Check> {
+pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Finding> {
     let postfix_on = f
         .postfix_enable
         .as_deref()
         .is_some_and(|v| v.eq_ignore_ascii_case("yes"));
     if !f.daemon_enabled {
         return match postfix_on {
-            true => vec![Check::warning(
+            true => vec![Finding::warning(
                 NAME,
                 "Postfix sends TLSRPT results (smtp_tlsrpt_enable = yes), but mta-stsd does not collect them",
                 "set [tlsrpt] enable = true (with organization_name, contact_info, report_from) and restart mta-stsd",
@@ -103,16 +103,16 @@ pub fn check_tlsrpt(f: &TlsrptFacts) -> Vec<Check> {
 /// Postfix 3.11 can leave out sessions that reuse an earlier TLS session
 /// (`smtp_tlsrpt_skip_reused_handshakes = yes`): the reports then count fewer sessions
 /// than were made, and a domain cannot tell how much of its mail went well.
-fn reused_handshakes(f: &TlsrptFacts) -> Option<Check> {
+fn reused_handshakes(f: &TlsrptFacts) -> Option<Finding> {
     let value = f.skip_reused_handshakes.as_deref()?;
     Some(if value.trim().eq_ignore_ascii_case("yes") {
-        Check::warning(
+        Finding::warning(
             "tlsrpt.sessions",
             "smtp_tlsrpt_skip_reused_handshakes = yes: sessions that reuse a TLS session are not reported, so reports count fewer sessions than were made",
             "postconf -e 'smtp_tlsrpt_skip_reused_handshakes = no'; postfix reload",
         )
     } else {
-        Check::ok(
+        Finding::ok(
             "tlsrpt.sessions",
             "every session is reported (smtp_tlsrpt_skip_reused_handshakes = no)",
         )
@@ -121,9 +121,9 @@ fn reused_handshakes(f: &TlsrptFacts) -> Option<Check> {
 
 /// Whether this Postfix can send TLSRPT results (3.10 or later, linked with
 /// libtlsrpt) and is told to.
-fn postfix_sends(f: &TlsrptFacts, postfix_on: bool) -> Vec<Check> {
+fn postfix_sends(f: &TlsrptFacts, postfix_on: bool) -> Vec<Finding> {
     if f.postfix_enable.is_none() {
-        return vec![Check::warning(
+        return vec![Finding::warning(
             NAME,
             "this Postfix has no TLSRPT support (Postfix 3.10 or later reports TLS results): mta-stsd will send no reports",
             "use a Postfix that reports: Debian trixie or later (bookworm-backports' 3.10 is built without libtlsrpt), or set [tlsrpt] enable = false",
@@ -131,14 +131,14 @@ fn postfix_sends(f: &TlsrptFacts, postfix_on: bool) -> Vec<Check> {
     }
     let mut out = Vec::new();
     if f.built_with_libtlsrpt == Some(false) {
-        out.push(Check::warning(
+        out.push(Finding::warning(
             NAME,
             "this Postfix is built without libtlsrpt: it sends no TLSRPT results",
             "use a Postfix built with libtlsrpt (Debian trixie's is), or set [tlsrpt] enable = false",
         ));
     }
     if !postfix_on {
-        out.push(Check::warning(
+        out.push(Finding::warning(
             NAME,
             "mta-stsd collects TLSRPT results, but Postfix does not send them (smtp_tlsrpt_enable is not yes)",
             "postconf -e 'smtp_tlsrpt_enable = yes' 'smtp_tlsrpt_socket_name = run/tlsrpt/tlsrpt.sock'; postfix reload",
@@ -149,7 +149,7 @@ fn postfix_sends(f: &TlsrptFacts, postfix_on: bool) -> Vec<Check> {
 
 /// Whether `smtp_tlsrpt_socket_name`, as each smtp service sees it, is the daemon's
 /// socket.
-fn socket_reached(f: &TlsrptFacts) -> Check {
+fn socket_reached(f: &TlsrptFacts) -> Finding {
     let elsewhere: Vec<String> = f
         .seen_at
         .iter()
@@ -164,14 +164,14 @@ fn socket_reached(f: &TlsrptFacts) -> Check {
         .collect();
     if elsewhere.is_empty() {
         return match f.socket_live {
-            Some(true) => Check::ok(
+            Some(true) => Finding::ok(
                 NAME,
                 format!(
                     "Postfix sends TLSRPT results to {}, where mta-stsd receives them",
                     f.daemon_socket.display()
                 ),
             ),
-            Some(false) => Check::warning(
+            Some(false) => Finding::warning(
                 NAME,
                 format!(
                     "nothing receives on {}: Postfix's TLSRPT results are lost (is mta-stsd running? a second instance that stopped may have left a dead socket)",
@@ -179,7 +179,7 @@ fn socket_reached(f: &TlsrptFacts) -> Check {
                 ),
                 "systemctl restart mta-stsd (it makes the socket anew)",
             ),
-            None => Check::warning(
+            None => Finding::warning(
                 NAME,
                 format!(
                     "{} does not exist: Postfix's TLSRPT results are lost (is mta-stsd running with [tlsrpt] enable = true?)",
@@ -189,7 +189,7 @@ fn socket_reached(f: &TlsrptFacts) -> Check {
             ),
         };
     }
-    Check::warning(
+    Finding::warning(
         NAME,
         format!(
             "smtp_tlsrpt_socket_name = {} does not reach mta-stsd's socket {}: {}",
@@ -203,7 +203,7 @@ fn socket_reached(f: &TlsrptFacts) -> Check {
 
 /// Whether Postfix's user may write to the socket. Results that cannot be written are
 /// lost, mail is not: a warning at worst.
-fn socket_writable(f: &TlsrptFacts) -> Option<Check> {
+fn socket_writable(f: &TlsrptFacts) -> Option<Finding> {
     let a = f.access.as_ref()?;
     let mut c = socket_access(
         "tlsrpt.socket_access",
@@ -218,9 +218,9 @@ fn socket_writable(f: &TlsrptFacts) -> Option<Check> {
 }
 
 /// Zones answering without the TLSRPT attributes leave Postfix not knowing the policy.
-fn zones_with_attributes(f: &TlsrptFacts) -> Option<Check> {
+fn zones_with_attributes(f: &TlsrptFacts) -> Option<Finding> {
     let first = f.zones_without_attributes.first()?;
-    Some(Check::warning(
+    Some(Finding::warning(
         NAME,
         format!(
             "{} answer Postfix without the TLSRPT attributes: Postfix cannot say which policy a session was under, so reports lack it",
@@ -232,10 +232,10 @@ fn zones_with_attributes(f: &TlsrptFacts) -> Option<Check> {
 
 /// Mailed reports need a DKIM signature (RFC 8460 §3): a milter that the way they
 /// are submitted passes.
-fn dkim(f: &TlsrptFacts) -> Check {
+fn dkim(f: &TlsrptFacts) -> Finding {
     let (param, milters) = (f.mail.milters_param, f.mail.milters.trim());
     if milters.is_empty() {
-        return Check::warning(
+        return Finding::warning(
             "tlsrpt.dkim",
             format!(
                 "mailed reports will not be DKIM-signed ({param} is empty); receivers must ignore reports without a valid DKIM signature (RFC 8460 section 3)"
@@ -243,7 +243,7 @@ fn dkim(f: &TlsrptFacts) -> Check {
             format!("add your DKIM signer (OpenDKIM, rspamd, ...) to {param}"),
         );
     }
-    Check::ok(
+    Finding::ok(
         "tlsrpt.dkim",
         format!("mailed reports pass {param} ({milters}) for DKIM signing"),
     )
@@ -252,10 +252,10 @@ fn dkim(f: &TlsrptFacts) -> Check {
 /// The session that delivers a report must not be reported (RFC 8460 §3). Postfix
 /// 3.11 leaves out messages with `TLS-Required: No` by itself; 3.10 needs the report
 /// sender routed through an smtp transport without TLSRPT.
-pub fn report_loop(m: &ReportMail) -> Check {
+pub fn report_loop(m: &ReportMail) -> Finding {
     const CHECK: &str = "tlsrpt.loop";
     if super::parse_version(&m.version).is_some_and(|v| v >= (3, 11, 0)) {
-        return Check::ok(
+        return Finding::ok(
             CHECK,
             format!(
                 "Postfix {} leaves mailed reports (TLS-Required: No) out of its TLS reports",
@@ -268,14 +268,14 @@ pub fn report_loop(m: &ReportMail) -> Check {
         m.report_from
     );
     match &m.transport {
-        Some(t) if m.transport_without_tlsrpt => Check::ok(
+        Some(t) if m.transport_without_tlsrpt => Finding::ok(
             CHECK,
             format!(
                 "mail from {} leaves through {t}, without TLSRPT: no report about our reports",
                 m.report_from
             ),
         ),
-        Some(t) => Check::warning(
+        Some(t) => Finding::warning(
             CHECK,
             format!(
                 "mail from {} leaves through {t}, which reports TLS results: every domain mailed a report gets a report about it the next day (a report loop)",
@@ -283,7 +283,7 @@ pub fn report_loop(m: &ReportMail) -> Check {
             ),
             format!("set -o smtp_tlsrpt_enable=no on {t} in master.cf, or: {recipe}"),
         ),
-        None => Check::warning(
+        None => Finding::warning(
             CHECK,
             format!(
                 "Postfix {} reports the sessions that deliver mailed reports: every domain mailed a report gets a report about it the next day (a report loop)",
@@ -310,23 +310,23 @@ pub fn dkim_key_refuses_tlsrpt(record: &str) -> Option<String> {
 
 /// The DKIM key check: `key` is `selector._domainkey.domain` and its TXT record, if
 /// one was found.
-pub fn check_dkim_key(key: &str, record: Option<&str>) -> Check {
+pub fn check_dkim_key(key: &str, record: Option<&str>) -> Finding {
     const CHECK: &str = "tlsrpt.dkim";
     match record {
-        None => Check::warning(
+        None => Finding::warning(
             CHECK,
             format!("no DKIM key record at {key}: signatures made with it cannot be verified"),
             format!("publish the key's TXT record at {key}"),
         ),
         Some(r) => match dkim_key_refuses_tlsrpt(r) {
-            Some(services) => Check::warning(
+            Some(services) => Finding::warning(
                 CHECK,
                 format!(
                     "the DKIM key {key} allows only s={services}: receivers ignore TLS reports signed with it (RFC 8460 section 3)"
                 ),
                 format!("add tlsrpt to its service types (s={services}:tlsrpt), or remove s="),
             ),
-            None => Check::ok(CHECK, format!("the DKIM key {key} may sign TLS reports")),
+            None => Finding::ok(CHECK, format!("the DKIM key {key} may sign TLS reports")),
         },
     }
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
 use crate::config::{Config, ListenAddr};
-use crate::doctor::{Check, Socketmap};
+use crate::doctor::{Finding, Socketmap};
 use crate::protocol::codec::NetstringCodec;
 
 /// A next-hop key the daemon answers without any DNS or HTTPS (an address literal has
@@ -21,7 +21,7 @@ pub(super) async fn daemon_checks(
     config: &Config,
     listeners: &[ListenAddr],
     used: &[(Socketmap, ListenAddr)],
-    checks: &mut Vec<Check>,
+    checks: &mut Vec<Finding>,
 ) {
     // Probe every listener Postfix uses, or every listener when Postfix uses none.
     let probes: Vec<(String, ListenAddr)> = if used.is_empty() {
@@ -39,24 +39,26 @@ pub(super) async fn daemon_checks(
         let result = tokio::time::timeout(PROBE_TIMEOUT, probe(&l, &map)).await;
         let took = started.elapsed();
         checks.push(match result {
-            Ok(Ok(reply)) if reply.starts_with("NOTFOUND") || reply.starts_with("OK") => Check::ok(
-                "mta-stsd.probe",
-                format!(
-                    "{l} answered a lookup in map {map:?} in {:.1} ms",
-                    took.as_secs_f64() * 1000.0
-                ),
-            ),
-            Ok(Ok(reply)) => Check::problem(
+            Ok(Ok(reply)) if reply.starts_with("NOTFOUND") || reply.starts_with("OK") => {
+                Finding::ok(
+                    "mta-stsd.probe",
+                    format!(
+                        "{l} answered a lookup in map {map:?} in {:.1} ms",
+                        took.as_secs_f64() * 1000.0
+                    ),
+                )
+            }
+            Ok(Ok(reply)) => Finding::problem(
                 "mta-stsd.probe",
                 format!("{l} answered {reply:?} to a probe in map {map:?}"),
                 "check the daemon's log (journalctl -u mta-stsd)",
             ),
-            Ok(Err(e)) => Check::problem(
+            Ok(Err(e)) => Finding::problem(
                 "mta-stsd.probe",
                 format!("no answer on {l}: {e}; Postfix defers mail while its policy table fails"),
                 "start mta-stsd (systemctl start mta-stsd) and check journalctl -u mta-stsd",
             ),
-            Err(_) => Check::problem(
+            Err(_) => Finding::problem(
                 "mta-stsd.probe",
                 format!(
                     "{l} did not answer within {} s; Postfix gives up after 10 s and defers mail",
@@ -78,7 +80,7 @@ pub(super) async fn daemon_checks(
             )
             .await
         }
-        None => checks.push(Check::warning(
+        None => checks.push(Finding::warning(
             "mta-stsd.metrics",
             "metrics.listen is off: no metrics, no admin API (cache, warm)",
             "set [metrics] listen = \"127.0.0.1:9461\"",
@@ -87,7 +89,7 @@ pub(super) async fn daemon_checks(
 
     match config.cache.resolved_path() {
         Some(dir) => checks.push(cache_dir_check(&dir)),
-        None => checks.push(Check::problem(
+        None => checks.push(Finding::problem(
             "mta-stsd.cache_dir",
             "cache.path is not set and no environment variable gives a default".to_owned(),
             "set [cache] path = \"/var/lib/mta-stsd/cache\"",
@@ -124,7 +126,7 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(s: S, map: &str) -> Result<Strin
     }
 }
 
-async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut Vec<Check>) {
+async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut Vec<Finding>) {
     let Ok(client) = reqwest::Client::builder().no_proxy().build() else {
         return;
     };
@@ -136,7 +138,7 @@ async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut 
     let text = match metrics {
         Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
         Ok(r) => {
-            checks.push(Check::warning(
+            checks.push(Finding::warning(
                 "mta-stsd.metrics",
                 format!("{base}{metrics_path} answered {}", r.status()),
                 "check metrics.path",
@@ -144,7 +146,7 @@ async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut 
             return;
         }
         Err(e) => {
-            checks.push(Check::warning(
+            checks.push(Finding::warning(
                 "mta-stsd.metrics",
                 format!("{base}{metrics_path} unreachable: {e}"),
                 "is the daemon running with this configuration?",
@@ -161,20 +163,20 @@ async fn admin_checks(base: &str, metrics_path: &str, redis: bool, checks: &mut 
 }
 
 /// What the daemon's own metrics say: store failures, and Redis's health in a fleet.
-fn metrics_checks(text: &str, url: &str, redis: bool, checks: &mut Vec<Check>) {
+fn metrics_checks(text: &str, url: &str, redis: bool, checks: &mut Vec<Finding>) {
     let store_errors: f64 = text
         .lines()
         .filter(|l| l.starts_with("mta_stsd_store_errors_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     checks.push(if store_errors > 0.0 {
-        Check::warning(
+        Finding::warning(
             "mta-stsd.metrics",
             format!("{url} reachable; the cache store has failed {store_errors} times since start"),
             "check the cache directory and the daemon's log (journalctl -u mta-stsd)",
         )
     } else {
-        Check::ok("mta-stsd.metrics", format!("{url} reachable"))
+        Finding::ok("mta-stsd.metrics", format!("{url} reachable"))
     });
     let lost = text
         .lines()
@@ -182,7 +184,7 @@ fn metrics_checks(text: &str, url: &str, redis: bool, checks: &mut Vec<Check>) {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     if lost > 0.0 {
-        checks.push(Check::problem(
+        checks.push(Finding::problem(
             "tlsrpt.store",
             format!(
                 "the TLSRPT report store was damaged when the daemon started: {lost} entries (counters, delivery records) lost; reports for those days are short"
@@ -196,12 +198,12 @@ fn metrics_checks(text: &str, url: &str, redis: bool, checks: &mut Vec<Check>) {
             .find_map(|l| l.strip_prefix("mta_stsd_redis_healthy "))
             .and_then(|v| v.trim().parse::<f64>().ok());
         checks.push(if healthy == Some(1.0) {
-            Check::ok(
+            Finding::ok(
                 "mta-stsd.redis",
                 "the fleet's shared cache (Redis) answers the daemon",
             )
         } else {
-            Check::warning(
+            Finding::warning(
                 "mta-stsd.redis",
                 "the daemon cannot reach Redis (cache.redis.url): it answers from its own cache and discovers on its own, so the fleet does not share what it learns",
                 "check that Redis runs and that the daemon can reach it (redis-cli -u URL ping); the daemon reconnects by itself",
@@ -211,7 +213,7 @@ fn metrics_checks(text: &str, url: &str, redis: bool, checks: &mut Vec<Check>) {
 }
 
 /// Cached policies whose refresh fails (the cached policy still applies until it expires).
-fn refresh_check(entries: &[crate::admin::api::EntryView]) -> Check {
+fn refresh_check(entries: &[crate::admin::api::EntryView]) -> Finding {
     let policies = entries
         .iter()
         .filter(|e| e.state == "enforce" || e.state == "testing")
@@ -221,7 +223,7 @@ fn refresh_check(entries: &[crate::admin::api::EntryView]) -> Check {
         .filter(|e| (e.state == "enforce" || e.state == "testing") && e.last_error.is_some())
         .collect();
     if failing.is_empty() {
-        Check::ok(
+        Finding::ok(
             "mta-stsd.refresh",
             format!("{policies} cached policies, none failing refresh"),
         )
@@ -231,7 +233,7 @@ fn refresh_check(entries: &[crate::admin::api::EntryView]) -> Check {
             .take(5)
             .map(|e| format!("{} ({})", e.domain, e.last_error.as_deref().unwrap_or("")))
             .collect();
-        Check::warning(
+        Finding::warning(
             "mta-stsd.refresh",
             format!(
                 "{} of {policies} cached policies fail to refresh (the cached policy is still applied until it expires): {}",
@@ -246,10 +248,10 @@ fn refresh_check(entries: &[crate::admin::api::EntryView]) -> Check {
 /// The cache directory exists and this user can create a file in it (or, before the
 /// first start, in the nearest existing directory above it: the daemon creates the
 /// missing ones).
-fn cache_dir_check(dir: &Path) -> Check {
+fn cache_dir_check(dir: &Path) -> Finding {
     const NAME: &str = "mta-stsd.cache_dir";
     let Some(target) = dir.ancestors().find(|d| d.is_dir()).map(Path::to_owned) else {
-        return Check::problem(
+        return Finding::problem(
             NAME,
             format!("no directory on the path of {} exists", dir.display()),
             "set cache.path to an absolute path",
@@ -260,15 +262,15 @@ fn cache_dir_check(dir: &Path) -> Check {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);
             if target == dir {
-                Check::ok(NAME, format!("{} is writable", dir.display()))
+                Finding::ok(NAME, format!("{} is writable", dir.display()))
             } else {
-                Check::ok(
+                Finding::ok(
                     NAME,
                     format!("{} will be created in {}", dir.display(), target.display()),
                 )
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Check::warning(
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Finding::warning(
             NAME,
             format!(
                 "{} is not writable by this user (the daemon's own user may differ)",
@@ -276,7 +278,7 @@ fn cache_dir_check(dir: &Path) -> Check {
             ),
             "run doctor as root, or check the directory's owner against the daemon's user",
         ),
-        Err(e) => Check::problem(
+        Err(e) => Finding::problem(
             NAME,
             format!("cannot write in {}: {e}", target.display()),
             "check the disk and the directory's permissions",

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::doctor::{self, Check, Level};
+use crate::doctor::{self, Finding, Level};
 
 mod daemon;
 mod postfix;
@@ -49,7 +49,7 @@ async fn command(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(doctor::worst(&checks).exit_code()))
 }
 
-fn to_text(checks: &[Check]) -> String {
+fn to_text(checks: &[Finding]) -> String {
     let mut out = String::new();
     for c in checks {
         out.push_str(&format!(
@@ -72,7 +72,7 @@ fn to_text(checks: &[Check]) -> String {
     out
 }
 
-async fn run_checks(args: &Args) -> Vec<Check> {
+async fn run_checks(args: &Args) -> Vec<Finding> {
     let mut checks = Vec::new();
     let path = Config::path_or_default(args.config.as_deref());
     let shown = path
@@ -92,11 +92,11 @@ async fn run_checks(args: &Args) -> Vec<Check> {
                     "correct the setting named above in {shown}; mta-stsd check-config {shown} lists every problem"
                 ),
             };
-            checks.push(Check::problem("mta-stsd.config", format!("{e}"), fix));
+            checks.push(Finding::problem("mta-stsd.config", format!("{e}"), fix));
             return checks;
         }
     };
-    checks.push(Check::ok("mta-stsd.config", format!("{shown} is valid")));
+    checks.push(Finding::ok("mta-stsd.config", format!("{shown} is valid")));
     let listeners = config.server.listen.clone();
 
     let used = postfix_checks(args, &config, &listeners, &mut checks);
@@ -110,7 +110,7 @@ async fn run_checks(args: &Args) -> Vec<Check> {
 /// The DKIM keys OpenDKIM signs the submitter's domain with, each checked in DNS
 /// (through the daemon's resolver) for a record that allows TLS reports. Nothing
 /// when OpenDKIM is not configured here (another signer: not checked).
-async fn dkim_key_checks(conf: &std::path::Path, config: &Config) -> Vec<Check> {
+async fn dkim_key_checks(conf: &std::path::Path, config: &Config) -> Vec<Finding> {
     let Ok(text) = std::fs::read_to_string(conf) else {
         return Vec::new();
     };
@@ -121,7 +121,7 @@ async fn dkim_key_checks(conf: &std::path::Path, config: &Config) -> Vec<Check> 
             .filter(|(domain, _)| *domain == submitter)
             .collect();
     if signers.is_empty() {
-        return vec![Check::warning(
+        return vec![Finding::warning(
             "tlsrpt.dkim",
             format!(
                 "{} signs with no key of {submitter}, the reports' submitter: receivers check that the signature's d= is the submitter's domain",
@@ -133,7 +133,7 @@ async fn dkim_key_checks(conf: &std::path::Path, config: &Config) -> Vec<Check> 
     let resolver = match crate::net::resolver::build_resolver(&config.resolver, None) {
         Ok(r) => r,
         Err(e) => {
-            return vec![Check::warning(
+            return vec![Finding::warning(
                 "tlsrpt.dkim",
                 format!("cannot check the DKIM key: {e}"),
                 "check [resolver]",

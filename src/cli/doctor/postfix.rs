@@ -9,7 +9,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::{Config, ListenAddr};
-use crate::doctor::{self, Access, Anchors, Check, Socketmap, User};
+use crate::doctor::{self, Access, Anchors, Finding, Socketmap, User};
 
 use super::Args;
 
@@ -28,13 +28,13 @@ pub(super) fn postfix_checks(
     args: &Args,
     config: &Config,
     listeners: &[ListenAddr],
-    checks: &mut Vec<Check>,
+    checks: &mut Vec<Finding>,
 ) -> Vec<(Socketmap, ListenAddr)> {
     let dir = &args.postfix_config;
     let version = match postconf(dir, &["-h", "mail_version"]) {
         Ok(v) => v,
         Err(e) => {
-            checks.push(Check::problem(
+            checks.push(Finding::problem(
                 "postfix.config",
                 format!(
                     "cannot read Postfix's configuration in {}: {e}",
@@ -45,7 +45,7 @@ pub(super) fn postfix_checks(
             return Vec::new();
         }
     };
-    checks.push(Check::ok(
+    checks.push(Finding::ok(
         "postfix.config",
         format!("Postfix {version}, configuration {}", dir.display()),
     ));
@@ -141,7 +141,7 @@ fn resolve_socketmaps(
 fn check_socket_users(
     dir: &Path,
     resolved: &[(Socketmap, Option<ListenAddr>)],
-    checks: &mut Vec<Check>,
+    checks: &mut Vec<Finding>,
 ) -> Vec<(Socketmap, ListenAddr)> {
     let user = mail_owner(dir);
     let mut used: Vec<(Socketmap, ListenAddr)> = Vec::new();
@@ -156,7 +156,7 @@ fn check_socket_users(
                     let (dirs, file) = path_access(path);
                     doctor::check_socket_access(path, &dirs, file, user)
                 }
-                Err(e) => Check::warning(
+                Err(e) => Finding::warning(
                     "postfix.socket_access",
                     format!("cannot check who may connect to {}: {e}", path.display()),
                     "check that Postfix's mail_owner exists (id postfix)",
@@ -184,7 +184,7 @@ fn distinct_names(used: &[(Socketmap, ListenAddr)]) -> Vec<&Socketmap> {
 /// The smtp client's trust anchors. CAfile is loaded when the smtp client starts,
 /// before it enters its chroot; CApath is searched at verification time, inside the
 /// chroot.
-fn trust_check(dir: &Path, queue: &Path, any_chroot: bool) -> Check {
+fn trust_check(dir: &Path, queue: &Path, any_chroot: bool) -> Finding {
     let system = system_roots();
     let ca_file = anchors(&param(dir, "smtp_tls_CAfile"), None, queue, &system);
     let ca_path = anchors(
