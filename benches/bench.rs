@@ -1183,8 +1183,8 @@ struct DaneFigures {
 async fn dane_workload(work: &Path, ca: &TestCa, n: usize) -> DaneFigures {
     use mta_stsd::config::ZoneOptions;
     use mta_stsd::config::{Config, DaneConfig, DaneMode, ResolverConfig};
-    use mta_stsd::dane::rules::Verdict;
-    use mta_stsd::dane::verdicts::{DaneService, DaneSettings};
+    use mta_stsd::dane::verdict::Verdict;
+    use mta_stsd::dane::verdict_cache::{DaneService, DaneSettings};
     use mta_stsd::server::state::State;
 
     let signed = TestDns::start_signed().await;

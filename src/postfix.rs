@@ -81,8 +81,48 @@ pub fn no_trust_anchors(
     })
 }
 
+/// The tables of a Postfix table list (`hash:/etc/a, inline:{ k=v, k2=v2 }`): split on
+/// commas and white space, except inside `{ }` (postconf(5): an `inline:` or
+/// `static:` table keeps its braces' content whole).
+pub fn table_list(value: &str) -> Vec<String> {
+    let (mut tables, mut current, mut depth) = (Vec::new(), String::new(), 0usize);
+    for c in value.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' | ' ' | '\t' | '\n' if depth == 0 => {
+                if !current.is_empty() {
+                    tables.push(std::mem::take(&mut current));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    if !current.is_empty() {
+        tables.push(current);
+    }
+    tables
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn table_lists_keep_braces_whole() {
+        assert_eq!(
+            super::table_list(
+                "hash:/etc/a, inline:{ x@example.com=smtp-notlsrpt: , y=z }\n  static:{a b}"
+            ),
+            [
+                "hash:/etc/a",
+                "inline:{ x@example.com=smtp-notlsrpt: , y=z }",
+                "static:{a b}"
+            ]
+        );
+        assert!(super::table_list("  ").is_empty());
+    }
+
     use super::*;
 
     #[test]

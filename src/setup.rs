@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, Problem};
-use crate::dane::verdicts::DaneSettings;
+use crate::dane::verdict_cache::DaneSettings;
 use crate::mtasts::discovery::{Discoverer, DiscoveryOptions};
 use crate::net::SetupError;
 

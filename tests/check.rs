@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mta_stsd::check::Report;
+use mta_stsd::check::CheckReport;
 use mta_stsd::cli::check::{CheckOptions, check};
 use mta_stsd::config::ZoneOptions;
 use mta_stsd::doctor::Level;
@@ -84,7 +84,7 @@ fn options(r: &Receivers) -> CheckOptions {
     }
 }
 
-async fn run(w: &World, r: &Receivers, domain: &str) -> Report {
+async fn run(w: &World, r: &Receivers, domain: &str) -> CheckReport {
     check(
         &common::discoverer(w),
         domain,
@@ -96,7 +96,7 @@ async fn run(w: &World, r: &Receivers, domain: &str) -> Report {
 }
 
 /// The findings of one id, as (level, subject, message).
-fn lines(report: &Report, id: &str) -> Vec<(Level, String, String)> {
+fn lines(report: &CheckReport, id: &str) -> Vec<(Level, String, String)> {
     report
         .checks
         .iter()
@@ -105,7 +105,7 @@ fn lines(report: &Report, id: &str) -> Vec<(Level, String, String)> {
         .collect()
 }
 
-fn has(report: &Report, id: &str, level: Level, text: &str) -> bool {
+fn has(report: &CheckReport, id: &str, level: Level, text: &str) -> bool {
     lines(report, id)
         .iter()
         .any(|(l, s, m)| *l == level && (m.contains(text) || s.contains(text)))

@@ -97,42 +97,41 @@ async fn answers_over_tcp_and_unix_sockets_with_zones() {
     let mut tcp = d.tcp().await;
     let mut unix = d.unix().await;
     // Several requests on one connection, answered in order.
-    assert_eq!(
-        ask(&mut tcp, "postfix", "enforce.example").await.unwrap(),
-        SECURE
-    );
-    assert_eq!(
-        ask(&mut tcp, "postfix", "testing.example").await.unwrap(),
-        "NOTFOUND "
-    );
-    assert_eq!(
-        ask(&mut tcp, "postfix", "none.example").await.unwrap(),
-        "NOTFOUND "
-    );
-    assert_eq!(
-        ask(&mut tcp, "postfix", ".enforce.example").await.unwrap(),
-        "NOTFOUND "
-    );
-    assert_eq!(
-        ask(&mut tcp, "postfix", "[192.0.2.1]:25").await.unwrap(),
-        "NOTFOUND "
-    );
-    assert_eq!(
-        ask(&mut unix, "postfix", "ENFORCE.example.").await.unwrap(),
-        SECURE
-    );
-    assert_eq!(
-        ask(&mut unix, "strict", "testing.example").await.unwrap(),
-        "OK secure match=mx.testing.example servername=hostname"
-    );
-    assert_eq!(
-        ask(&mut unix, "strict", "none.example").await.unwrap(),
-        "NOTFOUND "
-    );
-    assert_eq!(
-        ask(&mut unix, "old", "enforce.example").await.unwrap(),
-        "OK secure match=mx1.example.com:.example.net"
-    );
+    let over_tcp = [
+        ("postfix", "enforce.example", SECURE),
+        ("postfix", "testing.example", "NOTFOUND "),
+        ("postfix", "none.example", "NOTFOUND "),
+        ("postfix", ".enforce.example", "NOTFOUND "),
+        ("postfix", "[192.0.2.1]:25", "NOTFOUND "),
+    ];
+    for (map, key, expected) in over_tcp {
+        assert_eq!(
+            ask(&mut tcp, map, key).await.unwrap(),
+            expected,
+            "tcp {map} {key}"
+        );
+    }
+    let over_unix = [
+        ("postfix", "ENFORCE.example.", SECURE),
+        (
+            "strict",
+            "testing.example",
+            "OK secure match=mx.testing.example servername=hostname",
+        ),
+        ("strict", "none.example", "NOTFOUND "),
+        (
+            "old",
+            "enforce.example",
+            "OK secure match=mx1.example.com:.example.net",
+        ),
+    ];
+    for (map, key, expected) in over_unix {
+        assert_eq!(
+            ask(&mut unix, map, key).await.unwrap(),
+            expected,
+            "unix {map} {key}"
+        );
+    }
     // Every policy was fetched once, whatever the number of lookups.
     assert_eq!(w.https.hits("enforce.example"), 1);
     let mode = std::fs::metadata(&d.unix).unwrap();

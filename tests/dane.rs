@@ -12,8 +12,8 @@ use std::time::Duration;
 use hickory_resolver::proto::dnssec::TrustAnchors;
 use mta_stsd::config::ResolverConfig;
 use mta_stsd::dane::lookup::DaneLookup;
-use mta_stsd::dane::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
-use mta_stsd::dane::verdicts::DaneSettings;
+use mta_stsd::dane::verdict::{self as rules, MxFacts, Security, TlsaFacts, Verdict};
+use mta_stsd::dane::verdict_cache::DaneSettings;
 use mta_stsd_testkit::{DnsFault, RecordType, SigFault, TestDns};
 
 const SHA256: [u8; 32] = [7; 32];

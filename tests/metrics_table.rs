@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use mta_stsd::cache::lifecycle::{Outcome, Trigger};
 use mta_stsd::cache::policy_cache::CacheOutcome;
-use mta_stsd::cache::rules::{Outcome, Trigger};
 use mta_stsd::metrics::{self, Metrics};
 use mta_stsd::server::connection::Closed;
 

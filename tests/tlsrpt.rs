@@ -667,8 +667,10 @@ async fn a_fleet_counts_together_and_sends_each_report_once() {
 
     // A batch replayed after a crash (applied, but not yet removed from the outbox) is
     // not added again.
-    let fleet =
-        mta_stsd::tlsrpt::fleet::FleetReports::new(a.service.shared().unwrap().redis().clone(), 10);
+    let fleet = mta_stsd::tlsrpt::ledger::FleetReports::new(
+        a.service.shared().unwrap().redis().clone(),
+        10,
+    );
     let mut batch = mta_stsd::tlsrpt::counts::Tally::default();
     let other = "v=TLSRPTv1; rua=ftp://nowhere.test/";
     batch.add(

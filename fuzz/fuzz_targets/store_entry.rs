@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mta_stsd::cache::rules::{Rules, is_due, on_lookup, refresh_due_at};
+use mta_stsd::cache::lifecycle::{Rules, is_due, on_lookup, refresh_due_at};
 use mta_stsd::cache::entry::Outline;
 use mta_stsd::cache::store::format::{decode_entry, decode_outline, encode_entry};
 use mta_stsd::config::CacheConfig;

@@ -20,12 +20,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::entry::Entry;
 use crate::clock::rfc3339;
-use crate::dane::rules::MxFacts;
-use crate::dane::verdicts::Cached;
+use crate::dane::verdict::MxFacts;
+use crate::dane::verdict_cache::Cached;
 use crate::mtasts::domain::normalize_host;
+use crate::tlsrpt::collector::ReportStatus;
 use crate::tlsrpt::day::Day;
 use crate::tlsrpt::schedule::{Delivery, State as DeliveryState};
-use crate::tlsrpt::service::Outcome;
 
 const POLICIES: &str = "/api/v1/policies";
 const TLSRPT: &str = "/api/v1/tlsrpt";
@@ -309,7 +309,7 @@ pub struct MailView {
 }
 
 impl TlsrptReportView {
-    pub fn of(o: &Outcome) -> TlsrptReportView {
+    pub fn of(o: &ReportStatus) -> TlsrptReportView {
         let report: serde_json::Value =
             serde_json::from_str(&o.report.json).unwrap_or(serde_json::Value::Null);
         let sum = |key: &str| -> u64 {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::dane::lookup::DaneLookup;
-use crate::dane::rules::{MxFacts, Security, TlsaFacts, Verdict};
+use crate::dane::verdict::{MxFacts, Security, TlsaFacts, Verdict};
 use crate::mtasts::discovery::{FetchError, TxtLookup};
 use crate::mtasts::policy::Policy;
 

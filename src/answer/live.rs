@@ -10,7 +10,7 @@ use super::explain::{DaneQuery, DaneReport, QueryOutcome, QueryReport, failure};
 use super::{DaneSource, Found, PolicySource};
 use crate::cache::policy_cache::CacheOutcome;
 use crate::config::ZoneOptions;
-use crate::dane::rules::{self, Security, Verdict};
+use crate::dane::verdict::{self as rules, Security, Verdict};
 use crate::mtasts::discovery::{Discoverer, TxtLookup};
 use crate::mtasts::domain::Domain;
 

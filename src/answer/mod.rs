@@ -7,7 +7,7 @@
 //!    does not work, DANE is suspended rather than deferring every domain.
 //! 3. The MTA-STS policy and the DANE verdict are looked for at once, within one
 //!    deadline.
-//! 4. Precedence ([`precedence`]): where DANE applies, its answer replaces the
+//! 4. Precedence ([`mod@precedence`]): where DANE applies, its answer replaces the
 //!    MTA-STS one.
 //! 5. Rendering ([`render`]) in the asking client's format; a cached policy keeps its
 //!    rendered text, so a cache hit renders nothing.
@@ -23,8 +23,8 @@ use std::time::Duration;
 use crate::cache::hot::Slot;
 use crate::cache::policy_cache::{CacheOutcome, PolicyService};
 use crate::config::ZoneOptions;
-use crate::dane::rules::Verdict;
-use crate::dane::verdicts::DaneService;
+use crate::dane::verdict::Verdict;
+use crate::dane::verdict_cache::DaneService;
 use crate::mtasts::domain::{Domain, normalize_key};
 use crate::mtasts::policy::Policy;
 

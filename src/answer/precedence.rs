@@ -2,7 +2,7 @@
 //! 8461 §2: "senders who implement DANE and MTA-STS ... SHOULD ... prefer DANE");
 //! without a DANE verdict that applies, the MTA-STS answer stands. Pure.
 
-use crate::dane::rules::Verdict;
+use crate::dane::verdict::Verdict;
 
 /// What the reply must say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::entry::Entry;
-use super::rules::{Decision, Outcome, Transition, Trigger};
+use super::lifecycle::{Decision, Outcome, Transition, Trigger};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::{FetchError, TxtLookup};
 use crate::mtasts::policy::{Mode, Policy};

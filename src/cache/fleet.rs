@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use super::entry::Entry;
+use super::lifecycle::{self as rules, Rules, Trigger};
 use super::redis_cache::{self, RedisCache};
-use super::rules::{self, Rules, Trigger};
 use crate::metrics::Metrics;
 
 /// How long a daemon waiting on another's fetch goes between reads of the shared

@@ -1,5 +1,5 @@
 //! The policy service: answers lookups from the cache, discovers on a miss, and keeps
-//! cached policies fresh. What to do is decided by [`super::rules`]; this module runs
+//! cached policies fresh. What to do is decided by [`super::lifecycle`]; this module runs
 //! the DNS and HTTPS work and applies the decisions, with one component per concern:
 //!
 //! - [`super::hot`]: what memory holds (the hot set of policies, the bounded negatives);
@@ -31,8 +31,8 @@ use super::entry::Entry;
 use super::events;
 use super::fleet;
 use super::hot::{Found, HotSet, Slot};
+use super::lifecycle::{self as rules, LookupRule, Outcome, Rules, Step, Trigger};
 use super::redis_cache::{self, RedisCache};
-use super::rules::{self, LookupRule, Outcome, Rules, Step, Trigger};
 use super::store::PolicyStore;
 use super::survey::{Census, release_freed_memory, survey};
 use crate::clock::Clock;

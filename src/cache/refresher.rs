@@ -9,8 +9,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::durability::Walk;
+use super::lifecycle::Trigger;
 use super::policy_cache::PolicyService;
-use super::rules::Trigger;
 use super::survey::{release_freed_memory, survey};
 
 /// Runs the refresher until `stop` is cancelled.

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::entry::{Entry, Outline};
-use super::rules::{self, Rules};
+use super::lifecycle::{self as rules, Rules};
 use super::store::PolicyStore;
 use crate::metrics::Metrics;
 use crate::mtasts::policy::Mode;

@@ -2,7 +2,7 @@
 //! from the DANE module's validated facts, and whether a published TLSA record matches
 //! the certificate chain the host presented.
 
-use crate::dane::rules::{HostFacts, MxFacts, Security, TlsaFacts};
+use crate::dane::verdict::{HostFacts, MxFacts, Security, TlsaFacts};
 
 use super::probe::CertFacts;
 use crate::findings::Finding;

@@ -1,11 +1,11 @@
 //! `mta-stsd check DOMAIN`: a domain's whole MTA-STS setup judged from this server,
-//! with the daemon's resolver, trust anchors and rules. [`rules`] holds the verdicts
+//! with the daemon's resolver, trust anchors and rules. [`assess`] holds the verdicts
 //! (pure), [`dane`] those about DANE, [`probe`] the TLS and SMTP probes; the command in `cli::check` gathers the
 //! facts concurrently under one deadline.
 
+pub mod assess;
 pub mod dane;
 pub mod probe;
-pub mod rules;
 
 use serde::Serialize;
 
@@ -13,17 +13,22 @@ use crate::findings::{Finding, Level};
 
 /// Everything `check` found, in the shape `--json` prints.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct CheckReport {
     pub domain: String,
     pub checks: Vec<Finding>,
     /// The reply this daemon gives Postfix for the domain now.
     pub answer: String,
 }
 
-impl Report {
+impl CheckReport {
     /// A report of one problem that stopped the checks (no answer to show).
-    pub fn failed(domain: &str, id: &'static str, message: String, fix: Option<&str>) -> Report {
-        Report {
+    pub fn failed(
+        domain: &str,
+        id: &'static str,
+        message: String,
+        fix: Option<&str>,
+    ) -> CheckReport {
+        CheckReport {
             domain: domain.to_owned(),
             checks: vec![Finding {
                 fix: fix.map(str::to_owned),

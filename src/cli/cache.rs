@@ -144,7 +144,7 @@ fn print_entry(e: &EntryView) {
             d.checked,
             d.expires
         );
-        if let crate::dane::rules::MxFacts::Hosts {
+        if let crate::dane::verdict::MxFacts::Hosts {
             security, hosts, ..
         } = &d.facts
         {

@@ -1,6 +1,6 @@
 //! `mta-stsd check DOMAIN`: gathers every fact about a domain's MTA-STS setup at
 //! once, with the daemon's resolver, trust anchors and rules (the same discovery code,
-//! not a second implementation), and prints what [`crate::check::rules`] makes of
+//! not a second implementation), and prints what [`crate::check::assess`] makes of
 //! them. Library callers (the tests) use [`check`] with their own options.
 
 use std::io::IsTerminal;
@@ -14,11 +14,11 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 
 use crate::answer::explain::DaneQuery;
 use crate::answer::live::query;
-use crate::check::Report;
+use crate::check::CheckReport;
+use crate::check::assess as rules;
 use crate::check::dane::TlsaRecord;
 use crate::check::probe::{CertFacts, SmtpProbe};
 use crate::check::probe::{smtp_probe, tls_probe};
-use crate::check::rules;
 use crate::config::ZoneOptions;
 use crate::mtasts::discovery::{Discoverer, FetchError};
 use crate::mtasts::domain::normalize_key;
@@ -125,15 +125,15 @@ pub async fn check(
     zone: &ZoneOptions,
     dane: Option<DaneQuery<'_>>,
     options: &CheckOptions,
-) -> Report {
+) -> CheckReport {
     let Ok(domain) = normalize_key(domain) else {
-        return Report::failed(domain, "txt", "not a domain name".into(), None);
+        return CheckReport::failed(domain, "txt", "not a domain name".into(), None);
     };
     let domain = domain.to_string();
     let work = gather(discoverer, &domain, zone, dane, options);
     match tokio::time::timeout(options.deadline, work).await {
         Ok(report) => report,
-        Err(_) => Report::failed(
+        Err(_) => CheckReport::failed(
             &domain,
             "deadline",
             format!("the checks did not finish within {:?}", options.deadline),
@@ -150,7 +150,7 @@ async fn gather(
     zone: &ZoneOptions,
     dane: Option<DaneQuery<'_>>,
     options: &CheckOptions,
-) -> Report {
+) -> CheckReport {
     let (sts_name, rpt_name) = (format!("_mta-sts.{domain}"), format!("_smtp._tls.{domain}"));
     let dane_lookup = dane.as_ref().filter(|d| d.enabled).map(|d| d.lookup);
     // The MX hosts are probed as soon as they are known, while the rest still runs.
@@ -191,7 +191,7 @@ async fn gather(
         }
     }
     checks.extend(rules::tlsrpt(domain, &rpt));
-    Report {
+    CheckReport {
         domain: domain.to_owned(),
         checks,
         answer: verdict.reply,

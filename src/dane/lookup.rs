@@ -15,7 +15,7 @@ use hickory_resolver::proto::rr::{RData, Record, RecordType};
 
 use super::ad_client::AdClient;
 use super::anchor::{AnchorFile, select_keys};
-use super::rules::{HostFacts, MxFacts, Security, Tlsa, TlsaFacts};
+use super::verdict::{HostFacts, MxFacts, Security, Tlsa, TlsaFacts};
 use crate::config::ResolverConfig;
 use crate::net::SetupError;
 use crate::net::resolver::build_resolver;

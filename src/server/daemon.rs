@@ -22,7 +22,7 @@ use crate::cache::store::guard::Reopen;
 use crate::cache::store::{GuardedStore, PolicyStore, SledStore, StoreError, Unavailable};
 use crate::clock::Clock;
 use crate::config::{CacheBackend, Config};
-use crate::dane::verdicts::{DaneService, DaneSettings};
+use crate::dane::verdict_cache::{DaneService, DaneSettings};
 use crate::metrics::Metrics;
 use crate::mtasts::discovery::{Discoverer, DiscoveryOptions};
 use crate::net::SetupError;
@@ -347,7 +347,7 @@ fn start_tlsrpt(
     clock: Arc<dyn Clock>,
     store: Option<Arc<dyn crate::tlsrpt::store::ReportStore>>,
 ) -> (
-    Option<Arc<crate::tlsrpt::service::Tlsrpt>>,
+    Option<Arc<crate::tlsrpt::collector::Tlsrpt>>,
     Option<tokio::net::UnixDatagram>,
 ) {
     let t = &config.tlsrpt;
@@ -386,16 +386,16 @@ fn start_tlsrpt(
         }
     };
     tracing::info!(socket = %t.socket.display(), "TLSRPT datagrams collected");
-    let http: crate::tlsrpt::service::HttpClient = {
+    let http: crate::tlsrpt::collector::HttpClient = {
         let service = service.clone();
         Box::new(move || service.http_client())
     };
-    let known: crate::tlsrpt::service::KnownFailures = {
+    let known: crate::tlsrpt::collector::KnownFailures = {
         let service = service.clone();
         Box::new(move |domain| known_failure(&service, domain))
     };
     let fleet = service.shared().map(|shared| {
-        Arc::new(crate::tlsrpt::fleet::FleetReports::new(
+        Arc::new(crate::tlsrpt::ledger::FleetReports::new(
             shared.redis().clone(),
             t.keep_days.get() as u64,
         ))
@@ -405,13 +405,13 @@ fn start_tlsrpt(
             "TLSRPT counters shared with the fleet through Redis; one daemon sends each report"
         );
     }
-    let links = crate::tlsrpt::service::Links {
+    let links = crate::tlsrpt::collector::Links {
         http,
         known,
         fleet,
         damage,
     };
-    let tlsrpt = crate::tlsrpt::service::Tlsrpt::new(
+    let tlsrpt = crate::tlsrpt::collector::Tlsrpt::new(
         t.clone(),
         store,
         clock,

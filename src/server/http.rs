@@ -71,9 +71,9 @@ async fn import(
         .import_policy(domain, &request.id, request.fetched_at, policy)
         .await
     {
-        crate::cache::rules::Import::Replace(_) => "imported",
-        crate::cache::rules::Import::KeepNewer => "kept_newer",
-        crate::cache::rules::Import::Expired => "expired",
+        crate::cache::lifecycle::Import::Replace(_) => "imported",
+        crate::cache::lifecycle::Import::KeepNewer => "kept_newer",
+        crate::cache::lifecycle::Import::Expired => "expired",
     };
     json(
         StatusCode::OK,

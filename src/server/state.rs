@@ -14,7 +14,7 @@ use crate::answer::Reply;
 use crate::cache::policy_cache::{CacheOutcome, PolicyService, ServiceSettings};
 use crate::config::ZoneOptions;
 use crate::config::{Config, ConfigError};
-use crate::dane::verdicts::{DaneService, DaneSettings};
+use crate::dane::verdict_cache::{DaneService, DaneSettings};
 use crate::locks::{read, write};
 use crate::mtasts::discovery::Discoverer;
 use crate::net::SetupError;
@@ -48,7 +48,7 @@ pub struct State {
     pub service: Arc<PolicyService>,
     pub dane: Arc<DaneService>,
     /// TLSRPT's collector and sender, with `[tlsrpt] enable`.
-    pub tlsrpt: Option<Arc<crate::tlsrpt::service::Tlsrpt>>,
+    pub tlsrpt: Option<Arc<crate::tlsrpt::collector::Tlsrpt>>,
     config: RwLock<Arc<Config>>,
     /// The configuration file, if the daemon was started with one.
     path: Option<PathBuf>,
@@ -59,7 +59,7 @@ impl State {
     pub fn new(
         service: Arc<PolicyService>,
         dane: Arc<DaneService>,
-        tlsrpt: Option<Arc<crate::tlsrpt::service::Tlsrpt>>,
+        tlsrpt: Option<Arc<crate::tlsrpt::collector::Tlsrpt>>,
         config: Config,
         path: Option<PathBuf>,
         log: Option<LogReloader>,

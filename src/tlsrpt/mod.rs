@@ -20,18 +20,20 @@
 //! - [`smtp`]: handing a mailed report to the local MTA by SMTP;
 //! - [`deliver`]: sending one report to one destination (HTTPS, SMTP, a sendmail
 //!   program);
-//! - [`fleet`]: the fleet's counters, deliveries and leases in Redis;
+//! - [`ledger`]: where counters are read and deliveries recorded and leased: this
+//!   daemon's store, or the fleet's Redis;
 //! - [`schedule`]: which deliveries are due, and their retries (pure);
-//! - [`service`]: the collector, and where counters and deliveries are kept;
+//! - [`collector`]: Postfix's datagrams into counters, stored within a second;
 //! - [`sender`]: the daily reports to their destinations;
 //! - [`socket`]: the collector's unix datagram socket.
 
+pub mod collector;
 pub mod counts;
 pub mod datagram;
 pub mod day;
 pub mod deliver;
-pub mod fleet;
 pub mod known;
+pub mod ledger;
 pub mod mail;
 pub mod period;
 pub mod record;
@@ -39,7 +41,6 @@ pub mod report;
 pub mod salvage;
 pub mod schedule;
 pub mod sender;
-pub mod service;
 pub mod smtp;
 pub mod socket;
 pub mod store;

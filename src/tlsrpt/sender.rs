@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::collector::{ReportStatus, SEND_EVERY, Tlsrpt};
 use super::day::Day;
 use super::deliver::{self, Failure};
 use super::mail::{self, Envelope};
@@ -16,7 +17,6 @@ use super::period::{self, Cut};
 use super::record::{self, Destination};
 use super::report::{self, Report};
 use super::schedule::{Delivery, State};
-use super::service::{Outcome, SEND_EVERY, Tlsrpt};
 use super::smtp;
 use crate::locks::lock;
 use crate::storage::StoreError;
@@ -41,7 +41,7 @@ impl Tlsrpt {
         let now = self.clock.now();
         let today = Day::of(now);
         let (mut pending, mut oldest) = (0i64, 0u64);
-        for day in self.days().await? {
+        for day in self.ledger.days().await? {
             if day > today || lock(&self.finished).contains(&day) {
                 continue;
             }
@@ -66,7 +66,7 @@ impl Tlsrpt {
         self.metrics.tlsrpt.pending.set(pending);
         self.metrics.tlsrpt.oldest_pending.set(oldest as i64);
         let keep = self.config.keep_days.get() as u64;
-        let removed = self.prune_before(today.minus(keep)).await?;
+        let removed = self.ledger.prune_before(today.minus(keep)).await?;
         if removed > 0 {
             tracing::info!(keys = removed, keep_days = keep, "TLSRPT: old days pruned");
             lock(&self.finished).retain(|d| *d >= today.minus(keep));
@@ -81,9 +81,9 @@ impl Tlsrpt {
         day: Day,
         open_end: Option<u64>,
     ) -> Result<Vec<Report>, StoreError> {
-        let node = self.node().await?;
-        let cuts = self.cuts(day).await?;
-        let current = self.day_counts(day).await?;
+        let node = self.ledger.node().await?;
+        let cuts = self.ledger.cuts(day).await?;
+        let current = self.ledger.day_counts(day).await?;
         let mut out = Vec::new();
         for p in period::periods(day, &cuts, &current, open_end) {
             for (group, policies) in &p.counts {
@@ -101,7 +101,7 @@ impl Tlsrpt {
 
     /// `day`'s reports as they stand (a day in progress: up to now, closing nothing),
     /// with what is recorded of their deliveries.
-    pub async fn show(&self, day: Day) -> Result<Vec<Outcome>, StoreError> {
+    pub async fn show(&self, day: Day) -> Result<Vec<ReportStatus>, StoreError> {
         let now = self.now();
         let open_end = if day >= Day::of(now) { now } else { day.end() };
         let mut outcomes = Vec::new();
@@ -109,10 +109,13 @@ impl Tlsrpt {
             let dests = record::destinations(&report.group.record).unwrap_or_default();
             let mut destinations = Vec::new();
             for dest in dests.usable {
-                let d = self.delivery(day, &report.id, &dest.to_string()).await?;
+                let d = self
+                    .ledger
+                    .delivery(day, &report.id, &dest.to_string())
+                    .await?;
                 destinations.push((dest, d));
             }
-            outcomes.push(Outcome {
+            outcomes.push(ReportStatus {
                 report,
                 destinations,
                 refused: dests.refused,
@@ -126,7 +129,7 @@ impl Tlsrpt {
     /// With `partial` (a day not over), first closes the day's open period: the
     /// sessions since the last report become a report of their own, and the day's
     /// later reports start after it.
-    pub async fn send_now(&self, day: Day, partial: bool) -> Result<Vec<Outcome>, StoreError> {
+    pub async fn send_now(&self, day: Day, partial: bool) -> Result<Vec<ReportStatus>, StoreError> {
         let open_end = if partial && day >= Day::of(self.now()) {
             self.cut(day).await?;
             None
@@ -144,22 +147,23 @@ impl Tlsrpt {
     async fn cut(&self, day: Day) -> Result<(), StoreError> {
         self.persist()?;
         self.sync_fleet().await;
-        let cuts = self.cuts(day).await?;
-        let current = self.day_counts(day).await?;
+        let cuts = self.ledger.cuts(day).await?;
+        let current = self.ledger.day_counts(day).await?;
         if period::open_since_last(&cuts, &current).is_empty() {
             return Ok(());
         }
         // Periods never overlap, even with two cuts in one second.
         let after_last = cuts.last().map_or(day.start(), |c| c.at + 1);
         let at = self.now().min(day.end()).max(after_last);
-        self.add_cut(
-            day,
-            &Cut {
-                at,
-                counts: current,
-            },
-        )
-        .await
+        self.ledger
+            .add_cut(
+                day,
+                &Cut {
+                    at,
+                    counts: current,
+                },
+            )
+            .await
     }
 
     /// Delivers the reports of `day`'s periods (see [`Self::reports`]): the due ones,
@@ -169,7 +173,7 @@ impl Tlsrpt {
         day: Day,
         open_end: Option<u64>,
         now_all: bool,
-    ) -> Result<Vec<Outcome>, StoreError> {
+    ) -> Result<Vec<ReportStatus>, StoreError> {
         let mut outcomes = Vec::new();
         for report in self.reports(day, open_end).await? {
             let dests = match record::destinations(&report.group.record) {
@@ -179,7 +183,7 @@ impl Tlsrpt {
                     continue;
                 }
             };
-            let mut outcome = Outcome {
+            let mut outcome = ReportStatus {
                 report,
                 destinations: Vec::new(),
                 refused: dests.refused,
@@ -205,12 +209,13 @@ impl Tlsrpt {
     ) -> Result<(Delivery, bool), StoreError> {
         let day = report.group.day;
         let key = dest.to_string();
-        let d = match self.delivery(day, &report.id, &key).await? {
+        let d = match self.ledger.delivery(day, &report.id, &key).await? {
             Some(d) => d,
             None => {
                 let spread = self.config.spread.as_secs();
                 let d = Delivery::new(day, random_offset(&report.id, &key), spread);
-                self.record_delivery(day, &report.id, &key, &d, true)
+                self.ledger
+                    .record_delivery(day, &report.id, &key, &d, true)
                     .await?
             }
         };
@@ -218,20 +223,22 @@ impl Tlsrpt {
         if !(d.due(now) || (now_all && d.state != State::Sent)) {
             return Ok((d, false));
         }
-        let Some(lease) = self.lease(&report.id, &key).await? else {
+        let Some(lease) = self.ledger.lease(&report.id, &key).await? else {
             // Another daemon of the fleet is sending it.
             return Ok((d, false));
         };
         // It may have been sent while this daemon waited for the lease.
-        let result = match self.delivery(day, &report.id, &key).await {
+        let result = match self.ledger.delivery(day, &report.id, &key).await {
             Ok(Some(current)) if current.state == State::Sent => Ok(current),
             Ok(current) => {
                 let d = self.try_send(report, dest, current.unwrap_or(d)).await;
-                self.record_delivery(day, &report.id, &key, &d, false).await
+                self.ledger
+                    .record_delivery(day, &report.id, &key, &d, false)
+                    .await
             }
             Err(e) => Err(e),
         };
-        self.release(&report.id, &key, &lease).await;
+        self.ledger.release(&report.id, &key, &lease).await;
         result.map(|d| (d, true))
     }
 

@@ -63,7 +63,7 @@ pub struct InProcess {
     /// `http://IP:PORT` of the metrics/admin listener, if configured.
     pub http: Option<String>,
     pub service: Arc<PolicyService>,
-    pub dane: Arc<mta_stsd::dane::verdicts::DaneService>,
+    pub dane: Arc<mta_stsd::dane::verdict_cache::DaneService>,
     pub state: Arc<mta_stsd::server::state::State>,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Stopped>,

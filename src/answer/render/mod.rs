@@ -9,7 +9,7 @@
 //! said is the renderer's.
 //!
 //! Adding a client's format: one file with a [`Renderer`], a [`Format`] variant, and
-//! its arm in [`Format::renderer`].
+//! its arm in `Format::renderer`.
 
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use super::PolicyService;
 use crate::cache::entry::Entry;
 use crate::cache::events;
 use crate::cache::hot::Found;
-use crate::cache::rules;
+use crate::cache::lifecycle as rules;
 
 impl PolicyService {
     /// Purges `domain` here and from the fleet's shared cache, which tells every other

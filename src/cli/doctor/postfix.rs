@@ -290,14 +290,13 @@ fn report_mail(dir: &Path, config: &Config) -> doctor::tlsrpt::ReportMail {
     };
     let from = config.tlsrpt.report_from.clone();
     let maps = param(dir, "sender_dependent_default_transport_maps");
-    let transport = maps
-        .split([',', ' ', '\t', '\n'])
-        .filter(|t| !t.is_empty())
+    let transport = crate::postfix::table_list(&maps)
+        .into_iter()
         .find_map(|table| {
             let out = std::process::Command::new("postmap")
                 .arg("-c")
                 .arg(dir)
-                .args(["-q", &from, table])
+                .args(["-q", &from, &table])
                 .output()
                 .ok()?;
             let value = String::from_utf8_lossy(&out.stdout).trim().to_owned();

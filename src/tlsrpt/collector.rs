@@ -13,24 +13,20 @@ use tokio_util::sync::CancellationToken;
 use super::counts::Tally;
 use super::datagram::{self, DatagramError, MAX_DATAGRAM};
 use super::day::Day;
-use super::fleet::FleetReports;
 use super::known::{PolicyFailure, reclassify};
-use super::period::Cut;
+use super::ledger::{FleetLedger, FleetReports, Ledger, LocalLedger};
 use super::record::Destination;
 use super::report::{Report, Submitter};
 use super::schedule::Delivery;
-use super::store::{DayCounts, ReportStore};
+use super::store::ReportStore;
 use crate::clock::Clock;
 use crate::config::TlsrptConfig;
 use crate::locks::lock;
 use crate::metrics::Metrics;
-use crate::redis::RedisError;
 use crate::storage::{Store, StoreError};
 
 /// Counters reach the disk at least this often.
 pub const PERSIST_EVERY: Duration = Duration::from_millis(500);
-/// How long a daemon of a fleet may take to send one report before another may.
-const LEASE: Duration = Duration::from_secs(300);
 /// How often the sender looks for due deliveries.
 pub(super) const SEND_EVERY: Duration = Duration::from_secs(60);
 /// At most one log line about bad datagrams this often (with how many were not logged).
@@ -66,14 +62,14 @@ pub struct Tlsrpt {
     pub(super) metrics: Arc<Metrics>,
     pub(super) http: HttpClient,
     pub(super) known: KnownFailures,
-    pub(super) fleet: Option<Arc<FleetReports>>,
+    pub(super) ledger: Arc<dyn Ledger>,
     pub(super) damage: Option<String>,
 }
 
 /// One report of a day, with its destinations and what is recorded of each delivery
 /// (none yet before the day's first pass of the sender), and the `rua` URIs refused.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct ReportStatus {
     pub report: Report,
     pub destinations: Vec<(Destination, Option<Delivery>)>,
     pub refused: Vec<(String, String)>,
@@ -94,6 +90,10 @@ impl Tlsrpt {
             contact: config.contact_info.clone(),
             domain: config.submitter_domain(),
         };
+        let ledger: Arc<dyn Ledger> = match links.fleet {
+            Some(fleet) => Arc::new(FleetLedger::new(fleet, store.clone(), metrics.clone())),
+            None => Arc::new(LocalLedger::new(store.clone())),
+        };
         Arc::new(Self {
             config,
             submitter,
@@ -105,7 +105,7 @@ impl Tlsrpt {
             metrics,
             http: links.http,
             known: links.known,
-            fleet: links.fleet,
+            ledger,
             damage: links.damage,
         })
     }
@@ -193,11 +193,7 @@ impl Tlsrpt {
         if tally.is_empty() {
             return Ok(0);
         }
-        let added = match self.fleet {
-            Some(_) => self.store.outbox_add(&tally),
-            None => self.store.add(&tally),
-        };
-        let stored = added.and_then(|()| self.store.flush());
+        let stored = self.ledger.record(&tally).and_then(|()| self.store.flush());
         let mut pending = lock(&self.pending);
         let n = tally.datagrams;
         if stored.is_err() {
@@ -261,141 +257,8 @@ impl Tlsrpt {
         lock(&self.pending).datagrams
     }
 
-    /// Where counters are read from and deliveries recorded: the fleet's Redis, or
-    /// this daemon's store.
-    pub(super) async fn days(&self) -> Result<Vec<Day>, StoreError> {
-        match &self.fleet {
-            Some(f) => f.days().await.map_err(fleet_error),
-            None => self.store.days(),
-        }
-    }
-
-    pub(super) async fn day_counts(&self, day: Day) -> Result<DayCounts, StoreError> {
-        match &self.fleet {
-            Some(f) => f.day(day).await.map_err(fleet_error),
-            None => self.store.day(day),
-        }
-    }
-
-    pub(super) async fn delivery(
-        &self,
-        day: Day,
-        report: &str,
-        dest: &str,
-    ) -> Result<Option<Delivery>, StoreError> {
-        match &self.fleet {
-            Some(f) => f.delivery(day, report, dest).await.map_err(fleet_error),
-            None => self.store.delivery(day, report, dest),
-        }
-    }
-
-    /// Records a delivery; with `only_new`, keeps one already recorded (by another
-    /// daemon of the fleet) and returns that.
-    pub(super) async fn record_delivery(
-        &self,
-        day: Day,
-        report: &str,
-        dest: &str,
-        d: &Delivery,
-        only_new: bool,
-    ) -> Result<Delivery, StoreError> {
-        match &self.fleet {
-            Some(f) => f
-                .set_delivery(day, report, dest, d, only_new)
-                .await
-                .map_err(fleet_error),
-            None => self
-                .store
-                .set_delivery(day, report, dest, d)
-                .map(|()| d.clone()),
-        }
-    }
-
-    /// The right to send a delivery now: always for a single daemon; in a fleet, a
-    /// lease no other daemon holds (`None` while one does).
-    pub(super) async fn lease(
-        &self,
-        report: &str,
-        dest: &str,
-    ) -> Result<Option<String>, StoreError> {
-        match &self.fleet {
-            Some(f) => f.lease(report, dest, LEASE).await.map_err(fleet_error),
-            None => Ok(Some(String::new())),
-        }
-    }
-
-    pub(super) async fn release(&self, report: &str, dest: &str, token: &str) {
-        if let Some(f) = &self.fleet {
-            f.release(report, dest, token).await;
-        }
-    }
-
-    /// Who sends this daemon's reports: the fleet, or this daemon's store.
-    pub(super) async fn node(&self) -> Result<String, StoreError> {
-        match &self.fleet {
-            Some(f) => f.node().await.map_err(fleet_error),
-            None => Ok(self.store.node()),
-        }
-    }
-
-    pub(super) async fn cuts(&self, day: Day) -> Result<Vec<Cut>, StoreError> {
-        match &self.fleet {
-            Some(f) => f.cuts(day).await.map_err(fleet_error),
-            None => self.store.cuts(day),
-        }
-    }
-
-    pub(super) async fn add_cut(&self, day: Day, cut: &Cut) -> Result<(), StoreError> {
-        match &self.fleet {
-            Some(f) => f.add_cut(day, cut).await.map_err(fleet_error),
-            None => self.store.add_cut(day, cut),
-        }
-    }
-
-    pub(super) async fn prune_before(&self, day: Day) -> Result<usize, StoreError> {
-        if let Some(f) = &self.fleet {
-            f.prune_before(day).await.map_err(fleet_error)?;
-        }
-        self.store.prune_before(day)
-    }
-
-    /// Moves stored outbox batches into the fleet's counters, oldest first, until the
-    /// outbox is empty or Redis fails (the rest waits for the next call).
+    /// Moves stored counts on to where they are shared (a fleet's Redis).
     pub async fn sync_fleet(&self) {
-        let Some(fleet) = &self.fleet else { return };
-        loop {
-            let batches = match self.store.outbox(64) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the TLSRPT outbox");
-                    break;
-                }
-            };
-            if batches.is_empty() {
-                break;
-            }
-            for (key, id, tally) in batches {
-                if fleet.apply(&id, &tally).await.is_err() {
-                    // Logged by the shared cache; kept for the next try.
-                    self.metrics
-                        .tlsrpt
-                        .unsynced
-                        .set(self.store.outbox_len() as i64);
-                    return;
-                }
-                if let Err(e) = self.store.outbox_remove(key) {
-                    tracing::warn!(error = %e, "cannot remove a TLSRPT outbox batch the fleet holds");
-                    return;
-                }
-            }
-        }
-        self.metrics
-            .tlsrpt
-            .unsynced
-            .set(self.store.outbox_len() as i64);
+        self.ledger.share().await;
     }
-}
-
-fn fleet_error(e: RedisError) -> StoreError {
-    StoreError::Backend(Store::Reports, e.to_string())
 }

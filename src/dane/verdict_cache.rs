@@ -23,7 +23,7 @@ use hickory_resolver::proto::dnssec::TrustAnchors;
 use serde::{Deserialize, Serialize};
 
 use super::lookup::{DaneLookup, Found};
-use super::rules::{self, MxFacts, Security, TlsaFacts, Verdict};
+use super::verdict::{self as rules, MxFacts, Security, TlsaFacts, Verdict};
 use crate::bounded::{BoundedMap, Expiring};
 use crate::clock::Clock;
 use crate::config::{DaneConfig, DaneMode, DaneValidation, ResolverConfig};

@@ -26,12 +26,18 @@ use std::time::Duration;
 
 use crate::redis::{Redis, RedisError};
 
-use super::counts::{Counts, Group, Tally};
-use super::day::Day;
-use super::period::Cut;
-use super::report::record_tag;
-use super::schedule::Delivery;
-use super::store::DayCounts;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::{Ledger, Pending};
+use crate::metrics::Metrics;
+use crate::storage::{Store, StoreError};
+use crate::tlsrpt::counts::{Counts, Group, Tally};
+use crate::tlsrpt::day::Day;
+use crate::tlsrpt::period::Cut;
+use crate::tlsrpt::report::record_tag;
+use crate::tlsrpt::schedule::Delivery;
+use crate::tlsrpt::store::{DayCounts, ReportStore};
 
 /// Applies one outbox batch once: KEYS[1] the batch's id key, KEYS[2] the days set;
 /// ARGV[1] the TTL in seconds, then per counter: hash, field, value, day, groups set.
@@ -55,12 +61,16 @@ end
 return 1
 ";
 
+/// How long a daemon of a fleet may take to send one report before another may.
+const LEASE: Duration = Duration::from_secs(300);
+
 /// Releases a lease only if this daemon still holds it.
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
+/// The fleet's counters, deliveries, cuts and leases in Redis.
 pub struct FleetReports {
     shared: Arc<Redis>,
     /// How long everything is kept (keep_days, plus a day for the last one's sending).
@@ -369,4 +379,138 @@ fn group_of(day: Day, fields: &BTreeMap<String, String>) -> Option<(Group, Vec<(
         }
     }
     Some((group, policies.into_iter().collect()))
+}
+
+/// A fleet daemon's ledger: counts go to this daemon's outbox first (durable whether
+/// Redis is up or not) and from there to the fleet's counters; everything else is
+/// read and recorded in Redis.
+pub struct FleetLedger {
+    fleet: Arc<FleetReports>,
+    store: Arc<dyn ReportStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl FleetLedger {
+    pub fn new(
+        fleet: Arc<FleetReports>,
+        store: Arc<dyn ReportStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            fleet,
+            store,
+            metrics,
+        }
+    }
+
+    /// Moves stored outbox batches into the fleet's counters, oldest first, until the
+    /// outbox is empty or Redis fails (the rest waits for the next call).
+    async fn sync(&self) {
+        loop {
+            let batches = match self.store.outbox(64) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the TLSRPT outbox");
+                    break;
+                }
+            };
+            if batches.is_empty() {
+                break;
+            }
+            for (key, id, tally) in batches {
+                if self.fleet.apply(&id, &tally).await.is_err() {
+                    // Logged by the Redis connection; kept for the next try.
+                    break;
+                }
+                if let Err(e) = self.store.outbox_remove(key) {
+                    tracing::warn!(error = %e, "cannot remove a TLSRPT outbox batch the fleet holds");
+                    break;
+                }
+            }
+        }
+        self.metrics
+            .tlsrpt
+            .unsynced
+            .set(self.store.outbox_len() as i64);
+    }
+}
+
+fn fleet_error(e: RedisError) -> StoreError {
+    StoreError::Backend(Store::Reports, e.to_string())
+}
+
+/// A Redis call as a ledger answer.
+fn later<'a, T: Send + 'a>(
+    call: impl Future<Output = Result<T, RedisError>> + Send + 'a,
+) -> Pending<'a, T> {
+    call.map(|r| r.map_err(fleet_error)).boxed()
+}
+
+impl Ledger for FleetLedger {
+    fn record(&self, tally: &Tally) -> Result<(), StoreError> {
+        self.store.outbox_add(tally)
+    }
+
+    fn share(&self) -> BoxFuture<'_, ()> {
+        self.sync().boxed()
+    }
+
+    fn days(&self) -> Pending<'_, Vec<Day>> {
+        later(self.fleet.days())
+    }
+
+    fn day_counts(&self, day: Day) -> Pending<'_, DayCounts> {
+        later(self.fleet.day(day))
+    }
+
+    fn delivery<'a>(
+        &'a self,
+        day: Day,
+        report: &'a str,
+        dest: &'a str,
+    ) -> Pending<'a, Option<Delivery>> {
+        later(self.fleet.delivery(day, report, dest))
+    }
+
+    fn record_delivery<'a>(
+        &'a self,
+        day: Day,
+        report: &'a str,
+        dest: &'a str,
+        delivery: &'a Delivery,
+        only_new: bool,
+    ) -> Pending<'a, Delivery> {
+        later(
+            self.fleet
+                .set_delivery(day, report, dest, delivery, only_new),
+        )
+    }
+
+    fn lease<'a>(&'a self, report: &'a str, dest: &'a str) -> Pending<'a, Option<String>> {
+        later(self.fleet.lease(report, dest, LEASE))
+    }
+
+    fn release<'a>(&'a self, report: &'a str, dest: &'a str, token: &'a str) -> BoxFuture<'a, ()> {
+        self.fleet.release(report, dest, token).boxed()
+    }
+
+    fn node(&self) -> Pending<'_, String> {
+        later(self.fleet.node())
+    }
+
+    fn cuts(&self, day: Day) -> Pending<'_, Vec<Cut>> {
+        later(self.fleet.cuts(day))
+    }
+
+    fn add_cut<'a>(&'a self, day: Day, cut: &'a Cut) -> Pending<'a, ()> {
+        later(self.fleet.add_cut(day, cut))
+    }
+
+    fn prune_before(&self, day: Day) -> Pending<'_, usize> {
+        async move {
+            self.fleet.prune_before(day).await.map_err(fleet_error)?;
+            self.store.prune_before(day)
+        }
+        .boxed()
+    }
 }
