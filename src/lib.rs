@@ -54,6 +54,7 @@ pub mod dane;
 pub mod doctor;
 pub mod findings;
 pub mod flight;
+pub mod import;
 pub mod instance;
 mod locks;
 pub mod metrics;

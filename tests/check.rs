@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mta_stsd::check::CheckReport;
-use mta_stsd::cli::check::{CheckOptions, check};
+use mta_stsd::check::gather::{CheckOptions, check};
 use mta_stsd::config::ZoneOptions;
 use mta_stsd::doctor::Level;
 use mta_stsd_testkit::smtp::{SmtpCerts, serve_smtp};

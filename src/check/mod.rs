@@ -1,10 +1,11 @@
 //! `mta-stsd check DOMAIN`: a domain's whole MTA-STS setup judged from this server,
 //! with the daemon's resolver, trust anchors and rules. [`assess`] holds the verdicts
-//! (pure), [`dane`] those about DANE, [`probe`] the TLS and SMTP probes; the command in `cli::check` gathers the
+//! (pure), [`dane`] those about DANE, [`probe`] the TLS and SMTP probes; [`gather`] gathers the
 //! facts concurrently under one deadline.
 
 pub mod assess;
 pub mod dane;
+pub mod gather;
 pub mod probe;
 
 use serde::Serialize;

@@ -1,9 +1,10 @@
 //! The verdicts of `mta-stsd doctor`: facts about the Postfix and mta-stsd setup in,
-//! one [`Finding`] per question out. Pure functions (no I/O, no clock): the command in
-//! `cli::doctor` gathers the facts (by running Postfix's own `postconf`, reading
-//! files, probing the daemon) and prints what these functions decide.
+//! one [`Finding`] per question out. Pure functions (no I/O, no clock); [`gather`]
+//! gathers the facts (by running Postfix's own `postconf`, reading files, probing the
+//! daemon) and applies them.
 
 mod access;
+pub mod gather;
 pub mod tlsrpt;
 
 pub use access::{Access, User, check_socket_access, socket_access};

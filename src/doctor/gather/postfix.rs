@@ -9,9 +9,9 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::{Config, ListenAddr};
-use crate::doctor::{self, Access, Anchors, Finding, Socketmap, User};
+use crate::doctor::{self as doctor, Access, Anchors, Finding, Socketmap, User};
 
-use super::Args;
+use super::Setup;
 
 /// Runs Postfix's own `postconf -c DIR ARGS...`.
 fn postconf(dir: &Path, args: &[&str]) -> Result<String, String> {
@@ -25,7 +25,7 @@ fn param(dir: &Path, name: &str) -> String {
 /// The Postfix checks; returns the socketmaps Postfix uses that reach a listener,
 /// with that listener, for the daemon's probes.
 pub(super) fn postfix_checks(
-    args: &Args,
+    args: &Setup,
     config: &Config,
     listeners: &[ListenAddr],
     checks: &mut Vec<Finding>,

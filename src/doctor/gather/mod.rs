@@ -1,12 +1,13 @@
-//! `mta-stsd doctor`: checks the live Postfix + mta-stsd setup. The command gathers
-//! the facts, from Postfix's side ([`postfix`]) and from the running daemon
-//! ([`daemon`]); the verdicts are the pure functions of [`crate::doctor`].
+//! Gathering what `mta-stsd doctor` judges: the daemon's configuration, Postfix's
+//! side ([`postfix`]: `postconf`, `postmap`, files and their permissions), the DKIM
+//! key mailed reports are signed with, and the running daemon ([`daemon`]: a probe
+//! lookup, its metrics and admin API). The verdicts are the pure functions of
+//! [`super`].
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
+use super::Finding;
 use crate::config::Config;
-use crate::doctor::{self, Finding, Level};
 
 mod daemon;
 mod postfix;
@@ -14,65 +15,22 @@ mod postfix;
 use daemon::daemon_checks;
 use postfix::postfix_checks;
 
-/// `mta-stsd doctor`'s arguments.
-#[derive(clap::Args)]
-pub struct Args {
-    /// The daemon's configuration file (default: /etc/mta-stsd/mta-stsd.toml if it
-    /// exists, else built-in defaults).
-    #[arg(long, short)]
+/// Where the setup's parts are.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The daemon's configuration file (`None`: the default path, or built-in
+    /// defaults).
     pub config: Option<PathBuf>,
     /// Postfix's configuration directory.
-    #[arg(long, value_name = "DIR", default_value = "/etc/postfix")]
     pub postfix_config: PathBuf,
     /// The resolver configuration Postfix uses (for DNSSEC's `options trust-ad`).
-    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// OpenDKIM's configuration, for the key that signs mailed TLS reports.
-    #[arg(long, value_name = "FILE", default_value = "/etc/opendkim.conf")]
+    /// OpenDKIM's configuration.
     pub dkim_config: PathBuf,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
 }
 
-pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    super::current_thread()?.block_on(command(args))
-}
-
-async fn command(args: Args) -> anyhow::Result<ExitCode> {
-    let checks = run_checks(&args).await;
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&checks)?);
-    } else {
-        out!("{}", to_text(&checks));
-    }
-    Ok(ExitCode::from(doctor::worst(&checks).exit_code()))
-}
-
-fn to_text(checks: &[Finding]) -> String {
-    let mut out = String::new();
-    for c in checks {
-        out.push_str(&format!(
-            "{:<8} {:<26} {}\n",
-            c.level.as_str(),
-            c.check,
-            c.message
-        ));
-        if let Some(fix) = &c.fix {
-            out.push_str(&format!("{:<8} {:<26} fix: {fix}\n", "", ""));
-        }
-    }
-    let count = |l| checks.iter().filter(|c| c.level == l).count();
-    out.push_str(&format!(
-        "doctor: ok {}, warning {}, problem {}\n",
-        count(Level::Ok),
-        count(Level::Warning),
-        count(Level::Problem)
-    ));
-    out
-}
-
-async fn run_checks(args: &Args) -> Vec<Finding> {
+/// Every finding about the setup, in the order the report prints them.
+pub async fn run_checks(args: &Setup) -> Vec<Finding> {
     let mut checks = Vec::new();
     let path = Config::path_or_default(args.config.as_deref());
     let shown = path
@@ -116,7 +74,7 @@ async fn dkim_key_checks(conf: &std::path::Path, config: &Config) -> Vec<Finding
     };
     let submitter = config.tlsrpt.submitter_domain();
     let signers: Vec<(String, String)> =
-        doctor::tlsrpt::opendkim_signers(&text, |p| std::fs::read_to_string(p).ok())
+        super::tlsrpt::opendkim_signers(&text, |p| std::fs::read_to_string(p).ok())
             .into_iter()
             .filter(|(domain, _)| *domain == submitter)
             .collect();
@@ -160,7 +118,7 @@ async fn dkim_key_checks(conf: &std::path::Path, config: &Config) -> Vec<Finding
                     _ => None,
                 })
             });
-        out.push(doctor::tlsrpt::check_dkim_key(&key, record.as_deref()));
+        out.push(super::tlsrpt::check_dkim_key(&key, record.as_deref()));
     }
     out
 }
