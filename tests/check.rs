@@ -510,7 +510,7 @@ async fn the_command_prints_a_stable_json_shape() {
     )
     .unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        common::bin()
             .args(["check", "nothing.test", "--no-smtp", "--json", "--config"])
             .arg(&config)
             .output()

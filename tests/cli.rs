@@ -9,7 +9,7 @@ use common::ENFORCE;
 use mta_stsd_testkit::{TestHttps, World};
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+    common::bin()
 }
 
 fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {

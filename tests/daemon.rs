@@ -11,7 +11,6 @@ use common::{ENFORCE, InProcess, ask, ask_once, connect_tcp};
 use futures::{SinkExt, StreamExt};
 use mta_stsd::cache::policy_cache::PolicyService;
 use mta_stsd::clock::{Clock, ManualClock, SystemClock};
-use mta_stsd::config::Config;
 use mta_stsd::protocol::codec::NetstringCodec;
 use mta_stsd_testkit::{RecordType, World, policy_text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,19 +49,13 @@ impl Running {
     }
 }
 
-fn config(dir: &Path, extra: &str) -> Config {
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\", \"unix:{}\"]\n{extra}",
-        dir.join("mta-stsd.sock").display(),
-    );
-    let mut config = Config::from_toml(&text, "test").unwrap();
-    config.cache.path = Some(dir.join("cache"));
-    config.metrics.listen = "127.0.0.1:0".parse().unwrap();
-    config
-}
-
 async fn start_with(world: &World, dir: &Path, extra: &str, clock: ManualClock) -> Running {
-    let inner = InProcess::start(world, config(dir, extra), Arc::new(clock.clone())).await;
+    let inner = InProcess::builder(world, dir)
+        .unix()
+        .toml(extra)
+        .clock(Arc::new(clock.clone()))
+        .start()
+        .await;
     Running {
         tcp: inner.tcp,
         service: inner.service.clone(),

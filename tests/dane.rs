@@ -257,12 +257,13 @@ async fn daemon_anchored(
 ) -> InProcess {
     let anchor = dir.join("root.key");
     std::fs::write(&anchor, anchor_text).unwrap();
-    let text = format!(
-        "{}[dane]\ntrust_anchor = \"{}\"\n{dane}\n{zones}\n",
-        common::LOOPBACK,
-        anchor.display()
-    );
-    InProcess::start(w, common::config_in(dir, &text), Arc::new(SystemClock)).await
+    InProcess::builder(w, dir)
+        .toml(&format!(
+            "[dane]\ntrust_anchor = \"{}\"\n{dane}\n{zones}",
+            anchor.display()
+        ))
+        .start()
+        .await
 }
 
 /// dane.test: an enforced MTA-STS policy AND TLSA records on its only MX host.
@@ -566,7 +567,7 @@ async fn cache_show_includes_the_dane_verdict() {
     );
     let admin = d.http.clone().unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        common::bin()
             .args(["cache", "show", "dane.test", "--admin", &admin])
             .output()
             .unwrap()
@@ -786,7 +787,7 @@ async fn auto_is_read_again_on_sighup() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+    let mut child = common::bin()
         .args(["serve", "--config"])
         .arg(&cfg)
         .stderr(std::process::Stdio::piped())

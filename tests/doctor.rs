@@ -8,10 +8,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use common::InProcess;
-use mta_stsd::clock::SystemClock;
 use mta_stsd_testkit::{RedisServer, World, free_port};
 
 /// Debian's public roots, as a Postfix CAfile.
@@ -81,7 +79,7 @@ async fn daemon(w: &World, root: &Path, listen: &[String], zones: &str) -> InPro
         "[server]\nlisten = [{}]\n[metrics]\nlisten = \"127.0.0.1:0\"\n{zones}\n",
         all.join(", ")
     );
-    InProcess::start(w, common::config_in(root, &text), Arc::new(SystemClock)).await
+    InProcess::builder(w, root).toml(&text).start().await
 }
 
 /// The configuration file doctor reads: the running daemon's real addresses.
@@ -150,10 +148,7 @@ async fn doctor_with(config: &Path, postfix: &Path, resolv: &Path, more: &[&str]
             if json {
                 a.push("--json".into());
             }
-            Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
-                .args(&a)
-                .output()
-                .unwrap()
+            common::bin().args(&a).output().unwrap()
         };
         let text = run(false);
         let json = run(true);
@@ -556,7 +551,7 @@ fn postfix_not_asking_the_daemon_and_a_broken_config() {
     let pf = postfix_dir(r, "smtp_tls_policy_maps = hash:/etc/postfix/tls_policy");
     let config = r.join("bad.toml");
     std::fs::write(&config, "[server]\nlisten = [\"nowhere\"]\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+    let out = common::bin()
         .args(["doctor", "--config"])
         .arg(&config)
         .arg("--postfix-config")
@@ -573,7 +568,7 @@ fn postfix_not_asking_the_daemon_and_a_broken_config() {
         "[server]\nlisten = [\"127.0.0.1:1\"]\n[metrics]\nlisten = \"\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+    let out = common::bin()
         .args(["doctor", "--json", "--config"])
         .arg(&config)
         .arg("--postfix-config")

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ const SENDER: &str = "organization_name = \"Example\"\ncontact_info = \"postmast
 /// Runs `serve` with `config`, which must exit (refuse) within 20 s: its exit status
 /// and standard error. A `serve` that starts instead is killed and fails the test.
 fn serve_must_exit(config: &Path) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+    let mut child = common::bin()
         .args(["serve", "--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

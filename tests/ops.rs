@@ -8,18 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use common::{ENFORCE, InProcess, ask_once, cli};
-use mta_stsd::clock::SystemClock;
 use mta_stsd_testkit::World;
 
 const SECURE: &str = "OK secure match=mx1.example.com:.example.net servername=hostname";
 
 async fn start(w: &World, dir: &Path) -> InProcess {
-    InProcess::start(
-        w,
-        common::config_in(dir, common::LOOPBACK),
-        Arc::new(SystemClock),
-    )
-    .await
+    InProcess::builder(w, dir).start().await
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -178,7 +172,7 @@ async fn admin_api_through_the_cache_command() {
 }
 
 fn serve(config: &Path, notify_socket: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+    common::bin()
         .args(["serve", "--config"])
         .arg(config)
         .env("NOTIFY_SOCKET", notify_socket)
@@ -501,7 +495,7 @@ async fn cli_with_stdin(args: &[&str], input: &str) -> (Option<i32>, String, Str
     let input = input.to_owned();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+        let mut child = common::bin()
             .args(&args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -305,7 +305,7 @@ impl Drop for Daemon {
 }
 
 fn serve(config: &Path, notify: &Notify) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+    let mut child = common::bin()
         .args(["serve", "--config"])
         .arg(config)
         .env("NOTIFY_SOCKET", &notify.path)

@@ -69,7 +69,64 @@ pub struct InProcess {
     pub task: tokio::task::JoinHandle<Stopped>,
 }
 
+/// The one way tests build a daemon: a testkit world, a directory for its cache (and
+/// unix socket), the listeners of [`LOOPBACK`] unless `toml` names its own, a clock.
+pub struct Builder<'w> {
+    world: &'w World,
+    dir: std::path::PathBuf,
+    toml: String,
+    clock: Arc<dyn Clock>,
+}
+
+impl<'w> Builder<'w> {
+    /// Configuration sections (a whole file's worth, or what follows [`LOOPBACK`]).
+    pub fn toml(mut self, toml: &str) -> Self {
+        self.toml.push_str(toml);
+        self.toml.push('\n');
+        self
+    }
+
+    /// Answers over a unix socket too, at `DIR/mta-stsd.sock`.
+    pub fn unix(self) -> Self {
+        let sock = self.dir.join("mta-stsd.sock");
+        self.toml(&format!(
+            "[server]\nlisten = [\"127.0.0.1:0\", \"unix:{}\"]\n[metrics]\nlisten = \"127.0.0.1:0\"",
+            sock.display()
+        ))
+    }
+
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The configuration the daemon will run on: [`LOOPBACK`]'s listeners unless
+    /// the sections given name a `[server]`, the cache in the directory.
+    pub fn config(&self) -> Config {
+        let text = if self.toml.contains("[server]") {
+            self.toml.clone()
+        } else {
+            format!("{LOOPBACK}{}", self.toml)
+        };
+        config_in(&self.dir, &text)
+    }
+
+    pub async fn start(self) -> InProcess {
+        InProcess::start(self.world, self.config(), self.clock).await
+    }
+}
+
 impl InProcess {
+    /// A daemon for `world` with its cache in `dir` (see [`Builder`]).
+    pub fn builder<'w>(world: &'w World, dir: &std::path::Path) -> Builder<'w> {
+        Builder {
+            world,
+            dir: dir.to_owned(),
+            toml: String::new(),
+            clock: Arc::new(mta_stsd::clock::SystemClock),
+        }
+    }
+
     /// Builds and starts a daemon with discovery pointed at `world`.
     pub async fn start(world: &World, config: Config, clock: Arc<dyn Clock>) -> InProcess {
         let daemon = Daemon::build(config, options(world), clock)
@@ -165,12 +222,14 @@ impl Notify {
     }
 }
 
+/// The mta-stsd binary, as a command to add arguments to.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
+}
+
 /// Runs the mta-stsd binary with `args`: exit status, standard output, standard error.
 pub fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mta-stsd"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = bin().args(args).output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
