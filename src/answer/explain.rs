@@ -95,6 +95,24 @@ impl QueryReport {
     }
 }
 
+/// A host's TLSA facts on one line.
+fn tlsa_text(tlsa: &TlsaFacts) -> String {
+    match tlsa {
+        TlsaFacts::NotApplicable => "not looked up (addresses not secure)".to_owned(),
+        TlsaFacts::None => "none".to_owned(),
+        TlsaFacts::Bogus => "BOGUS".to_owned(),
+        TlsaFacts::Failed => "lookup failed".to_owned(),
+        TlsaFacts::Records { records } => records
+            .iter()
+            .map(|t| {
+                let usable = if t.usable() { "usable" } else { "unusable" };
+                format!("{} {} {} ({usable})", t.usage, t.selector, t.matching)
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 fn dane_text(out: &mut String, dane: &DaneReport) {
     let _ = writeln!(
         out,
@@ -129,25 +147,7 @@ fn dane_text(out: &mut String, dane: &DaneReport) {
                 }
             );
             for h in hosts {
-                let tlsa = match &h.tlsa {
-                    TlsaFacts::NotApplicable => "not looked up (addresses not secure)".to_owned(),
-                    TlsaFacts::None => "none".to_owned(),
-                    TlsaFacts::Bogus => "BOGUS".to_owned(),
-                    TlsaFacts::Failed => "lookup failed".to_owned(),
-                    TlsaFacts::Records { records } => records
-                        .iter()
-                        .map(|t| {
-                            format!(
-                                "{} {} {} ({})",
-                                t.usage,
-                                t.selector,
-                                t.matching,
-                                if t.usable() { "usable" } else { "unusable" }
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                };
+                let tlsa = tlsa_text(&h.tlsa);
                 let _ = writeln!(
                     out,
                     "  host:     {} (addresses {}); TLSA: {tlsa}",

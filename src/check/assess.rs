@@ -367,51 +367,7 @@ pub fn tlsrpt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Findin
             )
             .about(&name),
         ],
-        [one] => match destinations(one) {
-            Err(e) => vec![
-                Finding::problem(
-                    "tlsrpt",
-                    e,
-                    "write it as v=TLSRPTv1; rua=mailto:ADDRESS (or https:URL)",
-                )
-                .about(&name),
-            ],
-            Ok(d) if d.usable.is_empty() => vec![
-                Finding::problem(
-                    "tlsrpt",
-                    format!("no usable rua URI in \"{one}\""),
-                    "rua=mailto:ADDRESS or rua=https://HOST/PATH",
-                )
-                .about(&name),
-            ],
-            Ok(d) => {
-                let mut out = vec![
-                    Finding::ok(
-                        "tlsrpt",
-                        format!(
-                            "reports go to {}",
-                            d.usable
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                    .about(&name),
-                ];
-                for (uri, why) in d.refused {
-                    out.push(
-                        Finding::warning(
-                            "tlsrpt",
-                            format!("rua {uri} is not usable: {why}"),
-                            "use a mailto: address or an https: URL",
-                        )
-                        .about(&name),
-                    );
-                }
-                out
-            }
-        },
+        [one] => tlsrpt_record(&name, one),
         many => vec![
             Finding::problem(
                 "tlsrpt",
@@ -424,6 +380,36 @@ pub fn tlsrpt(domain: &str, records: &Result<Vec<String>, String>) -> Vec<Findin
             .about(&name),
         ],
     }
+}
+
+/// The one TLSRPT record: its `rua` destinations, usable or not.
+fn tlsrpt_record(name: &str, record: &str) -> Vec<Finding> {
+    let d = match destinations(record) {
+        Err(e) => {
+            let fix = "write it as v=TLSRPTv1; rua=mailto:ADDRESS (or https:URL)";
+            return vec![Finding::problem("tlsrpt", e, fix).about(name)];
+        }
+        Ok(d) if d.usable.is_empty() => {
+            let message = format!("no usable rua URI in \"{record}\"");
+            let fix = "rua=mailto:ADDRESS or rua=https://HOST/PATH";
+            return vec![Finding::problem("tlsrpt", message, fix).about(name)];
+        }
+        Ok(d) => d,
+    };
+    let usable: Vec<String> = d.usable.iter().map(ToString::to_string).collect();
+    let mut out =
+        vec![Finding::ok("tlsrpt", format!("reports go to {}", usable.join(", "))).about(name)];
+    for (uri, why) in d.refused {
+        out.push(
+            Finding::warning(
+                "tlsrpt",
+                format!("rua {uri} is not usable: {why}"),
+                "use a mailto: address or an https: URL",
+            )
+            .about(name),
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -156,7 +156,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::current_thread()?.block_on(command(&base, args))
 }
 
-async fn command(base: &str, args: Args) -> anyhow::Result<ExitCode> {
+/// The domains to warm, in order: the mail log's (most frequent first), then the
+/// list's; at most `--top`.
+fn wanted(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut domains = Vec::new();
     if let Some(path) = &args.from_maillog {
         let text = read_input(path)?;
@@ -192,7 +194,11 @@ async fn command(base: &str, args: Args) -> anyhow::Result<ExitCode> {
         }
         anyhow::bail!("no domains to warm");
     }
+    Ok(domains)
+}
 
+async fn command(base: &str, args: Args) -> anyhow::Result<ExitCode> {
+    let domains = wanted(&args)?;
     let client = super::admin_client(base)?;
     let terminal = std::io::stderr().is_terminal();
     let bar = terminal.then(|| {

@@ -176,20 +176,7 @@ impl Daemon {
         let metrics = Arc::new(
             crate::metrics::Metrics::new().map_err(|e| DaemonError::Metrics(e.to_string()))?,
         );
-        let store: Arc<dyn PolicyStore> = match parts.store {
-            Some(store) => Arc::new(GuardedStore::new(store, None, metrics.clone())),
-            None => {
-                let reopen: Reopen = {
-                    let (path, metrics) = (path.clone(), metrics.clone());
-                    Box::new(move || open_sled(&path, &metrics))
-                };
-                let store = open_sled(&path, &metrics).unwrap_or_else(|e| {
-                    tracing::error!(cache = %path.display(), error = %e, "cannot open or recreate the cache; serving from memory and retrying");
-                    Arc::new(Unavailable(e.to_string()))
-                });
-                Arc::new(GuardedStore::new(store, Some(reopen), metrics.clone()))
-            }
-        };
+        let store = policy_store(parts.store, &path, &metrics);
         let dane_settings = match parts.dane {
             Some(settings) => settings,
             None => DaneSettings::resolve(&config.dane, &opts.resolver)?,
@@ -217,14 +204,7 @@ impl Daemon {
             Some(l) => l,
             None => bind_socketmap(&config).await?,
         };
-        let metrics_listener = match config.metrics.addr() {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| listen_error(&addr, &e))?,
-            ),
-            None => None,
-        };
+        let metrics_listener = bind_metrics(&config).await?;
         // Bound by now: said before "ready", which is the signal that all of them are.
         for l in &listeners {
             tracing::info!(listen = %l.describe(), "listening");
@@ -336,6 +316,39 @@ impl Daemon {
             elapsed,
         }
     }
+}
+
+/// The policy store: one the caller gives (tests), or the sled store at `path`,
+/// guarded; a store that cannot be opened stands in as unavailable while the guard
+/// retries, so the daemon serves from memory.
+fn policy_store(
+    given: Option<Arc<dyn PolicyStore>>,
+    path: &Path,
+    metrics: &Arc<Metrics>,
+) -> Arc<dyn PolicyStore> {
+    if let Some(store) = given {
+        return Arc::new(GuardedStore::new(store, None, metrics.clone()));
+    }
+    let reopen: Reopen = {
+        let (path, metrics) = (path.to_owned(), metrics.clone());
+        Box::new(move || open_sled(&path, &metrics))
+    };
+    let store = open_sled(path, metrics).unwrap_or_else(|e| {
+        tracing::error!(cache = %path.display(), error = %e, "cannot open or recreate the cache; serving from memory and retrying");
+        Arc::new(Unavailable(e.to_string()))
+    });
+    Arc::new(GuardedStore::new(store, Some(reopen), metrics.clone()))
+}
+
+/// The metrics and admin API listener, when `[metrics] listen` names one.
+async fn bind_metrics(config: &Config) -> Result<Option<tokio::net::TcpListener>, DaemonError> {
+    let Some(addr) = config.metrics.addr() else {
+        return Ok(None);
+    };
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| listen_error(&addr, &e))
 }
 
 /// TLSRPT's service and socket, with `[tlsrpt] enable`. Reports are secondary to

@@ -86,11 +86,12 @@ impl<'w> Builder<'w> {
         self
     }
 
-    /// Answers over a unix socket too, at `DIR/mta-stsd.sock`.
+    /// Answers over a unix socket too, at `DIR/mta-stsd.sock`. `[server]` comes
+    /// last, so that the keys of a `toml` that follows without a header are its.
     pub fn unix(self) -> Self {
         let sock = self.dir.join("mta-stsd.sock");
         self.toml(&format!(
-            "[server]\nlisten = [\"127.0.0.1:0\", \"unix:{}\"]\n[metrics]\nlisten = \"127.0.0.1:0\"",
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n[server]\nlisten = [\"127.0.0.1:0\", \"unix:{}\"]",
             sock.display()
         ))
     }
