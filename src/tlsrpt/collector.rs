@@ -3,7 +3,6 @@
 //! delivery records are kept (this daemon's store, or the fleet's Redis). The sender
 //! is [`super::sender`].
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +15,9 @@ use super::day::Day;
 use super::known::{PolicyFailure, reclassify};
 use super::ledger::{FleetLedger, FleetReports, Ledger, LocalLedger};
 use super::record::Destination;
-use super::report::{Report, Submitter};
+use super::report::Report;
 use super::schedule::Delivery;
+use super::sender::Sender;
 use super::store::ReportStore;
 use crate::clock::Clock;
 use crate::config::TlsrptConfig;
@@ -28,7 +28,7 @@ use crate::storage::{Store, StoreError};
 /// Counters reach the disk at least this often.
 pub const PERSIST_EVERY: Duration = Duration::from_millis(500);
 /// How often the sender looks for due deliveries.
-pub(super) const SEND_EVERY: Duration = Duration::from_secs(60);
+const SEND_EVERY: Duration = Duration::from_secs(60);
 /// At most one log line about bad datagrams this often (with how many were not logged).
 const BAD_LOG_EVERY: u64 = 10;
 
@@ -49,21 +49,18 @@ pub struct Links {
     pub damage: Option<String>,
 }
 
+/// TLSRPT in the daemon: the collector's state, and the sender it hands reports to.
 pub struct Tlsrpt {
-    pub(super) config: TlsrptConfig,
-    pub(super) submitter: Submitter,
-    pub(super) store: Arc<dyn ReportStore>,
+    store: Arc<dyn ReportStore>,
     /// Counted and not yet stored.
-    pub(super) pending: Mutex<Tally>,
-    /// Days whose every delivery is done (sent or given up), not looked at again.
-    pub(super) finished: Mutex<HashSet<Day>>,
-    pub(super) bad_log: Mutex<(u64, u64)>,
-    pub(super) clock: Arc<dyn Clock>,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) http: HttpClient,
-    pub(super) known: KnownFailures,
-    pub(super) ledger: Arc<dyn Ledger>,
-    pub(super) damage: Option<String>,
+    pending: Mutex<Tally>,
+    bad_log: Mutex<(u64, u64)>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    known: KnownFailures,
+    ledger: Arc<dyn Ledger>,
+    damage: Option<String>,
+    sender: Sender,
 }
 
 /// One report of a day, with its destinations and what is recorded of each delivery
@@ -85,28 +82,27 @@ impl Tlsrpt {
         metrics: Arc<Metrics>,
         links: Links,
     ) -> Arc<Self> {
-        let submitter = Submitter {
-            organization: config.organization_name.clone(),
-            contact: config.contact_info.clone(),
-            domain: config.submitter_domain(),
-        };
         let ledger: Arc<dyn Ledger> = match links.fleet {
             Some(fleet) => Arc::new(FleetLedger::new(fleet, store.clone(), metrics.clone())),
             None => Arc::new(LocalLedger::new(store.clone())),
         };
-        Arc::new(Self {
+        let sender = Sender::new(
             config,
-            submitter,
+            ledger.clone(),
+            clock.clone(),
+            metrics.clone(),
+            links.http,
+        );
+        Arc::new(Self {
             store,
             pending: Mutex::new(Tally::default()),
-            finished: Mutex::new(HashSet::new()),
             bad_log: Mutex::new((0, 0)),
             clock,
             metrics,
-            http: links.http,
             known: links.known,
             ledger,
             damage: links.damage,
+            sender,
         })
     }
 
@@ -260,5 +256,44 @@ impl Tlsrpt {
     /// Moves stored counts on to where they are shared (a fleet's Redis).
     pub async fn sync_fleet(&self) {
         self.ledger.share().await;
+    }
+
+    /// Sends due reports every minute until `stop`.
+    pub async fn send_loop(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self.sender.send_due().await {
+                tracing::warn!(error = %e, "TLSRPT sender cannot read its store; retrying");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(SEND_EVERY) => {}
+            }
+        }
+    }
+
+    /// One pass of the sender (see [`Sender::send_due`]).
+    pub async fn send_due(&self) -> Result<(), StoreError> {
+        self.sender.send_due().await
+    }
+
+    /// A day's reports and what is recorded of each delivery (see [`Sender::show`]).
+    pub async fn show(&self, day: Day) -> Result<Vec<ReportStatus>, StoreError> {
+        self.sender.show(day).await
+    }
+
+    /// Sends `day`'s reports now (see [`Sender::send_now`]); with `partial`, what was
+    /// counted in memory is stored and shared first, since it belongs to the period
+    /// the send closes.
+    pub async fn send_now(&self, day: Day, partial: bool) -> Result<Vec<ReportStatus>, StoreError> {
+        if partial {
+            self.persist()?;
+            self.sync_fleet().await;
+        }
+        self.sender.send_now(day, partial).await
+    }
+
+    /// The message a mailed report goes out as (see [`Sender::message`]).
+    pub fn message(&self, report: &Report, to: &str) -> Option<Vec<u8>> {
+        self.sender.message(report, to)
     }
 }

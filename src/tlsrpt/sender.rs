@@ -7,33 +7,65 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
+use std::collections::HashSet;
+use std::sync::Mutex;
 
-use super::collector::{ReportStatus, SEND_EVERY, Tlsrpt};
+use super::collector::{HttpClient, ReportStatus};
 use super::day::Day;
 use super::deliver::{self, Failure};
+use super::ledger::Ledger;
 use super::mail::{self, Envelope};
 use super::period::{self, Cut};
 use super::record::{self, Destination};
+use super::report::Submitter;
 use super::report::{self, Report};
 use super::schedule::{Delivery, State};
 use super::smtp;
+use crate::clock::Clock;
+use crate::config::TlsrptConfig;
 use crate::locks::lock;
+use crate::metrics::Metrics;
 use crate::storage::StoreError;
 
-impl Tlsrpt {
-    /// Sends due reports every minute until `stop`.
-    pub async fn send_loop(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            let me = self.clone();
-            if let Err(e) = me.send_due().await {
-                tracing::warn!(error = %e, "TLSRPT sender cannot read its store; retrying");
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(SEND_EVERY) => {}
-            }
+/// The sender and what it keeps: its settings, the ledger it reads counters from and
+/// records deliveries in, and the days it is done with.
+pub struct Sender {
+    config: TlsrptConfig,
+    submitter: Submitter,
+    ledger: Arc<dyn Ledger>,
+    /// Days whose every delivery is done (sent or given up), not looked at again.
+    finished: Mutex<HashSet<Day>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    http: HttpClient,
+}
+
+impl Sender {
+    pub fn new(
+        config: TlsrptConfig,
+        ledger: Arc<dyn Ledger>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        http: HttpClient,
+    ) -> Self {
+        let submitter = Submitter {
+            organization: config.organization_name.clone(),
+            contact: config.contact_info.clone(),
+            domain: config.submitter_domain(),
+        };
+        Self {
+            config,
+            submitter,
+            ledger,
+            finished: Mutex::new(HashSet::new()),
+            clock,
+            metrics,
+            http,
         }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
     }
 
     /// One pass of the sender: every finished day's due deliveries, then pruning.
@@ -141,12 +173,10 @@ impl Tlsrpt {
         Ok(outcomes)
     }
 
-    /// Closes `day`'s open period now: what is counted in memory is stored first (it
-    /// belongs to this period), then the day's counters are recorded as the cut. No
-    /// cut is made when nothing was counted since the last one.
+    /// Closes `day`'s open period now: the day's counters are recorded as the cut (the
+    /// collector stored what it counted first: it belongs to this period). No cut is
+    /// made when nothing was counted since the last one.
     async fn cut(&self, day: Day) -> Result<(), StoreError> {
-        self.persist()?;
-        self.sync_fleet().await;
         let cuts = self.ledger.cuts(day).await?;
         let current = self.ledger.day_counts(day).await?;
         if period::open_since_last(&cuts, &current).is_empty() {
