@@ -2,11 +2,13 @@
 //! `smtp_tls_policy_maps` (socketmap protocol).
 //!
 //! The modules, from the bottom up (each imports only from those above it in this
-//! list, never from those below):
-//! - [`clock`], [`config`], [`metrics`], [`postfix`], [`flight`], [`bounded`]:
-//!   wall-clock time, the TOML configuration, the Prometheus registry, Postfix's own
-//!   `postconf`, single-flight (one task per key, shared by its waiters), and the
-//!   bounded map of expiring values both answer caches keep;
+//! list, never from those below; `tests/layering.rs` holds the same order and checks
+//! it):
+//! - [`clock`], [`config`], [`metrics`], [`postfix`], [`flight`], [`bounded`],
+//!   [`findings`]: wall-clock time, the TOML configuration, the Prometheus registry,
+//!   Postfix's own `postconf`, single-flight (one task per key, shared by its
+//!   waiters), the bounded map of expiring values both answer caches keep, and the
+//!   findings `check` and `doctor` report;
 //! - [`net`]: outbound network plumbing (the DNS resolver, the guard against
 //!   non-public addresses, TLS trust anchors, library errors as readable text);
 //! - [`storage`]: what the on-disk stores share (errors naming their store, panics
@@ -36,9 +38,10 @@
 //!   HTTP listener (metrics, admin API), systemd integration, the shared state with its
 //!   reload, and the daemon's assembly and shutdown;
 //! - [`doctor`]: the verdicts of `mta-stsd doctor` on a Postfix + mta-stsd setup
-//!   (pure functions of the facts the command gathers);
+//!   (pure) and the gathering of their facts;
 //! - [`check`]: the verdicts of `mta-stsd check DOMAIN` on a domain's MTA-STS setup
-//!   (pure) and its TLS and SMTP probes;
+//!   (pure), its TLS and SMTP probes, and the gathering of its facts;
+//! - [`import`]: postfix-mta-sts-resolver's caches read for `mta-stsd import`;
 //! - [`cli`]: the command-line operations (`serve`, `query`, `cache`, ...), the
 //!   binary's edge.
 
