@@ -1,6 +1,6 @@
 //! Gathering what `mta-stsd doctor` judges: the daemon's configuration, Postfix's
-//! side ([`postfix`]: `postconf`, `postmap`, files and their permissions), the DKIM
-//! key mailed reports are signed with, and the running daemon ([`daemon`]: a probe
+//! side (`postfix`: `postconf`, `postmap`, files and their permissions), the DKIM
+//! key mailed reports are signed with, and the running daemon (`daemon`: a probe
 //! lookup, its metrics and admin API). The verdicts are the pure functions of
 //! [`super`].
 
