@@ -546,6 +546,47 @@ async fn deadline_answers_notfound_and_discovery_finishes_into_the_cache() {
     d.shutdown().await;
 }
 
+/// A zone's own deadline: a client that gives up sooner than `lookup.deadline` gets
+/// its answer first. Sendmail's `sts` zone answers within 4 s by default, under
+/// Sendmail's 5 s socket map timeout.
+#[tokio::test]
+async fn zones_answer_within_their_own_deadline() {
+    let w = World::start().await;
+    for domain in ["slow1.example", "slow2.example"] {
+        w.publish(domain, "1", ENFORCE);
+        w.https.set_response(
+            domain,
+            mta_stsd_testkit::HttpResponse::Delay(
+                std::time::Duration::from_secs(6),
+                Box::new(mta_stsd_testkit::HttpResponse::Policy(ENFORCE.into())),
+            ),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Fetches slower than Sendmail's 5 s, so that only the deadline answers sooner.
+    let d = InProcess::builder(&w, dir.path())
+        .toml("[lookup]\ndeadline = \"20s\"\n[zones.quick]\ndeadline = \"300ms\"")
+        .fetch_timeout(std::time::Duration::from_secs(10))
+        .start()
+        .await;
+    let ask = |map: &'static str, key: &'static str| common::ask_once(d.tcp, map, key);
+    let started = std::time::Instant::now();
+    assert_eq!(ask("quick", "slow1.example").await, "NOTFOUND ");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(ask("sts", "slow2.example").await, "NOTFOUND ");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(3900) && took < std::time::Duration::from_secs(5),
+        "the sts zone answers after its 4 s deadline, before Sendmail's 5 s: {took:?}"
+    );
+    d.shutdown().await;
+}
+
 #[tokio::test]
 async fn garbage_closes_only_its_own_connection() {
     let w = World::start().await;

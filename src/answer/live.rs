@@ -60,7 +60,12 @@ struct LivePolicy<'a> {
 }
 
 impl PolicySource for LivePolicy<'_> {
-    async fn policy(&self, domain: Domain, _zone: &ZoneOptions) -> (Found, CacheOutcome) {
+    async fn policy(
+        &self,
+        domain: Domain,
+        _zone: &ZoneOptions,
+        _deadline: Duration,
+    ) -> (Found, CacheOutcome) {
         let (report, found) = mta_sts(self.discoverer, self.key, &domain).await;
         *self.report.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
         (found, CacheOutcome::Miss)

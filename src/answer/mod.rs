@@ -50,11 +50,13 @@ pub enum Found {
 
 /// Where the MTA-STS policy for a domain comes from.
 pub trait PolicySource {
-    /// The policy for a normalised domain under `zone`, and how it was found.
+    /// The policy for a normalised domain under `zone`, waiting for a discovery at
+    /// most `deadline`, and how it was found.
     fn policy(
         &self,
         domain: Domain,
         zone: &ZoneOptions,
+        deadline: Duration,
     ) -> impl Future<Output = (Found, CacheOutcome)> + Send;
 }
 
@@ -125,9 +127,9 @@ pub async fn answer(
             let left = deadline.saturating_sub(started.elapsed());
             Some(dane.verdict(&domain, left).await)
         };
-        tokio::join!(dane_side, policies.policy(domain.clone(), zone))
+        tokio::join!(dane_side, policies.policy(domain.clone(), zone, deadline))
     } else {
-        (None, policies.policy(domain.clone(), zone).await)
+        (None, policies.policy(domain.clone(), zone, deadline).await)
     };
     let reply = match precedence(verdict.as_ref()) {
         Precedence::MtaSts => mta_sts_reply(&domain, &found, options),
@@ -184,8 +186,13 @@ pub fn not_found(format: Format) -> Reply {
 
 /// The daemon's MTA-STS side: its policy cache.
 impl PolicySource for Arc<PolicyService> {
-    async fn policy(&self, domain: Domain, _zone: &ZoneOptions) -> (Found, CacheOutcome) {
-        let (slot, outcome) = self.lookup_domain(domain).await;
+    async fn policy(
+        &self,
+        domain: Domain,
+        _zone: &ZoneOptions,
+        deadline: Duration,
+    ) -> (Found, CacheOutcome) {
+        let (slot, outcome) = self.lookup_domain(domain, deadline).await;
         (slot.map_or(Found::Nothing, Found::Cached), outcome)
     }
 }

@@ -359,10 +359,12 @@ impl PolicyService {
     /// The policy for a domain already normalised by
     /// [`crate::mtasts::domain::normalize_key`]: the cache rules decide between the
     /// cached entry and a discovery, which the lookup waits for up to its deadline.
-    /// `None`: no usable policy (the answer is "no policy").
+    /// `None`: no usable policy (the answer is "no policy"). `deadline` is the
+    /// asking zone's (`lookup.deadline` unless the zone sets its own).
     pub async fn lookup_domain(
         self: &Arc<Self>,
         domain: Domain,
+        deadline: std::time::Duration,
     ) -> (Option<Arc<Slot>>, CacheOutcome) {
         let settings = self.settings();
         let found = self.found(&domain);
@@ -382,7 +384,6 @@ impl PolicyService {
             LookupRule::NegativeHit => return (None, CacheOutcome::NegativeHit),
             LookupRule::Miss => {}
         }
-        let deadline = settings.lookup.deadline;
         let flight = self.discovery(&domain, Trigger::Miss, true);
         if tokio::time::timeout(deadline, flight).await.is_err() {
             tracing::warn!(

@@ -287,6 +287,16 @@ impl Config {
                 "must be at most 90s (Postfix gives up on a lookup after 100s)",
             ));
         }
+        for (name, zone) in &self.zones {
+            if let Some(d) = zone.deadline
+                && (d.is_zero() || d > Duration::from_secs(90))
+            {
+                out.push(invalid(
+                    "zones.NAME.deadline",
+                    format!("[zones.{name}] deadline must be longer than 0s and at most 90s"),
+                ));
+            }
+        }
         if self.cache.retry_after < Duration::from_secs(300) {
             out.push(invalid(
                 "cache.retry_after",
@@ -328,13 +338,26 @@ impl Config {
         }
     }
 
-    /// Options for a socketmap name: `[zones.NAME]`, else `[zones.default]`, else defaults.
+    /// Options for a socketmap name: `[zones.NAME]`, else `[zones.default]`, else
+    /// defaults; Sendmail's name (`sts`) with its own defaults where those leave a
+    /// setting unset.
     pub fn zone(&self, name: &str) -> ZoneOptions {
-        self.zones
+        let zone = self
+            .zones
             .get(name)
             .or_else(|| self.zones.get("default"))
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if name == sections::SENDMAIL_ZONE {
+            zone.with_sendmail_defaults()
+        } else {
+            zone
+        }
+    }
+
+    /// How long a request by `name` waits for a discovery.
+    pub fn deadline(&self, name: &str) -> std::time::Duration {
+        self.zone(name).deadline.unwrap_or(self.lookup.deadline)
     }
 }
 
@@ -397,6 +420,26 @@ mod tests {
         assert_eq!(c.fetch.timeout, Duration::from_secs(15));
         assert!(!c.fetch.allow_private_addresses);
         assert_eq!(c.zone("postfix"), ZoneOptions::default());
+    }
+
+    #[test]
+    fn sendmails_zone_answers_before_sendmail_gives_up_and_gets_no_dane() {
+        let c = Config::from_toml("", "test").unwrap();
+        assert_eq!(c.deadline("postfix"), Duration::from_secs(10));
+        assert_eq!(c.deadline("sts"), SENDMAIL_DEADLINE);
+        assert!(SENDMAIL_DEADLINE < Duration::from_secs(5));
+        assert_eq!(c.zone("sts").dane, Some(DaneSwitch::Off));
+        // Set explicitly, or through [zones.default], a setting is the administrator's.
+        let own = Config::from_toml(
+            "[zones.sts]\ndeadline = \"2s\"\ndane = \"on\"\n[zones.fast]\ndeadline = \"500ms\"\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(own.deadline("sts"), Duration::from_secs(2));
+        assert_eq!(own.zone("sts").dane, Some(DaneSwitch::On));
+        assert_eq!(own.deadline("fast"), Duration::from_millis(500));
+        let bad = Config::from_toml("[zones.x]\ndeadline = \"0s\"\n", "test").unwrap_err();
+        assert!(format!("{bad:?}").contains("[zones.x] deadline"), "{bad:?}");
     }
 
     #[test]

@@ -515,7 +515,19 @@ pub struct ZoneOptions {
     pub tlsrpt: bool,
     /// DANE precedence for this zone: on, off, or (unset) the `[dane] mode`.
     pub dane: Option<DaneSwitch>,
+    /// How long a request by this name waits for a discovery on a cache miss (unset:
+    /// `lookup.deadline`). A client that gives up sooner must get an answer first.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Option<Duration>,
 }
+
+/// The map name Sendmail's `FEATURE(`sts')` asks by (`sts DOMAIN`).
+pub const SENDMAIL_ZONE: &str = "sts";
+
+/// Sendmail's socket map gives up after 5 s (`-d5`, FEATURE(sts)'s default), and a
+/// lookup that timed out on a first contact was measured to make it skip STARTTLS for
+/// that connection: the `sts` zone answers (no policy yet: `NOTFOUND `) before that.
+pub const SENDMAIL_DEADLINE: Duration = Duration::from_secs(4);
 
 /// A zone's `dane = "on" | "off"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -532,6 +544,18 @@ impl Default for ZoneOptions {
             require_sni: true,
             tlsrpt: false,
             dane: None,
+            deadline: None,
         }
+    }
+}
+
+impl ZoneOptions {
+    /// What Sendmail's zone is when its section leaves them unset: an answer within
+    /// [`SENDMAIL_DEADLINE`], and no DANE answers (Sendmail's `FEATURE(`sts')` reads
+    /// only Postfix's `secure match=...` answers; `dane` would mean nothing to it).
+    pub fn with_sendmail_defaults(mut self) -> Self {
+        self.deadline.get_or_insert(SENDMAIL_DEADLINE);
+        self.dane.get_or_insert(DaneSwitch::Off);
+        self
     }
 }

@@ -246,7 +246,11 @@ async fn answer(ctx: &State, request: &crate::protocol::codec::Request) -> Reply
     let current = ctx.config();
     let zone = current.zone(&request.map);
     let (reply, outcome) = ctx
-        .answer(&request.key, &zone, current.lookup.deadline)
+        .answer(
+            &request.key,
+            &zone,
+            zone.deadline.unwrap_or(current.lookup.deadline),
+        )
         .await;
     metrics.server.requests_in_flight.dec();
     let zone_label = if current.zones.contains_key(&request.map) {

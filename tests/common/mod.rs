@@ -76,9 +76,16 @@ pub struct Builder<'w> {
     dir: std::path::PathBuf,
     toml: String,
     clock: Arc<dyn Clock>,
+    options: DiscoveryOptions,
 }
 
 impl<'w> Builder<'w> {
+    /// How long a policy fetch may take (2 s unless set).
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.options.fetch.timeout = timeout;
+        self
+    }
+
     /// Configuration sections (a whole file's worth, or what follows [`LOOPBACK`]).
     pub fn toml(mut self, toml: &str) -> Self {
         self.toml.push_str(toml);
@@ -113,7 +120,7 @@ impl<'w> Builder<'w> {
     }
 
     pub async fn start(self) -> InProcess {
-        InProcess::start(self.world, self.config(), self.clock).await
+        InProcess::start_with(self.config(), self.options, self.clock).await
     }
 }
 
@@ -125,14 +132,22 @@ impl InProcess {
             dir: dir.to_owned(),
             toml: String::new(),
             clock: Arc::new(mta_stsd::clock::SystemClock),
+            options: options(world),
         }
     }
 
     /// Builds and starts a daemon with discovery pointed at `world`.
     pub async fn start(world: &World, config: Config, clock: Arc<dyn Clock>) -> InProcess {
-        let daemon = Daemon::build(config, options(world), clock)
-            .await
-            .expect("daemon");
+        Self::start_with(config, options(world), clock).await
+    }
+
+    /// Builds and starts a daemon with these discovery options.
+    pub async fn start_with(
+        config: Config,
+        options: DiscoveryOptions,
+        clock: Arc<dyn Clock>,
+    ) -> InProcess {
+        let daemon = Daemon::build(config, options, clock).await.expect("daemon");
         let tcp = daemon.tcp_addrs()[0];
         let http = daemon.metrics_addr().map(|a| format!("http://{a}"));
         let service = daemon.state.service.clone();
