@@ -348,10 +348,13 @@ impl Config {
             .or_else(|| self.zones.get("default"))
             .cloned()
             .unwrap_or_default();
-        if name == sections::SENDMAIL_ZONE {
-            zone.with_sendmail_defaults()
-        } else {
-            zone
+        match name {
+            sections::SENDMAIL_ZONE => zone.with_sendmail_defaults(),
+            sections::EXIM_ZONE => ZoneOptions {
+                format: zone.format.or(Some(AnswerFormat::Exim)),
+                ..zone
+            },
+            _ => zone,
         }
     }
 

@@ -519,7 +519,31 @@ pub struct ZoneOptions {
     /// `lookup.deadline`). A client that gives up sooner must get an answer first.
     #[serde(with = "humantime_serde")]
     pub deadline: Option<Duration>,
+    /// The form of the answers (unset: Postfix's; `exim` for the name `exim`).
+    pub format: Option<AnswerFormat>,
 }
+
+/// The answer formats, one per kind of client (the renderers are
+/// `crate::answer::render`'s, one file each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerFormat {
+    /// Postfix's `smtp_tls_policy_maps` (socketmap_table(5), postconf(5)); also what
+    /// Sendmail's `FEATURE(sts)` reads.
+    #[default]
+    Postfix,
+    /// `key=value` words for Exim's `${readsocket}` and `${extract}`, with the MX
+    /// patterns as an Exim host list of anchored regular expressions.
+    Exim,
+}
+
+impl AnswerFormat {
+    /// Every format, in registration order (its position is its memo index).
+    pub const ALL: [AnswerFormat; 2] = [AnswerFormat::Postfix, AnswerFormat::Exim];
+}
+
+/// The map name the shipped Exim configuration asks by (`exim DOMAIN`).
+pub const EXIM_ZONE: &str = "exim";
 
 /// The map name Sendmail's `FEATURE(`sts')` asks by (`sts DOMAIN`).
 pub const SENDMAIL_ZONE: &str = "sts";
@@ -545,6 +569,7 @@ impl Default for ZoneOptions {
             tlsrpt: false,
             dane: None,
             deadline: None,
+            format: None,
         }
     }
 }

@@ -8,8 +8,8 @@
 //! policy must not stop delivery), unless the zone sets `strict_testing`. How that is
 //! said is the renderer's.
 //!
-//! Adding a client's format: one file with a [`Renderer`], a [`Format`] variant, and
-//! its arm in `Format::renderer`.
+//! Adding a client's format: one file with a [`Renderer`], a [`Format`] variant (in
+//! the configuration, where zones name it), and its arm in `renderer`.
 
 use std::sync::Arc;
 
@@ -18,29 +18,15 @@ use crate::config::ZoneOptions;
 use crate::mtasts::policy::{Mode, Policy};
 use crate::protocol::codec::MAX_REPLY;
 
+pub mod exim;
 pub mod postfix;
 
-/// The answer formats, one per kind of client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Format {
-    /// Postfix's `smtp_tls_policy_maps` (socketmap_table(5), postconf(5)); also what
-    /// Sendmail's `FEATURE(sts)` reads.
-    #[default]
-    Postfix,
-}
+pub use crate::config::AnswerFormat as Format;
 
-impl Format {
-    /// Every format, in registration order (its position is its memo index).
-    pub const ALL: [Format; 1] = [Format::Postfix];
-
-    fn renderer(self) -> &'static dyn Renderer {
-        match self {
-            Format::Postfix => &postfix::Postfix,
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
+fn renderer(format: Format) -> &'static dyn Renderer {
+    match format {
+        Format::Postfix => &postfix::Postfix,
+        Format::Exim => &exim::Exim,
     }
 }
 
@@ -96,7 +82,7 @@ impl From<&ZoneOptions> for RenderOptions {
     /// What of a zone's options the reply's text depends on.
     fn from(zone: &ZoneOptions) -> Self {
         RenderOptions {
-            format: Format::Postfix,
+            format: zone.format.unwrap_or_default(),
             strict_testing: zone.strict_testing,
             require_sni: zone.require_sni,
             tlsrpt: zone.tlsrpt,
@@ -114,7 +100,7 @@ impl RenderOptions {
     /// A distinct index in `0..VARIANTS` for each combination of options, so a
     /// rendered reply can be memoized per combination.
     pub fn variant(&self) -> usize {
-        self.format.index() * 8
+        self.format as usize * 8
             + (usize::from(self.strict_testing)
                 | usize::from(self.require_sni) << 1
                 | usize::from(self.tlsrpt) << 2)
@@ -144,12 +130,12 @@ pub fn is_enforced(policy: &Policy, options: RenderOptions) -> bool {
 
 /// No policy applies.
 pub fn not_found(format: Format) -> Reply {
-    Reply::fixed(Kind::NotFound, format.renderer().not_found())
+    Reply::fixed(Kind::NotFound, renderer(format).not_found())
 }
 
 /// The MTA's own DANE, mandatory or not.
 pub fn dane(format: Format, mandatory: bool) -> Reply {
-    let r = format.renderer();
+    let r = renderer(format);
     match mandatory {
         true => Reply::fixed(Kind::DaneOnly, r.dane_only()),
         false => Reply::fixed(Kind::Dane, r.dane()),
@@ -158,7 +144,7 @@ pub fn dane(format: Format, mandatory: bool) -> Reply {
 
 /// Defer, saying why.
 pub fn temp(format: Format, reason: &str) -> Reply {
-    let text = format.renderer().temp(&clean_reason(reason));
+    let text = renderer(format).temp(&clean_reason(reason));
     Reply::shared(Kind::Temp, Arc::from(text))
 }
 
@@ -182,7 +168,7 @@ pub fn mta_sts(domain: &str, policy: Option<&Policy>, options: RenderOptions) ->
 }
 
 fn unbounded(domain: &str, policy: Option<&Policy>, options: RenderOptions) -> Rendered {
-    let renderer = options.format.renderer();
+    let renderer = renderer(options.format);
     let mut dropped_lines = Vec::new();
     let reply = match policy.filter(|p| is_enforced(p, options)) {
         Some(policy) => {
@@ -335,15 +321,17 @@ mod tests {
     #[test]
     fn every_zone_option_combination_has_its_own_variant() {
         let mut seen = std::collections::HashSet::new();
-        for bits in 0..8u8 {
-            let z = RenderOptions {
-                format: Format::Postfix,
-                strict_testing: bits & 1 != 0,
-                require_sni: bits & 2 != 0,
-                tlsrpt: bits & 4 != 0,
-            };
-            assert!(z.variant() < VARIANTS);
-            assert!(seen.insert(z.variant()));
+        for format in Format::ALL {
+            for bits in 0..8u8 {
+                let z = RenderOptions {
+                    format,
+                    strict_testing: bits & 1 != 0,
+                    require_sni: bits & 2 != 0,
+                    tlsrpt: bits & 4 != 0,
+                };
+                assert!(z.variant() < VARIANTS);
+                assert!(seen.insert(z.variant()));
+            }
         }
     }
 
