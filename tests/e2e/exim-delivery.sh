@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# End-to-end delivery test for Exim: Debian's exim4 (unpacked from its .debs, since
+# the package conflicts with Postfix) delivers through mta-stsd with the shipped
+# drop-ins (contrib/exim4/conf.d, concatenated in name order as update-exim4.conf
+# does), inside a private network and mount namespace.
+#
+#   sudo tests/e2e/exim-delivery.sh EXIM_ROOT [BIN_DIR]
+#
+# EXIM_ROOT: a directory with exim4-daemon-light, exim4-base and libidn12 unpacked
+# (.ci/run makes target/ci-exim-4.96). BIN_DIR holds mta-stsd and mta-sts-testworld
+# (default target/debug). The world is the one of postfix-delivery.sh: DNS on
+# 127.0.0.1:53, the policy server on 127.0.0.1:443, receivers on 127.0.0.2:25
+# (STARTTLS, certificate chosen by SNI), 127.0.0.3:25 (no STARTTLS), 127.0.0.4:25
+# (STARTTLS, untrusted certificate when no SNI is sent), 127.0.0.5:25 (STARTTLS).
+# Prints one line per case and exits non-zero if any case fails.
+set -euo pipefail
+
+EXIM_ROOT=$(realpath "$1")
+BIN=$(realpath "${2:-target/debug}")
+CONF_D=$(realpath "$(dirname "$0")/../../contrib/exim4/conf.d")
+
+if [ "$(id -u)" != 0 ]; then echo "exim-delivery: needs root" >&2; exit 2; fi
+if [ -z "${MTA_STS_E2E_NETNS:-}" ]; then
+    exec env MTA_STS_E2E_NETNS=1 unshare --net --mount --propagation private "$0" "$EXIM_ROOT" "$BIN"
+fi
+
+ip link set lo up
+W=$(mktemp -d /tmp/mta-sts-exim.XXXXXX)
+chmod 755 "$W"
+echo "nameserver 127.0.0.1" > "$W/resolv.conf"
+mount --bind "$W/resolv.conf" /etc/resolv.conf
+# Debian's exim binary needs its compiled-in user before it reads any configuration.
+cp /etc/passwd "$W/passwd"; cp /etc/group "$W/group"
+echo "Debian-exim:x:64999:64999::$W/spool:/usr/sbin/nologin" >> "$W/passwd"
+echo "Debian-exim:x:64999:" >> "$W/group"
+mount --bind "$W/passwd" /etc/passwd
+mount --bind "$W/group" /etc/group
+# It also re-executes itself as /usr/sbin/exim4 (setuid: the loader ignores
+# LD_LIBRARY_PATH) to deliver: the unpacked binary and its libidn12 appear where
+# Debian installs them (overlays, in this mount namespace only).
+mount -t overlay overlay -o "lowerdir=$EXIM_ROOT/usr/sbin:/usr/sbin" /usr/sbin
+mount -t overlay overlay -o "lowerdir=$EXIM_ROOT/usr/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu" /usr/lib/x86_64-linux-gnu
+mkdir -p "$W/spool" "$W/log"
+chown 64999:64999 "$W/spool" "$W/log"
+exim() { /usr/sbin/exim4 -C "$W/exim.conf" "$@"; }
+
+. "$(dirname "$0")/lib.sh"
+trap stop_all EXIT
+
+# --- the world ---------------------------------------------------------------------
+start_world "$BIN"
+world smtp 127.0.0.2 tls
+world smtp 127.0.0.3 plain
+world smtp 127.0.0.4 tls untrusted
+world smtp 127.0.0.5 tls
+world policy verify.test 1 enforce mx.good.test; world mx verify.test mx.good.test 127.0.0.2
+world policy good.test    1 enforce  mx.good.test;    world mx good.test mx.good.test 127.0.0.2;       world cert mx.good.test valid
+world policy badcert.test 1 enforce  mx.badcert.test; world mx badcert.test mx.badcert.test 127.0.0.2; world cert mx.badcert.test wrong-name
+world policy notls.test   1 enforce  mx.notls.test;   world mx notls.test mx.notls.test 127.0.0.3
+world policy testing.test 1 testing  mx.testing.test; world mx testing.test mx.testing.test 127.0.0.4; world cert mx.testing.test untrusted
+                                                      world mx plain.test mx.plain.test 127.0.0.4
+world policy cached.test  1 enforce  mx.cached.test;  world mx cached.test mx.cached.test 127.0.0.2;   world cert mx.cached.test valid
+# SNI decides: 127.0.0.4 shows an untrusted certificate to a client that sends none.
+world policy sni.test     1 enforce  mx.sni.test;     world mx sni.test mx.sni.test 127.0.0.4;         world cert mx.sni.test valid
+# MX patterns (RFC 8461 section 4.1: "*." is exactly one label).
+world policy pattern.test  1 enforce '*.pattern.test';  world mx pattern.test mx1.pattern.test 127.0.0.2
+world cert mx1.pattern.test valid
+world policy deep.test     1 enforce '*.deep.test';     world mx deep.test a.b.deep.test 127.0.0.2
+world cert a.b.deep.test valid
+# The preferred MX is outside the policy (and has a valid certificate for its name).
+world policy stranger.test 1 enforce '*.stranger.test'
+world mx stranger.test mx.elsewhere.test 127.0.0.5 mx2.stranger.test 127.0.0.2
+world cert mx.elsewhere.test valid; world cert mx2.stranger.test valid
+
+# --- mta-stsd ----------------------------------------------------------------------
+cat > "$W/mta-stsd.toml" <<CFG
+[server]
+listen = ["127.0.0.1:8461"]
+[metrics]
+listen = "127.0.0.1:9461"
+[resolver]
+nameservers = ["127.0.0.1:53"]
+timeout = "1s"
+[fetch]
+ca_file = "$W/ca.pem"
+allow_private_addresses = true
+timeout = "5s"
+[cache]
+path = "$W/mta-stsd-cache"
+grace = "1s"
+[dane]
+mode = "off"
+CFG
+"$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
+pids+=($!)
+wait_tcp 127.0.0.1 8461 || { echo "mta-stsd did not start"; cat "$W/mta-stsd.log"; exit 1; }
+
+# --- Exim, the sender: a hand-written main section, then the shipped drop-ins in the
+# order update-exim4.conf concatenates them --------------------------------------------
+{
+    cat <<CFG
+primary_hostname = sender.test
+domainlist local_domains = sender.test
+domainlist relay_to_domains =
+spool_directory = $W/spool
+log_file_path = $W/log/%slog
+log_selector = +tls_sni +tls_certificate_verified +tls_peerdn +smtp_connection
+keep_environment =
+# The Debian configuration type these drop-ins apply to, and the test world: its
+# receivers are on loopback, its CA is the Web PKI here.
+DCconfig_internet = yes
+ROUTER_DNSLOOKUP_IGNORE_TARGET_HOSTS = <; 0.0.0.0
+MTA_STSD_CA = $W/ca.pem
+CFG
+    cat "$CONF_D/main/00_mta-stsd"
+    echo "begin routers"
+    cat "$CONF_D/router/190_mta-stsd"
+    cat <<'CFG'
+# Debian's dnslookup router (router/200_exim4-config_primary): everything else.
+dnslookup:
+  driver = dnslookup
+  domains = ! +local_domains
+  transport = remote_smtp
+  same_domain_copy_routing = yes
+  ignore_target_hosts = ROUTER_DNSLOOKUP_IGNORE_TARGET_HOSTS
+  no_more
+begin transports
+CFG
+    cat "$CONF_D/transport/30_mta-stsd"
+    cat <<'CFG'
+remote_smtp:
+  driver = smtp
+begin retry
+*   *   F,1h,1h
+CFG
+} > "$W/exim.conf"
+exim -bV > "$W/exim-version" 2>&1 || { echo "exim does not start:"; cat "$W/exim-version"; exit 1; }
+echo "$(head -1 "$W/exim-version"), mta-stsd $("$BIN/mta-stsd" --version | cut -d' ' -f2)"
+
+# --- the cases -----------------------------------------------------------------------
+send() {  # send RCPT...: one message, delivered in the foreground
+    printf 'Subject: mta-sts exim e2e\n\nhello\n' | exim -odf -f sender@sender.test "$@" || true
+}
+# The main log's delivery (=>) or deferral (==) line for RCPT.
+line() { grep -F " $1 " "$W/log/mainlog" | grep -E "^[^ ]+ [^ ]+ [^ ]+ (=>|==|\*\*) $1 " | tail -1 || true; }
+received() { ls "$W/received" | grep -c "^$1\..*\.eml$" || true; }
+expect() {  # expect CASE RCPT sent|deferred RECEIVED PATTERN
+    local name=$1 rcpt=$2 want=$3 want_rx=$4 pattern=$5
+    local l got res=ok
+    l=$(line "$rcpt")
+    case "$l" in
+        *" => $rcpt "*) got=sent ;;
+        *" == $rcpt "*) got=deferred ;;
+        *" ** $rcpt "*) got=bounced ;;
+        *) got=none ;;
+    esac
+    [ "$got" = "$want" ] || res="status=$got"
+    [ "$(received "$rcpt")" = "$want_rx" ] || res="$res received=$(received "$rcpt")"
+    if [ -n "$pattern" ] && ! grep -qE "$pattern" <<<"$l"; then res="$res no /$pattern/ in: $l"; fi
+    check "$name" "$want, $want_rx received" "$res"
+}
+
+send user@good.test
+expect "enforce, valid certificate" user@good.test sent 1 "R=mta_stsd_secure T=mta_stsd_smtp H=mx.good.test .*CV=yes DN=\"CN=mx.good.test\""
+# The receiver shows mx.sni.test's certificate only to a client that asks for it by
+# SNI (without, CN=default.mx.invalid): verified means Exim sent SNI = the MX name.
+send user@sni.test
+expect "enforce, SNI = MX host name" user@sni.test sent 1 "T=mta_stsd_smtp H=mx.sni.test .*CV=yes DN=\"CN=mx.sni.test\""
+send user@badcert.test
+expect "enforce, certificate for another name" user@badcert.test deferred 0 "R=mta_stsd_secure T=mta_stsd_smtp"
+send user@notls.test
+expect "enforce, receiver without STARTTLS" user@notls.test deferred 0 "R=mta_stsd_secure T=mta_stsd_smtp"
+send user@testing.test
+expect "testing mode, bad certificate" user@testing.test sent 1 "R=dnslookup T=remote_smtp"
+send user@plain.test
+expect "no policy, as before" user@plain.test sent 1 "R=dnslookup T=remote_smtp"
+send user@pattern.test
+expect "MX pattern *.pattern.test, MX mx1.pattern.test" user@pattern.test sent 1 "H=mx1.pattern.test .*CV=yes"
+send user@deep.test
+expect "MX pattern *.deep.test, MX a.b.deep.test (two labels)" user@deep.test deferred 0 "R=mta_stsd_secure T=mta_stsd_smtp defer \(-58\)"
+send user@stranger.test
+expect "MX outside the policy is not used" user@stranger.test sent 1 "H=mx2.stranger.test .*CV=yes"
+if grep -q "SMTP connection outbound.*mx.elsewhere.test\|H=mx.elsewhere.test.*X=TLS" "$W/log/mainlog"; then
+    check "MX outside the policy is not used" "no TLS session with mx.elsewhere.test" "$(grep mx.elsewhere.test "$W/log/mainlog" | head -3)"
+else
+    check "MX outside the policy is not used" "no TLS session with mx.elsewhere.test" ok
+fi
+# One message to two domains: each gets its own answer and its own connection.
+send multi@good.test multi@plain.test
+expect "two domains in one message: the enforced one" multi@good.test sent 1 "R=mta_stsd_secure T=mta_stsd_smtp .*CV=yes"
+expect "two domains in one message: the other as before" multi@plain.test sent 1 "R=dnslookup T=remote_smtp"
+# Address verification does not ask the daemon: the MTA-STS routers are no_verify, so
+# their debug_print lines never show.
+exim -d+route -bv user@verify.test > "$W/verify.out" 2>&1 || true
+if grep -q "R: mta_stsd_" "$W/verify.out"; then
+    check "address verification" "the MTA-STS routers are skipped" "$(grep 'R: mta_stsd_' "$W/verify.out" | head -2)"
+else
+    check "address verification" "the MTA-STS routers are skipped" ok
+fi
+
+# Cached policy: the policy server goes down and the receiver shows a bad certificate.
+send user@cached.test
+expect "enforce before the policy server goes down" user@cached.test sent 1 "T=mta_stsd_smtp .*CV=yes"
+world down cached.test
+world txt cached.test 2
+world cert mx.cached.test wrong-name
+for _ in $(seq 1 100); do
+    "$BIN/mta-stsd" cache refresh cached.test --admin http://127.0.0.1:9461 --json > "$W/cached.json" 2>/dev/null || true
+    grep -q '"last_error": "' "$W/cached.json" && break
+    sleep 0.1
+done
+send user2@cached.test
+expect "policy server down: still enforced from cache" user2@cached.test deferred 0 "R=mta_stsd_secure"
+
+# The daemon down: defer, never downgrade.
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+send late@good.test
+expect "mta-stsd down: deferred, not sent without MTA-STS" late@good.test deferred 0 "mta-stsd did not answer"
+
+echo
+if [ "$failures" -gt 0 ]; then
+    echo "--- exim mainlog"; cat "$W/log/mainlog" 2>/dev/null || true
+    echo "--- exim paniclog"; cat "$W/log/paniclog" 2>/dev/null || true
+    echo "--- mta-stsd log (tail)"; tail -n 20 "$W/mta-stsd.log"
+    echo "exim-delivery: $failures case(s) failed"
+    exit 1
+fi
+echo "exim-delivery: all cases passed"
