@@ -27,7 +27,15 @@ fi
 ip link set lo up
 W=$(mktemp -d /tmp/mta-sts-exim.XXXXXX)
 chmod 755 "$W"
-echo "nameserver 127.0.0.1" > "$W/resolv.conf"
+# With Debian's unbound installed the root zone is signed, unbound (127.0.0.53)
+# validates for Exim (options trust-ad: Exim trusts its AD bit) and the DANE cases run.
+DANE=false
+command -v unbound >/dev/null && DANE=true
+if $DANE; then
+    printf 'nameserver 127.0.0.53\noptions trust-ad\n' > "$W/resolv.conf"
+else
+    echo "nameserver 127.0.0.1" > "$W/resolv.conf"
+fi
 mount --bind "$W/resolv.conf" /etc/resolv.conf
 # Debian's exim binary needs its compiled-in user before it reads any configuration.
 cp /etc/passwd "$W/passwd"; cp /etc/group "$W/group"
@@ -48,7 +56,9 @@ exim() { /usr/sbin/exim4 -C "$W/exim.conf" "$@"; }
 trap stop_all EXIT
 
 # --- the world ---------------------------------------------------------------------
-start_world "$BIN"
+signed=()
+$DANE && signed=(--signed "$W/root.key")
+start_world "$BIN" "${signed[@]}"
 world smtp 127.0.0.2 tls
 world smtp 127.0.0.3 plain
 world smtp 127.0.0.4 tls untrusted
@@ -71,6 +81,18 @@ world cert a.b.deep.test valid
 world policy stranger.test 1 enforce '*.stranger.test'
 world mx stranger.test mx.elsewhere.test 127.0.0.5 mx2.stranger.test 127.0.0.2
 world cert mx.elsewhere.test valid; world cert mx2.stranger.test valid
+if $DANE; then
+    # An enforced MTA-STS policy (the certificate is valid for its names) and DANE
+    # TLSA records: the TLSA record decides. (1) matches the certificate, (2) does
+    # not; (3) the MX RRset is DNSSEC-bogus.
+    world policy daneok.test   1 enforce mx.daneok.test;   world mx daneok.test mx.daneok.test 127.0.0.2
+    world cert mx.daneok.test valid;   world tlsa mx.daneok.test match
+    world policy danefail.test 1 enforce mx.danefail.test; world mx danefail.test mx.danefail.test 127.0.0.2
+    world cert mx.danefail.test valid; world tlsa mx.danefail.test mismatch
+    world policy bogus.test    1 enforce mx.bogus.test;    world mx bogus.test mx.bogus.test 127.0.0.2
+    world cert mx.bogus.test valid;    world bogus bogus.test
+    start_unbound
+fi
 
 # --- mta-stsd ----------------------------------------------------------------------
 cat > "$W/mta-stsd.toml" <<CFG
@@ -89,8 +111,10 @@ timeout = "5s"
 path = "$W/mta-stsd-cache"
 grace = "1s"
 [dane]
-mode = "off"
+mode = "$($DANE && echo on || echo off)"
+trust_anchor = "$W/root.key"
 CFG
+$DANE || sed -i '/^trust_anchor = /d' "$W/mta-stsd.toml"
 "$BIN/mta-stsd" serve --config "$W/mta-stsd.toml" 2>"$W/mta-stsd.log" &
 pids+=($!)
 wait_tcp 127.0.0.1 8461 || { echo "mta-stsd did not start"; cat "$W/mta-stsd.log"; exit 1; }
@@ -111,6 +135,8 @@ keep_environment =
 DCconfig_internet = yes
 ROUTER_DNSLOOKUP_IGNORE_TARGET_HOSTS = <; 0.0.0.0
 MTA_STSD_CA = $W/ca.pem
+# DNSSEC for Exim's DANE (the resolver validates; trust-ad passes its AD bit on).
+dns_dnssec_ok = 1
 CFG
     cat "$CONF_D/main/00_mta-stsd"
     echo "begin routers"
@@ -196,6 +222,17 @@ if grep -q "R: mta_stsd_" "$W/verify.out"; then
     check "address verification" "the MTA-STS routers are skipped" "$(grep 'R: mta_stsd_' "$W/verify.out" | head -2)"
 else
     check "address verification" "the MTA-STS routers are skipped" ok
+fi
+
+if $DANE; then
+    send user@daneok.test
+    expect "DANE and MTA-STS both published, TLSA matches: Exim's DANE" user@daneok.test sent 1 "R=mta_stsd_dane T=mta_stsd_dane_smtp H=mx.daneok.test .*CV=dane"
+    send user@danefail.test
+    expect "DANE and MTA-STS both published, TLSA does not match: deferred by DANE" user@danefail.test deferred 0 "R=mta_stsd_dane T=mta_stsd_dane_smtp"
+    send user@bogus.test
+    expect "DNSSEC-bogus MX: deferred, not delivered by MTA-STS" user@bogus.test deferred 0 "R=mta_stsd_defer defer \(-1\): MTA-STS: "
+else
+    echo "skip DANE cases: unbound is not installed"
 fi
 
 # Cached policy: the policy server goes down and the receiver shows a bad certificate.

@@ -101,36 +101,7 @@ if $DANE; then
     world cert mx.daneok.test valid;   world tlsa mx.daneok.test match
 
     # unbound validates for Postfix, forwarding to the world's signed DNS.
-    cat > "$W/unbound.conf" <<UB
-server:
-    interface: 127.0.0.53
-    port: 53
-    do-ip6: no
-    interface-automatic: no
-    do-not-query-localhost: no
-    access-control: 127.0.0.0/8 allow
-    username: ""
-    chroot: ""
-    directory: "$W"
-    pidfile: "$W/unbound.pid"
-    use-syslog: no
-    logfile: "$W/unbound.log"
-    verbosity: 1
-    val-log-level: 2
-    module-config: "validator iterator"
-    trust-anchor-file: "$W/root.key"
-    cache-max-ttl: 0
-    cache-max-negative-ttl: 0
-    local-zone: "test." nodefault
-remote-control:
-    control-enable: no
-forward-zone:
-    name: "."
-    forward-addr: 127.0.0.1@53
-UB
-    unbound -d -c "$W/unbound.conf" &
-    pids+=($!)
-    wait_tcp 127.0.0.53 53 || { echo "unbound did not start"; cat "$W/unbound.log"; exit 1; }
+    start_unbound
 fi
 
 # --- mta-stsd ---------------------------------------------------------------------

@@ -16,6 +16,8 @@
 //!   cert HOST valid|wrong-name|expired|untrusted   receiver certificate for HOST (SNI)
 //!   tlsa HOST match|mismatch           TLSA 3 0 1 at _25._tcp.HOST: the SHA-256 of
 //!                                      HOST's receiver certificate, or another digest
+//!   bogus DOMAIN                       DOMAIN's MX RRset signed with a broken signature
+//!                                      (DNSSEC-bogus; with --signed)
 //!   tlsrpt DOMAIN RUA[,RUA...]         TXT _smtp._tls.DOMAIN "v=TLSRPTv1; rua=..."
 //!   report-host HOST                   HOST -> 127.0.0.1, where the HTTPS server takes
 //!                                      report uploads (200); each upload's body is
@@ -141,6 +143,15 @@ async fn main() {
                 }
                 None => Err(format!("unknown certificate kind {kind:?}")),
             },
+            // The MX RRset's signature broken: DNSSEC-bogus (DANE must defer).
+            ["bogus", domain] => {
+                dns.set_sig_fault(
+                    domain,
+                    mta_stsd_testkit::RecordType::MX,
+                    Some(mta_stsd_testkit::SigFault::BadSignature),
+                );
+                Ok(())
+            }
             ["tlsa", host, which] => match (certs.sha256(host), *which) {
                 (Some(digest), "match") => {
                     dns.set_tlsa(&format!("_25._tcp.{host}"), &[(3, 0, 1, &digest)]);
