@@ -5,9 +5,12 @@
 # does), inside a private network and mount namespace.
 #
 #   sudo tests/e2e/exim-delivery.sh EXIM_ROOT [BIN_DIR]
+#   sudo tests/e2e/exim-delivery.sh --root DEBIAN_ROOT [BIN_DIR]
 #
-# EXIM_ROOT: a directory with exim4-daemon-light, exim4-base and libidn12 unpacked
-# (.ci/run makes target/ci-exim-4.96). BIN_DIR holds mta-stsd and mta-sts-testworld
+# EXIM_ROOT: a directory with this host's exim4-daemon-light, exim4-base and
+# libidn12 unpacked (.ci/run makes target/ci-exim-4.96). --root DEBIAN_ROOT: a
+# Debian root with exim4-daemon-light installed (e.g. trixie's, Exim 4.98), run under
+# chroot in the same namespaces. BIN_DIR holds mta-stsd and mta-sts-testworld
 # (default target/debug). The world is the one of postfix-delivery.sh: DNS on
 # 127.0.0.1:53, the policy server on 127.0.0.1:443, receivers on 127.0.0.2:25
 # (STARTTLS, certificate chosen by SNI), 127.0.0.3:25 (no STARTTLS), 127.0.0.4:25
@@ -15,13 +18,15 @@
 # Prints one line per case and exits non-zero if any case fails.
 set -euo pipefail
 
-EXIM_ROOT=$(realpath "$1")
-BIN=$(realpath "${2:-target/debug}")
+ROOT=""
+if [ "$1" = --root ]; then ROOT=$(realpath "$2"); shift 2; EXIM_ROOT=""; else EXIM_ROOT=$(realpath "$1"); shift; fi
+BIN=$(realpath "${1:-target/debug}")
 CONF_D=$(realpath "$(dirname "$0")/../../contrib/exim4/conf.d")
 
 if [ "$(id -u)" != 0 ]; then echo "exim-delivery: needs root" >&2; exit 2; fi
 if [ -z "${MTA_STS_E2E_NETNS:-}" ]; then
-    exec env MTA_STS_E2E_NETNS=1 unshare --net --mount --propagation private "$0" "$EXIM_ROOT" "$BIN"
+    exec env MTA_STS_E2E_NETNS=1 unshare --net --mount --propagation private "$0" \
+        ${ROOT:+--root "$ROOT"} ${EXIM_ROOT:+"$EXIM_ROOT"} "$BIN"
 fi
 
 ip link set lo up
@@ -37,20 +42,34 @@ else
     echo "nameserver 127.0.0.1" > "$W/resolv.conf"
 fi
 mount --bind "$W/resolv.conf" /etc/resolv.conf
-# Debian's exim binary needs its compiled-in user before it reads any configuration.
-cp /etc/passwd "$W/passwd"; cp /etc/group "$W/group"
-echo "Debian-exim:x:64999:64999::$W/spool:/usr/sbin/nologin" >> "$W/passwd"
-echo "Debian-exim:x:64999:" >> "$W/group"
-mount --bind "$W/passwd" /etc/passwd
-mount --bind "$W/group" /etc/group
-# It also re-executes itself as /usr/sbin/exim4 (setuid: the loader ignores
-# LD_LIBRARY_PATH) to deliver: the unpacked binary and its libidn12 appear where
-# Debian installs them (overlays, in this mount namespace only).
-mount -t overlay overlay -o "lowerdir=$EXIM_ROOT/usr/sbin:/usr/sbin" /usr/sbin
-mount -t overlay overlay -o "lowerdir=$EXIM_ROOT/usr/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu" /usr/lib/x86_64-linux-gnu
+if [ -n "$ROOT" ]; then
+    # The root sees the work directory at the same path, this resolv.conf, and the
+    # kernel's /proc and /dev; its exim4 package made its user. These mounts live in
+    # this mount namespace only.
+    mkdir -p "$ROOT$W"
+    mount --bind "$W" "$ROOT$W"
+    mount --bind "$W/resolv.conf" "$ROOT/etc/resolv.conf"
+    mount -t proc proc "$ROOT/proc"
+    mount --rbind /dev "$ROOT/dev"
+    exim_uid=$(chroot "$ROOT" id -u Debian-exim)
+    exim() { chroot "$ROOT" /usr/sbin/exim4 -C "$W/exim.conf" "$@"; }
+else
+    # Debian's exim binary needs its compiled-in user before it reads any configuration.
+    cp /etc/passwd "$W/passwd"; cp /etc/group "$W/group"
+    echo "Debian-exim:x:64999:64999::$W/spool:/usr/sbin/nologin" >> "$W/passwd"
+    echo "Debian-exim:x:64999:" >> "$W/group"
+    mount --bind "$W/passwd" /etc/passwd
+    mount --bind "$W/group" /etc/group
+    # It also re-executes itself as /usr/sbin/exim4 (setuid: the loader ignores
+    # LD_LIBRARY_PATH) to deliver: the unpacked binary and its libidn12 appear where
+    # Debian installs them (overlays, in this mount namespace only).
+    mount -t overlay overlay -o "lowerdir=$EXIM_ROOT/usr/sbin:/usr/sbin" /usr/sbin
+    mount -t overlay overlay -o "lowerdir=$EXIM_ROOT/usr/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu" /usr/lib/x86_64-linux-gnu
+    exim() { /usr/sbin/exim4 -C "$W/exim.conf" "$@"; }
+    exim_uid=64999
+fi
 mkdir -p "$W/spool" "$W/log"
-chown 64999:64999 "$W/spool" "$W/log"
-exim() { /usr/sbin/exim4 -C "$W/exim.conf" "$@"; }
+chown "$exim_uid:$exim_uid" "$W/spool" "$W/log"
 
 . "$(dirname "$0")/lib.sh"
 trap stop_all EXIT
