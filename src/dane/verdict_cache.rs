@@ -70,6 +70,11 @@ pub fn auto_mode(smtp_dns_support_level: &str) -> bool {
     smtp_dns_support_level.trim() == "dnssec"
 }
 
+/// Whether Debian's Exim is installed here.
+fn exim_installed() -> bool {
+    std::path::Path::new("/usr/sbin/exim4").exists()
+}
+
 /// Asks Postfix's own `postconf` for `smtp_dns_support_level`.
 pub fn postfix_dns_support_level(config_dir: Option<&Path>) -> Result<String, String> {
     crate::postfix::postconf(config_dir, &["-h", "smtp_dns_support_level"])
@@ -117,6 +122,13 @@ impl DaneSettings {
                         "Postfix does not validate DNSSEC (smtp_dns_support_level = {})",
                         if level.is_empty() { "(unset)" } else { &level }
                     ),
+                ),
+                // auto reads Postfix's setting; an Exim host has no such setting to
+                // read, and Exim's DANE needs a validating resolver the daemon cannot
+                // see from here: say how to turn it on.
+                Err(_) if exim_installed() => (
+                    false,
+                    "no Postfix here, Exim is installed: set [dane] mode = \"on\" when Exim's resolver validates DNSSEC (dns_dnssec_ok = 1)".to_owned(),
                 ),
                 Err(e) => (false, format!("cannot ask Postfix ({e})")),
             },
