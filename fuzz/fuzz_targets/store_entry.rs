@@ -11,7 +11,7 @@ use mta_stsd::cache::lifecycle::{Rules, is_due, on_lookup, refresh_due_at};
 use mta_stsd::cache::entry::Outline;
 use mta_stsd::cache::store::format::{decode_entry, decode_outline, encode_entry};
 use mta_stsd::config::CacheConfig;
-use mta_stsd::answer::{RenderOptions, render};
+use mta_stsd::answer::render::{Format, RenderOptions, mta_sts};
 
 fuzz_target!(|data: &[u8]| {
     let outline = decode_outline("example.com", data);
@@ -42,8 +42,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = entry.is_live(now);
         let _ = entry.is_negative(now);
         if let Some(p) = entry.valid_policy(now) {
-            let zone = RenderOptions { tlsrpt: true, ..RenderOptions::default() };
-            let _ = render("example.com", Some(&p.policy), zone);
+            for format in Format::ALL {
+                let zone = RenderOptions { format, tlsrpt: true, ..RenderOptions::default() };
+                let _ = mta_sts("example.com", Some(&p.policy), zone);
+            }
         }
     }
 });
