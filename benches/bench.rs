@@ -1142,7 +1142,7 @@ const HISTORY_HEADING: &str = "## History";
 /// benchmark's world (DNS on 127.0.0.1:53, policies signed by `ca`).
 fn inproc_service(path: &Path, ca: &TestCa) -> Arc<mta_stsd::cache::policy_cache::PolicyService> {
     use mta_stsd::cache::policy_cache::{PolicyService, ServiceSettings};
-    use mta_stsd::config::{CacheConfig, FetchConfig, LookupConfig, ResolverConfig};
+    use mta_stsd::config::{CacheConfig, FetchConfig, ResolverConfig};
     use mta_stsd::mtasts::discovery::{Discoverer, DiscoveryOptions};
     let discoverer = Discoverer::new(DiscoveryOptions {
         resolver: ResolverConfig {
@@ -1163,7 +1163,7 @@ fn inproc_service(path: &Path, ca: &TestCa) -> Arc<mta_stsd::cache::policy_cache
         discoverer,
         store,
         Arc::new(mta_stsd::clock::SystemClock),
-        ServiceSettings::new(CacheConfig::default(), LookupConfig::default()),
+        ServiceSettings::new(CacheConfig::default()),
         Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics")),
     )
 }

@@ -780,7 +780,7 @@ async fn answers_from_the_store_before_the_cache_is_loaded() {
     use mta_stsd::cache::entry::{CachedPolicy, Entry};
     use mta_stsd::cache::policy_cache::ServiceSettings;
     use mta_stsd::cache::store::{PolicyStore, SledStore};
-    use mta_stsd::config::{CacheConfig, LookupConfig};
+    use mta_stsd::config::CacheConfig;
     use mta_stsd::mtasts::discovery::Discoverer;
     use mta_stsd::mtasts::policy::parse_policy;
 
@@ -816,7 +816,7 @@ async fn answers_from_the_store_before_the_cache_is_loaded() {
         Discoverer::new(common::options(&w)).unwrap(),
         store.clone(),
         Arc::new(SystemClock),
-        ServiceSettings::new(CacheConfig::default(), LookupConfig::default()),
+        ServiceSettings::new(CacheConfig::default()),
         Arc::new(mta_stsd::metrics::Metrics::new().expect("metrics")),
     );
     assert!(service.is_empty(), "nothing is loaded up front");

@@ -35,7 +35,7 @@ pub mod render;
 pub mod reply;
 
 use self::precedence::{Precedence, precedence};
-use self::render::{Format, RenderOptions};
+use self::render::RenderOptions;
 pub use self::reply::{Kind, Reply};
 
 /// What the MTA-STS side found for a domain.
@@ -177,11 +177,6 @@ fn secure_text(domain: &str, policy: Option<&Policy>, options: RenderOptions) ->
         Kind::Secure => rendered.reply.shared_text(),
         _ => None,
     }
-}
-
-/// A format's reply when nothing is known (a request that could not be parsed).
-pub fn not_found(format: Format) -> Reply {
-    render::not_found(format)
 }
 
 /// The daemon's MTA-STS side: its policy cache.

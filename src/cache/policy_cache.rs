@@ -36,7 +36,7 @@ use super::redis_cache::{self, RedisCache};
 use super::store::PolicyStore;
 use super::survey::{Census, release_freed_memory, survey};
 use crate::clock::Clock;
-use crate::config::{CacheConfig, LookupConfig};
+use crate::config::CacheConfig;
 use crate::flight::{Flight, SingleFlight};
 use crate::locks::{read, write};
 use crate::metrics::Metrics;
@@ -76,18 +76,15 @@ impl CacheOutcome {
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
     pub cache: CacheConfig,
-    pub lookup: LookupConfig,
     pub rules: Rules,
 }
 
 impl ServiceSettings {
-    pub fn new(cache: CacheConfig, lookup: LookupConfig) -> Self {
+    /// The settings from `[cache]`; how long a lookup waits comes with each lookup
+    /// (the asking zone's deadline).
+    pub fn new(cache: CacheConfig) -> Self {
         let rules = Rules::from_config(&cache);
-        Self {
-            cache,
-            lookup,
-            rules,
-        }
+        Self { cache, rules }
     }
 }
 

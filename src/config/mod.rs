@@ -358,9 +358,10 @@ impl Config {
         }
     }
 
-    /// How long a request by `name` waits for a discovery.
-    pub fn deadline(&self, name: &str) -> std::time::Duration {
-        self.zone(name).deadline.unwrap_or(self.lookup.deadline)
+    /// How long a request by a zone's name waits for a discovery: the zone's own
+    /// deadline, else `lookup.deadline`.
+    pub fn deadline(&self, zone: &ZoneOptions) -> std::time::Duration {
+        zone.deadline.unwrap_or(self.lookup.deadline)
     }
 }
 
@@ -428,8 +429,8 @@ mod tests {
     #[test]
     fn sendmails_zone_answers_before_sendmail_gives_up_and_gets_no_dane() {
         let c = Config::from_toml("", "test").unwrap();
-        assert_eq!(c.deadline("postfix"), Duration::from_secs(10));
-        assert_eq!(c.deadline("sts"), SENDMAIL_DEADLINE);
+        assert_eq!(c.deadline(&c.zone("postfix")), Duration::from_secs(10));
+        assert_eq!(c.deadline(&c.zone("sts")), SENDMAIL_DEADLINE);
         assert!(SENDMAIL_DEADLINE < Duration::from_secs(5));
         assert_eq!(c.zone("sts").dane, Some(DaneSwitch::Off));
         // Set explicitly, or through [zones.default], a setting is the administrator's.
@@ -438,9 +439,9 @@ mod tests {
             "test",
         )
         .unwrap();
-        assert_eq!(own.deadline("sts"), Duration::from_secs(2));
+        assert_eq!(own.deadline(&own.zone("sts")), Duration::from_secs(2));
         assert_eq!(own.zone("sts").dane, Some(DaneSwitch::On));
-        assert_eq!(own.deadline("fast"), Duration::from_millis(500));
+        assert_eq!(own.deadline(&own.zone("fast")), Duration::from_millis(500));
         let bad = Config::from_toml("[zones.x]\ndeadline = \"0s\"\n", "test").unwrap_err();
         assert!(format!("{bad:?}").contains("[zones.x] deadline"), "{bad:?}");
     }

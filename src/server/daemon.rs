@@ -191,7 +191,7 @@ impl Daemon {
             Some(discoverer) => discoverer,
             None => Discoverer::new(opts)?,
         };
-        let settings = ServiceSettings::new(config.cache.clone(), config.lookup.clone());
+        let settings = ServiceSettings::new(config.cache.clone());
         let service =
             PolicyService::new(discoverer, store, clock.clone(), settings, metrics.clone());
         if config.cache.backend == CacheBackend::Redis {

@@ -223,7 +223,7 @@ async fn serve_conn<S>(
             // NOTFOUND like any key without a policy, and the connection stays open.
             Err(crate::protocol::codec::CodecError::NotUtf8) => {
                 tracing::debug!("socketmap key is not UTF-8; answering NOTFOUND");
-                crate::answer::not_found(crate::answer::render::Format::Postfix)
+                crate::answer::render::not_found(crate::answer::render::Format::Postfix)
             }
             Err(e) => {
                 metrics.server.malformed_requests.inc();
@@ -246,11 +246,7 @@ async fn answer(ctx: &State, request: &crate::protocol::codec::Request) -> Reply
     let current = ctx.config();
     let zone = current.zone(&request.map);
     let (reply, outcome) = ctx
-        .answer(
-            &request.key,
-            &zone,
-            zone.deadline.unwrap_or(current.lookup.deadline),
-        )
+        .answer(&request.key, &zone, current.deadline(&zone))
         .await;
     metrics.server.requests_in_flight.dec();
     let zone_label = if current.zones.contains_key(&request.map) {

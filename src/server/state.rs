@@ -121,10 +121,8 @@ impl State {
         let report = ReloadReport {
             needs_restart: needs_restart(&self.config(), &config),
         };
-        self.service.reconfigure(
-            ServiceSettings::new(config.cache.clone(), config.lookup.clone()),
-            discoverer,
-        );
+        self.service
+            .reconfigure(ServiceSettings::new(config.cache.clone()), discoverer);
         self.dane.reconfigure(dane);
         *write(&self.config) = Arc::new(config);
         Ok(report)

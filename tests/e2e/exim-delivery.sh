@@ -32,25 +32,13 @@ fi
 ip link set lo up
 W=$(mktemp -d /tmp/mta-sts-exim.XXXXXX)
 chmod 755 "$W"
-# With Debian's unbound installed the root zone is signed, unbound (127.0.0.53)
-# validates for Exim (options trust-ad: Exim trusts its AD bit) and the DANE cases run.
-DANE=false
-command -v unbound >/dev/null && DANE=true
-if $DANE; then
-    printf 'nameserver 127.0.0.53\noptions trust-ad\n' > "$W/resolv.conf"
-else
-    echo "nameserver 127.0.0.1" > "$W/resolv.conf"
-fi
-mount --bind "$W/resolv.conf" /etc/resolv.conf
+. "$(dirname "$0")/lib.sh"
+# With Debian's unbound installed the root zone is signed, unbound validates for Exim
+# and the DANE cases run.
+world_resolver
 if [ -n "$ROOT" ]; then
-    # The root sees the work directory at the same path, this resolv.conf, and the
-    # kernel's /proc and /dev; its exim4 package made its user. These mounts live in
-    # this mount namespace only.
-    mkdir -p "$ROOT$W"
-    mount --bind "$W" "$ROOT$W"
-    mount --bind "$W/resolv.conf" "$ROOT/etc/resolv.conf"
-    mount -t proc proc "$ROOT/proc"
-    mount --rbind /dev "$ROOT/dev"
+    # Its exim4 package made its user.
+    share_with_root "$ROOT"
     exim_uid=$(chroot "$ROOT" id -u Debian-exim)
     exim() { chroot "$ROOT" /usr/sbin/exim4 -C "$W/exim.conf" "$@"; }
 else
@@ -70,8 +58,6 @@ else
 fi
 mkdir -p "$W/spool" "$W/log"
 chown "$exim_uid:$exim_uid" "$W/spool" "$W/log"
-
-. "$(dirname "$0")/lib.sh"
 trap stop_all EXIT
 
 # --- the world ---------------------------------------------------------------------

@@ -127,3 +127,28 @@ UB
     pids+=($!)
     wait_tcp 127.0.0.53 53 || { echo "unbound did not start"; cat "$W/unbound.log"; exit 1; }
 }
+
+# world_resolver: the resolver the MTA in this namespace asks, bind-mounted over
+# /etc/resolv.conf: with Debian's unbound installed (DANE=true), unbound on
+# 127.0.0.53 validating for it (options trust-ad: the MTA trusts its AD bit; start it
+# with start_unbound once the world runs, signed); without, the world's DNS.
+world_resolver() {
+    DANE=false
+    command -v unbound >/dev/null && DANE=true
+    if $DANE; then
+        printf 'nameserver 127.0.0.53\noptions trust-ad\n' > "$W/resolv.conf"
+    else
+        echo "nameserver 127.0.0.1" > "$W/resolv.conf"
+    fi
+    mount --bind "$W/resolv.conf" /etc/resolv.conf
+}
+
+# share_with_root ROOT: the Debian root sees the work directory at the same path, this
+# resolv.conf, and the kernel's /proc and /dev (mounts of this namespace only).
+share_with_root() {
+    mkdir -p "$1$W"
+    mount --bind "$W" "$1$W"
+    mount --bind "$W/resolv.conf" "$1/etc/resolv.conf"
+    mount -t proc proc "$1/proc"
+    mount --rbind /dev "$1/dev"
+}

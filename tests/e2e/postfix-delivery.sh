@@ -42,26 +42,10 @@ pf() { if [ -n "$ROOT" ]; then chroot "$ROOT" "$@"; else "$@"; fi; }
 ip link set lo up
 W=$(mktemp -d /tmp/mta-sts-e2e.XXXXXX)
 chmod 755 "$W"
-DANE=false
-command -v unbound >/dev/null && DANE=true
-if $DANE; then
-    # Postfix asks the validating resolver and trusts its AD bit (glibc: trust-ad).
-    printf 'nameserver 127.0.0.53\noptions trust-ad\n' > "$W/resolv.conf"
-else
-    echo "nameserver 127.0.0.1" > "$W/resolv.conf"
-fi
-mount --bind "$W/resolv.conf" /etc/resolv.conf
-if [ -n "$ROOT" ]; then
-    # The root sees the work directory at the same path, this resolv.conf, and the
-    # kernel's /proc and /dev. These mounts live in this mount namespace only.
-    mkdir -p "$ROOT$W"
-    mount --bind "$W" "$ROOT$W"
-    mount --bind "$W/resolv.conf" "$ROOT/etc/resolv.conf"
-    mount -t proc proc "$ROOT/proc"
-    mount --rbind /dev "$ROOT/dev"
-fi
-
 . "$(dirname "$0")/lib.sh"
+# Postfix asks the validating resolver, if there is one (DANE=true).
+world_resolver
+if [ -n "$ROOT" ]; then share_with_root "$ROOT"; fi
 before_stop() { pf postfix stop >/dev/null 2>&1 || true; }
 trap stop_all EXIT
 

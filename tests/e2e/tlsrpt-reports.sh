@@ -43,13 +43,9 @@ W=$(mktemp -d /tmp/mta-sts-tlsrpt.XXXXXX)
 chmod 755 "$W"
 echo "nameserver 127.0.0.1" > "$W/resolv.conf"
 mount --bind "$W/resolv.conf" /etc/resolv.conf
-mkdir -p "$ROOT$W"
-mount --bind "$W" "$ROOT$W"
-mount --bind "$W/resolv.conf" "$ROOT/etc/resolv.conf"
-mount -t proc proc "$ROOT/proc"
-mount --rbind /dev "$ROOT/dev"
 
 . "$(dirname "$0")/lib.sh"
+share_with_root "$ROOT"
 before_stop() { pf postfix stop >/dev/null 2>&1 || true; }
 trap stop_all EXIT
 
