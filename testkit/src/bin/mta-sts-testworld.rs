@@ -11,6 +11,9 @@
 //!   policy DOMAIN ID MODE MX[,MX...]   TXT id, mta-sts.DOMAIN -> 127.0.0.1, policy file
 //!   txt DOMAIN ID                      change the TXT id
 //!   down DOMAIN                        the policy server stops serving DOMAIN
+//!   hang DOMAIN ID                     TXT id, mta-sts.DOMAIN -> 127.0.0.1, and a
+//!                                      policy server that reads the request and
+//!                                      never answers
 //!   mx DOMAIN HOST IP [HOST IP]...     MX DOMAIN -> HOSTs (preference 10, 20, ...
 //!                                      in the order given), A HOST -> IP
 //!   cert HOST valid|wrong-name|expired|untrusted   receiver certificate for HOST (SNI)
@@ -30,7 +33,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use mta_stsd_testkit::smtp::{SmtpCerts, serve_smtp};
-use mta_stsd_testkit::{CertKind, TestCa, TestDns, TestHttps, policy_text};
+use mta_stsd_testkit::{CertKind, HttpResponse, TestCa, TestDns, TestHttps, policy_text};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn arg(name: &str) -> Option<String> {
@@ -99,6 +102,15 @@ async fn main() {
             }
             ["down", domain] => {
                 https.remove(domain);
+                Ok(())
+            }
+            ["hang", domain, id] => {
+                dns.set_txt(
+                    &format!("_mta-sts.{domain}"),
+                    &[&format!("v=STSv1; id={id}")],
+                );
+                dns.set_a(&format!("mta-sts.{domain}"), Ipv4Addr::LOCALHOST);
+                https.set_response(domain, HttpResponse::Hang);
                 Ok(())
             }
             ["tlsrpt", domain, rua] => {
