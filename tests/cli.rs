@@ -118,6 +118,39 @@ async fn query_finds_an_enforced_policy_on_port_443() {
         "{text}"
     );
     assert_eq!(https.hits("port443.example"), 1);
+
+    // The same policy as each MTA gets it: Exim's key=value words, Sendmail's
+    // Postfix-style reply (its map name "sts").
+    let as_mta = |mta: &str| {
+        run_query(vec![
+            "port443.example".into(),
+            "--mta".into(),
+            mta.into(),
+            "--json".into(),
+            "-c".into(),
+            cfg.to_str().unwrap().into(),
+        ])
+    };
+    let json: serde_json::Value = serde_json::from_slice(&as_mta("exim").await.stdout).unwrap();
+    assert_eq!(
+        json["reply"],
+        "mode=secure hosts=^(?i)mx1[.]example[.]com$:^(?i)[^.]+[.]example[.]net$"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&as_mta("sendmail").await.stdout).unwrap();
+    assert_eq!(
+        json["reply"],
+        "OK secure match=mx1.example.com:.example.net servername=hostname"
+    );
+    let out = run_query(vec![
+        "port443.example".into(),
+        "--mta".into(),
+        "exim".into(),
+        "--zone".into(),
+        "postfix".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "--mta and --zone conflict");
 }
 
 #[test]

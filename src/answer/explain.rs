@@ -170,7 +170,7 @@ fn dane_text(out: &mut String, dane: &DaneReport) {
     if let Some(v) = &dane.verdict {
         let said = match v {
             Verdict::DaneOnly => "dane-only: every MX host has usable TLSA records; MTA-STS is not used".to_owned(),
-            Verdict::Dane => "dane: some MX hosts have TLSA records; Postfix's DANE decides per host, MTA-STS is not used".to_owned(),
+            Verdict::Dane => "dane: some MX hosts have TLSA records; the MTA's own DANE decides per host, MTA-STS is not used".to_owned(),
             Verdict::NoDane => "no DANE: the MTA-STS answer below stands".to_owned(),
             Verdict::Temp { reason } => format!("defer: {reason}"),
         };

@@ -117,6 +117,7 @@ async fn gather(
         domain: domain.to_owned(),
         checks,
         answer: verdict.reply,
+        map: crate::config::Mta::Postfix.zone().to_owned(),
     }
 }
 

@@ -17,8 +17,11 @@ use crate::findings::{Finding, Level};
 pub struct CheckReport {
     pub domain: String,
     pub checks: Vec<Finding>,
-    /// The reply this daemon gives Postfix for the domain now.
+    /// The reply this daemon gives the MTA for the domain now.
     pub answer: String,
+    /// The socketmap name the answer is for (`postfix`, `exim`, `sts` for Sendmail):
+    /// its zone's options and answer format.
+    pub map: String,
 }
 
 impl CheckReport {
@@ -36,6 +39,15 @@ impl CheckReport {
                 ..Finding::problem(id, message, "").about(domain)
             }],
             answer: String::new(),
+            map: String::new(),
+        }
+    }
+
+    /// The report, its answer being the one the map name `map` gets.
+    pub fn for_map(self, map: &str) -> CheckReport {
+        CheckReport {
+            map: map.to_owned(),
+            ..self
         }
     }
 
@@ -74,7 +86,10 @@ impl CheckReport {
                 out.push_str(&format!("         fix: {fix}\n"));
             }
         }
-        out.push_str(&format!("\nmta-stsd answers Postfix: {}\n", self.answer));
+        out.push_str(&format!(
+            "\nmta-stsd answers \"{} {}\": {}\n",
+            self.map, self.domain, self.answer
+        ));
         let count = |l| self.checks.iter().filter(|c| c.level == l).count();
         out.push_str(&format!(
             "check {}: ok {}, warning {}, problem {}\n",

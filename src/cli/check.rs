@@ -31,8 +31,12 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     deadline: Duration,
     /// The socketmap name whose zone options the answer uses.
-    #[arg(long, default_value = "postfix")]
+    #[arg(long, default_value = "postfix", conflicts_with = "mta")]
     zone: String,
+    /// Show the answer as this MTA gets it: the map name it asks by (postfix, exim;
+    /// sendmail asks by "sts"), with that zone's options and answer format.
+    #[arg(long, value_enum, conflicts_with = "zone")]
+    mta: Option<crate::config::Mta>,
 }
 
 /// `check`'s exit status for an argument that is not a domain (EX_USAGE): not a
@@ -53,6 +57,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     super::logging::init("error", crate::config::LogFormat::Auto);
     let (config, _) = super::load_config(args.config.as_deref())?;
+    let zone_name = args.mta.map_or(args.zone.clone(), |m| m.zone().to_owned());
     let options = CheckOptions {
         smtp: !args.no_smtp,
         deadline: args.deadline,
@@ -60,7 +65,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let report = super::current_thread()?.block_on(async {
         let prepared = crate::setup::prepare(&config)?;
-        let zone = config.zone(&args.zone);
+        let zone = config.zone(&zone_name);
         let dane = DaneQuery {
             enabled: prepared.dane.wanted_for(&zone),
             reason: prepared.dane.reason.clone(),
@@ -74,7 +79,8 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Some(dane),
                 &options,
             )
-            .await,
+            .await
+            .for_map(&zone_name),
         )
     })?;
     if args.json {

@@ -65,7 +65,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Look up a domain's policy live and show the reply Postfix would get.
+    /// Look up a domain's policy live and show the reply an MTA would get (Postfix,
+    /// or --mta exim|sendmail).
     ///
     /// Exit status: 0 policy found, 1 no policy, 3 discovery failed, 2 bad usage or config.
     Query(query::Args),
@@ -96,7 +97,7 @@ enum Command {
     Tlsrpt(tlsrpt::Args),
     /// Check a domain's whole MTA-STS setup from this server: TXT record, policy host
     /// and file, MX coverage, each MX over SMTP (STARTTLS, certificate), TLSRPT, and
-    /// what this daemon answers Postfix for it.
+    /// what this daemon answers an MTA for it (Postfix, or --mta exim|sendmail).
     ///
     /// Exit status: 0 all ok, 1 warnings only, 2 a problem, 64 not a domain name.
     Check(check::Args),

@@ -16,17 +16,22 @@ pub struct Args {
     #[arg(long, short)]
     config: Option<std::path::PathBuf>,
     /// Socketmap name whose [zones.NAME] options to apply.
-    #[arg(long, default_value = "postfix")]
+    #[arg(long, default_value = "postfix", conflicts_with = "mta")]
     zone: String,
+    /// Show the answer as this MTA gets it: the map name it asks by (postfix, exim;
+    /// sendmail asks by "sts"), with that zone's options and answer format.
+    #[arg(long, value_enum, conflicts_with = "zone")]
+    mta: Option<crate::config::Mta>,
 }
 
 /// Runs the command: the daemon's configuration and setup, one live query.
 pub(super) fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     super::logging::init("warn", crate::config::LogFormat::Auto);
     let (config, _) = super::load_config(args.config.as_deref())?;
+    let zone_name = args.mta.map_or(args.zone.clone(), |m| m.zone().to_owned());
     let report = super::current_thread()?.block_on(async {
         let prepared = crate::setup::prepare(&config)?;
-        let zone = config.zone(&args.zone);
+        let zone = config.zone(&zone_name);
         let dane = prepared.dane;
         let dane_query = DaneQuery {
             enabled: dane.wanted_for(&zone),

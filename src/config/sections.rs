@@ -542,6 +542,28 @@ impl AnswerFormat {
     pub const ALL: [AnswerFormat; 2] = [AnswerFormat::Postfix, AnswerFormat::Exim];
 }
 
+/// The MTAs the daemon answers, each by the socketmap name it asks with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mta {
+    /// `smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix`.
+    Postfix,
+    /// The shipped drop-ins (`${readsocket}`, `exim DOMAIN`).
+    Exim,
+    /// `FEATURE(`sts')` (`sts DOMAIN`).
+    Sendmail,
+}
+
+impl Mta {
+    /// The map name this MTA asks by, whose `[zones.NAME]` options its answers follow.
+    pub fn zone(self) -> &'static str {
+        match self {
+            Mta::Postfix => "postfix",
+            Mta::Exim => EXIM_ZONE,
+            Mta::Sendmail => SENDMAIL_ZONE,
+        }
+    }
+}
+
 /// The map name the shipped Exim configuration asks by (`exim DOMAIN`).
 pub const EXIM_ZONE: &str = "exim";
 
