@@ -136,8 +136,7 @@ async fn query_finds_an_enforced_policy_on_port_443() {
         json["reply"],
         "mode=secure hosts=^(?i)mx1[.]example[.]com$:^(?i)[^.]+[.]example[.]net$"
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&as_mta("sendmail").await.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&as_mta("sendmail").await.stdout).unwrap();
     assert_eq!(
         json["reply"],
         "OK secure match=mx1.example.com:.example.net servername=hostname"

@@ -835,3 +835,105 @@ fn check_config_warns_when_postfix_has_no_trust_anchors() {
         assert_eq!(out.contains("warning: Postfix asks mta-stsd for TLS policies but its smtp client has no trust anchors"), warned, "{main_cf}: {out}");
     }
 }
+
+/// A `sendmail.cf` built by Debian's own m4 files (sendmail-cf, unpacked in
+/// MTA_STSD_SENDMAIL_ROOT; .ci/run prepares one) from `sendmail.mc` lines.
+fn sendmail_cf(dir: &Path, mc: &str) -> Option<PathBuf> {
+    let Some(root) = std::env::var_os("MTA_STSD_SENDMAIL_ROOT").map(PathBuf::from) else {
+        eprintln!(
+            "skipped: MTA_STSD_SENDMAIL_ROOT not set (.ci/run unpacks Debian's sendmail-cf there)"
+        );
+        return None;
+    };
+    let cf_dir = root.join("usr/share/sendmail/cf");
+    let mc_path = dir.join("sendmail.mc");
+    std::fs::write(&mc_path, format!("divert(0)dnl\nOSTYPE(`linux')dnl\n{mc}")).unwrap();
+    let out = Command::new("m4")
+        .arg(format!("-D_CF_DIR_={}/", cf_dir.display()))
+        .arg(cf_dir.join("m4/cf.m4"))
+        .arg(&mc_path)
+        .output()
+        .expect("m4 runs (apt-get install m4)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cf = dir.join("sendmail.cf");
+    std::fs::write(&cf, out.stdout).unwrap();
+    Some(cf)
+}
+
+/// Sendmail's side, read from the sendmail.cf FEATURE(`sts') writes: the map reaches
+/// the daemon (and the daemon answers by the map name "sts"), its timeout outlasts the
+/// `sts` zone's deadline, failures defer, certificates have trust anchors. No Postfix
+/// is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmails_side_from_its_sendmail_cf() {
+    let w = World::start().await;
+    let root = world_dir();
+    let r = root.path();
+    let d = daemon(&w, r, &[], "").await;
+    let config = daemon_config(r, &d, None, "");
+    let good = format!(
+        "define(`confCACERT', `{PUBLIC_ROOTS}')dnl\nFEATURE(`sts', `socket -d5 -T<TMPF> inet:{}@127.0.0.1')dnl\nMAILER(`smtp')dnl\n",
+        d.tcp.port()
+    );
+    let Some(cf) = sendmail_cf(r, &good) else {
+        return;
+    };
+    let sendmail = |cf: PathBuf, config: PathBuf| {
+        let resolv = resolv(r);
+        async move {
+            let cf = cf.display().to_string();
+            let more = ["--sendmail-cf", cf.as_str(), "--exim", "/nonexistent/exim4"];
+            doctor_with(&config, Path::new("/nonexistent"), &resolv, &more).await
+        }
+    };
+    let report = sendmail(cf, config.clone()).await;
+    for check in [
+        "sendmail.config",
+        "sendmail.sts",
+        "sendmail.timeout",
+        "sendmail.trust_anchors",
+        "postfix.config",
+    ] {
+        assert_eq!(report.level(check), ["ok"], "{check}: {}", report.text);
+    }
+    assert!(
+        report
+            .message("postfix.config")
+            .starts_with("no Postfix here")
+    );
+    assert!(
+        report.message("mta-stsd.probe").contains("map \"sts\""),
+        "{}",
+        report.text
+    );
+
+    // FEATURE(`sts') on its own defaults (port 5461) and no trust anchors; and a zone
+    // deadline the map's 5 s does not outlast.
+    let Some(cf) = sendmail_cf(r, "FEATURE(`sts')dnl\nMAILER(`smtp')dnl\n") else {
+        return;
+    };
+    let slow = r.join("slow.toml");
+    std::fs::write(
+        &slow,
+        format!(
+            "{}\n[zones.sts]\ndeadline = \"8s\"\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let report = sendmail(cf, slow).await;
+    assert_eq!(report.code, Some(2), "{}", report.text);
+    for check in ["sendmail.sts", "sendmail.timeout", "sendmail.trust_anchors"] {
+        assert_eq!(report.level(check), ["problem"], "{check}: {}", report.text);
+    }
+    assert!(
+        report
+            .message("sendmail.sts")
+            .contains("inet:5461@127.0.0.1")
+    );
+    d.shutdown().await;
+}

@@ -29,9 +29,10 @@ fn exim_root() -> Option<PathBuf> {
     Some(root)
 }
 
-/// Runs `exim -be EXPRESSION` from the unpacked root, as Debian-exim, in a private
-/// mount namespace; Exim's output.
-fn exim_expand(root: &Path, work: &Path, expression: &str) -> String {
+/// A command that runs the unpacked root's exim4 with the configuration `conf` (Exim's
+/// options follow), as Debian's exim4 would run: Exim's compiled-in user exists (a
+/// private mount namespace gives it one) and its libraries are found.
+fn exim_command(root: &Path, work: &Path, conf: &str) -> PathBuf {
     let passwd = work.join("passwd");
     let group = work.join("group");
     let spool = work.join("spool");
@@ -46,19 +47,42 @@ fn exim_expand(root: &Path, work: &Path, expression: &str) -> String {
     groups.push_str("Debian-exim:x:64999:\n");
     std::fs::write(&group, groups).unwrap();
     std::os::unix::fs::chown(&spool, Some(64999), Some(64999)).unwrap();
-    let conf = work.join("exim.conf");
-    std::fs::write(&conf, format!("spool_directory = {}\n", spool.display())).unwrap();
-    let script = r#"mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && exec "$3/usr/sbin/exim4" -C "$4" -be "$5""#;
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
-        .arg(&passwd)
-        .arg(&group)
-        .arg(root)
-        .arg(&conf)
+    let conf_path = work.join("exim.conf");
+    std::fs::write(
+        &conf_path,
+        format!(
+            "spool_directory = {}\nkeep_environment =\n{conf}",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    let command = work.join("exim4");
+    std::fs::write(
+        &command,
+        format!(
+            "#!/bin/sh\nexec unshare -m --propagation private sh -c 'mount --bind {passwd} /etc/passwd && mount --bind {group} /etc/group && LD_LIBRARY_PATH={root}/usr/lib/x86_64-linux-gnu exec {root}/usr/sbin/exim4 -C {conf} \"$@\"' sh \"$@\"\n",
+            passwd = passwd.display(),
+            group = group.display(),
+            root = root.display(),
+            conf = conf_path.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &command,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    command
+}
+
+/// Runs `exim -be EXPRESSION` from the unpacked root; Exim's output.
+fn exim_expand(root: &Path, work: &Path, expression: &str) -> String {
+    let out = std::process::Command::new(exim_command(root, work, ""))
+        .arg("-be")
         .arg(expression)
-        .env("LD_LIBRARY_PATH", root.join("usr/lib/x86_64-linux-gnu"))
         .output()
-        .expect("unshare runs");
+        .expect("exim runs");
     assert!(
         out.status.success(),
         "exim -be failed: {}",
@@ -135,5 +159,143 @@ async fn exim_reads_the_exim_answer_and_its_host_list_allows_exactly_the_policys
         let mode = format!("${{extract{{mode}}{{{}}}}}", answer(key));
         assert_eq!(expand(mode).await.unwrap(), "none", "{key}");
     }
+    d.shutdown().await;
+}
+
+/// The shipped drop-ins as update-exim4.conf concatenates them, on an internet site.
+fn drop_ins(dnslookup: bool) -> String {
+    let conf_d = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/exim4/conf.d");
+    let read = |p: &str| std::fs::read_to_string(format!("{conf_d}/{p}")).unwrap();
+    let mut conf = String::from(
+        "DCconfig_internet = yes\ndomainlist local_domains = sender.test\ndomainlist relay_to_domains =\n",
+    );
+    if dnslookup {
+        conf.push_str(&read("main/00_mta-stsd"));
+        conf.push_str("begin routers\n");
+        conf.push_str(&read("router/190_mta-stsd"));
+    } else {
+        conf.push_str("begin routers\n");
+    }
+    conf.push_str(
+        "dnslookup:\n  driver = dnslookup\n  transport = remote_smtp\nbegin transports\n",
+    );
+    if dnslookup {
+        conf.push_str(&read("transport/30_mta-stsd"));
+    }
+    conf.push_str("remote_smtp:\n  driver = smtp\n");
+    conf
+}
+
+/// `mta-stsd doctor` asks Exim itself: its routers include the drop-ins', their socket
+/// reaches the daemon, and a lookup through Exim's own ${readsocket} gets an Exim
+/// answer; without the drop-ins, Exim never asks (a problem). No Postfix is needed.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_checks_exims_side() {
+    let Some(root) = exim_root() else { return };
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = InProcess::builder(&w, dir.path()).start().await;
+    let config = dir.path().join("mta-stsd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"{}\"]\n[metrics]\nlisten = \"\"\n[cache]\npath = {:?}\n[dane]\nmode = \"off\"\n",
+            d.tcp,
+            dir.path().join("doctor-cache")
+        ),
+    )
+    .unwrap();
+    let doctor = |exim: PathBuf| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = common::bin()
+                .arg("doctor")
+                .arg("--config")
+                .arg(&config)
+                .args([
+                    "--postfix-config",
+                    "/nonexistent",
+                    "--sendmail-cf",
+                    "/nonexistent",
+                    "--json",
+                ])
+                .arg("--exim")
+                .arg(&exim)
+                .output()
+                .unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+            json.as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["check"].as_str().unwrap().to_owned(),
+                        c["level"].as_str().unwrap().to_owned(),
+                        c["message"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let level = |checks: &[(String, String, String)], id: &str| {
+        checks
+            .iter()
+            .filter(|c| c.0 == id)
+            .map(|c| format!("{}: {}", c.1, c.2))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+
+    // The daemon's listener here is not 8461: the drop-ins' default socket is
+    // redefined as an administrator would (a macro defined first).
+    let work = dir.path().join("with");
+    std::fs::create_dir_all(&work).unwrap();
+    let conf = format!(
+        "MTA_STSD_SOCKET = inet:{}:{}\n{}",
+        d.tcp.ip(),
+        d.tcp.port(),
+        drop_ins(true)
+    );
+    let checks = doctor(exim_command(&root, &work, &conf)).await.unwrap();
+    assert!(
+        level(&checks, "exim.config").starts_with("ok: Exim version 4."),
+        "{checks:?}"
+    );
+    assert!(
+        level(&checks, "exim.routers").starts_with("ok: "),
+        "{checks:?}"
+    );
+    assert!(
+        level(&checks, "exim.socket").starts_with("ok: "),
+        "{checks:?}"
+    );
+    let probe = level(&checks, "exim.probe");
+    assert!(
+        probe.starts_with("ok: ") && probe.contains(":mode=none,"),
+        "{probe}"
+    );
+    assert!(
+        level(&checks, "postfix.config").starts_with("ok: no Postfix here"),
+        "{checks:?}"
+    );
+    // The daemon's own probe, by the map name Exim asks with.
+    let daemon = level(&checks, "mta-stsd.probe");
+    assert!(
+        daemon.starts_with("ok: ") && daemon.contains("map \"exim\""),
+        "{daemon}"
+    );
+
+    // Without the drop-ins, Exim never asks the daemon.
+    let work = dir.path().join("without");
+    std::fs::create_dir_all(&work).unwrap();
+    let checks = doctor(exim_command(&root, &work, &drop_ins(false)))
+        .await
+        .unwrap();
+    assert!(
+        level(&checks, "exim.routers").starts_with("problem: "),
+        "{checks:?}"
+    );
+    assert_eq!(level(&checks, "exim.probe"), "");
     d.shutdown().await;
 }

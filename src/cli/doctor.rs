@@ -23,6 +23,13 @@ pub struct Args {
     /// OpenDKIM's configuration, for the key that signs mailed TLS reports.
     #[arg(long, value_name = "FILE", default_value = "/etc/opendkim.conf")]
     pub dkim_config: PathBuf,
+    /// The command that runs Exim (Debian's exim4); doctor checks Exim's side when
+    /// it runs.
+    #[arg(long, value_name = "COMMAND", default_value = "exim4")]
+    pub exim: PathBuf,
+    /// Sendmail's configuration; doctor checks Sendmail's side when it exists.
+    #[arg(long, value_name = "FILE", default_value = "/etc/mail/sendmail.cf")]
+    pub sendmail_cf: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -38,6 +45,8 @@ async fn command(args: Args) -> anyhow::Result<ExitCode> {
         postfix_config: args.postfix_config.clone(),
         resolv_conf: args.resolv_conf.clone(),
         dkim_config: args.dkim_config.clone(),
+        exim: args.exim.clone(),
+        sendmail_cf: args.sendmail_cf.clone(),
     };
     let checks = run_checks(&setup).await;
     if args.json {

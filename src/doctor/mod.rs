@@ -5,6 +5,7 @@
 
 mod access;
 pub mod gather;
+pub mod mta;
 pub mod tlsrpt;
 
 pub use access::{Access, User, check_socket_access, socket_access};

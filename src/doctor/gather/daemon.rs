@@ -39,7 +39,12 @@ pub(super) async fn daemon_checks(
         let result = tokio::time::timeout(PROBE_TIMEOUT, probe(&l, &map)).await;
         let took = started.elapsed();
         checks.push(match result {
-            Ok(Ok(reply)) if reply.starts_with("NOTFOUND") || reply.starts_with("OK") => {
+            // Postfix-style answers, or Exim's key=value words.
+            Ok(Ok(reply))
+                if reply.starts_with("NOTFOUND")
+                    || reply.starts_with("OK")
+                    || reply.starts_with("mode=") =>
+            {
                 Finding::ok(
                     "mta-stsd.probe",
                     format!(
@@ -55,13 +60,13 @@ pub(super) async fn daemon_checks(
             ),
             Ok(Err(e)) => Finding::problem(
                 "mta-stsd.probe",
-                format!("no answer on {l}: {e}; Postfix defers mail while its policy table fails"),
+                format!("no answer on {l}: {e}; the MTA defers mail while its lookups fail"),
                 "start mta-stsd (systemctl start mta-stsd) and check journalctl -u mta-stsd",
             ),
             Err(_) => Finding::problem(
                 "mta-stsd.probe",
                 format!(
-                    "{l} did not answer within {} s; Postfix gives up after 10 s and defers mail",
+                    "{l} did not answer within {} s; the MTA gives up and defers mail",
                     PROBE_TIMEOUT.as_secs()
                 ),
                 "check the daemon's log (journalctl -u mta-stsd) and its server.max_connections",

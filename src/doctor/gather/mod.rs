@@ -1,8 +1,9 @@
-//! Gathering what `mta-stsd doctor` judges: the daemon's configuration, Postfix's
-//! side (`postfix`: `postconf`, `postmap`, files and their permissions), the DKIM
-//! key mailed reports are signed with, and the running daemon (`daemon`: a probe
-//! lookup, its metrics and admin API). The verdicts are the pure functions of
-//! [`super`].
+//! Gathering what `mta-stsd doctor` judges: the daemon's configuration, the side of
+//! each MTA found here (`postfix`: `postconf`, `postmap`, files and their
+//! permissions; `exim`: Exim's own `-bP` and `-be`; `sendmail`: its `sendmail.cf`),
+//! the DKIM key mailed reports are signed with, and the running daemon (`daemon`: a
+//! probe lookup per map name in use, its metrics and admin API). The verdicts are the
+//! pure functions of [`super`].
 
 use std::path::PathBuf;
 
@@ -10,10 +11,14 @@ use super::Finding;
 use crate::config::Config;
 
 mod daemon;
+mod exim;
 mod postfix;
+mod sendmail;
 
 use daemon::daemon_checks;
+use exim::exim_checks;
 use postfix::postfix_checks;
+use sendmail::sendmail_checks;
 
 /// Where the setup's parts are.
 #[derive(Debug, Clone)]
@@ -27,6 +32,10 @@ pub struct Setup {
     pub resolv_conf: PathBuf,
     /// OpenDKIM's configuration.
     pub dkim_config: PathBuf,
+    /// The command that runs Exim (Debian: `exim4`).
+    pub exim: PathBuf,
+    /// Sendmail's configuration.
+    pub sendmail_cf: PathBuf,
 }
 
 /// Every finding about the setup, in the order the report prints them.
@@ -57,7 +66,16 @@ pub async fn run_checks(args: &Setup) -> Vec<Finding> {
     checks.push(Finding::ok("mta-stsd.config", format!("{shown} is valid")));
     let listeners = config.server.listen.clone();
 
-    let used = postfix_checks(args, &config, &listeners, &mut checks);
+    // Each MTA found here gets its own checks; Postfix's absence is a problem only
+    // when no other MTA asks the daemon.
+    let mut others = Vec::new();
+    let exim = exim_checks(&args.exim, &listeners, &mut others);
+    let sendmail = sendmail_checks(&args.sendmail_cf, &config, &listeners, &mut others);
+    let other_mta = exim.is_some() || sendmail.is_some();
+    let mut used = postfix_checks(args, &config, &listeners, other_mta, &mut checks);
+    checks.extend(others);
+    used.extend(exim.into_iter().flatten());
+    used.extend(sendmail.into_iter().flatten());
     if config.tlsrpt.enable {
         checks.extend(dkim_key_checks(&args.dkim_config, &config).await);
     }

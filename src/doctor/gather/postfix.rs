@@ -28,11 +28,19 @@ pub(super) fn postfix_checks(
     args: &Setup,
     config: &Config,
     listeners: &[ListenAddr],
+    other_mta: bool,
     checks: &mut Vec<Finding>,
 ) -> Vec<(Socketmap, ListenAddr)> {
     let dir = &args.postfix_config;
     let version = match postconf(dir, &["-h", "mail_version"]) {
         Ok(v) => v,
+        Err(e) if other_mta => {
+            checks.push(Finding::ok(
+                "postfix.config",
+                format!("no Postfix here ({e}); checking the MTA that is"),
+            ));
+            return Vec::new();
+        }
         Err(e) => {
             checks.push(Finding::problem(
                 "postfix.config",
@@ -40,7 +48,7 @@ pub(super) fn postfix_checks(
                     "cannot read Postfix's configuration in {}: {e}",
                     dir.display()
                 ),
-                "install Postfix, or pass --postfix-config DIR",
+                "install Postfix, or pass --postfix-config DIR (for Exim: --exim COMMAND; for Sendmail: --sendmail-cf FILE)",
             ));
             return Vec::new();
         }
