@@ -162,33 +162,29 @@ async fn exim_reads_the_exim_answer_and_its_host_list_allows_exactly_the_policys
     d.shutdown().await;
 }
 
-/// The shipped drop-ins as update-exim4.conf concatenates them, on an internet site.
-fn drop_ins(dnslookup: bool) -> String {
+/// An internet site's configuration; with `mta_stsd`, the shipped drop-ins in the
+/// single-file form docs/exim.md gives (`.include` where each section begins).
+fn exim_config(mta_stsd: bool) -> String {
     let conf_d = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/exim4/conf.d");
-    let read = |p: &str| std::fs::read_to_string(format!("{conf_d}/{p}")).unwrap();
-    let mut conf = String::from(
-        "DCconfig_internet = yes\ndomainlist local_domains = sender.test\ndomainlist relay_to_domains =\n",
-    );
-    if dnslookup {
-        conf.push_str(&read("main/00_mta-stsd"));
-        conf.push_str("begin routers\n");
-        conf.push_str(&read("router/190_mta-stsd"));
-    } else {
-        conf.push_str("begin routers\n");
-    }
-    conf.push_str(
-        "dnslookup:\n  driver = dnslookup\n  transport = remote_smtp\nbegin transports\n",
-    );
-    if dnslookup {
-        conf.push_str(&read("transport/30_mta-stsd"));
-    }
-    conf.push_str("remote_smtp:\n  driver = smtp\n");
-    conf
+    let include = |p: &str| {
+        if mta_stsd {
+            format!(".include {conf_d}/{p}\n")
+        } else {
+            String::new()
+        }
+    };
+    format!(
+        "DCconfig_internet = yes\ndomainlist local_domains = sender.test\ndomainlist relay_to_domains =\n{}begin routers\n{}dnslookup:\n  driver = dnslookup\n  transport = remote_smtp\nbegin transports\n{}remote_smtp:\n  driver = smtp\n",
+        include("main/00_mta-stsd"),
+        include("router/190_mta-stsd"),
+        include("transport/30_mta-stsd"),
+    )
 }
 
-/// `mta-stsd doctor` asks Exim itself: its routers include the drop-ins', their socket
-/// reaches the daemon, and a lookup through Exim's own ${readsocket} gets an Exim
-/// answer; without the drop-ins, Exim never asks (a problem). No Postfix is needed.
+/// `mta-stsd doctor` asks Exim itself: its routers include the drop-ins' (included in
+/// the single-file form), their socket reaches the daemon, and a lookup through Exim's
+/// own ${readsocket} gets an Exim answer; without the drop-ins, Exim never asks (a
+/// problem). No Postfix is needed.
 #[tokio::test(flavor = "multi_thread")]
 async fn doctor_checks_exims_side() {
     let Some(root) = exim_root() else { return };
@@ -255,7 +251,7 @@ async fn doctor_checks_exims_side() {
         "MTA_STSD_SOCKET = inet:{}:{}\n{}",
         d.tcp.ip(),
         d.tcp.port(),
-        drop_ins(true)
+        exim_config(true)
     );
     let checks = doctor(exim_command(&root, &work, &conf)).await.unwrap();
     assert!(
@@ -289,7 +285,7 @@ async fn doctor_checks_exims_side() {
     // Without the drop-ins, Exim never asks the daemon.
     let work = dir.path().join("without");
     std::fs::create_dir_all(&work).unwrap();
-    let checks = doctor(exim_command(&root, &work, &drop_ins(false)))
+    let checks = doctor(exim_command(&root, &work, &exim_config(false)))
         .await
         .unwrap();
     assert!(

@@ -65,7 +65,7 @@ pub fn check_exim_routers(router_list: &str, configtype: Option<&str>) -> Findin
             format!(
                 "Exim's routers have no {EXIM_ASK_ROUTER}: Exim never asks mta-stsd, so no MTA-STS policy is applied"
             ),
-            "cp -r /usr/share/doc/mta-stsd/examples/exim4/conf.d/. /etc/exim4/conf.d/ && update-exim4.conf && systemctl restart exim4 (see docs/exim.md for a configuration that is not split)",
+            "cp -r /usr/share/mta-stsd/exim4/conf.d/. /etc/exim4/conf.d/ && update-exim4.conf && systemctl restart exim4 (see docs/exim.md for a configuration that is not split)",
         ),
     }
 }
