@@ -245,9 +245,13 @@ expect "policy server down: still enforced from cache" user2@cached.test deferre
 
 # Sendmail asks the map more than once per delivery (STARTTLS, SNI, each RCPT): count
 # what the daemon saw for one message.
-before=$(curl -s http://127.0.0.1:9461/metrics | awk '/^mta_stsd_lookups_total/ {s += $2} END {print s + 0}')
+lookups() {  # the daemon's lookups so far (its metrics)
+    python3 -c 'import urllib.request as u; print(u.build_opener(u.ProxyHandler({})).open("http://127.0.0.1:9461/metrics").read().decode())' |
+        awk '/^mta_stsd_lookups_total/ {s += $2} END {print s + 0}' || true
+}
+before=$(lookups)
 send count@good.test
-after=$(curl -s http://127.0.0.1:9461/metrics | awk '/^mta_stsd_lookups_total/ {s += $2} END {print s + 0}')
+after=$(lookups)
 echo "     (one message to good.test: $((after - before)) lookups)"
 
 # The daemon down: the map fails, Sendmail's <TMPF> rule defers (never a downgrade).
