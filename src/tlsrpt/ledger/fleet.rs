@@ -406,12 +406,14 @@ impl FleetLedger {
     /// Moves stored outbox batches into the fleet's counters, oldest first, until the
     /// outbox is empty or Redis fails (the rest waits for the next call).
     async fn sync(&self) {
-        loop {
+        // Every failure ends the pass (labelled break): retrying at once would spin
+        // without yielding while Redis backs off, and starve the lookups.
+        'pass: loop {
             let batches = match self.store.outbox(64) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the TLSRPT outbox");
-                    break;
+                    break 'pass;
                 }
             };
             if batches.is_empty() {
@@ -420,11 +422,11 @@ impl FleetLedger {
             for (key, id, tally) in batches {
                 if self.fleet.apply(&id, &tally).await.is_err() {
                     // Logged by the Redis connection; kept for the next try.
-                    break;
+                    break 'pass;
                 }
                 if let Err(e) = self.store.outbox_remove(key) {
                     tracing::warn!(error = %e, "cannot remove a TLSRPT outbox batch the fleet holds");
-                    break;
+                    break 'pass;
                 }
             }
         }
