@@ -252,3 +252,25 @@ pub fn cli(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// One datagram as Postfix 3.10.13 (libtlsrpt 0.5) sends it: no `dpv`.
+pub fn datagram(domain: &str, record: &str, failed: bool) -> String {
+    let details = if failed {
+        format!(
+            r#","failure-details":[{{"c":202,"s":"127.0.0.1","n":"mx.{domain}","h":"250-mx\r\n250 HELP","r":"127.0.0.3"}}],"t":1"#
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"{{"d":"{domain}","pr":"{record}","policies":[{{"policy-type":2,"policy-domain":"{domain}","policy-string":["version: STSv1","mode: enforce","mx: mx.{domain}","max_age: 86400"],"mx-host":["mx.{domain}"]{details},"f":{}}}]}}"#,
+        u8::from(failed)
+    )
+}
+
+pub fn send(socket: &std::path::Path, datagrams: &[String]) {
+    let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    for d in datagrams {
+        client.send_to(d.as_bytes(), socket).unwrap();
+    }
+}
