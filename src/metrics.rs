@@ -3,7 +3,7 @@
 //! globals), so tests that run several daemons in one process do not mix counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -33,6 +33,11 @@ pub const DANE_ENABLED: &str = "mta_stsd_dane_enabled";
 pub const DNSSEC_VALIDATION_FAILING: &str = "mta_stsd_dnssec_validation_failing";
 pub const REDIS_HEALTHY: &str = "mta_stsd_redis_healthy";
 pub const REDIS_ADOPTED_TOTAL: &str = "mta_stsd_redis_policies_adopted_total";
+pub const REDIS_MASTER: &str = "mta_stsd_redis_master";
+/// `mta_stsd_redis_master`'s address before any master is known.
+pub const NO_MASTER: &str = "none";
+pub const REDIS_FAILOVERS_TOTAL: &str = "mta_stsd_redis_failovers_total";
+pub const REDIS_WITHOUT_MASTER: &str = "mta_stsd_redis_without_master_seconds";
 pub const TLSRPT_DATAGRAMS_TOTAL: &str = "mta_stsd_tlsrpt_datagrams_total";
 pub const TLSRPT_DATAGRAMS_UNSTORED: &str = "mta_stsd_tlsrpt_datagrams_unstored";
 pub const TLSRPT_REPORTS_TOTAL: &str = "mta_stsd_tlsrpt_reports_total";
@@ -314,11 +319,18 @@ pub struct FleetMetrics {
     pub redis_healthy: IntGauge,
     /// Policies taken from the fleet's shared cache instead of being fetched.
     pub redis_adopted: IntCounter,
+    /// With Redis Sentinel: 1 for the master in use (label `address`).
+    pub redis_master: IntGaugeVec,
+    /// With Redis Sentinel: master changes seen (failovers).
+    pub redis_failovers: IntCounter,
+    /// With Redis Sentinel: how long no writable master has answered (0 while one
+    /// does).
+    pub redis_without_master: Gauge,
 }
 
 impl FleetMetrics {
     fn new() -> prometheus::Result<Self> {
-        Ok(Self {
+        let fleet = Self {
             redis_healthy: IntGauge::new(
                 REDIS_HEALTHY,
                 "With cache.backend = redis: 1 while the shared cache answers, 0 while the daemon works without it (always 1 without Redis).",
@@ -327,13 +339,34 @@ impl FleetMetrics {
                 REDIS_ADOPTED_TOTAL,
                 "Policies taken from the fleet's shared cache (Redis) instead of being fetched.",
             )?,
-        })
+            redis_master: IntGaugeVec::new(
+                Opts::new(
+                    REDIS_MASTER,
+                    "With Redis Sentinel: 1 for the master the daemon uses, by address.",
+                ),
+                &["address"],
+            )?,
+            redis_failovers: IntCounter::new(
+                REDIS_FAILOVERS_TOTAL,
+                "With Redis Sentinel: changes of master seen (failovers).",
+            )?,
+            redis_without_master: Gauge::new(
+                REDIS_WITHOUT_MASTER,
+                "With Redis Sentinel: seconds since a writable master last answered (0 while one does).",
+            )?,
+        };
+        // Exported from the first scrape: no master known yet.
+        fleet.redis_master.with_label_values(&[NO_MASTER]).set(0);
+        Ok(fleet)
     }
 
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
         vec![
             Box::new(self.redis_healthy.clone()),
             Box::new(self.redis_adopted.clone()),
+            Box::new(self.redis_master.clone()),
+            Box::new(self.redis_failovers.clone()),
+            Box::new(self.redis_without_master.clone()),
         ]
     }
 }

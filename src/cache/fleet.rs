@@ -93,8 +93,55 @@ pub async fn share(shared: &RedisCache, domain: &str, entry: Entry, metrics: &Me
         },
         Ok(true) => entry,
         Err(e) => {
-            tracing::debug!(domain, error = %e, "policy not shared");
+            // Shared once Redis (or a new master) is back: see `share_again`.
+            tracing::debug!(domain, error = %e, "policy not shared yet");
+            shared.remember_unshared(domain);
             entry
+        }
+    }
+}
+
+/// Each time the fleet's channel is subscribed again (Redis back, or a new master
+/// after a failover), shares the policies this daemon learned while it could not:
+/// what `held` gives for each (the entry held here now), until `stop`.
+pub async fn share_again<F>(
+    shared: std::sync::Arc<RedisCache>,
+    held: F,
+    metrics: std::sync::Arc<Metrics>,
+    stop: tokio_util::sync::CancellationToken,
+) where
+    F: Fn(&str) -> Option<Entry>,
+{
+    let mut subscribed = shared.subscriptions();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = subscribed.wait_for(|up| *up) => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let domains = shared.take_unshared();
+        if !domains.is_empty() {
+            tracing::info!(
+                policies = domains.len(),
+                "sharing the policies learned while Redis could not take them"
+            );
+        }
+        for domain in domains {
+            if let Some(entry) = held(&domain).filter(|e| e.policy.is_some()) {
+                share(&shared, &domain, entry, &metrics).await;
+            }
+        }
+        // Wait for the next loss before looking again.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = subscribed.wait_for(|up| !*up) => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

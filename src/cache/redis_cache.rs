@@ -95,7 +95,14 @@ pub struct RedisCache {
     /// announcements applied (at most [`RECENT_EVENTS`]).
     subscribed: watch::Sender<bool>,
     applied: watch::Sender<VecDeque<Event>>,
+    /// Domains whose policy could not be written (Redis down, no master): shared
+    /// again when the channel is subscribed again. Bounded by [`UNSHARED_MAX`].
+    unshared: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// The most domains remembered as not shared; past it, the rest waits for its next
+/// refresh to reach the fleet.
+const UNSHARED_MAX: usize = 100_000;
 
 /// The outcome of asking for a domain's fetch lock.
 #[derive(Debug)]
@@ -120,7 +127,29 @@ impl RedisCache {
             updated: Notify::new(),
             subscribed: watch::Sender::new(false),
             applied: watch::Sender::new(VecDeque::new()),
+            unshared: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         })
+    }
+
+    /// Remembers a domain whose policy could not be written to the fleet.
+    pub fn remember_unshared(&self, domain: &str) {
+        let mut set = crate::locks::lock(&self.unshared);
+        if set.len() < UNSHARED_MAX {
+            set.insert(domain.to_owned());
+        }
+    }
+
+    /// The domains remembered as not shared, forgotten.
+    pub fn take_unshared(&self) -> Vec<String> {
+        std::mem::take(&mut *crate::locks::lock(&self.unshared))
+            .into_iter()
+            .collect()
+    }
+
+    /// Whether the invalidation channel is subscribed (Redis, or its master, in use),
+    /// as it changes.
+    pub fn subscriptions(&self) -> watch::Receiver<bool> {
+        self.subscribed.subscribe()
     }
 
     /// The connection this cache goes through (TLSRPT's fleet ledger shares it).
@@ -147,7 +176,7 @@ impl RedisCache {
 
     /// The fleet's entry for `domain`, if any.
     pub async fn get(&self, domain: &str) -> Result<Option<Entry>, RedisError> {
-        let mut conn = self.redis.connection();
+        let mut conn = self.redis.connection()?;
         let key = self.entry_key(domain);
         let bytes: Option<Vec<u8>> = self
             .redis
@@ -176,7 +205,7 @@ impl RedisCache {
             return Ok(false);
         };
         let bytes = encode_entry(entry).map_err(|e| RedisError::Value(e.to_string()))?;
-        let mut conn = self.redis.connection();
+        let mut conn = self.redis.connection()?;
         let mut call = self.put.key(self.entry_key(domain));
         call.arg(policy.fetched_at)
             .arg(bytes)
@@ -195,7 +224,7 @@ impl RedisCache {
 
     /// Removes the fleet's entry and tells every daemon to drop its copy.
     pub async fn remove(&self, domain: &str) -> Result<bool, RedisError> {
-        let mut conn = self.redis.connection();
+        let mut conn = self.redis.connection()?;
         let mut call = self.remove.key(self.entry_key(domain));
         call.arg(&self.channel)
             .arg(self.message(&Event::Purged(domain.to_owned())));
@@ -225,7 +254,10 @@ impl RedisCache {
 
     /// Releases a lock this daemon holds (if it expired meanwhile, nothing happens).
     pub async fn unlock(&self, domain: &str, token: &str) {
-        let mut conn = self.redis.connection();
+        // Nothing to release without a master: the lock expires by itself.
+        let Ok(mut conn) = self.redis.connection() else {
+            return;
+        };
         let mut call = self.unlock.key(self.lock_key(domain));
         call.arg(token);
         // A lock left behind expires by itself after `lock_ttl`.

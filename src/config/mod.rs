@@ -15,7 +15,9 @@ use error::invalid;
 pub use error::{ConfigError, Problem};
 pub use sections::*;
 use values::overlaps;
-pub use values::{ListenAddr, MetricsListen, SocketMode, check_address, is_host_name};
+pub use values::{
+    ListenAddr, MetricsListen, SocketMode, check_address, is_host_name, parse_host_port,
+};
 
 /// Where the packaged configuration lives; every command reads it when it exists and
 /// no `--config` is given.
@@ -252,6 +254,25 @@ impl Config {
             if let Err(e) = redis::Client::open(self.cache.redis.url.as_str()) {
                 // Not the URL itself: it may hold a password.
                 out.push(invalid("cache.redis.url", e.to_string()));
+            }
+            let r = &self.cache.redis;
+            if r.sentinels.is_empty() != r.master_name.is_empty() {
+                out.push(invalid(
+                    "cache.redis.master_name",
+                    "sentinels and master_name go together: the sentinels are asked for the master of that name",
+                ));
+            }
+            for s in &r.sentinels {
+                if let Err(e) = values::parse_host_port(s) {
+                    out.push(invalid("cache.redis.sentinels", format!("{s:?}: {e}")));
+                }
+            }
+            let tcp_url = r.url.starts_with("redis://") || r.url.starts_with("rediss://");
+            if !r.sentinels.is_empty() && !tcp_url {
+                out.push(invalid(
+                    "cache.redis.url",
+                    "with sentinels, url must be redis://... or rediss://... (its scheme, user, password and database are used)",
+                ));
             }
         }
         if self.server.max_request_size < 64 {
@@ -510,6 +531,40 @@ mod tests {
                 e.contains(key) && e.contains("greater than 0"),
                 "{toml}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn sentinels_come_with_a_master_name_and_a_tcp_url() {
+        let redis = "[cache]\nbackend = \"redis\"\n[cache.redis]\n";
+        let ok = format!(
+            "{redis}sentinels = [\"10.0.0.1:26379\", \"sentinel.example:26379\", \"[::1]:26379\"]\nmaster_name = \"mta-stsd\"\nurl = \"rediss://fleet:secret@placeholder/1\"\n"
+        );
+        let c = Config::from_toml(&ok, "x").unwrap();
+        assert_eq!(c.cache.redis.sentinels.len(), 3);
+        for (toml, setting) in [
+            (
+                "sentinels = [\"10.0.0.1:26379\"]\n",
+                "cache.redis.master_name",
+            ),
+            ("master_name = \"mta-stsd\"\n", "cache.redis.master_name"),
+            (
+                "sentinels = [\"10.0.0.1\"]\nmaster_name = \"m\"\n",
+                "cache.redis.sentinels",
+            ),
+            (
+                "sentinels = [\"a b:1\"]\nmaster_name = \"m\"\n",
+                "cache.redis.sentinels",
+            ),
+            (
+                "sentinels = [\"10.0.0.1:1\"]\nmaster_name = \"m\"\nurl = \"redis+unix:///run/redis.sock\"\n",
+                "cache.redis.url",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{redis}{toml}"), "x")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(setting), "{toml}: {e}");
         }
     }
 

@@ -283,6 +283,13 @@ pub struct RedisConfig {
     /// at most this long before fetching themselves.
     #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
+    /// Redis Sentinel: `host:port` of each sentinel. When set, the daemon asks them
+    /// which node is the master of `master_name` and follows failovers; `url` then
+    /// gives the scheme (`redis` or `rediss`), user, password and database for the
+    /// sentinels and the data nodes alike, and its host and port are not used.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the master by (`sentinel monitor NAME ...`).
+    pub master_name: String,
 }
 
 impl Default for RedisConfig {
@@ -292,6 +299,8 @@ impl Default for RedisConfig {
             prefix: "mta-stsd:".into(),
             timeout: Duration::from_millis(250),
             lock_ttl: Duration::from_secs(15),
+            sentinels: Vec::new(),
+            master_name: String::new(),
         }
     }
 }

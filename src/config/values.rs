@@ -147,6 +147,34 @@ pub fn check_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `host:port` (a name, an IPv4 address, or an IPv6 address in brackets), as a
+/// sentinel's address is written.
+pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| "not host:port".to_owned())?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number"))?;
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6,
+        Some(_) => return Err(format!("{host} is not an IPv6 address")),
+        None if host.parse::<std::net::Ipv4Addr>().is_ok() => host,
+        None if !host.is_empty()
+            && host.split('.').all(|l| {
+                !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }) =>
+        {
+            host
+        }
+        None => return Err(format!("{host:?} is not a host name or address")),
+    };
+    if port == 0 {
+        return Err("port 0".into());
+    }
+    Ok((host.to_owned(), port))
+}
+
 /// LDH labels (letters, digits, hyphens; not at a label's ends), at least two.
 pub fn is_host_name(name: &str) -> bool {
     let labels: Vec<&str> = name.split('.').collect();

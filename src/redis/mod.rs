@@ -6,13 +6,21 @@
 //! short timeout. When Redis fails, the daemon logs one line, counts the error, and
 //! stops asking for a back-off period (1 s doubling to 30 s); its callers meanwhile
 //! carry on with what they hold locally.
+//!
+//! With Redis Sentinel ([`sentinel`]), the node in use is the master the sentinels
+//! name: a watcher asks them every few seconds, and at once when a write is refused
+//! (`READONLY`: the node was demoted) or the connection fails; a new master replaces
+//! the connection, resets the back-off and makes subscribers subscribe again.
 
-use std::sync::{Arc, Mutex};
+pub mod sentinel;
+
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use futures::StreamExt;
 use thiserror::Error;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisConfig;
@@ -32,6 +40,42 @@ pub enum RedisError {
     BackingOff(Duration),
     #[error("value in redis: {0}")]
     Value(String),
+    #[error("no Redis master is known for {0:?} (the sentinels name none yet)")]
+    NoMaster(String),
+}
+
+impl RedisError {
+    /// An error after which the sentinels should be asked again: the node refused a
+    /// write as a replica, or could not be reached.
+    fn master_suspect(&self) -> bool {
+        match self {
+            RedisError::Redis(e) => {
+                matches!(
+                    e.kind(),
+                    ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly)
+                ) || e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+            }
+            RedisError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How often the sentinels are asked while the master answers, and while it does
+/// not (or none is known).
+const SENTINEL_POLL: Duration = Duration::from_secs(5);
+const SENTINEL_RETRY: Duration = Duration::from_millis(250);
+
+/// The data node in use.
+#[derive(Clone)]
+struct Node {
+    /// `host:port`, as shown in logs and metrics.
+    addr: String,
+    client: ::redis::Client,
+    conn: ConnectionManager,
 }
 
 /// Whether Redis answers, and when to try again if it does not.
@@ -44,8 +88,17 @@ struct Health {
 /// One daemon's connection to the fleet's Redis, with its key prefix, its name in the
 /// fleet and the back-off that keeps a dead Redis from slowing anything down.
 pub struct Redis {
-    client: ::redis::Client,
-    conn: ConnectionManager,
+    /// With Redis Sentinel: who to ask for the master.
+    sentinels: Option<sentinel::Sentinels>,
+    /// The node in use: the `url`'s, or the master the sentinels named last (none
+    /// before they have named one).
+    current: Mutex<Option<Node>>,
+    /// Bumped whenever the node in use changes (subscribers subscribe again at once).
+    generation: watch::Sender<u64>,
+    /// Wakes the sentinel watcher before its next poll.
+    recheck: Arc<Notify>,
+    /// Since when no writable master has answered (Sentinel only).
+    masterless_since: Mutex<Option<Instant>>,
     prefix: String,
     timeout: Duration,
     /// This daemon's name in the fleet (announcements and lease tokens carry it).
@@ -58,21 +111,27 @@ impl Redis {
     /// Sets up the connection without connecting: a daemon starts and serves whether
     /// Redis is up or not.
     pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, RedisError> {
-        let client = ::redis::Client::open(config.url.as_str())?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            // Back-off is ours (see `Health`): one attempt per request.
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)?;
+        let sentinels = sentinel::Sentinels::new(config)?;
+        let current = match &sentinels {
+            Some(_) => None,
+            None => {
+                let client = ::redis::Client::open(config.url.as_str())?;
+                let addr = client.get_connection_info().addr().to_string();
+                Some(Self::open_node(client, addr, config.timeout)?)
+            }
+        };
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
         metrics.fleet.redis_healthy.set(1);
-        Ok(Arc::new(Redis {
-            client,
-            conn,
+        let with_sentinels = sentinels.is_some();
+        let redis = Arc::new(Redis {
+            sentinels,
+            current: Mutex::new(current),
+            generation: watch::Sender::new(0),
+            recheck: Arc::new(Notify::new()),
+            masterless_since: Mutex::new(with_sentinels.then(Instant::now)),
             prefix: config.prefix.clone(),
             timeout: config.timeout,
             node: format!("{:x}-{started:x}", std::process::id()),
@@ -82,12 +141,108 @@ impl Redis {
                 backoff: BACKOFF_FIRST,
             }),
             metrics,
-        }))
+        });
+        if with_sentinels {
+            // The watcher holds the connection weakly: it ends when the daemon drops it.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(watch_sentinels(
+                        Arc::downgrade(&redis),
+                        redis.recheck.clone(),
+                    ));
+                }
+                Err(_) => tracing::warn!("no runtime to follow the Redis sentinels in"),
+            }
+        }
+        Ok(redis)
     }
 
-    /// A handle on the shared connection (cheap: it is multiplexed).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// A node's client and its (lazy) connection.
+    fn open_node(
+        client: ::redis::Client,
+        addr: String,
+        timeout: Duration,
+    ) -> Result<Node, RedisError> {
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // Back-off is ours (see `Health`): one attempt per request.
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)?;
+        Ok(Node { addr, client, conn })
+    }
+
+    /// Takes `host:port`, which the sentinels name and which says it is a master, as
+    /// the node in use. A change is one log line, a failover counted, the back-off
+    /// reset (the fleet's state is shared again at once) and subscribers told.
+    fn use_master(&self, host: &str, port: u16) -> Result<(), RedisError> {
+        let addr = sentinel::display_addr(host, port);
+        let previous = lock(&self.current).as_ref().map(|n| n.addr.clone());
+        if previous.as_deref() != Some(addr.as_str()) {
+            let Some(sentinels) = &self.sentinels else {
+                return Ok(());
+            };
+            let node = Self::open_node(
+                sentinels.node_client(host, port)?,
+                addr.clone(),
+                self.timeout,
+            )?;
+            *lock(&self.current) = Some(node);
+            let fleet = &self.metrics.fleet;
+            let _ = fleet
+                .redis_master
+                .remove_label_values(&[crate::metrics::NO_MASTER]);
+            if let Some(old) = &previous {
+                fleet.redis_failovers.inc();
+                let _ = fleet.redis_master.remove_label_values(&[old]);
+                tracing::warn!(master = %addr, previous = %old, name = sentinels.master_name(), "Redis master changed (failover); the fleet's shared state goes to the new master");
+            } else {
+                tracing::info!(master = %addr, name = sentinels.master_name(), "Redis master found through the sentinels");
+            }
+            fleet.redis_master.with_label_values(&[&addr]).set(1);
+            {
+                let mut h = lock(&self.health);
+                h.retry_at = None;
+                h.backoff = BACKOFF_FIRST;
+            }
+            self.generation.send_modify(|g| *g += 1);
+        }
+        Ok(())
+    }
+
+    /// Whether a writable master is known; keeps `without_master` current.
+    fn note_master(&self, found: bool) {
+        let mut since = lock(&self.masterless_since);
+        match (found, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+        let secs = since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.metrics.fleet.redis_without_master.set(secs);
+    }
+
+    /// The address of the node in use (`None` while the sentinels name no master).
+    pub fn master(&self) -> Option<String> {
+        lock(&self.current).as_ref().map(|n| n.addr.clone())
+    }
+
+    /// A handle on the node in use (cheap: it is multiplexed); none while the
+    /// sentinels name no master.
+    pub fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        match lock(&self.current).as_ref() {
+            Some(n) => Ok(n.conn.clone()),
+            None => Err(RedisError::NoMaster(
+                self.sentinels
+                    .as_ref()
+                    .map(|s| s.master_name().to_owned())
+                    .unwrap_or_default(),
+            )),
+        }
+    }
+
+    fn client(&self) -> Option<::redis::Client> {
+        lock(&self.current).as_ref().map(|n| n.client.clone())
     }
 
     /// The prefix every key of this fleet starts with.
@@ -127,7 +282,12 @@ impl Redis {
         };
         match &result {
             Ok(_) => self.mark_up(),
-            Err(e) => self.mark_down(op, e),
+            Err(e) => {
+                if self.sentinels.is_some() && e.master_suspect() {
+                    self.recheck.notify_one();
+                }
+                self.mark_down(op, e);
+            }
         }
         result
     }
@@ -141,6 +301,10 @@ impl Redis {
         h.retry_at = None;
         h.backoff = BACKOFF_FIRST;
         self.metrics.fleet.redis_healthy.set(1);
+        drop(h);
+        if self.sentinels.is_some() {
+            self.note_master(true);
+        }
     }
 
     fn mark_down(&self, op: &'static str, e: &RedisError) {
@@ -174,7 +338,7 @@ impl Redis {
         value: &str,
         ttl: Duration,
     ) -> Result<bool, RedisError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection()?;
         let value = value.to_owned();
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let set: Option<String> = self
@@ -201,7 +365,7 @@ impl Redis {
         key: &str,
         ttl: Duration,
     ) -> Result<(), RedisError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection()?;
         let mut pipe = ::redis::pipe();
         pipe.add_command(cmd)
             .ignore()
@@ -229,11 +393,17 @@ impl Redis {
     {
         let mut backoff = BACKOFF_FIRST;
         let mut failing = false;
+        let mut generation = self.generation.subscribe();
         loop {
+            generation.mark_unchanged();
+            let client = self.client();
             let subscribe = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
+                let Some(client) = client else {
+                    return Err(RedisError::NoMaster(String::new()));
+                };
+                let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(channel).await?;
-                Ok::<_, ::redis::RedisError>(pubsub)
+                Ok::<_, RedisError>(pubsub)
             };
             let attempt = tokio::select! {
                 () = stop.cancelled() => return,
@@ -251,6 +421,8 @@ impl Redis {
                         let msg = tokio::select! {
                             () = stop.cancelled() => return,
                             m = messages.next() => m,
+                            // A new master: subscribe there.
+                            _ = generation.changed() => None,
                         };
                         let Some(msg) = msg else { break };
                         if let Ok(text) = msg.get_payload::<String>() {
@@ -275,6 +447,7 @@ impl Redis {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(backoff) => {}
+                _ = generation.changed() => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -293,14 +466,134 @@ impl Redis {
     /// and takes it as back in use.
     pub async fn wait_reachable(&self) {
         loop {
-            let mut conn = self.conn.clone();
-            let cmd = ::redis::cmd("PING");
-            let ping = cmd.query_async::<String>(&mut conn);
-            if let Ok(Ok(_)) = tokio::time::timeout(self.timeout, ping).await {
-                self.mark_up();
-                return;
+            if let Ok(mut conn) = self.connection() {
+                let cmd = ::redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut conn);
+                if let Ok(Ok(_)) = tokio::time::timeout(self.timeout, ping).await {
+                    self.mark_up();
+                    return;
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether what this daemon wrote so far would survive the master's loss: with
+    /// Sentinel, a replica has acknowledged it (`WAIT 1`), or the master has no replica
+    /// to wait for. Redis replicates asynchronously; without this, a write the master
+    /// accepted just before it died is missing on the replica promoted in its place.
+    /// Without Sentinel there is no failover to survive: always true.
+    pub async fn replicated(&self) -> Result<bool, RedisError> {
+        if self.sentinels.is_none() {
+            return Ok(true);
+        }
+        let mut conn = self.connection()?;
+        let wait_ms = u64::try_from((self.timeout / 2).as_millis()).unwrap_or(100);
+        let (acked, role): (i64, Vec<::redis::Value>) = self
+            .call("redis_wait", async move {
+                ::redis::pipe()
+                    .cmd("WAIT")
+                    .arg(1)
+                    .arg(wait_ms)
+                    .cmd("ROLE")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(acked >= 1 || lone_master(&role))
+    }
+
+    /// Test hook: asks the sentinels now and waits until a master is in use.
+    pub async fn wait_master(&self) -> String {
+        let mut generation = self.generation.subscribe();
+        loop {
+            if let Some(m) = self.master() {
+                return m;
+            }
+            self.recheck.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(200), generation.changed()).await;
+        }
+    }
+}
+
+/// Whether a `ROLE` reply is a master's with no replica attached (`["master", offset,
+/// []]`): nothing for `WAIT` to wait for.
+fn lone_master(role: &[::redis::Value]) -> bool {
+    let is_master = role
+        .first()
+        .and_then(|v| ::redis::from_redis_value_ref::<String>(v).ok())
+        .is_some_and(|r| r == "master");
+    let replicas = role
+        .get(2)
+        .and_then(|v| ::redis::from_redis_value_ref::<Vec<::redis::Value>>(v).ok());
+    is_master && replicas.is_some_and(|r| r.is_empty())
+}
+
+/// Follows the sentinels while the connection lives: every [`SENTINEL_POLL`] while the
+/// master answers, every [`SENTINEL_RETRY`] while none does, and at once when a call
+/// suspects the master ([`Redis::call`]).
+async fn watch_sentinels(redis: Weak<Redis>, recheck: Arc<Notify>) {
+    let mut failing = false;
+    loop {
+        let Some(this) = redis.upgrade() else { return };
+        let Some(sentinels) = &this.sentinels else {
+            return;
+        };
+        let found = match sentinels.master().await {
+            Ok((host, port)) => this.use_master(&host, port),
+            Err(e) => Err(e),
+        };
+        match &found {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(
+                        master = this.master().unwrap_or_default(),
+                        "Redis master confirmed by the sentinels"
+                    );
+                }
+                failing = false;
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "no writable Redis master; answering from memory and working locally until the sentinels name one");
+            }
+            Err(_) => {}
+        }
+        this.note_master(found.is_ok());
+        let pause = if found.is_ok() {
+            SENTINEL_POLL
+        } else {
+            SENTINEL_RETRY
+        };
+        drop(this);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = recheck.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::redis::Value;
+
+    #[test]
+    fn a_master_without_replicas_has_nothing_to_wait_for() {
+        let master = |replicas: Vec<Value>| {
+            vec![
+                Value::BulkString(b"master".to_vec()),
+                Value::Int(42),
+                Value::Array(replicas),
+            ]
+        };
+        assert!(lone_master(&master(vec![])));
+        let replica = Value::Array(vec![
+            Value::BulkString(b"127.0.0.1".to_vec()),
+            Value::BulkString(b"6380".to_vec()),
+            Value::BulkString(b"42".to_vec()),
+        ]);
+        assert!(!lone_master(&master(vec![replica])));
+        assert!(!lone_master(&[Value::BulkString(b"slave".to_vec())]));
     }
 }

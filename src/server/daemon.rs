@@ -262,6 +262,13 @@ impl Daemon {
             stop.clone(),
         ))];
         if let Some(shared) = service.shared().cloned() {
+            let held = service.clone();
+            background.push(tokio::spawn(crate::cache::fleet::share_again(
+                shared.clone(),
+                move |domain| held.cached(domain),
+                service.metrics().clone(),
+                stop.clone(),
+            )));
             let service = service.clone();
             background.push(tokio::spawn(shared.run_subscriber(
                 move |event| {

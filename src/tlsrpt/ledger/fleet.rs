@@ -7,7 +7,11 @@
 //!   to Redis with one script that applies the batch only if its id was never applied
 //!   (`SET ... NX` on the id). A batch applied just before a crash is skipped when the
 //!   outbox is replayed: never lost, never counted twice. While Redis is down the
-//!   outbox grows, and is merged when Redis is back.
+//!   outbox grows, and is merged when Redis is back. With Redis Sentinel a batch
+//!   leaves the outbox only once a replica has it (`WAIT`): replication is
+//!   asynchronous, and a batch the old master took just before it died would
+//!   otherwise be lost; kept, it is applied on the new master (once: the id marker
+//!   travels with the counters).
 //! - Keys (under the cache's prefix): `tlsrpt:days` (a sorted set of days with
 //!   counters), `tlsrpt:DAY:groups` (the group hashes of a day), one hash per group
 //!   `tlsrpt:DAY:DOMAIN:TAG` (`domain`, `record`, and `s\tPOLICY`, `f\tPOLICY`,
@@ -105,7 +109,7 @@ impl FleetReports {
             h.write(self.shared.node().as_bytes());
             h.finish()
         });
-        let mut conn = self.shared.connection();
+        let mut conn = self.shared.connection()?;
         let node: String = self
             .shared
             .call("redis_put", async move {
@@ -136,7 +140,7 @@ impl FleetReports {
         range: &'static str,
         key: String,
     ) -> Result<Vec<T>, RedisError> {
-        let mut conn = self.shared.connection();
+        let mut conn = self.shared.connection()?;
         self.shared
             .call("redis_get", async move {
                 redis::cmd(range)
@@ -213,7 +217,7 @@ impl FleetReports {
                 field(&format!("d\t{policy}\t{detail}"), n.to_string());
             }
         }
-        let mut conn = self.shared.connection();
+        let mut conn = self.shared.connection()?;
         let applied: i64 = self
             .shared
             .call(
@@ -224,6 +228,12 @@ impl FleetReports {
         Ok(applied == 1)
     }
 
+    /// Whether the batches applied so far would survive losing the master (see
+    /// [`Redis::replicated`]); an error counts as no.
+    pub async fn replicated(&self) -> bool {
+        self.shared.replicated().await.unwrap_or(false)
+    }
+
     /// The days with counters in the fleet, oldest first.
     pub async fn days(&self) -> Result<Vec<Day>, RedisError> {
         let days: Vec<u64> = self.whole("ZRANGE", self.key("days")).await?;
@@ -232,7 +242,7 @@ impl FleetReports {
 
     /// One day's counters, fleet-wide.
     pub async fn day(&self, day: Day) -> Result<DayCounts, RedisError> {
-        let mut conn = self.shared.connection();
+        let mut conn = self.shared.connection()?;
         let set = self.groups_key(day);
         let mut hashes: Vec<String> = self
             .shared
@@ -243,7 +253,7 @@ impl FleetReports {
         hashes.sort();
         let mut out = Vec::new();
         for h in hashes {
-            let mut conn = self.shared.connection();
+            let mut conn = self.shared.connection()?;
             let fields: BTreeMap<String, String> = self
                 .shared
                 .call("redis_get", async move {
@@ -263,7 +273,7 @@ impl FleetReports {
         report: &str,
         dest: &str,
     ) -> Result<Option<Delivery>, RedisError> {
-        let mut conn = self.shared.connection();
+        let mut conn = self.shared.connection()?;
         let (key, field) = (self.deliveries_key(day), format!("{report}\n{dest}"));
         let text: Option<String> = self
             .shared
@@ -319,7 +329,10 @@ impl FleetReports {
     }
 
     pub async fn release(&self, report: &str, dest: &str, token: &str) {
-        let mut conn = self.shared.connection();
+        // Nothing to release without a master: the lock expires by itself.
+        let Ok(mut conn) = self.shared.connection() else {
+            return;
+        };
         let mut call = self
             .release
             .key(self.key(&format!("lease:{report}:{dest}")));
@@ -336,7 +349,7 @@ impl FleetReports {
 
     /// Forgets days before `day` in the days set (their keys expire by themselves).
     pub async fn prune_before(&self, day: Day) -> Result<(), RedisError> {
-        let mut conn = self.shared.connection();
+        let mut conn = self.shared.connection()?;
         let key = self.key("days");
         let last = day.0.saturating_sub(1);
         self.shared
@@ -422,6 +435,12 @@ impl FleetLedger {
             for (key, id, tally) in batches {
                 if self.fleet.apply(&id, &tally).await.is_err() {
                     // Logged by the Redis connection; kept for the next try.
+                    break 'pass;
+                }
+                // Removed from the outbox only once it would survive a failover (a
+                // replica has it). If not yet, the next try applies nothing (its id
+                // is known) unless a failover lost it, and then applies it once.
+                if !self.fleet.replicated().await {
                     break 'pass;
                 }
                 if let Err(e) = self.store.outbox_remove(key) {
