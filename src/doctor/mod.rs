@@ -6,6 +6,7 @@
 mod access;
 pub mod gather;
 pub mod mta;
+pub mod sentinel;
 pub mod tlsrpt;
 
 pub use access::{Access, User, check_socket_access, socket_access};

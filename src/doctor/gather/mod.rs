@@ -13,6 +13,7 @@ use crate::config::Config;
 mod daemon;
 mod exim;
 mod postfix;
+mod redis;
 mod sendmail;
 
 use daemon::daemon_checks;
@@ -80,6 +81,7 @@ pub async fn run_checks(args: &Setup) -> Vec<Finding> {
         checks.extend(dkim_key_checks(&args.dkim_config, &config).await);
     }
     daemon_checks(&config, &listeners, &used, &mut checks).await;
+    redis::sentinel_checks(&config, &mut checks).await;
     checks
 }
 

@@ -1,0 +1,150 @@
+//! The verdicts of `mta-stsd doctor` about a fleet on Redis Sentinel: what each
+//! sentinel names as master, whether that node says it is one, and whether this
+//! daemon's credentials may write to it. Pure; `gather::redis` asks.
+
+use super::Finding;
+
+/// What doctor learned from the sentinels and the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelFacts {
+    pub master_name: String,
+    /// Each sentinel (`host:port`) and the master it names (`None`: no answer, or no
+    /// such master name).
+    pub answers: Vec<(String, Option<String>)>,
+    /// The master most sentinels name, checked with `ROLE`; or why there is none.
+    pub master: Result<String, String>,
+    /// A test write on that master with the daemon's credentials (`None`: no master).
+    pub write: Option<Result<(), String>>,
+}
+
+pub fn check_sentinels(f: &SentinelFacts) -> Vec<Finding> {
+    const NAME: &str = "redis.sentinel";
+    let mut out = Vec::new();
+    let silent: Vec<&str> = f
+        .answers
+        .iter()
+        .filter(|(_, m)| m.is_none())
+        .map(|(s, _)| s.as_str())
+        .collect();
+    let named: Vec<&str> = f.answers.iter().filter_map(|(_, m)| m.as_deref()).collect();
+    if named.is_empty() {
+        out.push(Finding::problem(
+            NAME,
+            format!(
+                "no sentinel names a master for {:?} ({} asked): the fleet shares nothing until one does; lookups are answered from each daemon's own cache",
+                f.master_name,
+                f.answers.len()
+            ),
+            "check cache.redis.sentinels and master_name against the sentinels' `sentinel monitor` lines (redis-cli -p 26379 SENTINEL masters)",
+        ));
+    } else if !silent.is_empty() {
+        out.push(Finding::warning(
+            NAME,
+            format!(
+                "{} of {} sentinels do not answer ({}): a failover needs a majority of them",
+                silent.len(),
+                f.answers.len(),
+                silent.join(", ")
+            ),
+            "start the sentinels that do not answer, or correct their addresses in cache.redis.sentinels",
+        ));
+    } else {
+        out.push(Finding::ok(
+            NAME,
+            format!(
+                "all {} sentinels answer for {:?}",
+                f.answers.len(),
+                f.master_name
+            ),
+        ));
+    }
+    if named.windows(2).any(|w| w[0] != w[1]) {
+        out.push(Finding::warning(
+            NAME,
+            format!(
+                "the sentinels disagree on the master ({}): a failover may be under way",
+                named.join(", ")
+            ),
+            "run doctor again in a minute; if it persists, check the sentinels' quorum and logs",
+        ));
+    }
+    match (&f.master, &f.write) {
+        (Err(e), _) if !named.is_empty() => out.push(Finding::problem(
+            "redis.master",
+            format!("no writable master: {e}"),
+            "check the master the sentinels name (redis-cli ROLE); while none is writable the fleet shares nothing",
+        )),
+        (Err(_), _) => {}
+        (Ok(m), Some(Err(e))) => out.push(Finding::problem(
+            "redis.master",
+            format!("the master {m} refuses this daemon's write: {e}"),
+            "give cache.redis.url's user and password the right to write the prefix's keys (ACL), on every node",
+        )),
+        (Ok(m), _) => out.push(Finding::ok(
+            "redis.master",
+            format!("the master is {m}, and this daemon can write to it"),
+        )),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::findings::Level;
+
+    fn facts(
+        answers: &[Option<&str>],
+        master: Result<&str, &str>,
+        write: Option<Result<(), &str>>,
+    ) -> SentinelFacts {
+        SentinelFacts {
+            master_name: "mta-stsd".into(),
+            answers: answers
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (format!("10.0.0.{i}:26379"), m.map(str::to_owned)))
+                .collect(),
+            master: master.map(str::to_owned).map_err(str::to_owned),
+            write: write.map(|w| w.map_err(str::to_owned)),
+        }
+    }
+
+    fn levels(f: &SentinelFacts) -> Vec<(String, Level)> {
+        check_sentinels(f)
+            .into_iter()
+            .map(|x| (x.check, x.level))
+            .collect()
+    }
+
+    #[test]
+    fn a_healthy_set_up_and_each_way_it_goes_wrong() {
+        let m = Some("10.0.1.1:6379");
+        assert!(
+            levels(&facts(&[m, m, m], Ok("10.0.1.1:6379"), Some(Ok(()))))
+                .iter()
+                .all(|(_, l)| *l == Level::Ok)
+        );
+        let one_silent = levels(&facts(&[m, None, m], Ok("10.0.1.1:6379"), Some(Ok(()))));
+        assert!(one_silent.contains(&("redis.sentinel".into(), Level::Warning)));
+        let none = levels(&facts(
+            &[None, None, None],
+            Err("no sentinel names a master"),
+            None,
+        ));
+        assert_eq!(none, vec![("redis.sentinel".into(), Level::Problem)]);
+        let split = levels(&facts(
+            &[m, Some("10.0.1.2:6379"), m],
+            Ok("10.0.1.1:6379"),
+            Some(Ok(())),
+        ));
+        assert_eq!(
+            split.iter().filter(|(_, l)| *l == Level::Warning).count(),
+            1
+        );
+        let demoted = levels(&facts(&[m, m, m], Err("10.0.1.1:6379 is a slave"), None));
+        assert!(demoted.contains(&("redis.master".into(), Level::Problem)));
+        let acl = levels(&facts(&[m, m, m], Ok("10.0.1.1:6379"), Some(Err("NOPERM"))));
+        assert!(acl.contains(&("redis.master".into(), Level::Problem)));
+    }
+}
