@@ -1,6 +1,8 @@
-//! Debian's `redis-server`, started by a test on a unix socket or a loopback port,
-//! with nothing saved to disk. It can be stopped and started again on the same
-//! address, to test how daemons live through a Redis restart.
+//! Debian's `redis-server` (or `valkey-server`), started by a test on a unix socket or
+//! a loopback port, with nothing saved to disk. It can be stopped and started again on
+//! the same address, to test how daemons live through a Redis restart; it can be a
+//! replica of another; [`Sentinels`] starts `redis-sentinel` (or `valkey-sentinel`)
+//! processes watching a master.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
@@ -16,10 +18,53 @@ enum Addr {
     Tcp(u16),
 }
 
+/// Which server: Debian's Redis or Valkey (the same protocol, the same options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    Redis,
+    Valkey,
+}
+
+impl Flavour {
+    fn server(self) -> &'static str {
+        match self {
+            Flavour::Redis => "redis-server",
+            Flavour::Valkey => "valkey-server",
+        }
+    }
+    fn sentinel(self) -> &'static str {
+        match self {
+            Flavour::Redis => "redis-sentinel",
+            Flavour::Valkey => "valkey-sentinel",
+        }
+    }
+    fn cli(self) -> &'static str {
+        match self {
+            Flavour::Redis => "redis-cli",
+            Flavour::Valkey => "valkey-cli",
+        }
+    }
+
+    /// Whether this flavour's server and sentinel are installed.
+    pub fn installed(self) -> bool {
+        [self.server(), self.sentinel()].iter().all(|b| {
+            Command::new(b)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        })
+    }
+}
+
 pub struct RedisServer {
     child: Option<Child>,
     addr: Addr,
     dir: PathBuf,
+    flavour: Flavour,
+    /// Options added to the command line (e.g. `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -51,6 +96,32 @@ impl RedisServer {
         Self::start_at(Addr::Tcp(port), dir)
     }
 
+    /// Starts `flavour`'s server on a free loopback port; with `replica_of`, as a
+    /// replica of the server on that port.
+    pub fn start_node(flavour: Flavour, replica_of: Option<u16>) -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer {
+            child: None,
+            addr: Addr::Tcp(port),
+            dir: Self::new_dir(&port.to_string()),
+            flavour,
+            extra: match replica_of {
+                Some(p) => vec!["--replicaof".into(), "127.0.0.1".into(), p.to_string()],
+                None => Vec::new(),
+            },
+        };
+        server.start();
+        server
+    }
+
+    /// The loopback port (0 for a unix socket).
+    pub fn port(&self) -> u16 {
+        match self.addr {
+            Addr::Tcp(p) => p,
+            Addr::Unix(_) => 0,
+        }
+    }
+
     fn new_dir(tag: &str) -> PathBuf {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -65,6 +136,8 @@ impl RedisServer {
             child: None,
             addr,
             dir,
+            flavour: Flavour::Redis,
+            extra: Vec::new(),
         };
         server.start();
         server
@@ -82,7 +155,7 @@ impl RedisServer {
     /// says "Ready to accept connections".
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(self.flavour.server());
         cmd.args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args([
                 "--logfile",
@@ -103,6 +176,7 @@ impl RedisServer {
                 cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
             }
         }
+        cmd.args(&self.extra);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -138,7 +212,7 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("redis-cli");
+        let mut cmd = Command::new(self.flavour.cli());
         match &self.addr {
             Addr::Unix(path) => cmd.arg("-s").arg(path),
             Addr::Tcp(port) => cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]),
@@ -151,6 +225,114 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three sentinels (quorum 2) watching the master on `master_port` by `name`, quick
+/// to act: a master that does not answer for a second is down.
+pub struct Sentinels {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+    dir: PathBuf,
+    flavour: Flavour,
+    name: String,
+}
+
+impl Sentinels {
+    pub fn start(flavour: Flavour, name: &str, master_port: u16) -> Sentinels {
+        let dir = RedisServer::new_dir("sentinels");
+        let mut children = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\nlogfile \"\"\n\
+                     dir {}\n\
+                     sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 3000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir.display()
+                ),
+            )
+            .expect("sentinel config");
+            let child = Command::new(flavour.sentinel())
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("the sentinel starts (is it installed?)");
+            children.push(child);
+            ports.push(port);
+        }
+        let sentinels = Sentinels {
+            children,
+            ports,
+            dir,
+            flavour,
+            name: name.to_owned(),
+        };
+        // Each sentinel knows the master, and the others (they find each other
+        // through the master's hello channel).
+        for port in &sentinels.ports {
+            let mut ready = false;
+            for _ in 0..200 {
+                let known = sentinels.cli_at(*port, &["SENTINEL", "sentinels", name]);
+                if known.lines().filter(|l| *l == "ip").count() >= 2 {
+                    ready = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                ready,
+                "sentinel on {port} did not meet the other two within 10 s"
+            );
+        }
+        sentinels
+    }
+
+    /// `host:port` of each sentinel, as configured in the daemon.
+    pub fn addrs(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The master's port as the first sentinel that answers names it.
+    pub fn master_port(&self) -> Option<u16> {
+        self.ports.iter().find_map(|p| {
+            let out = self.cli_at(*p, &["SENTINEL", "get-master-addr-by-name", &self.name]);
+            out.lines().nth(1)?.trim().parse().ok()
+        })
+    }
+
+    /// `SENTINEL FAILOVER NAME` on the first sentinel.
+    pub fn failover(&self) -> String {
+        self.cli_at(self.ports[0], &["SENTINEL", "failover", &self.name])
+    }
+
+    fn cli_at(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new(self.flavour.cli())
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("the cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,391 @@
+//! A fleet on Redis Sentinel (and Valkey's): one master, one replica, three sentinels,
+//! two daemons sharing them. The master is killed (SIGKILL) while both daemons answer
+//! lookups and count TLSRPT datagrams: every lookup is answered within its deadline,
+//! the fleet shares again through the promoted replica, policies learned meanwhile
+//! reach it, and the day's counts carry every datagram once. The old master comes
+//! back as a replica and is not used; an operator's `SENTINEL FAILOVER` moves the
+//! fleet back.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{InProcess, LOOPBACK, config_in, datagram, send};
+use mta_stsd::admin::api::TlsrptAction;
+use mta_stsd::admin::client::AdminClient;
+use mta_stsd::clock::{Clock, SystemClock};
+use mta_stsd::tlsrpt::day::Day;
+use mta_stsd_testkit::{Flavour, RedisServer, Sentinels, World};
+
+const SECURE: &str = "OK secure match=mx1.example.com:.example.net servername=hostname";
+const NAME: &str = "mta-stsd";
+const RECORD: &str = "v=TLSRPTv1; rua=mailto:tlsrpt@counted.test";
+
+/// Whether `flavour` can run here; in CI it must.
+fn installed(flavour: Flavour) -> bool {
+    if flavour.installed() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install {flavour:?}'s server and sentinel (.ci/run)"
+    );
+    eprintln!("skipped: {flavour:?}'s server or sentinel is not installed");
+    false
+}
+
+/// Waits until `check` holds (every 50 ms, at most `within`).
+async fn until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < end, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The TLSRPT sessions the fleet holds for `domain` today (through a daemon's admin
+/// API), once they reach `want`; panics with the count seen otherwise.
+async fn fleet_sessions(admin: &AdminClient, domain: &str, want: u64) {
+    let day = Day::of(SystemClock.now());
+    let mut seen = 0;
+    for _ in 0..600 {
+        if let Ok(view) = admin.tlsrpt(TlsrptAction::Show, day, true).await {
+            seen = view
+                .reports
+                .iter()
+                .filter(|r| r.domain == domain)
+                .map(|r| r.sessions)
+                .sum();
+            if seen == want {
+                return;
+            }
+            assert!(seen < want, "{domain}: {seen} sessions, more than {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{domain}: {seen} sessions, not {want}");
+}
+
+struct Daemon {
+    d: InProcess,
+    admin: AdminClient,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn daemon(w: &World, sentinels: &Sentinels) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tlsrpt.sock");
+    let list = sentinels
+        .addrs()
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let toml = format!(
+        "{LOOPBACK}[dane]\nmode = \"off\"\n[cache]\nbackend = \"redis\"\n\
+         [cache.redis]\nsentinels = [{list}]\nmaster_name = \"{NAME}\"\ntimeout = \"1s\"\n\
+         [tlsrpt]\nenable = true\nsocket = {socket:?}\n\
+         organization_name = \"Example Mail\"\ncontact_info = \"postmaster@sender.test\"\nreport_from = \"tlsrpt@sender.test\"\n"
+    );
+    let d = InProcess::start(w, config_in(dir.path(), &toml), Arc::new(SystemClock)).await;
+    let admin = AdminClient::new(d.http.as_deref().unwrap(), Duration::from_secs(10)).unwrap();
+    Daemon {
+        d,
+        admin,
+        socket,
+        _dir: dir,
+    }
+}
+
+impl Daemon {
+    fn redis(&self) -> &Arc<mta_stsd::redis::Redis> {
+        self.d.service.shared().unwrap().redis()
+    }
+}
+
+/// Lookups of cached domains on `conns` connections per daemon until `stop`; each
+/// answer's latency, and the answers that were not the policy.
+async fn load(
+    addrs: Vec<std::net::SocketAddr>,
+    domains: Vec<String>,
+    stop: tokio_util::sync::CancellationToken,
+) -> (Vec<Duration>, Vec<String>) {
+    let mut set = tokio::task::JoinSet::new();
+    for (n, addr) in addrs.into_iter().enumerate() {
+        let (domains, stop) = (domains.clone(), stop.clone());
+        set.spawn(async move {
+            let mut conn = common::connect_tcp(addr).await;
+            let (mut took, mut wrong) = (Vec::new(), Vec::new());
+            let mut i = n;
+            while !stop.is_cancelled() {
+                let d = &domains[i % domains.len()];
+                let started = Instant::now();
+                match common::ask(&mut conn, "postfix", d).await {
+                    Some(r) if r == SECURE => {}
+                    other => wrong.push(format!("{d}: {other:?}")),
+                }
+                let t = started.elapsed();
+                if t > Duration::from_millis(500) {
+                    eprintln!(
+                        "slow: {addr} {d} {t:?} at {:?}",
+                        std::time::SystemTime::now()
+                    );
+                }
+                took.push(t);
+                i += 1;
+            }
+            (took, wrong)
+        });
+    }
+    let (mut took, mut wrong) = (Vec::new(), Vec::new());
+    while let Some(r) = set.join_next().await {
+        let (t, w) = r.unwrap();
+        took.extend(t);
+        wrong.extend(w);
+    }
+    took.sort();
+    (took, wrong)
+}
+
+/// A policy learned by A is served by B from Redis (B fetches nothing). `tag` names
+/// a fresh domain.
+async fn shares(w: &World, a: &Daemon, b: &Daemon, tag: &str) -> bool {
+    let domain = format!("{tag}.example");
+    w.publish(&domain, "1", common::ENFORCE);
+    common::ask_once(a.d.tcp, "postfix", &domain).await == SECURE
+        && common::ask_once(b.d.tcp, "postfix", &domain).await == SECURE
+        && w.https.hits(&domain) == 1
+}
+
+async fn failover(flavour: Flavour) {
+    if !installed(flavour) {
+        return;
+    }
+    let mut master = RedisServer::start_node(flavour, None);
+    let replica = RedisServer::start_node(flavour, Some(master.port()));
+    until(Duration::from_secs(20), "the replica in sync", || {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+    let sentinels = Sentinels::start(flavour, NAME, master.port());
+    let w = World::start().await;
+    let domains: Vec<String> = (0..20).map(|i| format!("load{i}.example")).collect();
+    for d in &domains {
+        w.publish(d, "1", common::ENFORCE);
+    }
+    let a = daemon(&w, &sentinels).await;
+    let b = daemon(&w, &sentinels).await;
+    let master_addr = format!("127.0.0.1:{}", master.port());
+    let replica_addr = format!("127.0.0.1:{}", replica.port());
+    for x in [&a, &b] {
+        assert_eq!(x.redis().wait_master().await, master_addr);
+        x.d.service.shared().unwrap().wait_subscribed().await;
+    }
+    assert!(shares(&w, &a, &b, "before").await, "the fleet shares");
+    for d in &domains {
+        assert_eq!(common::ask_once(a.d.tcp, "postfix", d).await, SECURE);
+        assert_eq!(common::ask_once(b.d.tcp, "postfix", d).await, SECURE);
+    }
+
+    // Datagrams both daemons counted and the fleet holds (replicated: the outbox
+    // keeps a batch until a replica has it).
+    for _ in 0..5 {
+        send(&a.socket, &[datagram("counted.test", RECORD, false)]);
+        send(&b.socket, &[datagram("counted.test", RECORD, true)]);
+    }
+    fleet_sessions(&a.admin, "counted.test", 10).await;
+
+    // Lookups all the time on two connections per daemon; then the master dies.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn(load(
+        vec![a.d.tcp, a.d.tcp, b.d.tcp, b.d.tcp],
+        domains.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    master.stop();
+    let killed = Instant::now();
+    // Counted during the failover, by both daemons.
+    for _ in 0..5 {
+        send(&a.socket, &[datagram("counted.test", RECORD, false)]);
+        send(&b.socket, &[datagram("counted.test", RECORD, false)]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Until the fleet shares again: a policy learned by A served by B from Redis.
+    let mut tries = 0;
+    while !shares(&w, &a, &b, &format!("window{tries}")).await {
+        tries += 1;
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the fleet did not share again within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shared_again = killed.elapsed();
+    stop.cancel();
+    let (took, wrong) = traffic.await.unwrap();
+    assert!(wrong.is_empty(), "answers lost: {wrong:?}");
+    let p99 = took[took.len() * 99 / 100];
+    let max = took[took.len() - 1];
+    eprintln!(
+        "{flavour:?}: fleet shares again {shared_again:?} after the master's kill; {} lookups meanwhile, p99 {p99:?}, max {max:?}",
+        took.len()
+    );
+    // Within the socketmap's deadline (the daemon never waits on Redis for them).
+    assert!(max < Duration::from_secs(1), "slowest answer {max:?}");
+
+    for x in [&a, &b] {
+        assert_eq!(x.redis().master().as_deref(), Some(replica_addr.as_str()));
+        let fleet = &x.d.service.metrics().fleet;
+        assert_eq!(fleet.redis_failovers.get(), 1);
+        assert_eq!(
+            fleet.redis_master.with_label_values(&[&replica_addr]).get(),
+            1
+        );
+    }
+    // Policies learned while no master took them reach the fleet now.
+    until(Duration::from_secs(20), "window policies shared", || {
+        (0..tries)
+            .all(|i| replica.cli(&["EXISTS", &format!("mta-stsd:policy:window{i}.example")]) == "1")
+    })
+    .await;
+    // Every datagram counted once: 10 before, 10 during the failover.
+    fleet_sessions(&a.admin, "counted.test", 20).await;
+    fleet_sessions(&b.admin, "counted.test", 20).await;
+
+    // The old master comes back (empty, and a master in its own eyes until the
+    // sentinels make it a replica): the fleet stays on the promoted one.
+    master.start();
+    until(Duration::from_secs(30), "the old master demoted", || {
+        master.cli(&["ROLE"]).starts_with("slave")
+            && master
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+    })
+    .await;
+    assert!(shares(&w, &a, &b, "returned").await);
+    for x in [&a, &b] {
+        assert_eq!(x.redis().master().as_deref(), Some(replica_addr.as_str()));
+        assert_eq!(x.d.service.metrics().fleet.redis_failovers.get(), 1);
+    }
+
+    // An operator's failover: the fleet follows to the old master, now promoted.
+    assert_eq!(sentinels.failover(), "OK");
+    until(Duration::from_secs(30), "the old master promoted", || {
+        sentinels.master_port() == Some(master.port())
+    })
+    .await;
+    let moved = Instant::now();
+    let mut n = 0;
+    while !shares(&w, &a, &b, &format!("manual{n}")).await {
+        n += 1;
+        assert!(
+            moved.elapsed() < Duration::from_secs(30),
+            "not shared after SENTINEL FAILOVER"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for x in [&a, &b] {
+        until(
+            Duration::from_secs(10),
+            "following the manual failover",
+            || x.redis().master().as_deref() == Some(master_addr.as_str()),
+        )
+        .await;
+        assert_eq!(x.d.service.metrics().fleet.redis_failovers.get(), 2);
+    }
+    send(&a.socket, &[datagram("counted.test", RECORD, false)]);
+    fleet_sessions(&b.admin, "counted.test", 21).await;
+    a.d.shutdown().await;
+    b.d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_failover_costs_no_answer_and_no_count() {
+    failover(Flavour::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_sentinel_failover_costs_no_answer_and_no_count() {
+    failover(Flavour::Valkey).await;
+}
+
+/// `mta-stsd doctor` asks the sentinels who the master is and writes to it with the
+/// daemon's settings; a master name the sentinels do not monitor is a problem.
+#[test]
+fn doctor_asks_the_sentinels() {
+    if !installed(Flavour::Redis) {
+        return;
+    }
+    let master = RedisServer::start_node(Flavour::Redis, None);
+    let sentinels = Sentinels::start(Flavour::Redis, NAME, master.port());
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = |name: &str| {
+        let config = dir.path().join(format!("{name}.toml"));
+        let list = sentinels
+            .addrs()
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            &config,
+            format!(
+                "[metrics]\nlisten = \"\"\n[dane]\nmode = \"off\"\n[cache]\npath = {:?}\nbackend = \"redis\"\n[cache.redis]\nsentinels = [{list}]\nmaster_name = \"{name}\"\n",
+                dir.path().join("cache")
+            ),
+        )
+        .unwrap();
+        let out = common::bin()
+            .arg("doctor")
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--postfix-config",
+                "/nonexistent",
+                "--exim",
+                "/nonexistent",
+                "--sendmail-cf",
+                "/nonexistent",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        checks
+            .into_iter()
+            .filter(|c| c["check"].as_str().unwrap().starts_with("redis."))
+            .map(|c| {
+                format!(
+                    "{} {}: {}",
+                    c["check"].as_str().unwrap(),
+                    c["level"].as_str().unwrap(),
+                    c["message"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let found = doctor(NAME);
+    assert!(
+        found[0].starts_with("redis.sentinel ok: all 3 sentinels answer"),
+        "{found:?}"
+    );
+    assert_eq!(
+        found[1],
+        format!(
+            "redis.master ok: the master is 127.0.0.1:{}, and this daemon can write to it",
+            master.port()
+        )
+    );
+    assert_eq!(master.cli(&["EXISTS", "mta-stsd:doctor:probe"]), "1");
+    let unknown = doctor("nobody");
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert!(
+        unknown[0].starts_with("redis.sentinel problem: no sentinel names a master"),
+        "{unknown:?}"
+    );
+}
