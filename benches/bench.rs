@@ -24,6 +24,9 @@ use mta_stsd_testkit::{RecordType, TestCa, TestDns, TestHttps, policy_text};
 #[path = "tlsrpt/ingest.rs"]
 mod tlsrpt_ingest;
 
+#[path = "sentinel/failover.rs"]
+mod failover;
+
 const HOT: &str = "hot.bench.test";
 const ECHO_REPLY: &[u8] = b"OK secure match=mx1.hot.bench.test:.mx.bench.test servername=hostname";
 
@@ -34,6 +37,8 @@ struct Opts {
     /// A venv with tlsrpt-reporter, for section 9's reference collector.
     tlsrpt_venv: Option<PathBuf>,
     report: PathBuf,
+    /// `--only failover`: section 10 alone, written into the existing report.
+    only: Option<String>,
 }
 
 fn opts() -> Opts {
@@ -53,6 +58,7 @@ fn opts() -> Opts {
         report: value("--report")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("benches/REPORT.md")),
+        only: value("--only"),
     }
 }
 
@@ -445,6 +451,28 @@ fn main() {
             &policy_text("enforce", &[&format!("mx.cold{i}.bench.test")], 86400),
         );
     }
+    if opts.only.as_deref() == Some("failover") {
+        let figures = failover::run(&opts, &work, &dns, &https);
+        let section = failover::section(&figures);
+        println!("{section}");
+        // Replaces section 10 of the existing report (or adds it before History).
+        let old = std::fs::read_to_string(&opts.report).unwrap_or_default();
+        let start = old.find("\n## 10.").or_else(|| old.find(HISTORY_HEADING));
+        let end = old.find(HISTORY_HEADING).unwrap_or(old.len());
+        let new = match start {
+            Some(at) => format!("{}{section}\n{}", &old[..at], &old[end..]),
+            None => format!("{old}{section}"),
+        };
+        std::fs::write(&opts.report, new).expect("write report");
+        let _ = std::fs::remove_dir_all(&work);
+        if let Some(f) = &figures {
+            assert_eq!(
+                f.stats.errors, 0,
+                "every lookup answered during the failover"
+            );
+        }
+        return;
+    }
     let negatives: Vec<String> = (0..1000).map(|i| format!("neg{i}.bench.test")).collect();
     let hot = vec![HOT.to_owned()];
 
@@ -597,6 +625,8 @@ fn main() {
         tlsrpt_domains,
         opts.tlsrpt_venv.as_deref(),
     );
+    eprintln!("section 10: Redis Sentinel failover under load");
+    let failover = failover::run(&opts, &work, &dns, &https);
     eprintln!(
         "TLSRPT ingest: {:.0} datagrams/s, peak RSS {} KiB",
         tlsrpt.ours.rate(tlsrpt_n),
@@ -1098,6 +1128,7 @@ fn main() {
         ));
     }
     report.push_str(&tlsrpt_ingest::section(&tlsrpt));
+    report.push_str(&failover::section(&failover));
     if let Some(parent) = opts.report.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
@@ -1128,6 +1159,12 @@ fn main() {
         "the cached probe was answered throughout the flood"
     );
     assert_eq!(soak.0.errors, 0, "soak without errors");
+    if let Some(f) = &failover {
+        assert_eq!(
+            f.stats.errors, 0,
+            "every lookup answered during the failover"
+        );
+    }
     for (name, m) in &results {
         for (c, s) in m {
             assert_eq!(s.errors, 0, "{name} at {c} connections had errors");
