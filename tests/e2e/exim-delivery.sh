@@ -64,24 +64,8 @@ trap stop_all EXIT
 signed=()
 $DANE && signed=(--signed "$W/root.key")
 start_world "$BIN" "${signed[@]}"
-world smtp 127.0.0.2 tls
-world smtp 127.0.0.3 plain
-world smtp 127.0.0.4 tls untrusted
-world smtp 127.0.0.5 tls
+delivery_world
 world policy verify.test 1 enforce mx.good.test; world mx verify.test mx.good.test 127.0.0.2
-world policy good.test    1 enforce  mx.good.test;    world mx good.test mx.good.test 127.0.0.2;       world cert mx.good.test valid
-world policy badcert.test 1 enforce  mx.badcert.test; world mx badcert.test mx.badcert.test 127.0.0.2; world cert mx.badcert.test wrong-name
-world policy notls.test   1 enforce  mx.notls.test;   world mx notls.test mx.notls.test 127.0.0.3
-world policy testing.test 1 testing  mx.testing.test; world mx testing.test mx.testing.test 127.0.0.4; world cert mx.testing.test untrusted
-                                                      world mx plain.test mx.plain.test 127.0.0.4
-world policy cached.test  1 enforce  mx.cached.test;  world mx cached.test mx.cached.test 127.0.0.2;   world cert mx.cached.test valid
-# SNI decides: 127.0.0.4 shows an untrusted certificate to a client that sends none.
-world policy sni.test     1 enforce  mx.sni.test;     world mx sni.test mx.sni.test 127.0.0.4;         world cert mx.sni.test valid
-# MX patterns (RFC 8461 section 4.1: "*." is exactly one label).
-world policy pattern.test  1 enforce '*.pattern.test';  world mx pattern.test mx1.pattern.test 127.0.0.2
-world cert mx1.pattern.test valid
-world policy deep.test     1 enforce '*.deep.test';     world mx deep.test a.b.deep.test 127.0.0.2
-world cert a.b.deep.test valid
 # The preferred MX is outside the policy (and has a valid certificate for its name).
 world policy stranger.test 1 enforce '*.stranger.test'
 world mx stranger.test mx.elsewhere.test 127.0.0.5 mx2.stranger.test 127.0.0.2
@@ -100,21 +84,8 @@ if $DANE; then
 fi
 
 # --- mta-stsd ----------------------------------------------------------------------
-cat > "$W/mta-stsd.toml" <<CFG
-[server]
-listen = ["127.0.0.1:8461"]
-[metrics]
-listen = "127.0.0.1:9461"
-[resolver]
-nameservers = ["127.0.0.1:53"]
-timeout = "1s"
-[fetch]
-ca_file = "$W/ca.pem"
-allow_private_addresses = true
-timeout = "5s"
-[cache]
-path = "$W/mta-stsd-cache"
-grace = "1s"
+daemon_config 5s
+cat >> "$W/mta-stsd.toml" <<CFG
 [dane]
 mode = "$($DANE && echo on || echo off)"
 trust_anchor = "$W/root.key"

@@ -34,6 +34,56 @@ start_world() {
     [ "$line" = ready ] || { echo "testworld did not start: $line"; cat "$W/world.log"; exit 1; }
 }
 
+# delivery_world: the receivers and the domains every delivery script's cases use.
+# Receivers: 127.0.0.2 (STARTTLS, certificate chosen by SNI), 127.0.0.3 (no STARTTLS),
+# 127.0.0.4 (STARTTLS, untrusted certificate when no SNI is sent), 127.0.0.5
+# (STARTTLS). Domains: good, badcert (certificate for another name), notls, testing
+# (untrusted certificate), plain (no policy), cached, sni (valid only when asked by
+# SNI), pattern (*.pattern.test, MX one label down), deep (*.deep.test, MX two labels
+# down), each .test.
+delivery_world() {
+    world smtp 127.0.0.2 tls
+    world smtp 127.0.0.3 plain
+    world smtp 127.0.0.4 tls untrusted
+    world smtp 127.0.0.5 tls
+    #      domain          id mode     mx host               receiver
+    world policy good.test    1 enforce  mx.good.test;    world mx good.test mx.good.test 127.0.0.2;       world cert mx.good.test valid
+    world policy badcert.test 1 enforce  mx.badcert.test; world mx badcert.test mx.badcert.test 127.0.0.2; world cert mx.badcert.test wrong-name
+    world policy notls.test   1 enforce  mx.notls.test;   world mx notls.test mx.notls.test 127.0.0.3
+    world policy testing.test 1 testing  mx.testing.test; world mx testing.test mx.testing.test 127.0.0.4; world cert mx.testing.test untrusted
+                                                          world mx plain.test mx.plain.test 127.0.0.4
+    world policy cached.test  1 enforce  mx.cached.test;  world mx cached.test mx.cached.test 127.0.0.2;   world cert mx.cached.test valid
+    world policy sni.test     1 enforce  mx.sni.test;     world mx sni.test mx.sni.test 127.0.0.4;         world cert mx.sni.test valid
+    # MX patterns (RFC 8461 section 4.1: "*." is exactly one label).
+    world policy pattern.test 1 enforce '*.pattern.test'; world mx pattern.test mx1.pattern.test 127.0.0.2
+    world cert mx1.pattern.test valid
+    world policy deep.test    1 enforce '*.deep.test';    world mx deep.test a.b.deep.test 127.0.0.2
+    world cert a.b.deep.test valid
+}
+
+# daemon_config FETCH_TIMEOUT: the start of $W/mta-stsd.toml every delivery script's
+# daemon shares (socketmap on 127.0.0.1:8461, metrics on :9461, the world's DNS and
+# CA, the cache in $W); a script appends its own sections.
+daemon_config() {
+    cat > "$W/mta-stsd.toml" <<CFG
+[server]
+listen = ["127.0.0.1:8461"]
+[metrics]
+listen = "127.0.0.1:9461"
+[resolver]
+nameservers = ["127.0.0.1:53"]
+timeout = "1s"
+[fetch]
+ca_file = "$W/ca.pem"
+# The test world's policy server is on loopback.
+allow_private_addresses = true
+timeout = "$1"
+[cache]
+path = "$W/mta-stsd-cache"
+grace = "1s"
+CFG
+}
+
 # world COMMAND...: one command to the test world (see mta-sts-testworld).
 world() {
     echo "$*" >&"${WORLD[1]}"

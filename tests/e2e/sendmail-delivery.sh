@@ -82,23 +82,7 @@ trap stop_all EXIT
 
 # --- the world ---------------------------------------------------------------------
 start_world "$BIN"
-world smtp 127.0.0.2 tls
-world smtp 127.0.0.3 plain
-world smtp 127.0.0.4 tls untrusted
-world smtp 127.0.0.5 tls
-world policy good.test    1 enforce  mx.good.test;    world mx good.test mx.good.test 127.0.0.2;       world cert mx.good.test valid
-world policy badcert.test 1 enforce  mx.badcert.test; world mx badcert.test mx.badcert.test 127.0.0.2; world cert mx.badcert.test wrong-name
-world policy notls.test   1 enforce  mx.notls.test;   world mx notls.test mx.notls.test 127.0.0.3
-world policy testing.test 1 testing  mx.testing.test; world mx testing.test mx.testing.test 127.0.0.4; world cert mx.testing.test untrusted
-                                                      world mx plain.test mx.plain.test 127.0.0.4
-world policy cached.test  1 enforce  mx.cached.test;  world mx cached.test mx.cached.test 127.0.0.2;   world cert mx.cached.test valid
-# SNI decides: 127.0.0.4 shows an untrusted certificate to a client that sends none.
-world policy sni.test     1 enforce  mx.sni.test;     world mx sni.test mx.sni.test 127.0.0.4;         world cert mx.sni.test valid
-# MX patterns (RFC 8461 section 4.1: "*." is exactly one label).
-world policy pattern.test  1 enforce '*.pattern.test';  world mx pattern.test mx1.pattern.test 127.0.0.2
-world cert mx1.pattern.test valid
-world policy deep.test     1 enforce '*.deep.test';     world mx deep.test a.b.deep.test 127.0.0.2
-world cert a.b.deep.test valid
+delivery_world
 # The only MX is outside the policy (its certificate is valid for its name).
 world policy stranger.test 1 enforce '*.stranger.test'; world mx stranger.test mx.elsewhere.test 127.0.0.5
 world cert mx.elsewhere.test valid
@@ -107,21 +91,8 @@ world hang slow.test 1; world mx slow.test mx.slow.test 127.0.0.2; world cert mx
 world hang slower.test 1; world mx slower.test mx.slower.test 127.0.0.2; world cert mx.slower.test valid
 
 # --- mta-stsd, on its defaults for the "sts" zone (deadline 4 s, no DANE) -------------
-cat > "$W/mta-stsd.toml" <<CFG
-[server]
-listen = ["127.0.0.1:8461"]
-[metrics]
-listen = "127.0.0.1:9461"
-[resolver]
-nameservers = ["127.0.0.1:53"]
-timeout = "1s"
-[fetch]
-ca_file = "$W/ca.pem"
-allow_private_addresses = true
-timeout = "10s"
-[cache]
-path = "$W/mta-stsd-cache"
-grace = "1s"
+daemon_config 10s
+cat >> "$W/mta-stsd.toml" <<CFG
 [dane]
 mode = "off"
 CFG
