@@ -11,8 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{InProcess, LOOPBACK, config_in, datagram, send};
-use mta_stsd::admin::api::TlsrptAction;
+use common::{InProcess, LOOPBACK, config_in, datagram, send, wait_sessions};
 use mta_stsd::admin::client::AdminClient;
 use mta_stsd::clock::{Clock, SystemClock};
 use mta_stsd::tlsrpt::day::Day;
@@ -44,27 +43,8 @@ async fn until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// The TLSRPT sessions the fleet holds for `domain` today (through a daemon's admin
-/// API), once they reach `want`; panics with the count seen otherwise.
-async fn fleet_sessions(admin: &AdminClient, domain: &str, want: u64) {
-    let day = Day::of(SystemClock.now());
-    let mut seen = 0;
-    for _ in 0..600 {
-        if let Ok(view) = admin.tlsrpt(TlsrptAction::Show, day, true).await {
-            seen = view
-                .reports
-                .iter()
-                .filter(|r| r.domain == domain)
-                .map(|r| r.sessions)
-                .sum();
-            if seen == want {
-                return;
-            }
-            assert!(seen < want, "{domain}: {seen} sessions, more than {want}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{domain}: {seen} sessions, not {want}");
+fn today() -> Day {
+    Day::of(SystemClock.now())
 }
 
 struct Daemon {
@@ -159,6 +139,22 @@ async fn shares(w: &World, a: &Daemon, b: &Daemon, tag: &str) -> bool {
         && w.https.hits(&domain) == 1
 }
 
+/// Tries [`shares`] with fresh domains (`{tag}0.example`, ...) every 100 ms until it
+/// works (at most 60 s); how many tries failed before.
+async fn until_shared(w: &World, a: &Daemon, b: &Daemon, tag: &str) -> usize {
+    let started = Instant::now();
+    let mut tries = 0;
+    while !shares(w, a, b, &format!("{tag}{tries}")).await {
+        tries += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{tag}: the fleet did not share again within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tries
+}
+
 async fn failover(flavour: Flavour) {
     if !installed(flavour) {
         return;
@@ -197,7 +193,7 @@ async fn failover(flavour: Flavour) {
         send(&a.socket, &[datagram("counted.test", RECORD, false)]);
         send(&b.socket, &[datagram("counted.test", RECORD, true)]);
     }
-    fleet_sessions(&a.admin, "counted.test", 10).await;
+    wait_sessions(&a.admin, today(), "counted.test", 10).await;
 
     // Lookups all the time on two connections per daemon; then the master dies.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -216,15 +212,7 @@ async fn failover(flavour: Flavour) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Until the fleet shares again: a policy learned by A served by B from Redis.
-    let mut tries = 0;
-    while !shares(&w, &a, &b, &format!("window{tries}")).await {
-        tries += 1;
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "the fleet did not share again within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let tries = until_shared(&w, &a, &b, "window").await;
     let shared_again = killed.elapsed();
     stop.cancel();
     let (took, wrong) = traffic.await.unwrap();
@@ -254,8 +242,8 @@ async fn failover(flavour: Flavour) {
     })
     .await;
     // Every datagram counted once: 10 before, 10 during the failover.
-    fleet_sessions(&a.admin, "counted.test", 20).await;
-    fleet_sessions(&b.admin, "counted.test", 20).await;
+    wait_sessions(&a.admin, today(), "counted.test", 20).await;
+    wait_sessions(&b.admin, today(), "counted.test", 20).await;
 
     // The old master comes back (empty, and a master in its own eyes until the
     // sentinels make it a replica): the fleet stays on the promoted one.
@@ -299,7 +287,7 @@ async fn failover(flavour: Flavour) {
         assert_eq!(x.d.service.metrics().fleet.redis_failovers.get(), 2);
     }
     send(&a.socket, &[datagram("counted.test", RECORD, false)]);
-    fleet_sessions(&b.admin, "counted.test", 21).await;
+    wait_sessions(&b.admin, today(), "counted.test", 21).await;
     a.d.shutdown().await;
     b.d.shutdown().await;
 }

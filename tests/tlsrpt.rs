@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{InProcess, LOOPBACK, Notify, cli, config_in, datagram, send};
+use common::{InProcess, LOOPBACK, Notify, cli, config_in, datagram, send, wait_sessions};
 use mta_stsd::admin::api::TlsrptAction;
 use mta_stsd::admin::client::AdminClient;
 use mta_stsd::clock::{Clock, ManualClock, SystemClock};
@@ -547,28 +547,6 @@ async fn policy_failures_mta_stsd_knows_replace_no_policy_sessions() {
     );
     assert_eq!(counts(&plain), (1, 0));
     d.shutdown().await;
-}
-
-/// The sessions a daemon's admin API shows for `domain` on `day` (fleet-wide in a
-/// fleet), once they reach `want`.
-async fn wait_sessions(client: &AdminClient, day: Day, domain: &str, want: u64) {
-    let mut seen = 0;
-    // Up to 30 s: Redis coming back is noticed after the shared cache's back-off.
-    for _ in 0..1200 {
-        if let Ok(view) = client.tlsrpt(TlsrptAction::Show, day, true).await {
-            seen = view
-                .reports
-                .iter()
-                .filter(|r| r.domain == domain)
-                .map(|r| r.sessions)
-                .sum();
-            if seen == want {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{domain}: {seen} sessions, not {want}");
 }
 
 /// Two daemons sharing Redis count together (a datagram counted while Redis is down

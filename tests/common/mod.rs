@@ -274,3 +274,34 @@ pub fn send(socket: &std::path::Path, datagrams: &[String]) {
         client.send_to(d.as_bytes(), socket).unwrap();
     }
 }
+
+/// The sessions a daemon's admin API shows for `domain` on `day` (fleet-wide in a
+/// fleet), once they reach `want`.
+pub async fn wait_sessions(
+    client: &mta_stsd::admin::client::AdminClient,
+    day: mta_stsd::tlsrpt::day::Day,
+    domain: &str,
+    want: u64,
+) {
+    let mut seen = 0;
+    // Up to 30 s: Redis coming back is noticed after the shared cache's back-off.
+    for _ in 0..1200 {
+        if let Ok(view) = client
+            .tlsrpt(mta_stsd::admin::api::TlsrptAction::Show, day, true)
+            .await
+        {
+            seen = view
+                .reports
+                .iter()
+                .filter(|r| r.domain == domain)
+                .map(|r| r.sessions)
+                .sum();
+            if seen == want {
+                return;
+            }
+            assert!(seen < want, "{domain}: {seen} sessions, more than {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{domain}: {seen} sessions, not {want}");
+}
