@@ -55,6 +55,11 @@ struct Daemon {
 }
 
 async fn daemon(w: &World, sentinels: &Sentinels) -> Daemon {
+    daemon_with(w, sentinels, "").await
+}
+
+/// A daemon of the fleet, `more` added to its `[cache.redis]`.
+async fn daemon_with(w: &World, sentinels: &Sentinels, more: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("tlsrpt.sock");
     let list = sentinels
@@ -65,7 +70,7 @@ async fn daemon(w: &World, sentinels: &Sentinels) -> Daemon {
         .join(", ");
     let toml = format!(
         "{LOOPBACK}[dane]\nmode = \"off\"\n[cache]\nbackend = \"redis\"\n\
-         [cache.redis]\nsentinels = [{list}]\nmaster_name = \"{NAME}\"\ntimeout = \"1s\"\n\
+         [cache.redis]\nsentinels = [{list}]\nmaster_name = \"{NAME}\"\ntimeout = \"1s\"\n{more}\
          [tlsrpt]\nenable = true\nsocket = {socket:?}\n\
          organization_name = \"Example Mail\"\ncontact_info = \"postmaster@sender.test\"\nreport_from = \"tlsrpt@sender.test\"\n"
     );
@@ -300,6 +305,63 @@ async fn redis_sentinel_failover_costs_no_answer_and_no_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_sentinel_failover_costs_no_answer_and_no_count() {
     failover(Flavour::Valkey).await;
+}
+
+/// Sentinels and data nodes that require a password: the daemon gives both the one in
+/// its `url`, finds the master, writes to it, and follows an operator's failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_nodes_behind_a_password() {
+    if !installed(Flavour::Redis) {
+        return;
+    }
+    const PASSWORD: &str = "fleet-secret";
+    let master = RedisServer::start_node_with(Flavour::Redis, None, Some(PASSWORD));
+    let replica = RedisServer::start_node_with(Flavour::Redis, Some(master.port()), Some(PASSWORD));
+    until(Duration::from_secs(20), "the replica in sync", || {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+    let sentinels = Sentinels::start_with(Flavour::Redis, NAME, master.port(), Some(PASSWORD));
+    let w = World::start().await;
+    let url = format!("url = \"redis://:{PASSWORD}@placeholder/0\"\n");
+    let a = daemon_with(&w, &sentinels, &url).await;
+    let b = daemon_with(&w, &sentinels, &url).await;
+    for x in [&a, &b] {
+        assert_eq!(
+            x.redis().wait_master().await,
+            format!("127.0.0.1:{}", master.port())
+        );
+    }
+    until_shared(&w, &a, &b, "locked").await;
+    assert_eq!(
+        master.cli(&["EXISTS", "mta-stsd:policy:locked0.example"]),
+        "1"
+    );
+
+    assert_eq!(sentinels.failover(), "OK");
+    until_shared(&w, &a, &b, "moved").await;
+    let promoted = format!("127.0.0.1:{}", replica.port());
+    for x in [&a, &b] {
+        until(Duration::from_secs(10), "following the failover", || {
+            x.redis().master().as_deref() == Some(promoted.as_str())
+        })
+        .await;
+    }
+    // Without the password, the sentinels do not answer.
+    let c = daemon(&w, &sentinels).await;
+    let masterless = &c.d.service.metrics().fleet.redis_without_master;
+    until(
+        Duration::from_secs(10),
+        "a second of asking in vain",
+        || masterless.get() >= 1.0,
+    )
+    .await;
+    assert_eq!(c.redis().master(), None);
+    for x in [a, b, c] {
+        x.d.shutdown().await;
+    }
 }
 
 /// `mta-stsd doctor` asks the sentinels who the master is and writes to it with the

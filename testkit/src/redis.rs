@@ -65,6 +65,8 @@ pub struct RedisServer {
     flavour: Flavour,
     /// Options added to the command line (e.g. `--replicaof`).
     extra: Vec<String>,
+    /// `requirepass` (and `masterauth`), also used by [`RedisServer::cli`].
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -99,16 +101,36 @@ impl RedisServer {
     /// Starts `flavour`'s server on a free loopback port; with `replica_of`, as a
     /// replica of the server on that port.
     pub fn start_node(flavour: Flavour, replica_of: Option<u16>) -> RedisServer {
+        Self::start_node_with(flavour, replica_of, None)
+    }
+
+    /// [`RedisServer::start_node`], with `password` required of clients (and given to
+    /// the master when replicating).
+    pub fn start_node_with(
+        flavour: Flavour,
+        replica_of: Option<u16>,
+        password: Option<&str>,
+    ) -> RedisServer {
         let port = free_port();
+        let mut extra = Vec::new();
+        if let Some(p) = replica_of {
+            extra.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
+        }
+        if let Some(pw) = password {
+            extra.extend([
+                "--requirepass".into(),
+                pw.to_owned(),
+                "--masterauth".into(),
+                pw.to_owned(),
+            ]);
+        }
         let mut server = RedisServer {
             child: None,
             addr: Addr::Tcp(port),
             dir: Self::new_dir(&port.to_string()),
             flavour,
-            extra: match replica_of {
-                Some(p) => vec!["--replicaof".into(), "127.0.0.1".into(), p.to_string()],
-                None => Vec::new(),
-            },
+            extra,
+            password: password.map(str::to_owned),
         };
         server.start();
         server
@@ -138,6 +160,7 @@ impl RedisServer {
             dir,
             flavour: Flavour::Redis,
             extra: Vec::new(),
+            password: None,
         };
         server.start();
         server
@@ -217,6 +240,9 @@ impl RedisServer {
             Addr::Unix(path) => cmd.arg("-s").arg(path),
             Addr::Tcp(port) => cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]),
         };
+        if let Some(pw) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", pw]);
+        }
         let out = cmd.args(args).output().expect("redis-cli runs");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
@@ -237,10 +263,22 @@ pub struct Sentinels {
     dir: PathBuf,
     flavour: Flavour,
     name: String,
+    password: Option<String>,
 }
 
 impl Sentinels {
     pub fn start(flavour: Flavour, name: &str, master_port: u16) -> Sentinels {
+        Self::start_with(flavour, name, master_port, None)
+    }
+
+    /// [`Sentinels::start`], the sentinels and the nodes they watch requiring
+    /// `password`.
+    pub fn start_with(
+        flavour: Flavour,
+        name: &str,
+        master_port: u16,
+        password: Option<&str>,
+    ) -> Sentinels {
         let dir = RedisServer::new_dir("sentinels");
         let mut children = Vec::new();
         let mut ports = Vec::new();
@@ -255,8 +293,11 @@ impl Sentinels {
                      sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds {name} 1000\n\
                      sentinel failover-timeout {name} 3000\n\
-                     sentinel parallel-syncs {name} 1\n",
-                    dir.display()
+                     sentinel parallel-syncs {name} 1\n{}",
+                    dir.display(),
+                    password
+                        .map(|pw| format!("requirepass {pw}\nsentinel auth-pass {name} {pw}\n"))
+                        .unwrap_or_default()
                 ),
             )
             .expect("sentinel config");
@@ -275,6 +316,7 @@ impl Sentinels {
             dir,
             flavour,
             name: name.to_owned(),
+            password: password.map(str::to_owned),
         };
         // Each sentinel knows the master, and the others (they find each other
         // through the master's hello channel).
@@ -318,11 +360,12 @@ impl Sentinels {
     }
 
     fn cli_at(&self, port: u16, args: &[&str]) -> String {
-        let out = Command::new(self.flavour.cli())
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("the cli runs");
+        let mut cmd = Command::new(self.flavour.cli());
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(pw) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", pw]);
+        }
+        let out = cmd.args(args).output().expect("the cli runs");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
