@@ -84,6 +84,21 @@ grace = "1s"
 CFG
 }
 
+# policy_server_gone DOMAIN BIN_DIR: DOMAIN's policy server stops serving, its TXT id
+# changes and its MX shows a certificate for another name; returns once the daemon
+# (admin API on 127.0.0.1:9461) has tried the new id and recorded the fetch error
+# ($W/cached.json holds its last answer).
+policy_server_gone() {
+    world down "$1"
+    world txt "$1" 2
+    world cert "mx.$1" wrong-name
+    for _ in $(seq 1 100); do
+        "$2/mta-stsd" cache refresh "$1" --admin http://127.0.0.1:9461 --json > "$W/cached.json" 2>/dev/null || true
+        grep -q '"last_error": "' "$W/cached.json" && break
+        sleep 0.1
+    done
+}
+
 # world COMMAND...: one command to the test world (see mta-sts-testworld).
 world() {
     echo "$*" >&"${WORLD[1]}"

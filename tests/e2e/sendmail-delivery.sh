@@ -203,14 +203,7 @@ sed -i 's/socket -d1 /socket -d5 /' "$W/sendmail.mc" && build_cf > "$W/sendmail.
 # Cached policy: the policy server goes down and the receiver shows a bad certificate.
 send user@cached.test
 expect "enforce before the policy server goes down" user@cached.test sent 1 "$(printf "$VERIFIED" mx.cached.test)"
-world down cached.test
-world txt cached.test 2
-world cert mx.cached.test wrong-name
-for _ in $(seq 1 100); do
-    "$BIN/mta-stsd" cache refresh cached.test --admin http://127.0.0.1:9461 --json > "$W/cached.json" 2>/dev/null || true
-    grep -q '"last_error": "' "$W/cached.json" && break
-    sleep 0.1
-done
+policy_server_gone cached.test "$BIN"
 send user2@cached.test
 expect "policy server down: still enforced from cache" user2@cached.test deferred 0 "not listed in SANs"
 
