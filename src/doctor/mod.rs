@@ -25,6 +25,20 @@ pub enum Endpoint {
     Unix(PathBuf),
 }
 
+impl Endpoint {
+    /// `HOST:PORT` (an IPv6 host in brackets), as Postfix's and Exim's `inet:` write it.
+    pub fn inet(addr: &str) -> Option<Endpoint> {
+        let (host, port) = addr.rsplit_once(':')?;
+        Some(Endpoint::Inet {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: port.parse().ok()?,
+        })
+    }
+}
+
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -70,12 +84,7 @@ fn parse_socketmap(table: &str) -> Option<Socketmap> {
     let rest = rest.strip_prefix("socketmap:")?;
     let (endpoint, name) = rest.rsplit_once(':')?;
     let endpoint = if let Some(addr) = endpoint.strip_prefix("inet:") {
-        let (host, port) = addr.rsplit_once(':')?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        Endpoint::Inet {
-            host: host.to_owned(),
-            port: port.parse().ok()?,
-        }
+        Endpoint::inet(addr)?
     } else if let Some(path) = endpoint.strip_prefix("unix:") {
         Endpoint::Unix(PathBuf::from(path))
     } else {

@@ -23,11 +23,7 @@ pub const EXIM_PROBE_FAILED: &str = "mta-stsd did not answer";
 pub fn exim_endpoint(socket: &str) -> Option<Endpoint> {
     let socket = socket.trim();
     if let Some(addr) = socket.strip_prefix("inet:") {
-        let (host, port) = addr.rsplit_once(':')?;
-        return Some(Endpoint::Inet {
-            host: host.trim_matches(['[', ']']).to_owned(),
-            port: port.parse().ok()?,
-        });
+        return Endpoint::inet(addr);
     }
     socket
         .starts_with('/')

@@ -519,10 +519,7 @@ impl Redis {
 /// Whether a `ROLE` reply is a master's with no replica attached (`["master", offset,
 /// []]`): nothing for `WAIT` to wait for.
 fn lone_master(role: &[::redis::Value]) -> bool {
-    let is_master = role
-        .first()
-        .and_then(|v| ::redis::from_redis_value_ref::<String>(v).ok())
-        .is_some_and(|r| r == "master");
+    let is_master = sentinel::role_name(role).is_some_and(|r| r == "master");
     let replicas = role
         .get(2)
         .and_then(|v| ::redis::from_redis_value_ref::<Vec<::redis::Value>>(v).ok());

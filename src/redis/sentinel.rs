@@ -103,8 +103,16 @@ impl Sentinels {
 
     /// The current master: the address most sentinels name, checked with `ROLE`.
     pub async fn master(&self) -> Result<(String, u16), RedisError> {
-        let answers = self.ask().await;
-        let (host, port) = majority(&answers).ok_or_else(|| {
+        self.confirm(&self.ask().await).await
+    }
+
+    /// The address most of `answers` (from [`Sentinels::ask`]) name, checked with
+    /// `ROLE`.
+    pub async fn confirm(
+        &self,
+        answers: &[Option<(String, u16)>],
+    ) -> Result<(String, u16), RedisError> {
+        let (host, port) = majority(answers).ok_or_else(|| {
             RedisError::Value(format!(
                 "no sentinel names a master for {:?}",
                 self.master_name
@@ -120,9 +128,7 @@ impl Sentinels {
         let role = tokio::time::timeout(self.timeout, role)
             .await
             .map_err(|_| RedisError::Timeout(self.timeout))??;
-        let first = role
-            .first()
-            .and_then(|v| ::redis::from_redis_value_ref::<String>(v).ok());
+        let first = role_name(&role);
         if first.as_deref() == Some("master") {
             Ok((host, port))
         } else {
@@ -133,6 +139,12 @@ impl Sentinels {
             )))
         }
     }
+}
+
+/// The role a `ROLE` reply names first (`master`, `slave`, `sentinel`).
+pub fn role_name(role: &[::redis::Value]) -> Option<String> {
+    role.first()
+        .and_then(|v| ::redis::from_redis_value_ref::<String>(v).ok())
 }
 
 /// The address most sentinels name; among equally named ones, the first named.

@@ -20,14 +20,14 @@ pub(super) async fn sentinel_checks(config: &Config, checks: &mut Vec<Finding>) 
     let Ok(Some(sentinels)) = Sentinels::new(redis) else {
         return;
     };
-    let answers = sentinels
-        .ask()
-        .await
+    // Asked once: what each says, and the master most of them name.
+    let asked = sentinels.ask().await;
+    let master = sentinels.confirm(&asked).await.map_err(|e| e.to_string());
+    let answers = asked
         .into_iter()
         .zip(&redis.sentinels)
         .map(|(m, s)| (s.clone(), m.map(|(h, p)| display_addr(&h, p))))
         .collect();
-    let master = sentinels.master().await.map_err(|e| e.to_string());
     let write = match &master {
         Ok((host, port)) => Some(probe_write(&sentinels, host, *port, redis).await),
         Err(_) => None,
