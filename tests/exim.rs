@@ -204,34 +204,17 @@ async fn doctor_checks_exims_side() {
     let doctor = |exim: PathBuf| {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
-            let out = common::bin()
-                .arg("doctor")
-                .arg("--config")
-                .arg(&config)
-                .args([
-                    "--postfix-config",
-                    "/nonexistent",
-                    "--sendmail-cf",
-                    "/nonexistent",
-                    "--json",
-                ])
-                .arg("--exim")
-                .arg(&exim)
-                .output()
-                .unwrap();
-            let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-            json.as_array()
-                .unwrap()
-                .iter()
-                .map(|c| {
-                    (
-                        c["check"].as_str().unwrap().to_owned(),
-                        c["level"].as_str().unwrap().to_owned(),
-                        c["message"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect::<Vec<_>>()
+            let none = std::ffi::OsStr::new("/nonexistent");
+            common::doctor_findings(&[
+                "--config".as_ref(),
+                config.as_os_str(),
+                "--postfix-config".as_ref(),
+                none,
+                "--sendmail-cf".as_ref(),
+                none,
+                "--exim".as_ref(),
+                exim.as_os_str(),
+            ])
         })
     };
     let level = |checks: &[(String, String, String)], id: &str| {

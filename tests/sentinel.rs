@@ -390,34 +390,21 @@ fn doctor_asks_the_sentinels() {
             ),
         )
         .unwrap();
-        let out = common::bin()
-            .arg("doctor")
-            .arg("--config")
-            .arg(&config)
-            .args([
-                "--postfix-config",
-                "/nonexistent",
-                "--exim",
-                "/nonexistent",
-                "--sendmail-cf",
-                "/nonexistent",
-                "--json",
-            ])
-            .output()
-            .unwrap();
-        let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        checks
-            .into_iter()
-            .filter(|c| c["check"].as_str().unwrap().starts_with("redis."))
-            .map(|c| {
-                format!(
-                    "{} {}: {}",
-                    c["check"].as_str().unwrap(),
-                    c["level"].as_str().unwrap(),
-                    c["message"].as_str().unwrap()
-                )
-            })
-            .collect::<Vec<_>>()
+        let none = std::ffi::OsStr::new("/nonexistent");
+        common::doctor_findings(&[
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--postfix-config".as_ref(),
+            none,
+            "--exim".as_ref(),
+            none,
+            "--sendmail-cf".as_ref(),
+            none,
+        ])
+        .into_iter()
+        .filter(|(check, _, _)| check.starts_with("redis."))
+        .map(|(check, level, message)| format!("{check} {level}: {message}"))
+        .collect::<Vec<_>>()
     };
     let found = doctor(NAME);
     assert!(

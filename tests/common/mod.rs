@@ -305,3 +305,21 @@ pub async fn wait_sessions(
     }
     panic!("{domain}: {seen} sessions, not {want}");
 }
+
+/// `mta-stsd doctor ARGS... --json`: each finding as (check, level, message).
+pub fn doctor_findings(args: &[&std::ffi::OsStr]) -> Vec<(String, String, String)> {
+    let out = bin()
+        .arg("doctor")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let text = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap().to_owned();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (text(c, "check"), text(c, "level"), text(c, "message")))
+        .collect()
+}
