@@ -7,14 +7,16 @@
 //! stops asking for a back-off period (1 s doubling to 30 s); its callers meanwhile
 //! carry on with what they hold locally.
 //!
-//! With Redis Sentinel ([`sentinel`]), the node in use is the master the sentinels
-//! name: a watcher asks them every few seconds, and at once when a write is refused
-//! (`READONLY`: the node was demoted) or the connection fails; a new master replaces
-//! the connection, resets the back-off and makes subscribers subscribe again.
+//! With Redis Sentinel ([`sentinel`] asks them), the node in use is the master the
+//! sentinels name: a watcher ([`follow`]) asks them every few seconds, and at once when
+//! a write is refused (`READONLY`: the node was demoted) or the connection fails; a new
+//! master replaces the connection, resets the back-off and makes subscribers subscribe
+//! again.
 
+mod follow;
 pub mod sentinel;
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -63,11 +65,6 @@ impl RedisError {
         }
     }
 }
-
-/// How often the sentinels are asked while the master answers, and while it does
-/// not (or none is known).
-const SENTINEL_POLL: Duration = Duration::from_secs(5);
-const SENTINEL_RETRY: Duration = Duration::from_millis(250);
 
 /// The data node in use.
 #[derive(Clone)]
@@ -146,7 +143,7 @@ impl Redis {
             // The watcher holds the connection weakly: it ends when the daemon drops it.
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
-                    rt.spawn(watch_sentinels(
+                    rt.spawn(follow::watch_sentinels(
                         Arc::downgrade(&redis),
                         redis.recheck.clone(),
                     ));
@@ -170,56 +167,6 @@ impl Redis {
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)?;
         Ok(Node { addr, client, conn })
-    }
-
-    /// Takes `host:port`, which the sentinels name and which says it is a master, as
-    /// the node in use. A change is one log line, a failover counted, the back-off
-    /// reset (the fleet's state is shared again at once) and subscribers told.
-    fn use_master(&self, host: &str, port: u16) -> Result<(), RedisError> {
-        let addr = sentinel::display_addr(host, port);
-        let previous = lock(&self.current).as_ref().map(|n| n.addr.clone());
-        if previous.as_deref() != Some(addr.as_str()) {
-            let Some(sentinels) = &self.sentinels else {
-                return Ok(());
-            };
-            let node = Self::open_node(
-                sentinels.node_client(host, port)?,
-                addr.clone(),
-                self.timeout,
-            )?;
-            *lock(&self.current) = Some(node);
-            let fleet = &self.metrics.fleet;
-            let _ = fleet
-                .redis_master
-                .remove_label_values(&[crate::metrics::NO_MASTER]);
-            if let Some(old) = &previous {
-                fleet.redis_failovers.inc();
-                let _ = fleet.redis_master.remove_label_values(&[old]);
-                tracing::warn!(master = %addr, previous = %old, name = sentinels.master_name(), "Redis master changed (failover); the fleet's shared state goes to the new master");
-            } else {
-                tracing::info!(master = %addr, name = sentinels.master_name(), "Redis master found through the sentinels");
-            }
-            fleet.redis_master.with_label_values(&[&addr]).set(1);
-            {
-                let mut h = lock(&self.health);
-                h.retry_at = None;
-                h.backoff = BACKOFF_FIRST;
-            }
-            self.generation.send_modify(|g| *g += 1);
-        }
-        Ok(())
-    }
-
-    /// Whether a writable master is known; keeps `without_master` current.
-    fn note_master(&self, found: bool) {
-        let mut since = lock(&self.masterless_since);
-        match (found, *since) {
-            (true, _) => *since = None,
-            (false, None) => *since = Some(Instant::now()),
-            (false, Some(_)) => {}
-        }
-        let secs = since.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        self.metrics.fleet.redis_without_master.set(secs);
     }
 
     /// The address of the node in use (`None` while the sentinels name no master).
@@ -524,50 +471,6 @@ fn lone_master(role: &[::redis::Value]) -> bool {
         .get(2)
         .and_then(|v| ::redis::from_redis_value_ref::<Vec<::redis::Value>>(v).ok());
     is_master && replicas.is_some_and(|r| r.is_empty())
-}
-
-/// Follows the sentinels while the connection lives: every [`SENTINEL_POLL`] while the
-/// master answers, every [`SENTINEL_RETRY`] while none does, and at once when a call
-/// suspects the master ([`Redis::call`]).
-async fn watch_sentinels(redis: Weak<Redis>, recheck: Arc<Notify>) {
-    let mut failing = false;
-    loop {
-        let Some(this) = redis.upgrade() else { return };
-        let Some(sentinels) = &this.sentinels else {
-            return;
-        };
-        let found = match sentinels.master().await {
-            Ok((host, port)) => this.use_master(&host, port),
-            Err(e) => Err(e),
-        };
-        match &found {
-            Ok(()) => {
-                if failing {
-                    tracing::info!(
-                        master = this.master().unwrap_or_default(),
-                        "Redis master confirmed by the sentinels"
-                    );
-                }
-                failing = false;
-            }
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "no writable Redis master; answering from memory and working locally until the sentinels name one");
-            }
-            Err(_) => {}
-        }
-        this.note_master(found.is_ok());
-        let pause = if found.is_ok() {
-            SENTINEL_POLL
-        } else {
-            SENTINEL_RETRY
-        };
-        drop(this);
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = recheck.notified() => {}
-        }
-    }
 }
 
 #[cfg(test)]
