@@ -47,6 +47,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
     let dane = DaneSettings::resolve(&config.dane, &config.resolver)
         .map_err(|e| problems.push(setup("dane", e)))
         .ok();
+    if config.cache.backend == crate::config::CacheBackend::Redis
+        && let Err(e) = crate::redis::tls::TlsFiles::load(&config.cache.redis)
+    {
+        problems.push(redis_file_problem(e));
+    }
     let cache_dir = config.cache.resolved_path();
     if let Some(message) = cache_dir.as_deref().and_then(cache_dir_problem) {
         problems.push(Problem {
@@ -104,6 +109,24 @@ fn postfix_warnings(config: &Config) -> Vec<String> {
             maps, cafile, capath, append,
         ))
         .collect()
+}
+
+/// An unusable `[cache.redis]` certificate file, as a problem naming its setting.
+fn redis_file_problem(e: crate::redis::RedisError) -> Problem {
+    match e {
+        crate::redis::RedisError::File {
+            setting,
+            path,
+            message,
+        } => Problem {
+            setting,
+            message: format!("cannot use {path}: {message}"),
+        },
+        other => Problem {
+            setting: "cache.redis",
+            message: other.to_string(),
+        },
+    }
 }
 
 /// Why the daemon could not keep its cache in `dir`, if it could not: the directory
@@ -178,6 +201,22 @@ mod tests {
             e.to_string().contains("no certificates") || e.to_string().contains("no certificate"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_unusable_redis_ca_file_is_a_problem_before_the_daemon_starts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = tmp.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let toml = format!(
+            "[dane]\nmode = \"off\"\n[cache]\npath = {:?}\nbackend = \"redis\"\n[cache.redis]\nurl = \"rediss://127.0.0.1:6380/0\"\nca_file = {ca:?}\n",
+            tmp.path().join("cache")
+        );
+        let config = Config::from_toml(&toml, "/etc/x.toml").unwrap();
+        let e = prepare(&config).unwrap_err();
+        let settings: Vec<_> = e.problems().iter().map(|p| p.setting).collect();
+        assert_eq!(settings, ["cache.redis.ca_file"], "{e}");
+        assert!(e.to_string().contains("no certificates found"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use common::{InProcess, LOOPBACK, config_in, datagram, send, wait_sessions};
 use mta_stsd::admin::client::AdminClient;
 use mta_stsd::clock::{Clock, SystemClock};
 use mta_stsd::tlsrpt::day::Day;
-use mta_stsd_testkit::{Flavour, RedisServer, Sentinels, World};
+use mta_stsd_testkit::{Access, Flavour, RedisServer, RedisTls, Sentinels, World};
 
 const SECURE: &str = "OK secure match=mx1.example.com:.example.net servername=hostname";
 const NAME: &str = "mta-stsd";
@@ -60,17 +60,27 @@ async fn daemon(w: &World, sentinels: &Sentinels) -> Daemon {
 
 /// A daemon of the fleet, `more` added to its `[cache.redis]`.
 async fn daemon_with(w: &World, sentinels: &Sentinels, more: &str) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("tlsrpt.sock");
     let list = sentinels
         .addrs()
         .iter()
         .map(|a| format!("{a:?}"))
         .collect::<Vec<_>>()
         .join(", ");
+    fleet_daemon(
+        w,
+        &format!("sentinels = [{list}]\nmaster_name = \"{NAME}\"\n{more}"),
+    )
+    .await
+}
+
+/// A daemon sharing through Redis, `redis` its `[cache.redis]` (a one-second
+/// timeout added).
+async fn fleet_daemon(w: &World, redis: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tlsrpt.sock");
     let toml = format!(
         "{LOOPBACK}[dane]\nmode = \"off\"\n[cache]\nbackend = \"redis\"\n\
-         [cache.redis]\nsentinels = [{list}]\nmaster_name = \"{NAME}\"\ntimeout = \"1s\"\n{more}\
+         [cache.redis]\ntimeout = \"1s\"\n{redis}\
          [tlsrpt]\nenable = true\nsocket = {socket:?}\n\
          organization_name = \"Example Mail\"\ncontact_info = \"postmaster@sender.test\"\nreport_from = \"tlsrpt@sender.test\"\n"
     );
@@ -315,15 +325,19 @@ async fn sentinels_and_nodes_behind_a_password() {
         return;
     }
     const PASSWORD: &str = "fleet-secret";
-    let master = RedisServer::start_node_with(Flavour::Redis, None, Some(PASSWORD));
-    let replica = RedisServer::start_node_with(Flavour::Redis, Some(master.port()), Some(PASSWORD));
+    let access = Access {
+        password: Some(PASSWORD),
+        tls: None,
+    };
+    let master = RedisServer::start_node_with(Flavour::Redis, None, access);
+    let replica = RedisServer::start_node_with(Flavour::Redis, Some(master.port()), access);
     until(Duration::from_secs(20), "the replica in sync", || {
         replica
             .cli(&["INFO", "replication"])
             .contains("master_link_status:up")
     })
     .await;
-    let sentinels = Sentinels::start_with(Flavour::Redis, NAME, master.port(), Some(PASSWORD));
+    let sentinels = Sentinels::start_with(Flavour::Redis, NAME, master.port(), access);
     let w = World::start().await;
     let url = format!("url = \"redis://:{PASSWORD}@placeholder/0\"\n");
     let a = daemon_with(&w, &sentinels, &url).await;
@@ -362,6 +376,141 @@ async fn sentinels_and_nodes_behind_a_password() {
     for x in [a, b, c] {
         x.d.shutdown().await;
     }
+}
+
+/// `[cache.redis]` lines for TLS with `tls`'s CA (`rediss://`, so `url` included,
+/// its host and port only used without sentinels), with the client certificate too
+/// when `client` is set.
+fn tls_lines(url: &str, tls: &RedisTls, client: bool) -> String {
+    let mut lines = format!("url = {url:?}\nca_file = {:?}\n", tls.ca_file());
+    if client {
+        let (cert, key) = tls.client_files();
+        lines += &format!("client_cert = {cert:?}\nclient_key = {key:?}\n");
+    }
+    lines
+}
+
+/// A Redis that speaks only TLS, with a certificate from its own CA: daemons given
+/// that CA (`ca_file`) share through it; a daemon that trusts only the system's roots
+/// refuses the certificate and carries on alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_over_tls_trusts_its_own_ca() {
+    if !installed(Flavour::Redis) {
+        return;
+    }
+    let tls = RedisTls::new(false);
+    let node = RedisServer::start_node_with(
+        Flavour::Redis,
+        None,
+        Access {
+            password: None,
+            tls: Some(&tls),
+        },
+    );
+    assert!(node.url().starts_with("rediss://"));
+    assert_eq!(node.cli(&["PING"]), "PONG");
+    let w = World::start().await;
+    let lines = tls_lines(&node.url(), &tls, false);
+    let a = fleet_daemon(&w, &lines).await;
+    let b = fleet_daemon(&w, &lines).await;
+    until_shared(&w, &a, &b, "tls").await;
+    assert_eq!(node.cli(&["EXISTS", "mta-stsd:policy:tls0.example"]), "1");
+
+    let alone = fleet_daemon(&w, &format!("url = {:?}\n", node.url())).await;
+    assert_eq!(
+        common::ask_once(alone.d.tcp, "postfix", "tls0.example").await,
+        SECURE,
+        "answered from its own discovery"
+    );
+    assert_eq!(
+        w.https.hits("tls0.example"),
+        2,
+        "fetched again: nothing shared"
+    );
+    let healthy = &alone.d.service.metrics().fleet.redis_healthy;
+    assert_eq!(healthy.get(), 0, "the certificate is not trusted");
+    for x in [a, b, alone] {
+        x.d.shutdown().await;
+    }
+}
+
+/// Sentinels and data nodes that speak only TLS and demand a client certificate: the
+/// daemon reaches both with `ca_file` and its `client_cert`, shares, and follows an
+/// operator's failover; without the client certificate no master is ever used.
+async fn sentinels_over_tls(flavour: Flavour) {
+    if !installed(flavour) {
+        return;
+    }
+    let tls = RedisTls::new(true);
+    let access = Access {
+        password: None,
+        tls: Some(&tls),
+    };
+    let master = RedisServer::start_node_with(flavour, None, access);
+    let replica = RedisServer::start_node_with(flavour, Some(master.port()), access);
+    until(
+        Duration::from_secs(20),
+        "the replica in sync over TLS",
+        || {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        },
+    )
+    .await;
+    let sentinels = Sentinels::start_with(flavour, NAME, master.port(), access);
+    let w = World::start().await;
+    let lines = tls_lines("rediss://placeholder/0", &tls, true);
+    let a = daemon_with(&w, &sentinels, &lines).await;
+    let b = daemon_with(&w, &sentinels, &lines).await;
+    for x in [&a, &b] {
+        assert_eq!(
+            x.redis().wait_master().await,
+            format!("127.0.0.1:{}", master.port())
+        );
+    }
+    until_shared(&w, &a, &b, "sealed").await;
+    assert_eq!(
+        master.cli(&["EXISTS", "mta-stsd:policy:sealed0.example"]),
+        "1"
+    );
+
+    assert_eq!(sentinels.failover(), "OK");
+    until_shared(&w, &a, &b, "resealed").await;
+    let promoted = format!("127.0.0.1:{}", replica.port());
+    for x in [&a, &b] {
+        until(Duration::from_secs(10), "following the failover", || {
+            x.redis().master().as_deref() == Some(promoted.as_str())
+        })
+        .await;
+    }
+    let c = daemon_with(
+        &w,
+        &sentinels,
+        &tls_lines("rediss://placeholder/0", &tls, false),
+    )
+    .await;
+    let masterless = &c.d.service.metrics().fleet.redis_without_master;
+    until(
+        Duration::from_secs(10),
+        "a second of asking in vain",
+        || masterless.get() >= 1.0,
+    )
+    .await;
+    assert_eq!(c.redis().master(), None);
+    for x in [a, b, c] {
+        x.d.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinels_and_nodes_over_tls_with_client_certificates() {
+    sentinels_over_tls(Flavour::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_sentinels_and_nodes_over_tls_with_client_certificates() {
+    sentinels_over_tls(Flavour::Valkey).await;
 }
 
 /// `mta-stsd doctor` asks the sentinels who the master is and writes to it with the

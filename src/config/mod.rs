@@ -267,6 +267,25 @@ impl Config {
                     out.push(invalid("cache.redis.sentinels", format!("{s:?}: {e}")));
                 }
             }
+            let tls_files = [
+                ("cache.redis.ca_file", r.ca_file.is_some()),
+                ("cache.redis.client_cert", r.client_cert.is_some()),
+                ("cache.redis.client_key", r.client_key.is_some()),
+            ];
+            for (setting, set) in tls_files {
+                if set && !r.url.starts_with("rediss://") {
+                    out.push(invalid(
+                        setting,
+                        "is for TLS: the url must be rediss://... (a plain redis:// connection would ignore it)",
+                    ));
+                }
+            }
+            if r.client_cert.is_some() != r.client_key.is_some() {
+                out.push(invalid(
+                    "cache.redis.client_key",
+                    "client_cert and client_key go together: a client certificate is presented with its key",
+                ));
+            }
             let tcp_url = r.url.starts_with("redis://") || r.url.starts_with("rediss://");
             if !r.sentinels.is_empty() && !tcp_url {
                 out.push(invalid(
@@ -559,6 +578,31 @@ mod tests {
             (
                 "sentinels = [\"10.0.0.1:1\"]\nmaster_name = \"m\"\nurl = \"redis+unix:///run/redis.sock\"\n",
                 "cache.redis.url",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{redis}{toml}"), "x")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(setting), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn redis_certificates_are_for_rediss_and_come_as_a_pair() {
+        let redis = "[cache]\nbackend = \"redis\"\n[cache.redis]\n";
+        let ok = format!(
+            "{redis}url = \"rediss://127.0.0.1:6380/0\"\nca_file = \"/etc/redis/ca.pem\"\nclient_cert = \"/etc/redis/c.pem\"\nclient_key = \"/etc/redis/c.key\"\n"
+        );
+        assert!(Config::from_toml(&ok, "x").is_ok());
+        for (toml, setting) in [
+            ("ca_file = \"/ca.pem\"\n", "cache.redis.ca_file"),
+            (
+                "url = \"rediss://h/0\"\nclient_cert = \"/c.pem\"\n",
+                "cache.redis.client_key",
+            ),
+            (
+                "url = \"rediss://h/0\"\nclient_key = \"/c.key\"\n",
+                "cache.redis.client_key",
             ),
         ] {
             let e = Config::from_toml(&format!("{redis}{toml}"), "x")

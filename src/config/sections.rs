@@ -290,6 +290,13 @@ pub struct RedisConfig {
     pub sentinels: Vec<String>,
     /// The name the sentinels monitor the master by (`sentinel monitor NAME ...`).
     pub master_name: String,
+    /// With `rediss://`: the CA certificates (PEM) the servers' certificates are
+    /// verified against, instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// With `rediss://`: a client certificate (PEM) for servers that require one
+    /// (`tls-auth-clients yes`), with its key in `client_key`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -301,6 +308,9 @@ impl Default for RedisConfig {
             lock_ttl: Duration::from_secs(15),
             sentinels: Vec::new(),
             master_name: String::new(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }

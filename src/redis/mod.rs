@@ -15,6 +15,7 @@
 
 mod follow;
 pub mod sentinel;
+pub mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,6 +45,12 @@ pub enum RedisError {
     Value(String),
     #[error("no Redis master is known for {0:?} (the sentinels name none yet)")]
     NoMaster(String),
+    #[error("{setting}: cannot use {path}: {message}")]
+    File {
+        setting: &'static str,
+        path: String,
+        message: String,
+    },
 }
 
 impl RedisError {
@@ -108,11 +115,12 @@ impl Redis {
     /// Sets up the connection without connecting: a daemon starts and serves whether
     /// Redis is up or not.
     pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, RedisError> {
-        let sentinels = sentinel::Sentinels::new(config)?;
+        let tls = tls::TlsFiles::load(config)?;
+        let sentinels = sentinel::Sentinels::new(config, tls.clone())?;
         let current = match &sentinels {
             Some(_) => None,
             None => {
-                let client = ::redis::Client::open(config.url.as_str())?;
+                let client = tls.client(&config.url)?;
                 let addr = client.get_connection_info().addr().to_string();
                 Some(Self::open_node(client, addr, config.timeout)?)
             }

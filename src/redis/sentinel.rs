@@ -13,12 +13,15 @@ use futures::future::join_all;
 use url::Url;
 
 use super::RedisError;
+use super::tls::TlsFiles;
 use crate::config::{RedisConfig, parse_host_port};
 
 /// The sentinels of one master name.
 pub struct Sentinels {
     /// Scheme, user, password and database; host and port are replaced per node.
     template: Url,
+    /// `rediss://`'s CA and client certificate.
+    tls: TlsFiles,
     sentinels: Vec<(String, u16)>,
     master_name: String,
     timeout: Duration,
@@ -35,7 +38,7 @@ pub fn display_addr(host: &str, port: u16) -> String {
 
 impl Sentinels {
     /// The sentinels of `config`, or `None` without any (a direct `url`).
-    pub fn new(config: &RedisConfig) -> Result<Option<Self>, RedisError> {
+    pub fn new(config: &RedisConfig, tls: TlsFiles) -> Result<Option<Self>, RedisError> {
         if config.sentinels.is_empty() {
             return Ok(None);
         }
@@ -47,6 +50,7 @@ impl Sentinels {
             .collect::<Result<_, _>>()?;
         Ok(Some(Sentinels {
             template,
+            tls,
             sentinels,
             master_name: config.master_name.clone(),
             timeout: config.timeout.max(Duration::from_millis(500)),
@@ -60,14 +64,14 @@ impl Sentinels {
     /// The client for the data node at `host:port`.
     pub fn node_client(&self, host: &str, port: u16) -> Result<::redis::Client, RedisError> {
         let url = self.with_address(self.template.clone(), host, port)?;
-        Ok(::redis::Client::open(url)?)
+        self.tls.client(url.as_str())
     }
 
     /// The client for a sentinel: the node's credentials and TLS, no database.
     fn sentinel_client(&self, host: &str, port: u16) -> Result<::redis::Client, RedisError> {
         let mut url = self.with_address(self.template.clone(), host, port)?;
         url.set_path("");
-        Ok(::redis::Client::open(url)?)
+        self.tls.client(url.as_str())
     }
 
     fn with_address(&self, mut url: Url, host: &str, port: u16) -> Result<Url, RedisError> {
@@ -201,7 +205,9 @@ mod tests {
             master_name: "mta-stsd".into(),
             ..RedisConfig::default()
         };
-        let s = Sentinels::new(&config).unwrap().unwrap();
+        let s = Sentinels::new(&config, TlsFiles::default())
+            .unwrap()
+            .unwrap();
         let node = s
             .with_address(s.template.clone(), "10.0.0.9", 6380)
             .unwrap();
@@ -209,7 +215,11 @@ mod tests {
         let v6 = s.with_address(s.template.clone(), "::1", 26380).unwrap();
         assert_eq!(v6.as_str(), "rediss://fleet:s3cret@[::1]:26380/2");
         assert_eq!(s.sentinels[1], ("::1".to_owned(), 26380));
-        assert!(Sentinels::new(&RedisConfig::default()).unwrap().is_none());
+        assert!(
+            Sentinels::new(&RedisConfig::default(), TlsFiles::default())
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(display_addr("::1", 6379), "[::1]:6379");
     }
 }

@@ -117,6 +117,34 @@ impl TestCa {
         }
     }
 
+    /// A certificate for a TLS peer that is server and client alike (a Redis node
+    /// accepts connections and replicates from its master with the same one), for
+    /// `names`, which may be IP addresses.
+    pub fn issue_peer(&self, names: &[&str]) -> IssuedCert {
+        let sans: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = CertificateParams::new(sans).expect("valid SANs");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or("test"));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(30);
+        let key = KeyPair::generate().expect("generate leaf key");
+        let cert = params
+            .signed_by(&key, &self.inner.issuer)
+            .expect("sign leaf");
+        IssuedCert {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_der: key.serialize_der(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// A rustls `CertifiedKey` for an HTTPS server.
     pub fn certified_key(&self, names: &[&str], kind: CertKind) -> Arc<CertifiedKey> {
         let issued = self.issue(names, kind);

@@ -14,7 +14,7 @@ pub use ca::{CertKind, TestCa};
 pub use dns::{DnsFault, SigFault, TestDns};
 pub use hickory_proto::rr::RecordType;
 pub use https::{HttpResponse, Received, TestHttps};
-pub use redis::{Flavour, RedisServer, Sentinels, free_port};
+pub use redis::{Access, Flavour, RedisServer, RedisTls, Sentinels, free_port};
 pub use unbound::Unbound;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::TestCa;
+
 /// Where a test Redis listens.
 #[derive(Debug, Clone)]
 enum Addr {
@@ -58,6 +60,98 @@ impl Flavour {
     }
 }
 
+/// TLS for test nodes and sentinels: a CA of their own, one certificate for every
+/// node and sentinel (for 127.0.0.1, presented as server and, when replicating or
+/// monitoring, as client), and a client certificate for the daemon; PEM files in a
+/// directory of their own.
+pub struct RedisTls {
+    dir: PathBuf,
+    /// Whether the servers demand a client certificate (`tls-auth-clients yes`).
+    pub require_client_certs: bool,
+}
+
+impl RedisTls {
+    pub fn new(require_client_certs: bool) -> RedisTls {
+        let ca = TestCa::new();
+        let dir = RedisServer::new_dir("tls");
+        let node = ca.issue_peer(&["127.0.0.1", "localhost"]);
+        let client = ca.issue_peer(&["mta-stsd.test"]);
+        for (file, text) in [
+            ("ca.pem", ca.cert_pem()),
+            ("node.pem", node.cert_pem),
+            ("node.key", node.key_pem),
+            ("client.pem", client.cert_pem),
+            ("client.key", client.key_pem),
+        ] {
+            std::fs::write(dir.join(file), text).expect("tls file");
+        }
+        RedisTls {
+            dir,
+            require_client_certs,
+        }
+    }
+
+    /// The CA certificate the nodes' certificates are from (`ca_file`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The daemon's client certificate and key (`client_cert`, `client_key`).
+    pub fn client_files(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("client.pem"), self.dir.join("client.key"))
+    }
+
+    /// Configuration lines of a server or sentinel listening with TLS only.
+    fn server_lines(&self, port: u16) -> Vec<(String, String)> {
+        let file = |f: &str| self.dir.join(f).display().to_string();
+        vec![
+            ("port".into(), "0".into()),
+            ("tls-port".into(), port.to_string()),
+            ("tls-cert-file".into(), file("node.pem")),
+            ("tls-key-file".into(), file("node.key")),
+            ("tls-ca-cert-file".into(), file("ca.pem")),
+            (
+                "tls-auth-clients".into(),
+                if self.require_client_certs {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .into(),
+            ),
+            ("tls-replication".into(), "yes".into()),
+        ]
+    }
+
+    /// `redis-cli`'s options to reach such a server.
+    fn cli_args(&self) -> Vec<String> {
+        let file = |f: &str| self.dir.join(f).display().to_string();
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            file("ca.pem"),
+            "--cert".into(),
+            file("client.pem"),
+            "--key".into(),
+            file("client.key"),
+        ]
+    }
+}
+
+impl Drop for RedisTls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How clients get in: a password (`requirepass`, given to the master too when
+/// replicating and to the sentinels), TLS, both or neither.
+#[derive(Clone, Copy, Default)]
+pub struct Access<'a> {
+    pub password: Option<&'a str>,
+    pub tls: Option<&'a RedisTls>,
+}
+
 pub struct RedisServer {
     child: Option<Child>,
     addr: Addr,
@@ -67,6 +161,10 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// `requirepass` (and `masterauth`), also used by [`RedisServer::cli`].
     password: Option<String>,
+    /// With TLS: the port's configuration lines and redis-cli's options (both empty
+    /// without).
+    tls_lines: Vec<(String, String)>,
+    cli_tls: Vec<String>,
 }
 
 impl RedisServer {
@@ -101,16 +199,16 @@ impl RedisServer {
     /// Starts `flavour`'s server on a free loopback port; with `replica_of`, as a
     /// replica of the server on that port.
     pub fn start_node(flavour: Flavour, replica_of: Option<u16>) -> RedisServer {
-        Self::start_node_with(flavour, replica_of, None)
+        Self::start_node_with(flavour, replica_of, Access::default())
     }
 
-    /// [`RedisServer::start_node`], with `password` required of clients (and given to
-    /// the master when replicating).
+    /// [`RedisServer::start_node`], behind `access`'s password and TLS.
     pub fn start_node_with(
         flavour: Flavour,
         replica_of: Option<u16>,
-        password: Option<&str>,
+        access: Access,
     ) -> RedisServer {
+        let password = access.password;
         let port = free_port();
         let mut extra = Vec::new();
         if let Some(p) = replica_of {
@@ -131,6 +229,8 @@ impl RedisServer {
             flavour,
             extra,
             password: password.map(str::to_owned),
+            tls_lines: access.tls.map(|t| t.server_lines(port)).unwrap_or_default(),
+            cli_tls: access.tls.map(RedisTls::cli_args).unwrap_or_default(),
         };
         server.start();
         server
@@ -161,6 +261,8 @@ impl RedisServer {
             flavour: Flavour::Redis,
             extra: Vec::new(),
             password: None,
+            tls_lines: Vec::new(),
+            cli_tls: Vec::new(),
         };
         server.start();
         server
@@ -170,6 +272,7 @@ impl RedisServer {
     pub fn url(&self) -> String {
         match &self.addr {
             Addr::Unix(path) => format!("redis+unix://{}", path.display()),
+            Addr::Tcp(port) if !self.tls_lines.is_empty() => format!("rediss://127.0.0.1:{port}/0"),
             Addr::Tcp(port) => format!("redis://127.0.0.1:{port}/0"),
         }
     }
@@ -198,6 +301,10 @@ impl RedisServer {
             Addr::Tcp(port) => {
                 cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
             }
+        }
+        // Later options win: with TLS, `port 0` and the TLS port replace the above.
+        for (option, value) in &self.tls_lines {
+            cmd.arg(format!("--{option}")).arg(value);
         }
         cmd.args(&self.extra);
         let mut child = cmd
@@ -243,6 +350,7 @@ impl RedisServer {
         if let Some(pw) = &self.password {
             cmd.args(["--no-auth-warning", "-a", pw]);
         }
+        cmd.args(&self.cli_tls);
         let out = cmd.args(args).output().expect("redis-cli runs");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
@@ -264,21 +372,19 @@ pub struct Sentinels {
     flavour: Flavour,
     name: String,
     password: Option<String>,
+    /// redis-cli's options for TLS.
+    cli_tls: Vec<String>,
 }
 
 impl Sentinels {
     pub fn start(flavour: Flavour, name: &str, master_port: u16) -> Sentinels {
-        Self::start_with(flavour, name, master_port, None)
+        Self::start_with(flavour, name, master_port, Access::default())
     }
 
-    /// [`Sentinels::start`], the sentinels and the nodes they watch requiring
-    /// `password`.
-    pub fn start_with(
-        flavour: Flavour,
-        name: &str,
-        master_port: u16,
-        password: Option<&str>,
-    ) -> Sentinels {
+    /// [`Sentinels::start`], the sentinels and the nodes they watch behind `access`'s
+    /// password and TLS.
+    pub fn start_with(flavour: Flavour, name: &str, master_port: u16, access: Access) -> Sentinels {
+        let password = access.password;
         let dir = RedisServer::new_dir("sentinels");
         let mut children = Vec::new();
         let mut ports = Vec::new();
@@ -298,7 +404,15 @@ impl Sentinels {
                     password
                         .map(|pw| format!("requirepass {pw}\nsentinel auth-pass {name} {pw}\n"))
                         .unwrap_or_default()
-                ),
+                ) + &access
+                    .tls
+                    .map(|t| {
+                        t.server_lines(port)
+                            .iter()
+                            .map(|(option, value)| format!("{option} {value}\n"))
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default(),
             )
             .expect("sentinel config");
             let child = Command::new(flavour.sentinel())
@@ -317,6 +431,7 @@ impl Sentinels {
             flavour,
             name: name.to_owned(),
             password: password.map(str::to_owned),
+            cli_tls: access.tls.map(RedisTls::cli_args).unwrap_or_default(),
         };
         // Each sentinel knows the master, and the others (they find each other
         // through the master's hello channel).
@@ -365,6 +480,7 @@ impl Sentinels {
         if let Some(pw) = &self.password {
             cmd.args(["--no-auth-warning", "-a", pw]);
         }
+        cmd.args(&self.cli_tls);
         let out = cmd.args(args).output().expect("the cli runs");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::doctor::Finding;
 use crate::doctor::sentinel::{SentinelFacts, check_sentinels};
 use crate::redis::sentinel::{Sentinels, display_addr};
+use crate::redis::tls::TlsFiles;
 
 /// How long the test key lives: long enough to be written, gone right after.
 const PROBE_TTL: Duration = Duration::from_secs(5);
@@ -17,7 +18,19 @@ pub(super) async fn sentinel_checks(config: &Config, checks: &mut Vec<Finding>) 
     if config.cache.backend != crate::config::CacheBackend::Redis || redis.sentinels.is_empty() {
         return;
     }
-    let Ok(Some(sentinels)) = Sentinels::new(redis) else {
+    let tls = match TlsFiles::load(redis) {
+        Ok(tls) => tls,
+        Err(e) => {
+            // Without its certificates the daemon reaches no sentinel either.
+            checks.push(Finding::problem(
+                "redis.sentinel",
+                e.to_string(),
+                "point the setting at a readable PEM file; mta-stsd check-config lists every problem",
+            ));
+            return;
+        }
+    };
+    let Ok(Some(sentinels)) = Sentinels::new(redis, tls) else {
         return;
     };
     // Asked once: what each says, and the master most of them name.
