@@ -317,14 +317,17 @@ async fn valkey_sentinel_failover_costs_no_answer_and_no_count() {
     failover(Flavour::Valkey).await;
 }
 
-/// Sentinels and data nodes that require a password: the daemon gives both the one in
-/// its `url`, finds the master, writes to it, and follows an operator's failover.
+/// Data nodes behind a password, sentinels behind one of their own: the daemon gives
+/// the nodes `url`'s and the sentinels `sentinel_password`, finds the master, writes
+/// to it, and follows an operator's failover. Without `sentinel_password` the
+/// sentinels refuse it, no master is used, and doctor says which setting is missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinels_and_nodes_behind_a_password() {
+async fn sentinels_and_nodes_behind_passwords_of_their_own() {
     if !installed(Flavour::Redis) {
         return;
     }
     const PASSWORD: &str = "fleet-secret";
+    const SENTINEL_PASSWORD: &str = "watch/secret";
     let access = Access {
         password: Some(PASSWORD),
         tls: None,
@@ -337,11 +340,18 @@ async fn sentinels_and_nodes_behind_a_password() {
             .contains("master_link_status:up")
     })
     .await;
-    let sentinels = Sentinels::start_with(Flavour::Redis, NAME, master.port(), access);
+    let sentinels = Sentinels::start_with(
+        Flavour::Redis,
+        NAME,
+        master.port(),
+        access,
+        Some(SENTINEL_PASSWORD),
+    );
     let w = World::start().await;
     let url = format!("url = \"redis://:{PASSWORD}@placeholder/0\"\n");
-    let a = daemon_with(&w, &sentinels, &url).await;
-    let b = daemon_with(&w, &sentinels, &url).await;
+    let both = format!("{url}sentinel_password = {SENTINEL_PASSWORD:?}\n");
+    let a = daemon_with(&w, &sentinels, &both).await;
+    let b = daemon_with(&w, &sentinels, &both).await;
     for x in [&a, &b] {
         assert_eq!(
             x.redis().wait_master().await,
@@ -363,8 +373,8 @@ async fn sentinels_and_nodes_behind_a_password() {
         })
         .await;
     }
-    // Without the password, the sentinels do not answer.
-    let c = daemon(&w, &sentinels).await;
+    // The nodes' password alone does not open the sentinels.
+    let c = daemon_with(&w, &sentinels, &url).await;
     let masterless = &c.d.service.metrics().fleet.redis_without_master;
     until(
         Duration::from_secs(10),
@@ -373,7 +383,44 @@ async fn sentinels_and_nodes_behind_a_password() {
     )
     .await;
     assert_eq!(c.redis().master(), None);
+    let addrs = sentinels.addrs();
+    let found = tokio::task::spawn_blocking(move || doctor_redis(&addrs, NAME, &url))
+        .await
+        .unwrap();
+    assert!(
+        found[0].starts_with("redis.sentinel problem: no sentinel names a master")
+            && found[0].contains("NOAUTH"),
+        "{found:?}"
+    );
     for x in [a, b, c] {
+        x.d.shutdown().await;
+    }
+}
+
+/// Debian's sentinels have no password; the data nodes may: the daemon offers the
+/// sentinels none (a sentinel without a password refuses one) and the nodes `url`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_without_a_password_before_nodes_with_one() {
+    if !installed(Flavour::Redis) {
+        return;
+    }
+    const PASSWORD: &str = "fleet-secret";
+    let access = Access {
+        password: Some(PASSWORD),
+        tls: None,
+    };
+    let master = RedisServer::start_node_with(Flavour::Redis, None, access);
+    let sentinels = Sentinels::start_with(Flavour::Redis, NAME, master.port(), access, None);
+    let w = World::start().await;
+    let url = format!("url = \"redis://:{PASSWORD}@placeholder/0\"\n");
+    let a = daemon_with(&w, &sentinels, &url).await;
+    let b = daemon_with(&w, &sentinels, &url).await;
+    until_shared(&w, &a, &b, "open").await;
+    assert_eq!(
+        master.cli(&["EXISTS", "mta-stsd:policy:open0.example"]),
+        "1"
+    );
+    for x in [a, b] {
         x.d.shutdown().await;
     }
 }
@@ -458,7 +505,7 @@ async fn sentinels_over_tls(flavour: Flavour) {
         },
     )
     .await;
-    let sentinels = Sentinels::start_with(flavour, NAME, master.port(), access);
+    let sentinels = Sentinels::start_with(flavour, NAME, master.port(), access, None);
     let w = World::start().await;
     let lines = tls_lines("rediss://placeholder/0", &tls, true);
     let a = daemon_with(&w, &sentinels, &lines).await;
@@ -522,39 +569,7 @@ fn doctor_asks_the_sentinels() {
     }
     let master = RedisServer::start_node(Flavour::Redis, None);
     let sentinels = Sentinels::start(Flavour::Redis, NAME, master.port());
-    let dir = tempfile::tempdir().unwrap();
-    let doctor = |name: &str| {
-        let config = dir.path().join(format!("{name}.toml"));
-        let list = sentinels
-            .addrs()
-            .iter()
-            .map(|a| format!("{a:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        std::fs::write(
-            &config,
-            format!(
-                "[metrics]\nlisten = \"\"\n[dane]\nmode = \"off\"\n[cache]\npath = {:?}\nbackend = \"redis\"\n[cache.redis]\nsentinels = [{list}]\nmaster_name = \"{name}\"\n",
-                dir.path().join("cache")
-            ),
-        )
-        .unwrap();
-        let none = std::ffi::OsStr::new("/nonexistent");
-        common::doctor_findings(&[
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--postfix-config".as_ref(),
-            none,
-            "--exim".as_ref(),
-            none,
-            "--sendmail-cf".as_ref(),
-            none,
-        ])
-        .into_iter()
-        .filter(|(check, _, _)| check.starts_with("redis."))
-        .map(|(check, level, message)| format!("{check} {level}: {message}"))
-        .collect::<Vec<_>>()
-    };
+    let doctor = |name: &str| doctor_redis(&sentinels.addrs(), name, "");
     let found = doctor(NAME);
     assert!(
         found[0].starts_with("redis.sentinel ok: all 3 sentinels answer"),
@@ -574,4 +589,39 @@ fn doctor_asks_the_sentinels() {
         unknown[0].starts_with("redis.sentinel problem: no sentinel names a master"),
         "{unknown:?}"
     );
+}
+
+/// `mta-stsd doctor`'s `redis.*` findings ("CHECK LEVEL: MESSAGE") for a daemon
+/// configured with `sentinels`, `master_name` and the `[cache.redis]` lines `more`.
+fn doctor_redis(sentinels: &[String], master_name: &str, more: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mta-stsd.toml");
+    let list = sentinels
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics]\nlisten = \"\"\n[dane]\nmode = \"off\"\n[cache]\npath = {:?}\nbackend = \"redis\"\n[cache.redis]\nsentinels = [{list}]\nmaster_name = \"{master_name}\"\n{more}",
+            dir.path().join("cache")
+        ),
+    )
+    .unwrap();
+    let none = std::ffi::OsStr::new("/nonexistent");
+    common::doctor_findings(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--postfix-config".as_ref(),
+        none,
+        "--exim".as_ref(),
+        none,
+        "--sendmail-cf".as_ref(),
+        none,
+    ])
+    .into_iter()
+    .filter(|(check, _, _)| check.starts_with("redis."))
+    .map(|(check, level, message)| format!("{check} {level}: {message}"))
+    .collect()
 }

@@ -262,6 +262,14 @@ impl Config {
                     "sentinels and master_name go together: the sentinels are asked for the master of that name",
                 ));
             }
+            if r.sentinels.is_empty()
+                && !(r.sentinel_username.is_empty() && r.sentinel_password.is_empty())
+            {
+                out.push(invalid(
+                    "cache.redis.sentinel_password",
+                    "sentinel_username and sentinel_password are for sentinels, and none are configured",
+                ));
+            }
             for s in &r.sentinels {
                 if let Err(e) = values::parse_host_port(s) {
                     out.push(invalid("cache.redis.sentinels", format!("{s:?}: {e}")));
@@ -578,6 +586,10 @@ mod tests {
             (
                 "sentinels = [\"10.0.0.1:1\"]\nmaster_name = \"m\"\nurl = \"redis+unix:///run/redis.sock\"\n",
                 "cache.redis.url",
+            ),
+            (
+                "sentinel_password = \"pw\"\n",
+                "cache.redis.sentinel_password",
             ),
         ] {
             let e = Config::from_toml(&format!("{redis}{toml}"), "x")

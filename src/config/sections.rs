@@ -285,11 +285,16 @@ pub struct RedisConfig {
     pub lock_ttl: Duration,
     /// Redis Sentinel: `host:port` of each sentinel. When set, the daemon asks them
     /// which node is the master of `master_name` and follows failovers; `url` then
-    /// gives the scheme (`redis` or `rediss`), user, password and database for the
-    /// sentinels and the data nodes alike, and its host and port are not used.
+    /// gives the scheme (`redis` or `rediss`) for the sentinels and the data nodes
+    /// alike, and the data nodes' user, password and database; its host and port are
+    /// not used.
     pub sentinels: Vec<String>,
     /// The name the sentinels monitor the master by (`sentinel monitor NAME ...`).
     pub master_name: String,
+    /// The sentinels' own ACL user and password (`requirepass` in `sentinel.conf`);
+    /// empty: none. `url`'s user and password are the data nodes'.
+    pub sentinel_username: String,
+    pub sentinel_password: String,
     /// With `rediss://`: the CA certificates (PEM) the servers' certificates are
     /// verified against, instead of the system's roots.
     pub ca_file: Option<PathBuf>,
@@ -308,6 +313,8 @@ impl Default for RedisConfig {
             lock_ttl: Duration::from_secs(15),
             sentinels: Vec::new(),
             master_name: String::new(),
+            sentinel_username: String::new(),
+            sentinel_password: String::new(),
             ca_file: None,
             client_cert: None,
             client_key: None,

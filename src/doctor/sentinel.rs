@@ -8,9 +8,9 @@ use super::Finding;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentinelFacts {
     pub master_name: String,
-    /// Each sentinel (`host:port`) and the master it names (`None`: no answer, or no
-    /// such master name).
-    pub answers: Vec<(String, Option<String>)>,
+    /// Each sentinel (`host:port`) and the master it names, or why it names none (no
+    /// answer, refused credentials, no such master name).
+    pub answers: Vec<(String, Result<String, String>)>,
     /// The master most sentinels name, checked with `ROLE`; or why there is none.
     pub master: Result<String, String>,
     /// A test write on that master with the daemon's credentials (`None`: no master).
@@ -20,33 +20,49 @@ pub struct SentinelFacts {
 pub fn check_sentinels(f: &SentinelFacts) -> Vec<Finding> {
     const NAME: &str = "redis.sentinel";
     let mut out = Vec::new();
-    let silent: Vec<&str> = f
+    let silent: Vec<String> = f
         .answers
         .iter()
-        .filter(|(_, m)| m.is_none())
-        .map(|(s, _)| s.as_str())
+        .filter_map(|(s, m)| m.as_ref().err().map(|why| format!("{s}: {why}")))
         .collect();
-    let named: Vec<&str> = f.answers.iter().filter_map(|(_, m)| m.as_deref()).collect();
+    // A sentinel that wants a password, or was offered one it does not have, says so.
+    let credentials = f.answers.iter().any(|(_, m)| {
+        m.as_ref().err().is_some_and(|why| {
+            ["NOAUTH", "WRONGPASS", "without any password"]
+                .iter()
+                .any(|k| why.contains(k))
+        })
+    });
+    let fix = if credentials {
+        "give the sentinels' own password (requirepass in sentinel.conf) as cache.redis.sentinel_password (and its ACL user as sentinel_username), or none if they have none; url's password is the data nodes'"
+    } else {
+        "check cache.redis.sentinels and master_name against the sentinels' `sentinel monitor` lines (redis-cli -p 26379 SENTINEL masters), and that they run"
+    };
+    let named: Vec<&str> = f
+        .answers
+        .iter()
+        .filter_map(|(_, m)| m.as_deref().ok())
+        .collect();
     if named.is_empty() {
         out.push(Finding::problem(
             NAME,
             format!(
-                "no sentinel names a master for {:?} ({} asked): the fleet shares nothing until one does; lookups are answered from each daemon's own cache",
+                "no sentinel names a master for {:?} ({}): the fleet shares nothing until one does; lookups are answered from each daemon's own cache",
                 f.master_name,
-                f.answers.len()
+                silent.join("; ")
             ),
-            "check cache.redis.sentinels and master_name against the sentinels' `sentinel monitor` lines (redis-cli -p 26379 SENTINEL masters)",
+            fix,
         ));
     } else if !silent.is_empty() {
         out.push(Finding::warning(
             NAME,
             format!(
-                "{} of {} sentinels do not answer ({}): a failover needs a majority of them",
+                "{} of {} sentinels name no master ({}): a failover needs a majority of them",
                 silent.len(),
                 f.answers.len(),
-                silent.join(", ")
+                silent.join("; ")
             ),
-            "start the sentinels that do not answer, or correct their addresses in cache.redis.sentinels",
+            fix,
         ));
     } else {
         out.push(Finding::ok(
@@ -103,7 +119,10 @@ mod tests {
             answers: answers
                 .iter()
                 .enumerate()
-                .map(|(i, m)| (format!("10.0.0.{i}:26379"), m.map(str::to_owned)))
+                .map(|(i, m)| {
+                    let answer = m.map(str::to_owned).ok_or_else(|| "no answer".to_owned());
+                    (format!("10.0.0.{i}:26379"), answer)
+                })
                 .collect(),
             master: master.map(str::to_owned).map_err(str::to_owned),
             write: write.map(|w| w.map_err(str::to_owned)),
@@ -146,5 +165,39 @@ mod tests {
         assert!(demoted.contains(&("redis.master".into(), Level::Problem)));
         let acl = levels(&facts(&[m, m, m], Ok("10.0.1.1:6379"), Some(Err("NOPERM"))));
         assert!(acl.contains(&("redis.master".into(), Level::Problem)));
+    }
+
+    #[test]
+    fn a_sentinel_that_refuses_the_credentials_points_at_sentinel_password() {
+        let refused = SentinelFacts {
+            master_name: "mta-stsd".into(),
+            answers: vec![(
+                "10.0.0.1:26379".into(),
+                Err("NOAUTH: Authentication required.".into()),
+            )],
+            master: Err("no sentinel names a master".into()),
+            write: None,
+        };
+        let found = check_sentinels(&refused);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].message.contains("10.0.0.1:26379: NOAUTH"),
+            "{found:?}"
+        );
+        assert!(
+            found[0]
+                .fix
+                .as_deref()
+                .is_some_and(|f| f.contains("sentinel_password")),
+            "{found:?}"
+        );
+        let silent = check_sentinels(&facts(&[None], Err("none"), None));
+        assert!(
+            silent[0]
+                .fix
+                .as_deref()
+                .is_some_and(|f| !f.contains("sentinel_password")),
+            "{silent:?}"
+        );
     }
 }

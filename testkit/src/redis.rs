@@ -378,43 +378,43 @@ pub struct Sentinels {
 
 impl Sentinels {
     pub fn start(flavour: Flavour, name: &str, master_port: u16) -> Sentinels {
-        Self::start_with(flavour, name, master_port, Access::default())
+        Self::start_with(flavour, name, master_port, Access::default(), None)
     }
 
-    /// [`Sentinels::start`], the sentinels and the nodes they watch behind `access`'s
-    /// password and TLS.
-    pub fn start_with(flavour: Flavour, name: &str, master_port: u16, access: Access) -> Sentinels {
-        let password = access.password;
+    /// [`Sentinels::start`], the nodes they watch behind `nodes`' password and TLS
+    /// (the sentinels speak TLS alike), the sentinels behind `own_password`.
+    pub fn start_with(
+        flavour: Flavour,
+        name: &str,
+        master_port: u16,
+        nodes: Access,
+        own_password: Option<&str>,
+    ) -> Sentinels {
         let dir = RedisServer::new_dir("sentinels");
         let mut children = Vec::new();
         let mut ports = Vec::new();
         for i in 0..3 {
             let port = free_port();
             let conf = dir.join(format!("sentinel-{i}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\nlogfile \"\"\n\
-                     dir {}\n\
-                     sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
-                     sentinel down-after-milliseconds {name} 1000\n\
-                     sentinel failover-timeout {name} 3000\n\
-                     sentinel parallel-syncs {name} 1\n{}",
-                    dir.display(),
-                    password
-                        .map(|pw| format!("requirepass {pw}\nsentinel auth-pass {name} {pw}\n"))
-                        .unwrap_or_default()
-                ) + &access
-                    .tls
-                    .map(|t| {
-                        t.server_lines(port)
-                            .iter()
-                            .map(|(option, value)| format!("{option} {value}\n"))
-                            .collect::<String>()
-                    })
-                    .unwrap_or_default(),
-            )
-            .expect("sentinel config");
+            let mut text = format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\nlogfile \"\"\n\
+                 dir {}\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 3000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir.display(),
+            );
+            if let Some(pw) = own_password {
+                text += &format!("requirepass {pw}\n");
+            }
+            if let Some(pw) = nodes.password {
+                text += &format!("sentinel auth-pass {name} {pw}\n");
+            }
+            for (option, value) in nodes.tls.map(|t| t.server_lines(port)).unwrap_or_default() {
+                text += &format!("{option} {value}\n");
+            }
+            std::fs::write(&conf, text).expect("sentinel config");
             let child = Command::new(flavour.sentinel())
                 .arg(&conf)
                 .stdout(Stdio::null())
@@ -430,8 +430,8 @@ impl Sentinels {
             dir,
             flavour,
             name: name.to_owned(),
-            password: password.map(str::to_owned),
-            cli_tls: access.tls.map(RedisTls::cli_args).unwrap_or_default(),
+            password: own_password.map(str::to_owned),
+            cli_tls: nodes.tls.map(RedisTls::cli_args).unwrap_or_default(),
         };
         // Each sentinel knows the master, and the others (they find each other
         // through the master's hello channel).
