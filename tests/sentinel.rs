@@ -330,7 +330,7 @@ async fn sentinels_and_nodes_behind_passwords_of_their_own() {
     const SENTINEL_PASSWORD: &str = "watch/secret";
     let access = Access {
         password: Some(PASSWORD),
-        tls: None,
+        ..Access::default()
     };
     let master = RedisServer::start_node_with(Flavour::Redis, None, access);
     let replica = RedisServer::start_node_with(Flavour::Redis, Some(master.port()), access);
@@ -407,7 +407,7 @@ async fn sentinels_without_a_password_before_nodes_with_one() {
     const PASSWORD: &str = "fleet-secret";
     let access = Access {
         password: Some(PASSWORD),
-        tls: None,
+        ..Access::default()
     };
     let master = RedisServer::start_node_with(Flavour::Redis, None, access);
     let sentinels = Sentinels::start_with(Flavour::Redis, NAME, master.port(), access, None);
@@ -421,6 +421,61 @@ async fn sentinels_without_a_password_before_nodes_with_one() {
         "1"
     );
     for x in [a, b] {
+        x.d.shutdown().await;
+    }
+}
+
+/// The ACL the docs recommend: a user of its own, limited to the fleet's prefix (keys
+/// and channels) and kept from dangerous commands but `ROLE`, with the default user
+/// off. Policies are shared and TLSRPT counts reach the fleet's ledger through it;
+/// without the user's name and password the daemon is refused and works alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_limited_to_the_prefix_is_enough() {
+    if !installed(Flavour::Redis) {
+        return;
+    }
+    const RULES: &str = "~mta-stsd:* &mta-stsd:* +@all -@dangerous +role";
+    let node = RedisServer::start_node_with(
+        Flavour::Redis,
+        None,
+        Access {
+            password: Some("fleet-secret"),
+            acl_user: Some(("mta-stsd", RULES)),
+            ..Access::default()
+        },
+    );
+    assert_eq!(node.cli(&["ACL", "WHOAMI"]), "mta-stsd");
+    let w = World::start().await;
+    let url = format!(
+        "url = \"redis://mta-stsd:fleet-secret@127.0.0.1:{}/0\"\n",
+        node.port()
+    );
+    let a = fleet_daemon(&w, &url).await;
+    let b = fleet_daemon(&w, &url).await;
+    until_shared(&w, &a, &b, "acl").await;
+    send(&a.socket, &[datagram("counted.test", RECORD, false)]);
+    send(&b.socket, &[datagram("counted.test", RECORD, true)]);
+    wait_sessions(&a.admin, today(), "counted.test", 2).await;
+    let errors = a.d.service.metrics().render();
+    assert!(
+        !errors
+            .lines()
+            .any(|l| l.starts_with("mta_stsd_store_errors_total{op=\"redis") && !l.ends_with(" 0")),
+        "no Redis operation refused: {}",
+        errors
+            .lines()
+            .filter(|l| l.contains("redis"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    let anonymous = fleet_daemon(&w, &format!("url = {:?}\n", node.url())).await;
+    assert_eq!(
+        common::ask_once(anonymous.d.tcp, "postfix", "acl0.example").await,
+        SECURE
+    );
+    assert_eq!(anonymous.d.service.metrics().fleet.redis_healthy.get(), 0);
+    for x in [a, b, anonymous] {
         x.d.shutdown().await;
     }
 }
@@ -450,8 +505,8 @@ async fn a_fleet_over_tls_trusts_its_own_ca() {
         Flavour::Redis,
         None,
         Access {
-            password: None,
             tls: Some(&tls),
+            ..Access::default()
         },
     );
     assert!(node.url().starts_with("rediss://"));
@@ -490,8 +545,8 @@ async fn sentinels_over_tls(flavour: Flavour) {
     }
     let tls = RedisTls::new(true);
     let access = Access {
-        password: None,
         tls: Some(&tls),
+        ..Access::default()
     };
     let master = RedisServer::start_node_with(flavour, None, access);
     let replica = RedisServer::start_node_with(flavour, Some(master.port()), access);

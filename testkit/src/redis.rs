@@ -145,11 +145,14 @@ impl Drop for RedisTls {
 }
 
 /// How clients get in: a password (`requirepass`, given to the master too when
-/// replicating and to the sentinels), TLS, both or neither.
+/// replicating and to the sentinels), TLS, both or neither. With `acl_user`, the
+/// password is that ACL user's instead, and the default user is off.
 #[derive(Clone, Copy, Default)]
 pub struct Access<'a> {
     pub password: Option<&'a str>,
     pub tls: Option<&'a RedisTls>,
+    /// An ACL user's name and its rules (`~keys &channels +commands`).
+    pub acl_user: Option<(&'a str, &'a str)>,
 }
 
 pub struct RedisServer {
@@ -161,6 +164,8 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// `requirepass` (and `masterauth`), also used by [`RedisServer::cli`].
     password: Option<String>,
+    /// The ACL user [`RedisServer::cli`] logs in as.
+    user: Option<String>,
     /// With TLS: the port's configuration lines and redis-cli's options (both empty
     /// without).
     tls_lines: Vec<(String, String)>,
@@ -214,13 +219,20 @@ impl RedisServer {
         if let Some(p) = replica_of {
             extra.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
         }
-        if let Some(pw) = password {
-            extra.extend([
+        match (password, access.acl_user) {
+            (Some(pw), Some((user, rules))) => {
+                // One argument per word: redis-server quotes each as a whole.
+                extra.extend(["--user", "default", "off", "--user", user, "on"].map(String::from));
+                extra.push(format!(">{pw}"));
+                extra.extend(rules.split_whitespace().map(String::from));
+            }
+            (Some(pw), None) => extra.extend([
                 "--requirepass".into(),
                 pw.to_owned(),
                 "--masterauth".into(),
                 pw.to_owned(),
-            ]);
+            ]),
+            (None, _) => {}
         }
         let mut server = RedisServer {
             child: None,
@@ -229,6 +241,7 @@ impl RedisServer {
             flavour,
             extra,
             password: password.map(str::to_owned),
+            user: access.acl_user.map(|(user, _)| user.to_owned()),
             tls_lines: access.tls.map(|t| t.server_lines(port)).unwrap_or_default(),
             cli_tls: access.tls.map(RedisTls::cli_args).unwrap_or_default(),
         };
@@ -261,6 +274,7 @@ impl RedisServer {
             flavour: Flavour::Redis,
             extra: Vec::new(),
             password: None,
+            user: None,
             tls_lines: Vec::new(),
             cli_tls: Vec::new(),
         };
@@ -347,6 +361,9 @@ impl RedisServer {
             Addr::Unix(path) => cmd.arg("-s").arg(path),
             Addr::Tcp(port) => cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]),
         };
+        if let Some(user) = &self.user {
+            cmd.args(["--user", user]);
+        }
         if let Some(pw) = &self.password {
             cmd.args(["--no-auth-warning", "-a", pw]);
         }
