@@ -203,19 +203,7 @@ async fn doctor_checks_exims_side() {
     .unwrap();
     let doctor = |exim: PathBuf| {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || {
-            let none = std::ffi::OsStr::new("/nonexistent");
-            common::doctor_findings(&[
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--postfix-config".as_ref(),
-                none,
-                "--sendmail-cf".as_ref(),
-                none,
-                "--exim".as_ref(),
-                exim.as_os_str(),
-            ])
-        })
+        tokio::task::spawn_blocking(move || common::doctor_findings(&config, Some(&exim)))
     };
     let level = |checks: &[(String, String, String)], id: &str| {
         checks

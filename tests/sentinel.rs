@@ -317,6 +317,81 @@ async fn valkey_sentinel_failover_costs_no_answer_and_no_count() {
     failover(Flavour::Valkey).await;
 }
 
+/// A master, a replica in sync with it and three sentinels, of `flavour`, the nodes
+/// behind `access`, the sentinels behind `sentinel_password`.
+struct HighAvailability {
+    master: RedisServer,
+    replica: RedisServer,
+    sentinels: Sentinels,
+}
+
+async fn high_availability(
+    flavour: Flavour,
+    access: Access<'_>,
+    sentinel_password: Option<&str>,
+) -> HighAvailability {
+    let master = RedisServer::start_node_with(flavour, None, access);
+    let replica = RedisServer::start_node_with(flavour, Some(master.port()), access);
+    until(Duration::from_secs(20), "the replica in sync", || {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+    let sentinels = Sentinels::start_with(flavour, NAME, master.port(), access, sentinel_password);
+    HighAvailability {
+        master,
+        replica,
+        sentinels,
+    }
+}
+
+impl HighAvailability {
+    /// Two daemons configured with `lines` find the master, share through it (fresh
+    /// domains named after `tag`) and follow an operator's failover to the replica; a
+    /// third configured with `lacking` is refused by the sentinels and never uses a
+    /// master.
+    async fn follows_with(&self, lines: &str, lacking: &str, tag: &str) {
+        let w = World::start().await;
+        let a = daemon_with(&w, &self.sentinels, lines).await;
+        let b = daemon_with(&w, &self.sentinels, lines).await;
+        for x in [&a, &b] {
+            assert_eq!(
+                x.redis().wait_master().await,
+                format!("127.0.0.1:{}", self.master.port())
+            );
+        }
+        until_shared(&w, &a, &b, tag).await;
+        assert_eq!(
+            self.master
+                .cli(&["EXISTS", &format!("mta-stsd:policy:{tag}0.example")]),
+            "1"
+        );
+
+        assert_eq!(self.sentinels.failover(), "OK");
+        until_shared(&w, &a, &b, &format!("{tag}-moved")).await;
+        let promoted = format!("127.0.0.1:{}", self.replica.port());
+        for x in [&a, &b] {
+            until(Duration::from_secs(10), "following the failover", || {
+                x.redis().master().as_deref() == Some(promoted.as_str())
+            })
+            .await;
+        }
+        let c = daemon_with(&w, &self.sentinels, lacking).await;
+        let masterless = &c.d.service.metrics().fleet.redis_without_master;
+        until(
+            Duration::from_secs(10),
+            "a second of asking in vain",
+            || masterless.get() >= 1.0,
+        )
+        .await;
+        assert_eq!(c.redis().master(), None);
+        for x in [a, b, c] {
+            x.d.shutdown().await;
+        }
+    }
+}
+
 /// Data nodes behind a password, sentinels behind one of their own: the daemon gives
 /// the nodes `url`'s and the sentinels `sentinel_password`, finds the master, writes
 /// to it, and follows an operator's failover. Without `sentinel_password` the
@@ -332,58 +407,12 @@ async fn sentinels_and_nodes_behind_passwords_of_their_own() {
         password: Some(PASSWORD),
         ..Access::default()
     };
-    let master = RedisServer::start_node_with(Flavour::Redis, None, access);
-    let replica = RedisServer::start_node_with(Flavour::Redis, Some(master.port()), access);
-    until(Duration::from_secs(20), "the replica in sync", || {
-        replica
-            .cli(&["INFO", "replication"])
-            .contains("master_link_status:up")
-    })
-    .await;
-    let sentinels = Sentinels::start_with(
-        Flavour::Redis,
-        NAME,
-        master.port(),
-        access,
-        Some(SENTINEL_PASSWORD),
-    );
-    let w = World::start().await;
+    let set = high_availability(Flavour::Redis, access, Some(SENTINEL_PASSWORD)).await;
     let url = format!("url = \"redis://:{PASSWORD}@placeholder/0\"\n");
     let both = format!("{url}sentinel_password = {SENTINEL_PASSWORD:?}\n");
-    let a = daemon_with(&w, &sentinels, &both).await;
-    let b = daemon_with(&w, &sentinels, &both).await;
-    for x in [&a, &b] {
-        assert_eq!(
-            x.redis().wait_master().await,
-            format!("127.0.0.1:{}", master.port())
-        );
-    }
-    until_shared(&w, &a, &b, "locked").await;
-    assert_eq!(
-        master.cli(&["EXISTS", "mta-stsd:policy:locked0.example"]),
-        "1"
-    );
-
-    assert_eq!(sentinels.failover(), "OK");
-    until_shared(&w, &a, &b, "moved").await;
-    let promoted = format!("127.0.0.1:{}", replica.port());
-    for x in [&a, &b] {
-        until(Duration::from_secs(10), "following the failover", || {
-            x.redis().master().as_deref() == Some(promoted.as_str())
-        })
-        .await;
-    }
     // The nodes' password alone does not open the sentinels.
-    let c = daemon_with(&w, &sentinels, &url).await;
-    let masterless = &c.d.service.metrics().fleet.redis_without_master;
-    until(
-        Duration::from_secs(10),
-        "a second of asking in vain",
-        || masterless.get() >= 1.0,
-    )
-    .await;
-    assert_eq!(c.redis().master(), None);
-    let addrs = sentinels.addrs();
+    set.follows_with(&both, &url, "locked").await;
+    let addrs = set.sentinels.addrs();
     let found = tokio::task::spawn_blocking(move || doctor_redis(&addrs, NAME, &url))
         .await
         .unwrap();
@@ -392,9 +421,6 @@ async fn sentinels_and_nodes_behind_passwords_of_their_own() {
             && found[0].contains("NOAUTH"),
         "{found:?}"
     );
-    for x in [a, b, c] {
-        x.d.shutdown().await;
-    }
 }
 
 /// Debian's sentinels have no password; the data nodes may: the daemon offers the
@@ -548,61 +574,13 @@ async fn sentinels_over_tls(flavour: Flavour) {
         tls: Some(&tls),
         ..Access::default()
     };
-    let master = RedisServer::start_node_with(flavour, None, access);
-    let replica = RedisServer::start_node_with(flavour, Some(master.port()), access);
-    until(
-        Duration::from_secs(20),
-        "the replica in sync over TLS",
-        || {
-            replica
-                .cli(&["INFO", "replication"])
-                .contains("master_link_status:up")
-        },
-    )
-    .await;
-    let sentinels = Sentinels::start_with(flavour, NAME, master.port(), access, None);
-    let w = World::start().await;
-    let lines = tls_lines("rediss://placeholder/0", &tls, true);
-    let a = daemon_with(&w, &sentinels, &lines).await;
-    let b = daemon_with(&w, &sentinels, &lines).await;
-    for x in [&a, &b] {
-        assert_eq!(
-            x.redis().wait_master().await,
-            format!("127.0.0.1:{}", master.port())
-        );
-    }
-    until_shared(&w, &a, &b, "sealed").await;
-    assert_eq!(
-        master.cli(&["EXISTS", "mta-stsd:policy:sealed0.example"]),
-        "1"
-    );
-
-    assert_eq!(sentinels.failover(), "OK");
-    until_shared(&w, &a, &b, "resealed").await;
-    let promoted = format!("127.0.0.1:{}", replica.port());
-    for x in [&a, &b] {
-        until(Duration::from_secs(10), "following the failover", || {
-            x.redis().master().as_deref() == Some(promoted.as_str())
-        })
-        .await;
-    }
-    let c = daemon_with(
-        &w,
-        &sentinels,
+    let set = high_availability(flavour, access, None).await;
+    set.follows_with(
+        &tls_lines("rediss://placeholder/0", &tls, true),
         &tls_lines("rediss://placeholder/0", &tls, false),
+        "sealed",
     )
     .await;
-    let masterless = &c.d.service.metrics().fleet.redis_without_master;
-    until(
-        Duration::from_secs(10),
-        "a second of asking in vain",
-        || masterless.get() >= 1.0,
-    )
-    .await;
-    assert_eq!(c.redis().master(), None);
-    for x in [a, b, c] {
-        x.d.shutdown().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,19 +642,9 @@ fn doctor_redis(sentinels: &[String], master_name: &str, more: &str) -> Vec<Stri
         ),
     )
     .unwrap();
-    let none = std::ffi::OsStr::new("/nonexistent");
-    common::doctor_findings(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--postfix-config".as_ref(),
-        none,
-        "--exim".as_ref(),
-        none,
-        "--sendmail-cf".as_ref(),
-        none,
-    ])
-    .into_iter()
-    .filter(|(check, _, _)| check.starts_with("redis."))
-    .map(|(check, level, message)| format!("{check} {level}: {message}"))
-    .collect()
+    common::doctor_findings(&config, None)
+        .into_iter()
+        .filter(|(check, _, _)| check.starts_with("redis."))
+        .map(|(check, level, message)| format!("{check} {level}: {message}"))
+        .collect()
 }

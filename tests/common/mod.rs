@@ -306,11 +306,25 @@ pub async fn wait_sessions(
     panic!("{domain}: {seen} sessions, not {want}");
 }
 
-/// `mta-stsd doctor ARGS... --json`: each finding as (check, level, message).
-pub fn doctor_findings(args: &[&std::ffi::OsStr]) -> Vec<(String, String, String)> {
+/// `mta-stsd doctor --config CONFIG --json`, with no Postfix or Sendmail
+/// configuration and Exim's binary at `exim` (none: no Exim): each finding as
+/// (check, level, message).
+pub fn doctor_findings(
+    config: &std::path::Path,
+    exim: Option<&std::path::Path>,
+) -> Vec<(String, String, String)> {
+    let none = std::path::Path::new("/nonexistent");
     let out = bin()
         .arg("doctor")
-        .args(args)
+        .arg("--config")
+        .arg(config)
+        .args(
+            ["--postfix-config", "--sendmail-cf"]
+                .iter()
+                .flat_map(|o| [o.as_ref(), none.as_os_str()]),
+        )
+        .arg("--exim")
+        .arg(exim.unwrap_or(none))
         .arg("--json")
         .output()
         .unwrap();
