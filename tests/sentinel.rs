@@ -60,17 +60,7 @@ async fn daemon(w: &World, sentinels: &Sentinels) -> Daemon {
 
 /// A daemon of the fleet, `more` added to its `[cache.redis]`.
 async fn daemon_with(w: &World, sentinels: &Sentinels, more: &str) -> Daemon {
-    let list = sentinels
-        .addrs()
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    fleet_daemon(
-        w,
-        &format!("sentinels = [{list}]\nmaster_name = \"{NAME}\"\n{more}"),
-    )
-    .await
+    fleet_daemon(w, &(sentinel_lines(&sentinels.addrs(), NAME) + more)).await
 }
 
 /// A daemon sharing through Redis, `redis` its `[cache.redis]` (a one-second
@@ -413,11 +403,12 @@ async fn sentinels_and_nodes_behind_passwords_of_their_own() {
     // The nodes' password alone does not open the sentinels.
     set.follows_with(&both, &url, "locked").await;
     let addrs = set.sentinels.addrs();
-    let found = tokio::task::spawn_blocking(move || doctor_redis(&addrs, NAME, &url))
-        .await
-        .unwrap();
+    let found =
+        tokio::task::spawn_blocking(move || doctor_redis(&(sentinel_lines(&addrs, NAME) + &url)))
+            .await
+            .unwrap();
     assert!(
-        found[0].starts_with("redis.sentinel problem: no sentinel names a master")
+        found[0].starts_with("redis.sentinel warning: no sentinel names a master")
             && found[0].contains("NOAUTH"),
         "{found:?}"
     );
@@ -557,6 +548,27 @@ async fn a_fleet_over_tls_trusts_its_own_ca() {
     );
     let healthy = &alone.d.service.metrics().fleet.redis_healthy;
     assert_eq!(healthy.get(), 0, "the certificate is not trusted");
+    // doctor writes with the daemon's settings: with the CA, and without.
+    let url = node.url();
+    let found = tokio::task::spawn_blocking(move || {
+        [
+            doctor_redis(&lines),
+            doctor_redis(&format!("url = {url:?}\n")),
+        ]
+    })
+    .await
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", node.port());
+    assert_eq!(
+        found[0],
+        [format!(
+            "redis.server ok: {addr} answers, and this daemon can write to it"
+        )]
+    );
+    assert!(
+        found[1][0].starts_with(&format!("redis.server warning: {addr} refuses")),
+        "{found:?}"
+    );
     for x in [a, b, alone] {
         x.d.shutdown().await;
     }
@@ -602,7 +614,7 @@ fn doctor_asks_the_sentinels() {
     }
     let master = RedisServer::start_node(Flavour::Redis, None);
     let sentinels = Sentinels::start(Flavour::Redis, NAME, master.port());
-    let doctor = |name: &str| doctor_redis(&sentinels.addrs(), name, "");
+    let doctor = |name: &str| doctor_redis(&sentinel_lines(&sentinels.addrs(), name));
     let found = doctor(NAME);
     assert!(
         found[0].starts_with("redis.sentinel ok: all 3 sentinels answer"),
@@ -619,25 +631,20 @@ fn doctor_asks_the_sentinels() {
     let unknown = doctor("nobody");
     assert_eq!(unknown.len(), 1, "{unknown:?}");
     assert!(
-        unknown[0].starts_with("redis.sentinel problem: no sentinel names a master"),
+        unknown[0].starts_with("redis.sentinel warning: no sentinel names a master"),
         "{unknown:?}"
     );
 }
 
 /// `mta-stsd doctor`'s `redis.*` findings ("CHECK LEVEL: MESSAGE") for a daemon
-/// configured with `sentinels`, `master_name` and the `[cache.redis]` lines `more`.
-fn doctor_redis(sentinels: &[String], master_name: &str, more: &str) -> Vec<String> {
+/// configured with the `[cache.redis]` lines `redis`.
+fn doctor_redis(redis: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mta-stsd.toml");
-    let list = sentinels
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     std::fs::write(
         &config,
         format!(
-            "[metrics]\nlisten = \"\"\n[dane]\nmode = \"off\"\n[cache]\npath = {:?}\nbackend = \"redis\"\n[cache.redis]\nsentinels = [{list}]\nmaster_name = \"{master_name}\"\n{more}",
+            "[metrics]\nlisten = \"\"\n[dane]\nmode = \"off\"\n[cache]\npath = {:?}\nbackend = \"redis\"\n[cache.redis]\n{redis}",
             dir.path().join("cache")
         ),
     )
@@ -647,4 +654,14 @@ fn doctor_redis(sentinels: &[String], master_name: &str, more: &str) -> Vec<Stri
         .filter(|(check, _, _)| check.starts_with("redis."))
         .map(|(check, level, message)| format!("{check} {level}: {message}"))
         .collect()
+}
+
+/// `[cache.redis]` lines naming `sentinels` (`host:port`) and the master's name.
+fn sentinel_lines(sentinels: &[String], master_name: &str) -> String {
+    let list = sentinels
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("sentinels = [{list}]\nmaster_name = \"{master_name}\"\n")
 }

@@ -4,9 +4,9 @@
 //! daemon) and applies them.
 
 mod access;
+pub mod fleet;
 pub mod gather;
 pub mod mta;
-pub mod sentinel;
 pub mod tlsrpt;
 
 pub use access::{Access, User, check_socket_access, socket_access};

@@ -81,7 +81,7 @@ pub async fn run_checks(args: &Setup) -> Vec<Finding> {
         checks.extend(dkim_key_checks(&args.dkim_config, &config).await);
     }
     daemon_checks(&config, &listeners, &used, &mut checks).await;
-    redis::sentinel_checks(&config, &mut checks).await;
+    redis::redis_checks(&config, &mut checks).await;
     checks
 }
 

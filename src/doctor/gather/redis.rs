@@ -1,35 +1,48 @@
-//! Facts from a fleet's Redis Sentinel set-up: each sentinel asked for the master, the
-//! master's role, and a test write with the daemon's own settings.
+//! Facts from a fleet's Redis: a test write with the daemon's own settings to the
+//! `url`'s server, or, on Redis Sentinel, each sentinel asked for the master, the
+//! master's role, and a test write to it.
 
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::doctor::Finding;
-use crate::doctor::sentinel::{SentinelFacts, check_sentinels};
+use crate::doctor::fleet::{SentinelFacts, check_sentinels, check_server};
 use crate::redis::sentinel::{Sentinels, display_addr};
 use crate::redis::tls::TlsFiles;
 
 /// How long the test key lives: long enough to be written, gone right after.
 const PROBE_TTL: Duration = Duration::from_secs(5);
 
-/// The Sentinel checks, when the configuration names sentinels.
-pub(super) async fn sentinel_checks(config: &Config, checks: &mut Vec<Finding>) {
+/// The Redis checks, when the cache is shared through Redis: a test write to the
+/// `url`'s server, or, with sentinels, who they name as master and a test write to it.
+pub(super) async fn redis_checks(config: &Config, checks: &mut Vec<Finding>) {
     let redis = &config.cache.redis;
-    if config.cache.backend != crate::config::CacheBackend::Redis || redis.sentinels.is_empty() {
+    if config.cache.backend != crate::config::CacheBackend::Redis {
         return;
     }
     let tls = match TlsFiles::load(redis) {
         Ok(tls) => tls,
         Err(e) => {
-            // Without its certificates the daemon reaches no sentinel either.
+            // Without its certificates the daemon reaches no Redis at all.
             checks.push(Finding::problem(
-                "redis.sentinel",
+                "redis.tls",
                 e.to_string(),
                 "point the setting at a readable PEM file; mta-stsd check-config lists every problem",
             ));
             return;
         }
     };
+    if redis.sentinels.is_empty() {
+        let (addr, write) = match tls.client(&redis.url) {
+            Ok(client) => (
+                client.get_connection_info().addr().to_string(),
+                probe_write(&client, redis).await,
+            ),
+            Err(e) => ("the url's server".to_owned(), Err(e.to_string())),
+        };
+        checks.push(check_server(&addr, &write));
+        return;
+    }
     let Ok(Some(sentinels)) = Sentinels::new(redis, tls) else {
         return;
     };
@@ -42,7 +55,10 @@ pub(super) async fn sentinel_checks(config: &Config, checks: &mut Vec<Finding>) 
         .map(|(m, s)| (s.clone(), m.map(|(h, p)| display_addr(&h, p))))
         .collect();
     let write = match &master {
-        Ok((host, port)) => Some(probe_write(&sentinels, host, *port, redis).await),
+        Ok((host, port)) => Some(match sentinels.node_client(host, *port) {
+            Ok(client) => probe_write(&client, redis).await,
+            Err(e) => Err(e.to_string()),
+        }),
         Err(_) => None,
     };
     checks.extend(check_sentinels(&SentinelFacts {
@@ -53,16 +69,11 @@ pub(super) async fn sentinel_checks(config: &Config, checks: &mut Vec<Finding>) 
     }));
 }
 
-/// `SET PREFIXdoctor:probe 1 PX 5000` on the master, as the daemon would write.
+/// `SET PREFIXdoctor:probe 1 PX 5000` through `client`, as the daemon would write.
 async fn probe_write(
-    sentinels: &Sentinels,
-    host: &str,
-    port: u16,
+    client: &::redis::Client,
     redis: &crate::config::RedisConfig,
 ) -> Result<(), String> {
-    let client = sentinels
-        .node_client(host, port)
-        .map_err(|e| e.to_string())?;
     let key = format!("{}doctor:probe", redis.prefix);
     let write = async {
         let mut conn = client.get_multiplexed_async_connection().await?;

@@ -1,6 +1,9 @@
-//! The verdicts of `mta-stsd doctor` about a fleet on Redis Sentinel: what each
-//! sentinel names as master, whether that node says it is one, and whether this
-//! daemon's credentials may write to it. Pure; `gather::redis` asks.
+//! The verdicts of `mta-stsd doctor` about a fleet's Redis: with a single server,
+//! whether this daemon can write to it; on Redis Sentinel, what each sentinel names as
+//! master, whether that node says it is one, and whether this daemon's credentials may
+//! write to it. Pure; `gather::redis` asks. Every finding here is at most a warning:
+//! without Redis each daemon answers from its own cache and discovers on its own, so
+//! mail is not affected; the fleet only stops sharing.
 
 use super::Finding;
 
@@ -15,6 +18,24 @@ pub struct SentinelFacts {
     pub master: Result<String, String>,
     /// A test write on that master with the daemon's credentials (`None`: no master).
     pub write: Option<Result<(), String>>,
+}
+
+/// A single server's verdict: `addr` (never the url, which may hold a password) and
+/// what a test write with the daemon's settings gave.
+pub fn check_server(addr: &str, write: &Result<(), String>) -> Finding {
+    match write {
+        Ok(()) => Finding::ok(
+            "redis.server",
+            format!("{addr} answers, and this daemon can write to it"),
+        ),
+        Err(e) => Finding::warning(
+            "redis.server",
+            format!(
+                "{addr} refuses this daemon's write: {e}; until it takes it, each daemon works alone"
+            ),
+            "check cache.redis.url (address, user, password), ca_file and client_cert for rediss://, and the server's ACL for the prefix's keys",
+        ),
+    }
 }
 
 pub fn check_sentinels(f: &SentinelFacts) -> Vec<Finding> {
@@ -44,7 +65,7 @@ pub fn check_sentinels(f: &SentinelFacts) -> Vec<Finding> {
         .filter_map(|(_, m)| m.as_deref().ok())
         .collect();
     if named.is_empty() {
-        out.push(Finding::problem(
+        out.push(Finding::warning(
             NAME,
             format!(
                 "no sentinel names a master for {:?} ({}): the fleet shares nothing until one does; lookups are answered from each daemon's own cache",
@@ -85,13 +106,13 @@ pub fn check_sentinels(f: &SentinelFacts) -> Vec<Finding> {
         ));
     }
     match (&f.master, &f.write) {
-        (Err(e), _) if !named.is_empty() => out.push(Finding::problem(
+        (Err(e), _) if !named.is_empty() => out.push(Finding::warning(
             "redis.master",
             format!("no writable master: {e}"),
             "check the master the sentinels name (redis-cli ROLE); while none is writable the fleet shares nothing",
         )),
         (Err(_), _) => {}
-        (Ok(m), Some(Err(e))) => out.push(Finding::problem(
+        (Ok(m), Some(Err(e))) => out.push(Finding::warning(
             "redis.master",
             format!("the master {m} refuses this daemon's write: {e}"),
             "give cache.redis.url's user and password the right to write the prefix's keys (ACL), on every node",
@@ -151,7 +172,7 @@ mod tests {
             Err("no sentinel names a master"),
             None,
         ));
-        assert_eq!(none, vec![("redis.sentinel".into(), Level::Problem)]);
+        assert_eq!(none, vec![("redis.sentinel".into(), Level::Warning)]);
         let split = levels(&facts(
             &[m, Some("10.0.1.2:6379"), m],
             Ok("10.0.1.1:6379"),
@@ -162,9 +183,20 @@ mod tests {
             1
         );
         let demoted = levels(&facts(&[m, m, m], Err("10.0.1.1:6379 is a slave"), None));
-        assert!(demoted.contains(&("redis.master".into(), Level::Problem)));
+        assert!(demoted.contains(&("redis.master".into(), Level::Warning)));
         let acl = levels(&facts(&[m, m, m], Ok("10.0.1.1:6379"), Some(Err("NOPERM"))));
-        assert!(acl.contains(&("redis.master".into(), Level::Problem)));
+        assert!(acl.contains(&("redis.master".into(), Level::Warning)));
+    }
+
+    #[test]
+    fn a_single_server_is_written_to_or_refuses() {
+        assert_eq!(check_server("127.0.0.1:6379", &Ok(())).level, Level::Ok);
+        let refused = check_server("127.0.0.1:6379", &Err("NOAUTH".into()));
+        assert_eq!(refused.level, Level::Warning);
+        assert!(
+            refused.message.contains("127.0.0.1:6379 refuses"),
+            "{refused:?}"
+        );
     }
 
     #[test]
