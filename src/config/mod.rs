@@ -247,60 +247,65 @@ impl Config {
         }
     }
 
+    /// `[cache.redis]`, when the cache is shared through Redis.
+    fn redis_problems(&self, out: &mut Vec<Problem>) {
+        // Checked here so that a typo stops the start (or the reload) with a clear
+        // line, instead of surfacing as "Redis unreachable" forever.
+        if let Err(e) = redis::Client::open(self.cache.redis.url.as_str()) {
+            // Not the URL itself: it may hold a password.
+            out.push(invalid("cache.redis.url", e.to_string()));
+        }
+        let r = &self.cache.redis;
+        if r.sentinels.is_empty() != r.master_name.is_empty() {
+            out.push(invalid(
+                "cache.redis.master_name",
+                "sentinels and master_name go together: the sentinels are asked for the master of that name",
+            ));
+        }
+        if r.sentinels.is_empty()
+            && !(r.sentinel_username.is_empty() && r.sentinel_password.is_empty())
+        {
+            out.push(invalid(
+                "cache.redis.sentinel_password",
+                "sentinel_username and sentinel_password are for sentinels, and none are configured",
+            ));
+        }
+        for s in &r.sentinels {
+            if let Err(e) = values::parse_host_port(s) {
+                out.push(invalid("cache.redis.sentinels", format!("{s:?}: {e}")));
+            }
+        }
+        let tls_files = [
+            ("cache.redis.ca_file", r.ca_file.is_some()),
+            ("cache.redis.client_cert", r.client_cert.is_some()),
+            ("cache.redis.client_key", r.client_key.is_some()),
+        ];
+        for (setting, set) in tls_files {
+            if set && !r.url.starts_with("rediss://") {
+                out.push(invalid(
+                    setting,
+                    "is for TLS: the url must be rediss://... (a plain redis:// connection would ignore it)",
+                ));
+            }
+        }
+        if r.client_cert.is_some() != r.client_key.is_some() {
+            out.push(invalid(
+                "cache.redis.client_key",
+                "client_cert and client_key go together: a client certificate is presented with its key",
+            ));
+        }
+        let tcp_url = r.url.starts_with("redis://") || r.url.starts_with("rediss://");
+        if !r.sentinels.is_empty() && !tcp_url {
+            out.push(invalid(
+                "cache.redis.url",
+                "with sentinels, url must be redis://... or rediss://... (its scheme, and the data nodes' user, password and database, are used)",
+            ));
+        }
+    }
+
     fn value_problems(&self, out: &mut Vec<Problem>) {
         if self.cache.backend == CacheBackend::Redis {
-            // Checked here so that a typo stops the start (or the reload) with a clear
-            // line, instead of surfacing as "Redis unreachable" forever.
-            if let Err(e) = redis::Client::open(self.cache.redis.url.as_str()) {
-                // Not the URL itself: it may hold a password.
-                out.push(invalid("cache.redis.url", e.to_string()));
-            }
-            let r = &self.cache.redis;
-            if r.sentinels.is_empty() != r.master_name.is_empty() {
-                out.push(invalid(
-                    "cache.redis.master_name",
-                    "sentinels and master_name go together: the sentinels are asked for the master of that name",
-                ));
-            }
-            if r.sentinels.is_empty()
-                && !(r.sentinel_username.is_empty() && r.sentinel_password.is_empty())
-            {
-                out.push(invalid(
-                    "cache.redis.sentinel_password",
-                    "sentinel_username and sentinel_password are for sentinels, and none are configured",
-                ));
-            }
-            for s in &r.sentinels {
-                if let Err(e) = values::parse_host_port(s) {
-                    out.push(invalid("cache.redis.sentinels", format!("{s:?}: {e}")));
-                }
-            }
-            let tls_files = [
-                ("cache.redis.ca_file", r.ca_file.is_some()),
-                ("cache.redis.client_cert", r.client_cert.is_some()),
-                ("cache.redis.client_key", r.client_key.is_some()),
-            ];
-            for (setting, set) in tls_files {
-                if set && !r.url.starts_with("rediss://") {
-                    out.push(invalid(
-                        setting,
-                        "is for TLS: the url must be rediss://... (a plain redis:// connection would ignore it)",
-                    ));
-                }
-            }
-            if r.client_cert.is_some() != r.client_key.is_some() {
-                out.push(invalid(
-                    "cache.redis.client_key",
-                    "client_cert and client_key go together: a client certificate is presented with its key",
-                ));
-            }
-            let tcp_url = r.url.starts_with("redis://") || r.url.starts_with("rediss://");
-            if !r.sentinels.is_empty() && !tcp_url {
-                out.push(invalid(
-                    "cache.redis.url",
-                    "with sentinels, url must be redis://... or rediss://... (its scheme, user, password and database are used)",
-                ));
-            }
+            self.redis_problems(out);
         }
         if self.server.max_request_size < 64 {
             out.push(invalid(
