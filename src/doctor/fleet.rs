@@ -38,7 +38,32 @@ pub fn check_server(addr: &str, write: &Result<(), String>) -> Finding {
     }
 }
 
+/// Certificate files the daemon cannot use (`error` names the setting): it refuses to
+/// start, so this one is a problem.
+pub fn check_tls_files(error: &str) -> Finding {
+    Finding::problem(
+        "redis.tls",
+        error,
+        "point the setting at a readable PEM file; mta-stsd check-config lists every problem",
+    )
+}
+
 pub fn check_sentinels(f: &SentinelFacts) -> Vec<Finding> {
+    let named: Vec<&str> = f
+        .answers
+        .iter()
+        .filter_map(|(_, m)| m.as_deref().ok())
+        .collect();
+    let mut out = sentinel_answers(f, &named);
+    if let Some(master) = master_write(f, !named.is_empty()) {
+        out.push(master);
+    }
+    out
+}
+
+/// What the sentinels answered: all, some or none of them naming a master (`named`),
+/// and whether they agree.
+fn sentinel_answers(f: &SentinelFacts, named: &[&str]) -> Vec<Finding> {
     const NAME: &str = "redis.sentinel";
     let mut out = Vec::new();
     let silent: Vec<String> = f
@@ -59,11 +84,6 @@ pub fn check_sentinels(f: &SentinelFacts) -> Vec<Finding> {
     } else {
         "check cache.redis.sentinels and master_name against the sentinels' `sentinel monitor` lines (redis-cli -p 26379 SENTINEL masters), and that they run"
     };
-    let named: Vec<&str> = f
-        .answers
-        .iter()
-        .filter_map(|(_, m)| m.as_deref().ok())
-        .collect();
     if named.is_empty() {
         out.push(Finding::warning(
             NAME,
@@ -105,24 +125,29 @@ pub fn check_sentinels(f: &SentinelFacts) -> Vec<Finding> {
             "run doctor again in a minute; if it persists, check the sentinels' quorum and logs",
         ));
     }
-    match (&f.master, &f.write) {
-        (Err(e), _) if !named.is_empty() => out.push(Finding::warning(
+    out
+}
+
+/// Whether the master the sentinels name is one and takes this daemon's write; nothing
+/// to say when no sentinel names one (`named`: some do).
+fn master_write(f: &SentinelFacts, named: bool) -> Option<Finding> {
+    Some(match (&f.master, &f.write) {
+        (Err(e), _) if named => Finding::warning(
             "redis.master",
             format!("no writable master: {e}"),
             "check the master the sentinels name (redis-cli ROLE); while none is writable the fleet shares nothing",
-        )),
-        (Err(_), _) => {}
-        (Ok(m), Some(Err(e))) => out.push(Finding::warning(
+        ),
+        (Err(_), _) => return None,
+        (Ok(m), Some(Err(e))) => Finding::warning(
             "redis.master",
             format!("the master {m} refuses this daemon's write: {e}"),
             "give cache.redis.url's user and password the right to write the prefix's keys (ACL), on every node",
-        )),
-        (Ok(m), _) => out.push(Finding::ok(
+        ),
+        (Ok(m), _) => Finding::ok(
             "redis.master",
             format!("the master is {m}, and this daemon can write to it"),
-        )),
-    }
-    out
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -186,6 +211,12 @@ mod tests {
         assert!(demoted.contains(&("redis.master".into(), Level::Warning)));
         let acl = levels(&facts(&[m, m, m], Ok("10.0.1.1:6379"), Some(Err("NOPERM"))));
         assert!(acl.contains(&("redis.master".into(), Level::Warning)));
+    }
+
+    #[test]
+    fn unusable_certificate_files_stop_the_daemon() {
+        let f = check_tls_files("cache.redis.ca_file: cannot use /x: no certificates found");
+        assert_eq!((f.check.as_str(), f.level), ("redis.tls", Level::Problem));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::doctor::Finding;
-use crate::doctor::fleet::{SentinelFacts, check_sentinels, check_server};
+use crate::doctor::fleet::{SentinelFacts, check_sentinels, check_server, check_tls_files};
 use crate::redis::sentinel::{Sentinels, display_addr};
 use crate::redis::tls::TlsFiles;
 
@@ -24,11 +24,7 @@ pub(super) async fn redis_checks(config: &Config, checks: &mut Vec<Finding>) {
         Ok(tls) => tls,
         Err(e) => {
             // Without its certificates the daemon reaches no Redis at all.
-            checks.push(Finding::problem(
-                "redis.tls",
-                e.to_string(),
-                "point the setting at a readable PEM file; mta-stsd check-config lists every problem",
-            ));
+            checks.push(check_tls_files(&e.to_string()));
             return;
         }
     };
