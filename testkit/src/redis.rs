@@ -364,12 +364,7 @@ impl RedisServer {
         if let Some(user) = &self.user {
             cmd.args(["--user", user]);
         }
-        if let Some(pw) = &self.password {
-            cmd.args(["--no-auth-warning", "-a", pw]);
-        }
-        cmd.args(&self.cli_tls);
-        let out = cmd.args(args).output().expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        cli_output(cmd, self.password.as_deref(), &self.cli_tls, args)
     }
 }
 
@@ -494,13 +489,19 @@ impl Sentinels {
     fn cli_at(&self, port: u16, args: &[&str]) -> String {
         let mut cmd = Command::new(self.flavour.cli());
         cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
-        if let Some(pw) = &self.password {
-            cmd.args(["--no-auth-warning", "-a", pw]);
-        }
-        cmd.args(&self.cli_tls);
-        let out = cmd.args(args).output().expect("the cli runs");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        cli_output(cmd, self.password.as_deref(), &self.cli_tls, args)
     }
+}
+
+/// Runs `cmd` (redis-cli with its address) with `password`, the TLS options `tls`
+/// and `args`; what it printed, trimmed.
+fn cli_output(mut cmd: Command, password: Option<&str>, tls: &[String], args: &[&str]) -> String {
+    if let Some(pw) = password {
+        cmd.args(["--no-auth-warning", "-a", pw]);
+    }
+    cmd.args(tls);
+    let out = cmd.args(args).output().expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 impl Drop for Sentinels {
